@@ -1,0 +1,44 @@
+# pad — `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.pad-installed
+export PYOPENGL_PLATFORM ?= osmesa
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+	@$(MAKE) --no-print-directory osmesa
+	@echo "pad: set-up complete (.venv, libosmesa6, pad and its test extra)."
+
+# libOSMesa is the only system library pad needs for CPU rendering.
+.PHONY: osmesa
+osmesa:
+	@if ldconfig -p 2>/dev/null | grep -q 'libOSMesa\.so'; then \
+		echo "pad: libOSMesa found."; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "pad: installing libosmesa6 with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 >/dev/null; \
+	else \
+		echo "pad: libOSMesa is missing; run: sudo apt-get update && sudo apt-get install -y libosmesa6" >&2; exit 1; \
+	fi
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/pad demo --workdir demo-work
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: setup
+	bash benchmarks/run_all.sh
+
+clean:
+	rm -rf $(VENV) *.egg-info demo-work bench-out

@@ -1,0 +1,205 @@
+"""``pad``: the command line. Options come from the config dataclasses
+(``*/options.py``); each command calls one runner ``run_*(config) -> int``.
+
+A :class:`data_cache.PadError` prints one line and exits with code 2; any other
+exception is a bug: one line on the terminal, the traceback in a log file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+import tempfile
+import time
+import traceback
+import typing
+
+import click
+
+# name: (config "module:Class", runner "module:function", one-line description)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("pipeline.options:SynthConfig", "pipeline.synth:run_synth",
+              "Write the built-in synthetic dataset, or add synthetic anomalies to your normal clouds."),
+    "inspect": ("pipeline.options:InspectConfig", "pipeline.ingest.inspect:run_inspect",
+                "Show what ingestion finds in a dataset: classes, splits, counts, point counts."),
+    "render": ("pipeline.options:RenderConfig", "pipeline.render_job:run_render",
+               "Render every cloud into views, 2D ground truth, point-pixel maps, kNN (Zarr, Dask)."),
+    "show": ("pipeline.options:ShowConfig", "pipeline.contact_sheet:run_show",
+             "Write a contact sheet of one sample's views with the 2D ground truth outlined."),
+    "extract-features": ("pipeline.options:ExtractConfig", "pipeline.extract:run_extract",
+                         "Run the frozen CLIP encoder once and cache its embeddings (HDF5)."),
+    "info": ("data_cache.info_options:InfoConfig", "data_cache.info:run_info",
+             "List the stores in a cache with sizes; --verify checks them."),
+    "train": ("trainer.options:TrainConfig", "trainer.loop:run_train",
+              "Learn the text prompts (PointAD / PointAD+) from cached features."),
+    "score": ("trainer.options:ScoreConfig", "trainer.scoring:run_score",
+              "Anomaly maps, object scores, metrics and an HTML report from cached tensors."),
+    "predict": ("workflows.options:PredictConfig", "workflows.predict:run_predict",
+                "Score your own point cloud files with a trained checkpoint, in one go."),
+    "demo": ("workflows.options:DemoConfig", "workflows.demo:run_demo",
+             "Run the whole pipeline end to end on the built-in synthetic dataset."),
+}
+EVALUATE: dict[str, tuple[str, str, str]] = {
+    "one-vs-rest": ("trainer.options:OneVsRestConfig", "trainer.evaluate:run_one_vs_rest",
+                    "Train on each class in turn and score the others; mean ± std."),
+    "cross-dataset": ("trainer.options:CrossDatasetConfig", "trainer.evaluate:run_cross_dataset",
+                      "Train on classes of one cache and score every class of another."),
+}
+
+
+def _load(spec: str):
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _click_type(field: dataclasses.Field, hint):
+    choices = field.metadata.get("choices")
+    if choices:
+        return click.Choice(list(choices))
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if args else str
+    return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(hint, click.STRING)
+
+
+def _params(config_cls) -> list[click.Parameter]:
+    """Click parameters derived from a config dataclass (the one source of truth)."""
+    hints = typing.get_type_hints(config_cls)
+    params: list[click.Parameter] = []
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        flag = f.name.replace("_", "-")
+        if f.name == "from_dir":
+            flag = "from"
+        if meta.get("argument"):
+            nargs = meta.get("nargs", 1)
+            params.append(click.Argument([f.name], nargs=nargs, required=required,
+                                         metavar=meta.get("metavar") or f.name.upper()
+                                         + ("..." if nargs == -1 else "")))
+            continue
+        hint = hints[f.name]
+        if hint is bool:
+            params.append(click.Option([f"--{flag}/--no-{flag}", f.name], default=f.default,
+                                       show_default=True, help=meta.get("help"), hidden=meta.get("hidden")))
+            continue
+        params.append(click.Option([f"--{flag}", f.name], type=_click_type(f, hint), required=required,
+                                   default=None if required else f.default, show_default=not required,
+                                   metavar=meta.get("metavar"), help=meta.get("help"),
+                                   hidden=meta.get("hidden")))
+    return params
+
+
+def _log_bug(exc: BaseException) -> str:
+    log_dir = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pad", "logs")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), suffix=".log", dir=log_dir)
+    except OSError:
+        fd, path = tempfile.mkstemp(prefix="pad-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(" ".join(sys.argv) + "\n")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=fh)
+    return path
+
+
+def invoke(runner_spec: str, config) -> int:
+    """Run one command; map errors to exit codes (PadError: 2, interrupted: 130, bug: 1)."""
+    from data_cache.errors import PadError
+
+    try:
+        code = _load(runner_spec)(config)
+        return int(code or 0)
+    except PadError as exc:
+        click.echo(f"pad: error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("pad: interrupted; completed work is kept in the cache, re-run to continue.", err=True)
+        return 130
+    except Exception as exc:  # a bug: keep the traceback, print one line
+        path = _log_bug(exc)
+        click.echo(f"pad: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                   f"(traceback in {path})", err=True)
+        return 1
+
+
+class _LazyCommand(click.Command):
+    """A command whose options are built from its config class only when needed."""
+
+    def __init__(self, name: str, entry: tuple[str, str, str]):
+        self._config_spec, self._runner_spec, short = entry
+        super().__init__(name, help=short, short_help=short)
+        self._loaded = False
+
+    def _ensure(self):
+        if not self._loaded:
+            config_cls = _load(self._config_spec)
+            self.params = _params(config_cls)
+            doc = " ".join((config_cls.__doc__ or "").replace("``", "").split())
+            self.help = doc or self.help
+            self.callback = self._make_callback(config_cls)
+            self._loaded = True
+
+    def _make_callback(self, config_cls):
+        def callback(**kwargs):
+            if "from_dir" in kwargs and kwargs.get("from") is not None:
+                kwargs["from_dir"] = kwargs.pop("from")
+            sys.exit(invoke(self._runner_spec, config_cls(**kwargs)))
+        return callback
+
+    def get_params(self, ctx):
+        self._ensure()
+        return super().get_params(ctx)
+
+    def parse_args(self, ctx, args):
+        self._ensure()
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        self._ensure()
+        return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    def __init__(self, table, **kwargs):
+        super().__init__(**kwargs)
+        self._table = table
+
+    def list_commands(self, ctx):
+        return list(self._table) + sorted(self.commands)
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        if name in self._table:
+            return _LazyCommand(name, self._table[name])
+        return None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("pad")
+    except Exception:
+        return "unknown"
+
+
+@click.group(cls=_Group, table=COMMANDS, context_settings={"help_option_names": ["-h", "--help"],
+                                                             "max_content_width": 110})
+@click.version_option(_version(), prog_name="pad")
+def main():
+    """pad: zero-shot 3D anomaly detection on point clouds (PointAD, PointAD+).
+
+    Pipeline: synth/inspect -> render -> extract-features -> train -> score.
+    """
+
+
+@main.group(cls=_Group, table=EVALUATE, short_help="Evaluation protocols: one-vs-rest, cross-dataset.")
+def evaluate():
+    """Evaluation protocols of the papers: one-vs-rest and cross-dataset."""
+
+
+if __name__ == "__main__":
+    main()

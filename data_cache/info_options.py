@@ -1,0 +1,15 @@
+"""Options of ``pad info``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data_cache.options import option
+
+
+@dataclass
+class InfoConfig:
+    """``pad info CACHE``: the render store and every feature store, with sizes; --verify checks them."""
+    cache: str = option(help="Cache directory.", argument=True)
+    verify: bool = option(False, "Check every done sample for completeness and consistency.")
+    repair: bool = option(False, "With --verify: clear done on broken samples so a rerun redoes only them.")
+    json: bool = option(False, "Print JSON.")

@@ -1,0 +1,1 @@
+"""Offline preprocessing: ingestion, synthetic data, rendering, feature extraction, Dask orchestration."""

@@ -1,0 +1,89 @@
+"""Options of the pipeline commands (synth, inspect, render, show, extract-features).
+
+One dataclass per command: the single source of truth for defaults and help;
+``cli.py`` derives the click options from these fields.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data_cache.options import option
+
+DATASET_FORMATS = ("auto", "mvtec3d", "eyecandies", "real3d", "shapenet", "generic")
+
+
+@dataclass
+class SynthConfig:
+    """``pad synth OUT``: write the built-in procedural dataset, or add synthetic
+    anomalies to the user's own normal clouds (``--from``)."""
+    out: str = option(help="Output dataset directory (generic layout).", argument=True)
+    from_dir: str | None = option(None, "Directory of the user's own normal clouds (any supported format); "
+                                        "anomalies are synthesized on them instead of procedural shapes.",
+                                  metavar="NORMAL_DIR")
+    classes: int = option(6, "Number of procedural object classes (ignored with --from).")
+    per_class: int = option(8, "Samples per class and split (test split: about --anomaly-ratio anomalous).")
+    points: int = option(8000, "Points per procedural cloud (varied ±25% per sample).")
+    anomaly_ratio: float = option(0.5, "Fraction of test samples (and of --from samples) that get an anomaly.")
+    seed: int = option(0, "Random seed: the same seed writes the same bytes.")
+
+
+@dataclass
+class InspectConfig:
+    """``pad inspect DATASET_DIR``: what ingestion finds, per class and split."""
+    dataset: str = option(help="Dataset directory.", argument=True)
+    format: str = option("auto", "Dataset layout.", choices=DATASET_FORMATS)
+    json: bool = option(False, "Print JSON instead of a table.")
+
+
+@dataclass
+class RenderConfig:
+    """``pad render DATASET_DIR --cache CACHE``: multi-view renderings, 2D ground truth,
+    point→pixel maps, visibility and kNN graphs into ``CACHE/render.zarr``."""
+    dataset: str = option(help="Dataset directory.", argument=True)
+    cache: str = option(help="Cache directory (local path, shared path or fsspec URL).")
+    format: str = option("auto", "Dataset layout.", choices=DATASET_FORMATS)
+    views: str = option("default", "Camera set: default (scan for one-sided datasets, paper otherwise), "
+                                   "paper (9 rotations about X), scan (5 about X, 4 about Y), or a number N "
+                                   "of views spread over the sphere.", metavar="default|paper|scan|N")
+    image_size: int = option(336, "Output image side in pixels.")
+    supersample: int = option(2, "Render at this multiple of --image-size, then downsample (anti-aliasing).")
+    point_size: str = option("auto", "Splat half-size: auto (from the local point spacing) or a size in "
+                                     "output pixels.", metavar="auto|PX")
+    knn: int = option(10, "Neighbours per point in the stored kNN graph.")
+    classes: str | None = option(None, "Only these classes (comma-separated).", metavar="a,b")
+    splits: str = option("test,train", "Splits to render (comma-separated).")
+    workers: int = option(0, "LocalCluster worker processes (0: one per core).")
+    scheduler: str | None = option(None, "Address of an existing Dask scheduler (tcp://host:8786) instead "
+                                         "of a LocalCluster.", metavar="ADDRESS")
+    on_error: str = option("fail", "On a bad sample: fail (stop, exit 2, store stays valid) or skip "
+                                   "(record it and render the rest).", choices=("fail", "skip"))
+    backend: str = option("auto", "OpenGL platform: auto (EGL with a GPU, else OSMesa), osmesa or egl.",
+                          choices=("auto", "osmesa", "egl"))
+
+
+@dataclass
+class ShowConfig:
+    """``pad show CACHE --sample ID --out FILE.png``: contact sheet of one sample's views
+    with the 2D ground truth outlined."""
+    cache: str = option(help="Cache directory.", argument=True)
+    sample: str = option(help="Sample id (<class>/<split>/<stem>) or index.")
+    out: str = option(help="Output PNG file.")
+
+
+@dataclass
+class ExtractConfig:
+    """``pad extract-features --cache CACHE``: run the frozen CLIP encoder (with DPAM) once
+    over every rendering and cache global and patch embeddings in HDF5."""
+    cache: str = option(help="Cache directory holding render.zarr.")
+    backbone: str = option("ViT-L-14-336", "Backbone from the registry (pad backbones), or any open_clip ViT name.")
+    pretrained: str = option("openai", "Weights: an open_clip pretrained tag, a local checkpoint file, or "
+                                       "'random' (seeded random weights, for timing and tests).",
+                             metavar="openai|PATH|random")
+    layers: str = option("24", "Blocks whose patch tokens are stored (comma-separated, 1-based); "
+                               "for backbones of other depths, scaled.", metavar="24|6,12,18,24")
+    dpam_layers: int = option(20, "DPAM depth as in the reference (DPAM_layer=20 rewires the last 19 of "
+                                  "24 blocks; scaled for other depths; 0 disables).")
+    batch_size: int = option(8, "Images per forward pass.")
+    device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    precision: str = option("fp32", "Compute precision.", choices=("fp32", "fp16", "bf16"))
+    seed: int = option(0, "Seed for --pretrained random.")

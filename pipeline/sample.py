@@ -1,0 +1,58 @@
+"""The ingest contract: :class:`SampleRef` (a listed file, not yet read) and
+:class:`Sample` (what every reader returns)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One sample as found on disk, before reading.
+
+    ``id`` is the stable ``<class>/<split>/<stem>``; ``path`` the main file; ``extra``
+    holds companion files by role (``gt``: ground-truth file or mask, ``rgb``: image).
+    ``format`` names the reader that loads it (see :mod:`pipeline.ingest`).
+    """
+    id: str
+    cls: str
+    split: str
+    path: str
+    format: str
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def extra_path(self, role: str) -> str | None:
+        return dict(self.extra).get(role)
+
+
+@dataclass
+class Sample:
+    """A loaded point cloud with labels.
+
+    - ``points``: (N, 3) float32
+    - ``point_labels``: (N,) uint8 in {0, 1}
+    - ``normals``: (N, 3) float32 or None (from the file when it has them)
+    - ``rgb``: (H, W, 3) uint8 or None, with ``grid_index`` (N,) int32: flat index of each
+      point in the organized H×W grid (``grid_shape`` = (H, W)).
+    - ``label``: object label, 1 when any point is anomalous.
+    """
+    id: str
+    cls: str
+    split: str
+    points: np.ndarray
+    point_labels: np.ndarray
+    source_path: str
+    normals: np.ndarray | None = None
+    rgb: np.ndarray | None = None
+    grid_index: np.ndarray | None = None
+    grid_shape: tuple[int, int] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> int:
+        return int(self.point_labels.any())
+
+    @property
+    def n_points(self) -> int:
+        return int(self.points.shape[0])

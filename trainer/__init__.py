@@ -1,0 +1,1 @@
+"""Prompt learning from cached tensors: prompts, text encoder, losses, loop, scoring, metrics."""
