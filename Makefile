@@ -9,15 +9,14 @@ export PYOPENGL_PLATFORM ?= osmesa
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP)
-	@$(MAKE) --no-print-directory osmesa
-	@echo "pad: set-up complete (.venv, libosmesa6, pad and its test extra)."
+setup: osmesa $(STAMP)
+	@echo "pad: set up (.venv with pad and its test extra, libOSMesa for headless rendering)."
 
 # libOSMesa is the only system library pad needs for CPU rendering.
 .PHONY: osmesa
 osmesa:
 	@if ldconfig -p 2>/dev/null | grep -q 'libOSMesa\.so'; then \
-		echo "pad: libOSMesa found."; \
+		true; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 		echo "pad: installing libosmesa6 with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 >/dev/null; \
@@ -26,6 +25,7 @@ osmesa:
 	fi
 
 $(STAMP): setup.cfg pyproject.toml
+	@echo "pad: installing into $(VENV) (torch, open_clip, pyrender, zarr, dask, ...)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'

@@ -1,0 +1,84 @@
+"""The command line: every command listed, options derived from the config dataclasses,
+errors printed on one line with exit code 2, and the package boundaries of DESIGN.md."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import pathlib
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from data_cache.errors import PadError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_top_level_help_lists_every_command_with_a_description():
+    result = CliRunner().invoke(cli.main, ["--help"])
+    assert result.exit_code == 0
+    for name, (_, _, short) in cli.COMMANDS.items():
+        assert name in result.output
+        assert short.split()[0] in result.output
+    assert "evaluate" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS) + ["evaluate " + n for n in cli.EVALUATE])
+def test_command_help_shows_every_config_field_and_its_default(name):
+    parts = name.split()
+    table = cli.EVALUATE if parts[0] == "evaluate" else cli.COMMANDS
+    config_cls = cli._load(table[parts[-1]][0])
+    result = CliRunner().invoke(cli.main, parts + ["--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for field in dataclasses.fields(config_cls):
+        if field.metadata.get("argument") or field.metadata.get("hidden"):
+            continue
+        flag = "--from" if field.name == "from_dir" else "--" + field.name.replace("_", "-")
+        assert flag in text, f"{name}: {flag} missing from --help"
+        if field.default not in (dataclasses.MISSING, None) and not isinstance(field.default, bool):
+            assert f"default: {field.default}" in text, f"{name}: default of {flag} not shown"
+
+
+def test_pad_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
+    def runner(config):
+        raise PadError("bad things\nhappened", path="/data/x.ply")
+
+    monkeypatch.setattr(cli, "_load", lambda spec: runner)
+    assert cli.invoke("x:y", object()) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "pad: error: /data/x.ply: bad things happened"
+
+
+def test_a_bug_prints_one_line_and_keeps_the_traceback(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def runner(config):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(cli, "_load", lambda spec: runner)
+    assert cli.invoke("x:y", object()) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ZeroDivisionError" in err
+    log = pathlib.Path(err.split("traceback in ")[1].rstrip(")"))
+    assert "Traceback" in log.read_text()
+
+
+def _imports(package: str) -> set[tuple[str, str]]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {(str(path.relative_to(ROOT)), a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add((str(path.relative_to(ROOT)), node.module))
+    return found
+
+
+def test_stages_talk_only_through_data_cache():
+    bad = [(f, m) for f, m in _imports("trainer") if m.split(".")[0] in ("pipeline", "workflows")]
+    bad += [(f, m) for f, m in _imports("pipeline") if m.split(".")[0] in ("trainer", "workflows")]
+    bad += [(f, m) for f, m in _imports("data_cache") if m.split(".")[0] in ("pipeline", "trainer", "workflows")]
+    assert not bad, f"imports crossing stage boundaries: {bad}"
