@@ -1,0 +1,44 @@
+"""Tolerances and limits of ingestion, in one place.
+
+Distances are in the data's own units (MVTec 3D-AD and Eyecandies store metres).
+"""
+from __future__ import annotations
+
+# --- background plane removal (organized clouds: MVTec 3D-AD, Eyecandies) -------------------
+#: Points closer than this to the fitted background plane are dropped (as in "Back to the
+#: Feature", Horwitz & Hoshen 2023, which uses 0.005 on MVTec 3D-AD).
+PLANE_DISTANCE = 0.005
+#: Candidate planes drawn at once by the vectorized RANSAC.
+PLANE_CANDIDATES = 512
+#: Points on which every candidate is scored (a random subset of the candidate pool).
+PLANE_SCORE_POINTS = 4096
+#: Width of the image border strip, as a fraction of min(H, W), where the candidate planes
+#: are drawn and scored: the background shows there, the object sits in the middle.
+PLANE_BORDER_FRACTION = 0.1
+#: Below this many valid points in the border strip, all valid points form the pool.
+PLANE_MIN_BORDER_POINTS = 64
+#: A plane is removed only when at least this fraction of the pool lies on it; otherwise the
+#: cloud is kept whole and the sample gets a warning.
+PLANE_MIN_INLIER_FRACTION = 0.3
+#: Seed of the plane RANSAC (ingestion is deterministic).
+PLANE_SEED = 0
+
+# --- ground-truth files of Real3D-AD / Anomaly-ShapeNet -------------------------------------
+#: A gt point agrees with its .pcd point when every coordinate differs by at most
+#: GT_MATCH_ATOL + GT_MATCH_RTOL * (bounding-box diagonal).
+GT_MATCH_ATOL = 1e-4
+GT_MATCH_RTOL = 1e-6
+#: Fraction of points that must agree (in file order, or else after sorting both sets).
+GT_MATCH_FRACTION = 0.99
+
+# --- memory guards ---------------------------------------------------------------------------
+#: Most bytes LZF can expand to per compressed byte (a 3-byte back-reference copies at most
+#: 264 bytes), with margin: a binary_compressed PCD declaring more is refused before reading.
+LZF_MAX_RATIO = 100
+#: Most bytes a compressed TIFF or NPZ member may expand to per stored byte.
+MAX_COMPRESSION_RATIO = 1100
+#: Fewest bytes an ASCII value takes ("0" plus a separator).
+MIN_ASCII_VALUE_BYTES = 2
+#: Most values per point a PCD header may declare (sum of COUNT; descriptors such as SHOT take 352):
+#: checked before the record type is built, which has one field per value.
+PCD_MAX_VALUES_PER_POINT = 65536
