@@ -1,0 +1,145 @@
+"""Training losses against formulas written out by hand on tiny tensors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainer.losses import (contrastive_loss, dice_loss, focal_loss, geometry_loss, local_2d_loss,
+                            local_3d_loss, mil_global_loss, view_global_loss)
+
+
+def close(a, b, tol=1e-6):
+    return abs(float(a) - float(b)) < tol
+
+
+def test_dice_matches_formula_per_instance_then_mean():
+    pred = torch.tensor([[0.9, 0.2, 0.0, 0.5], [0.1, 0.1, 0.1, 0.1]])
+    target = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    # instance 1: inter = 0.9 + 0.5 = 1.4; sums = 1.6 + 2 -> 1 - (2.8 + 1) / (3.6 + 1)
+    d1 = 1 - 3.8 / 4.6
+    # instance 2: inter = 0; sums = 0.4 + 0 -> 1 - 1 / 1.4
+    d2 = 1 - 1.0 / 1.4
+    assert close(dice_loss(pred, target), (d1 + d2) / 2)
+    assert close(dice_loss(pred, target, eps=0.5), ((1 - 3.3 / 4.1) + (1 - 0.5 / 0.9)) / 2)
+
+
+def test_dice_perfect_prediction_is_zero_and_shapes_checked():
+    t = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    assert close(dice_loss(t.clone(), t), 0.0)
+    assert close(dice_loss(torch.zeros(4), torch.zeros(4)), 0.0)   # eps keeps empty masks at 0
+    with pytest.raises(ValueError):
+        dice_loss(torch.zeros(3), torch.zeros(4))
+
+
+def test_focal_matches_formula():
+    # (B=1, C=2, 1, 3): p(anomalous) = 0.8, 0.3, 0.6; targets 1, 0, 0
+    pa = torch.tensor([0.8, 0.3, 0.6])
+    probs = torch.stack([1 - pa, pa]).reshape(1, 2, 1, 3)
+    target = torch.tensor([[[1, 0, 0]]])
+    pt = [0.8, 0.7, 0.4]
+    expected = sum(-(1 - p) ** 2 * math.log(p) for p in pt) / 3
+    assert close(focal_loss(probs, target), expected)
+    expected_g0 = sum(-math.log(p) for p in pt) / 3
+    assert close(focal_loss(probs, target, gamma=0.0), expected_g0)
+
+
+def test_focal_from_logits_equals_probability_path():
+    logits = torch.tensor([[[[0.3, -1.0], [2.0, 0.1]], [[-0.2, 0.5], [1.0, 1.0]]]])    # (1, 2, 2, 2)
+    target = torch.tensor([[[1, 0], [0, 1]]])
+    assert close(focal_loss(logits, target, from_logits=True), focal_loss(logits.softmax(1), target))
+
+
+def _ce(logits, label):
+    return -logits[label] + math.log(sum(math.exp(x) for x in logits))
+
+
+def test_mil_global_loss_is_ce_of_mean_view_logits():
+    view_logits = torch.tensor([[[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]],
+                                [[-2.0, 1.0], [0.0, 4.0], [1.0, 1.0]]])                # (2, 3, 2)
+    labels = torch.tensor([1, 0])
+    m0 = [(1 + 3 + 0.5) / 3, (2 - 1 + 0.5) / 3]
+    m1 = [(-2 + 0 + 1) / 3, (1 + 4 + 1) / 3]
+    assert close(mil_global_loss(view_logits, labels), (_ce(m0, 1) + _ce(m1, 0)) / 2)
+
+
+def test_view_global_loss_is_mean_ce_over_views():
+    view_logits = torch.tensor([[[1.0, 2.0], [3.0, -1.0]], [[-2.0, 1.0], [0.0, 4.0]]])
+    view_labels = torch.tensor([[1, 0], [0, 1]])
+    expected = (_ce([1, 2], 1) + _ce([3, -1], 0) + _ce([-2, 1], 0) + _ce([0, 4], 1)) / 4
+    assert close(view_global_loss(view_logits, view_labels), expected)
+
+
+def test_local_2d_loss_is_focal_plus_two_dice():
+    g = torch.Generator().manual_seed(0)
+    pa = torch.rand(2, 3, 4, 5, generator=g)
+    maps = torch.stack([1 - pa, pa], dim=2)                                            # (B, V, 2, H, W)
+    gt = (torch.rand(2, 3, 4, 5, generator=g) > 0.7).float()
+    expected = (focal_loss(maps.reshape(6, 2, 4, 5), gt.reshape(6, 4, 5))
+                + sum(dice_loss(pa[b, v].reshape(-1), gt[b, v].reshape(-1)) for b in range(2) for v in range(3)) / 6
+                + sum(dice_loss(1 - pa[b, v].reshape(-1), 1 - gt[b, v].reshape(-1)) for b in range(2)
+                      for v in range(3)) / 6)
+    assert close(local_2d_loss(maps, gt), expected, 1e-5)
+    layered = torch.stack([maps, maps.flip(-1)], dim=2)                                # (B, V, L, 2, H, W)
+    assert close(local_2d_loss(layered, gt), local_2d_loss(maps, gt) + local_2d_loss(maps.flip(-1), gt), 1e-5)
+
+
+def test_local_3d_and_geometry_losses():
+    pa = torch.tensor([0.9, 0.8, 0.1, 0.3])
+    y = torch.tensor([1, 1, 0, 0])
+    # Dice(pa, y): inter 1.7, sums 2.1 + 2; Dice(1 - pa, 1 - y): inter 0.9 + 0.7 = 1.6, sums 1.9 + 2
+    expected = (1 - (3.4 + 1) / 5.1) + (1 - (3.2 + 1) / 4.9)
+    probs = torch.stack([1 - pa, pa], dim=-1)
+    assert close(local_3d_loss(probs, y), expected)
+    assert close(local_3d_loss(pa, y), expected)
+    assert close(geometry_loss(probs, y), expected)
+    with pytest.raises(ValueError):
+        local_3d_loss(torch.rand(4, 3), y)
+
+
+def test_contrastive_loss_matches_the_four_terms():
+    rn = torch.tensor([1.0, 0.0, 0.0])
+    ra = torch.tensor([0.0, 2.0, 0.0])           # not normalized on purpose
+    gn = torch.tensor([1.0, 1.0, 0.0])
+    ga = torch.tensor([0.0, 1.0, 1.0])
+    tau = 0.07
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))
+
+    def term(pos, neg):
+        return -math.log(math.exp(pos / tau) / (math.exp(pos / tau) + math.exp(neg / tau)))
+
+    # the paper's four terms, literally: CE(cos(g_a^g, g_a^r) / (cos(g_a^g, g_a^r) + cos(g_a^g, g_n^r))) + ...
+    paper = (term(cos(ga, ra), cos(ga, rn)) + term(cos(gn, rn), cos(ga, rn))
+             + term(cos(ra, ga), cos(ra, gn)) + term(cos(rn, gn), cos(ra, gn)))
+    # the same set read as InfoNCE: rows (geometry anchors) and columns (rendering anchors)
+    rows_cols = (term(cos(ga, ra), cos(ga, rn)) + term(cos(gn, rn), cos(gn, ra))
+                 + term(cos(ra, ga), cos(ra, gn)) + term(cos(rn, gn), cos(rn, ga)))
+    got = contrastive_loss(rn, ra, gn, ga, tau=tau)
+    assert close(got, paper, 1e-4) and close(got, rows_cols, 1e-4)
+    # symmetric in the two layers, averaged over prompt sets
+    assert close(contrastive_loss(gn, ga, rn, ra, tau=tau), got, 1e-4)
+    batch = contrastive_loss(torch.stack([rn, rn]), torch.stack([ra, ra]), torch.stack([gn, gn]),
+                             torch.stack([ga, ga]), tau=tau)
+    assert close(batch, got, 1e-4)
+
+
+def test_contrastive_loss_prefers_aligned_prompts():
+    g = torch.Generator().manual_seed(1)
+    n, a = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    aligned = contrastive_loss(n, a, n + 0.1 * torch.randn(16, generator=g), a)
+    swapped = contrastive_loss(n, a, a, n)
+    assert aligned < 0.1 < swapped
+
+
+def test_losses_are_differentiable():
+    pa = torch.rand(1, 2, 3, 3, requires_grad=True)
+    maps = torch.stack([1 - pa, pa], dim=2)
+    loss = local_2d_loss(maps, (torch.rand(1, 2, 3, 3) > 0.5).float())
+    loss = loss + local_3d_loss(pa.reshape(-1), (torch.rand(18) > 0.5).long())
+    logits = torch.randn(2, 3, 2, requires_grad=True)
+    loss = loss + mil_global_loss(logits, torch.tensor([0, 1])) + view_global_loss(logits, torch.ones(2, 3))
+    emb = torch.randn(4, 8, requires_grad=True)
+    loss = loss + contrastive_loss(emb[0], emb[1], emb[2], emb[3])
+    loss.backward()
+    assert pa.grad.abs().sum() > 0 and logits.grad.abs().sum() > 0 and emb.grad.abs().sum() > 0

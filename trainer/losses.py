@@ -1,0 +1,181 @@
+"""Training losses of PointAD (rendering layer) and PointAD+ (geometry layer, cross-hierarchy).
+
+Pure torch, differentiable in the predictions. Conventions:
+
+- class axis: index 0 = *normal*, index 1 = *anomalous* (the prompt order everywhere);
+- ``logits`` are cosine similarities divided by the temperature τ (0.07), as produced by
+  the model; probability maps are their softmax over the class axis;
+- labels and ground truth are 0/1 (any integer, bool or float dtype);
+- every loss returns a 0-dim float tensor, averaged as stated (never summed over the batch).
+
+The paper (PointAD+, section 3.5) sums four terms for the rendering layer,
+``L_I-3d^global + L_I-3d^local + L_I-2d^global + L_I-2d^local``, plus ``L_E-3d^local``
+(:func:`geometry_loss`) and ``L^cross`` (:func:`contrastive_loss`) for PointAD+; the
+training loop adds them with weight 1.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Dice smoothing term (AnomalyCLIP / PointAD use 1): keeps the loss defined — and equal
+#: to 0 for an all-zero prediction of an all-zero target — on instances without positives.
+DICE_EPS = 1.0
+#: Focal loss floor on the probability of the true class before the log.
+FOCAL_EPS = 1e-6
+#: CLIP temperature.
+TAU = 0.07
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS) -> torch.Tensor:
+    """Soft Dice loss, one Dice per instance, averaged over instances.
+
+    ``pred``: (..., N) float, probabilities in [0, 1]; ``target``: (..., N) 0/1, same shape.
+    The last axis is one instance (a flattened map, or the points of one cloud); leading
+    axes are instances. Per instance: ``1 - (2·Σ p·t + eps) / (Σ p + Σ t + eps)``, where
+    ``eps`` (default 1, as AnomalyCLIP's BinaryDiceLoss) smooths instances with tiny masks.
+    Returns a 0-dim tensor: the mean over instances.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"dice_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    target = target.to(pred.dtype)
+    inter = (pred * target).sum(dim=-1)
+    total = pred.sum(dim=-1) + target.sum(dim=-1)
+    return (1.0 - (2.0 * inter + eps) / (total + eps)).mean()
+
+
+def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+               from_logits: bool = False, eps: float = FOCAL_EPS) -> torch.Tensor:
+    """Focal loss on a class-probability map (AnomalyCLIP's form, no class weights).
+
+    ``probs``: (B, C, ...) float — class probabilities along axis 1 (C = 2: normal,
+    anomalous), or logits when ``from_logits``; ``target``: (B, ...) integer class per
+    element (0/1 for C = 2). Per element, with ``p_t`` the probability of the true class
+    (floored at ``eps``): ``-(1 - p_t)^gamma · log p_t``; returns the mean over all elements.
+    ``gamma = 0`` is the cross-entropy.
+    """
+    if probs.shape[0] != target.shape[0] or probs.shape[2:] != target.shape[1:]:
+        raise ValueError(f"focal_loss: probs {tuple(probs.shape)} does not match target {tuple(target.shape)}")
+    index = target.long().unsqueeze(1)
+    if from_logits:
+        log_pt = torch.log_softmax(probs, dim=1).gather(1, index).squeeze(1)
+        pt = log_pt.exp()
+    else:
+        pt = probs.gather(1, index).squeeze(1).clamp(min=eps)
+        log_pt = pt.log()
+    return (-(1.0 - pt).clamp(min=0.0).pow(gamma) * log_pt).mean()
+
+
+def mil_global_loss(view_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """3D global loss (multiple-instance over views): ``CE(mean_k logits_k, object label)``.
+
+    ``view_logits``: (B, V, 2) float (cos/τ per view, normal then anomalous);
+    ``labels``: (B,) 0/1 object labels. Returns the mean over the B objects.
+    """
+    if view_logits.ndim != 3 or view_logits.shape[:1] != labels.shape:
+        raise ValueError(f"mil_global_loss: expected (B, V, 2) and (B,), got {tuple(view_logits.shape)}"
+                         f" and {tuple(labels.shape)}")
+    return F.cross_entropy(view_logits.mean(dim=1), labels.long())
+
+
+def view_global_loss(view_logits: torch.Tensor, view_labels: torch.Tensor) -> torch.Tensor:
+    """2D global loss: ``mean over objects and views of CE(logits_k, view label_k)``.
+
+    ``view_logits``: (B, V, 2) float; ``view_labels``: (B, V) 0/1 — 1 when the view's 2D
+    ground truth has any anomalous pixel. Returns the mean over the B·V views.
+    """
+    if view_logits.shape[:-1] != view_labels.shape:
+        raise ValueError(f"view_global_loss: expected (B, V, 2) and (B, V), got {tuple(view_logits.shape)}"
+                         f" and {tuple(view_labels.shape)}")
+    return F.cross_entropy(view_logits.reshape(-1, view_logits.shape[-1]), view_labels.reshape(-1).long())
+
+
+def local_2d_loss(maps: torch.Tensor, gt: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """2D local loss: ``mean_k [Focal(S_k, Y_k) + Dice(S_k,a, Y_k) + Dice(S_k,n, 1 - Y_k)]``.
+
+    ``maps``: (B, V, 2, H, W) float class probabilities per pixel (softmax over axis 2), or
+    (B, V, L, 2, H, W) with one map per tapped layer L — then the loss is summed over
+    layers, as AnomalyCLIP and PointAD do; ``gt``: (B, V, H, W) 0/1 2D ground truth.
+    Focal is the mean over all pixels of all views, Dice the mean over views (each view
+    one instance), which equals the mean over views of the per-view sum.
+    """
+    if maps.ndim == 6:
+        return sum(local_2d_loss(maps[:, :, layer], gt, gamma) for layer in range(maps.shape[2]))
+    if maps.ndim != 5 or maps.shape[2] != 2 or maps.shape[:2] + maps.shape[3:] != gt.shape:
+        raise ValueError(f"local_2d_loss: expected maps (B, V, 2, H, W) and gt (B, V, H, W), got "
+                         f"{tuple(maps.shape)} and {tuple(gt.shape)}")
+    b, v, _, h, w = maps.shape
+    flat = maps.reshape(b * v, 2, h, w)
+    target = gt.reshape(b * v, h, w).to(maps.dtype)
+    loss = focal_loss(flat, target, gamma=gamma)
+    loss = loss + dice_loss(flat[:, 1].reshape(b * v, -1), target.reshape(b * v, -1))
+    loss = loss + dice_loss(flat[:, 0].reshape(b * v, -1), 1.0 - target.reshape(b * v, -1))
+    return loss
+
+
+def _two_class_dice(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``Dice(P_a, y) + Dice(P_n, 1 - y)`` over the point axis; see :func:`local_3d_loss`."""
+    if probs.shape == labels.shape:               # anomalous probability only
+        anomalous, normal = probs, 1.0 - probs
+    elif probs.shape[:-1] == labels.shape and probs.shape[-1] == 2:
+        normal, anomalous = probs[..., 0], probs[..., 1]
+    else:
+        raise ValueError(f"expected point probabilities (..., N, 2) or (..., N) for labels (..., N), got "
+                         f"{tuple(probs.shape)} and {tuple(labels.shape)}")
+    y = labels.to(anomalous.dtype)
+    return dice_loss(anomalous, y) + dice_loss(normal, 1.0 - y)
+
+
+def local_3d_loss(point_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """3D local loss (rendering layer): ``Dice(S3d_a, y) + Dice(S3d_n, 1 - y)``.
+
+    ``point_probs``: (..., N, 2) float (normal, anomalous) back-projected point scores
+    S3d, or (..., N) — the anomalous score alone, the normal one taken as ``1 - S3d_a``;
+    ``labels``: (..., N) 0/1 point labels. One Dice per cloud (last axis); leading axes
+    are clouds of equal N, averaged. For clouds of different sizes call once per cloud
+    and average.
+    """
+    return _two_class_dice(point_probs, labels)
+
+
+def geometry_loss(point_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Geometry-layer loss (PointAD+): ``Dice(T_a, y) + Dice(T_n, 1 - y)``.
+
+    ``point_probs``: (..., N, 2) float — T, the softmax of the G-aggregated point features
+    against the geometry prompts (or (..., N) anomalous only); ``labels``: (..., N) 0/1.
+    Computing it on a random subset of a cloud's points per step is fine (Dice is a ratio
+    of sums). Same reduction as :func:`local_3d_loss`.
+    """
+    return _two_class_dice(point_probs, labels)
+
+
+def contrastive_loss(render_normal: torch.Tensor, render_anomalous: torch.Tensor,
+                     geo_normal: torch.Tensor, geo_anomalous: torch.Tensor,
+                     tau: float = TAU) -> torch.Tensor:
+    """Cross-hierarchy contrastive alignment of PointAD+ (its ``L^cross``).
+
+    Inputs: the text embeddings of the four prompts, each (D,) float (or (M, D) for M
+    prompt sets, e.g. one per class with CoOp prompts: the loss is then averaged over M);
+    they need not be normalized. With ``C[i, j] = cos(geometry_i, rendering_j)`` for
+    ``i, j`` in (normal, anomalous), the loss is the sum of the paper's four terms:
+
+    - geometry anomalous anchor, rendering anomalous vs normal: ``CE(row a of C/τ, a)``;
+    - geometry normal anchor, rendering normal vs anomalous: ``CE(row n of C/τ, n)``;
+    - rendering anomalous anchor, geometry anomalous vs normal: ``CE(column a of C/τ, a)``;
+    - rendering normal anchor, geometry normal vs anomalous: ``CE(column n of C/τ, n)``,
+
+    i.e. a symmetric InfoNCE over the 2×2 cosine matrix, both ways. Each anchor is pulled
+    toward the other layer's prompt of the same meaning and pushed from the opposite one.
+    The paper writes the ratios with raw cosines, ``cos⁺ / (cos⁺ + cos⁻)``, which is not a
+    probability (cosines can be negative); we use ``exp(cos/τ)`` as in CLIP's InfoNCE.
+    """
+    geo = torch.stack([geo_normal, geo_anomalous], dim=-2)           # (..., 2, D)
+    ren = torch.stack([render_normal, render_anomalous], dim=-2)     # (..., 2, D)
+    geo = F.normalize(geo, dim=-1)
+    ren = F.normalize(ren, dim=-1)
+    logits = geo @ ren.transpose(-1, -2) / tau                       # (..., 2, 2): [geo i, render j]
+    logits = logits.reshape(-1, 2, 2)
+    target = torch.arange(2, device=logits.device).repeat(logits.shape[0])
+    rows = F.cross_entropy(logits.reshape(-1, 2), target, reduction="none")
+    cols = F.cross_entropy(logits.transpose(-1, -2).reshape(-1, 2), target, reduction="none")
+    return (rows.reshape(-1, 2).sum(dim=1) + cols.reshape(-1, 2).sum(dim=1)).mean()

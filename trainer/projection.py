@@ -1,0 +1,323 @@
+"""Between the 2D views and the 3D points: back-projection, point features, G-aggregation.
+
+All inputs come straight from the render store (one sample) and the feature store:
+
+- ``pixel`` (N, V, 2) int (row, col) in output pixels, ``visible`` (N, V) bool;
+- ``knn`` (N, k) int, ``knn_dist`` (N, k) float — see :mod:`trainer.knn_graph` for how
+  self entries and padding are recognized;
+- ``patch`` (V, L, P, D) float, P = G·G patch tokens in ViT order (row-major: token
+  ``p = r·G + c``).
+
+A point *counts* in a view when it is visible there and its pixel lies inside the image;
+a point that counts in no view (occluded everywhere) takes the value of a *source* point,
+chosen by :func:`nearest_seen_source`. Gathers and sparse products only: no per-point
+Python loop. Everything is differentiable with respect to ``view_maps`` / ``patch`` /
+``features`` (the index structures are constants).
+
+Point features and G-aggregation are linear in the patch tokens, so they are built as a
+sparse (points × V·P) matrix applied to the tokens: :func:`geometry_features` returns
+q̂ for any subset of points without materializing q for the whole cloud.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.spatial import cKDTree
+
+from data_cache.errors import PadError
+from trainer.knn_graph import as_numpy, median_spacing, neighbour_mask
+
+#: G-aggregation mix between the neighbours' weighted mean and the point's own feature.
+ALPHA = 0.5
+
+
+def counted_views(pixel, visible, height: int, width: int) -> np.ndarray:
+    """Which (point, view) pairs count: visible and inside the H×W image.
+
+    ``pixel``: (N, V, 2) int (row, col); ``visible``: (N, V) bool. Returns (N, V) bool.
+    """
+    pixel = as_numpy(pixel)
+    rows, cols = pixel[..., 0], pixel[..., 1]
+    return (as_numpy(visible).astype(bool) & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width))
+
+
+def nearest_seen_source(seen, knn=None, points=None) -> np.ndarray:
+    """For each point, the point whose value it takes: itself when seen, otherwise a
+    nearby seen point.
+
+    ``seen``: (N,) bool (counts in at least one view); ``knn``: (N, k) int or None;
+    ``points``: (N, 3) float or None. Returns (N,) int64: a seen point's index, or -1
+    meaning "the mean over all seen points". Rules, in order, for an unseen point:
+
+    1. the first seen neighbour in ``knn`` order (the nearest seen one among its k);
+    2. when none of its k neighbours is seen: with ``points``, the nearest seen point
+       (a cKDTree over the seen points); without, the source of the first neighbour
+       that got one, repeated hop by hop through the graph until nothing changes;
+    3. a point still without source (a graph component with no seen point) gets -1.
+
+    Raises PadError when no point is seen at all (a broken rendering).
+    """
+    seen = as_numpy(seen).astype(bool).reshape(-1)
+    n = seen.shape[0]
+    if not seen.any():
+        raise PadError("no point of the sample is visible in any view; render the sample again")
+    src = np.where(seen, np.arange(n, dtype=np.int64), -1)
+    if seen.all():
+        return src
+    if knn is not None:
+        knn = as_numpy(knn).astype(np.int64)
+        valid = neighbour_mask(knn)
+        safe = np.clip(knn, 0, n - 1)
+        pending = np.flatnonzero(src < 0)
+        _adopt(src, pending, safe, valid, seen)
+    pending = np.flatnonzero(src < 0)
+    if pending.size and points is not None:
+        pts = as_numpy(points).astype(np.float64)
+        seen_idx = np.flatnonzero(seen)
+        _, nearest = cKDTree(pts[seen_idx]).query(pts[pending])
+        src[pending] = seen_idx[nearest]
+    elif pending.size and knn is not None:
+        while pending.size:
+            if not _adopt(src, pending, safe, valid, src >= 0):
+                break
+            pending = np.flatnonzero(src < 0)
+    return src
+
+
+def _adopt(src: np.ndarray, pending: np.ndarray, safe: np.ndarray, valid: np.ndarray,
+           donor: np.ndarray) -> bool:
+    """Give each pending point the source of its first donor neighbour; True if any got one."""
+    nb = safe[pending]
+    ok = valid[pending] & donor[nb]
+    has = ok.any(axis=1)
+    if not has.any():
+        return False
+    first = ok.argmax(axis=1)
+    chosen = nb[np.flatnonzero(has), first[has]]
+    src[pending[has]] = src[chosen]
+    return True
+
+
+def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
+                 source: np.ndarray | None = None) -> torch.Tensor:
+    """Point scores from per-view maps: S3d(j) = mean over the views where j counts of the
+    map at j's pixel.
+
+    ``view_maps``: (V, H, W) or (V, C, H, W) float tensor (e.g. anomaly probability, or
+    C = 2 normal/anomalous maps); ``pixel``: (N, V, 2) int (row, col); ``visible``: (N, V)
+    bool; ``knn`` (N, k) int and ``points`` (N, 3) float, optional, choose the source of
+    points seen nowhere (see :func:`nearest_seen_source`; ``source`` (N,) int64 passes a
+    precomputed one). Returns (N,) or (N, C) tensor, dtype and device of ``view_maps``,
+    differentiable with respect to ``view_maps``.
+    """
+    squeeze = view_maps.ndim == 3
+    maps = view_maps.unsqueeze(1) if squeeze else view_maps
+    if maps.ndim != 4:
+        raise ValueError(f"back_project: view_maps must be (V, H, W) or (V, C, H, W), got {tuple(view_maps.shape)}")
+    v, c, h, w = maps.shape
+    pixel = as_numpy(pixel)
+    if pixel.ndim != 3 or pixel.shape[1:] != (v, 2):
+        raise ValueError(f"back_project: pixel must be (N, {v}, 2), got {pixel.shape}")
+    counts = counted_views(pixel, visible, h, w)                                   # (N, V)
+    rows = np.clip(pixel[..., 0].astype(np.int64), 0, h - 1)
+    cols = np.clip(pixel[..., 1].astype(np.int64), 0, w - 1)
+    flat = (np.arange(v, dtype=np.int64)[None, :] * h + rows) * w + cols            # (N, V)
+    device = maps.device
+    table = maps.permute(0, 2, 3, 1).reshape(v * h * w, c)                          # (V·H·W, C)
+    weight = torch.as_tensor(counts, device=device, dtype=maps.dtype)               # (N, V)
+    values = table[torch.as_tensor(flat, device=device)]                             # (N, V, C)
+    n_views = weight.sum(dim=1, keepdim=True)
+    direct = (values * weight[..., None]).sum(dim=1) / n_views.clamp(min=1.0)        # (N, C)
+    seen = counts.any(axis=1)
+    if source is None:
+        source = nearest_seen_source(seen, knn, points)
+    out = _fill(direct, np.asarray(source, dtype=np.int64), seen)
+    return out[:, 0] if squeeze else out
+
+
+def _fill(direct: torch.Tensor, source: np.ndarray, seen: np.ndarray) -> torch.Tensor:
+    """Rows of ``direct`` (N, ...) taken from their source rows; -1 rows get the mean of seen rows."""
+    device = direct.device
+    out = direct[torch.as_tensor(np.maximum(source, 0), device=device)]
+    orphan = source < 0
+    if orphan.any():
+        mean = direct[torch.as_tensor(np.flatnonzero(seen), device=device)].mean(dim=0)
+        mask = torch.as_tensor(orphan, device=device).reshape((-1,) + (1,) * (direct.ndim - 1))
+        out = torch.where(mask, mean.expand_as(out), out)
+    return out
+
+
+def projection_matrix(pixel, visible, image_size: int, grid: int) -> sp.csr_matrix:
+    """The linear map from patch tokens to point features, for the given points.
+
+    Row j averages, over the views where point j counts, the bilinear interpolation of
+    that view's G×G token grid at the point's pixel centre: with the pixel (row, col),
+    ``u = (col + 0.5)·G/image_size - 0.5`` (likewise for the row), the convention of
+    ``grid_sample(align_corners=False, padding_mode="border")``. Column ``v·G² + r·G + c``
+    is token (r, c) of view v. ``pixel``: (n, V, 2) int; ``visible``: (n, V) bool.
+    Returns (n, V·G²) float32 CSR; rows of points that count in no view are empty.
+    """
+    pixel = as_numpy(pixel)
+    n, v = pixel.shape[:2]
+    counts = counted_views(pixel, visible, image_size, image_size)                 # (n, V)
+    scale = grid / float(image_size)
+    coord = (pixel.astype(np.float64) + 0.5) * scale - 0.5                          # (n, V, 2)
+    low = np.floor(coord)
+    frac = coord - low
+    low = low.astype(np.int64)
+    r0, c0 = np.clip(low[..., 0], 0, grid - 1), np.clip(low[..., 1], 0, grid - 1)
+    r1, c1 = np.clip(low[..., 0] + 1, 0, grid - 1), np.clip(low[..., 1] + 1, 0, grid - 1)
+    fr, fc = frac[..., 0], frac[..., 1]
+    base = np.arange(v, dtype=np.int64)[None, :] * grid * grid
+    cols = np.stack([base + r0 * grid + c0, base + r0 * grid + c1,
+                     base + r1 * grid + c0, base + r1 * grid + c1], axis=-1)       # (n, V, 4)
+    wts = np.stack([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc], axis=-1)
+    n_views = counts.sum(axis=1)
+    wts = wts / np.maximum(n_views, 1)[:, None, None]
+    keep = np.broadcast_to(counts[..., None], cols.shape)
+    rows = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None, None], cols.shape)
+    mat = sp.coo_matrix((wts[keep].astype(np.float32), (rows[keep], cols[keep])), shape=(n, v * grid * grid))
+    return mat.tocsr()
+
+
+def aggregation_matrix(knn, knn_dist, alpha: float = ALPHA, sigma: float | None = None,
+                       rows: np.ndarray | None = None) -> sp.csr_matrix:
+    """G-aggregation as a sparse matrix: ``q̂ = A q``.
+
+    Row j: ``(1 - alpha)`` on j itself plus ``alpha · w_jl`` on each neighbour l, where
+    ``w_jl = exp(-d_jl² / 2σ²) / Σ_l' exp(-d_jl'² / 2σ²)`` over j's neighbours in ``knn``
+    (self entries and padding excluded, as the paper's TopK excludes the point). A point
+    with no neighbour keeps its own feature. ``sigma`` defaults to the cloud's spacing
+    (:func:`trainer.knn_graph.median_spacing`). ``knn``: (N, k) int; ``knn_dist``: (N, k)
+    float; ``rows``: (n,) int subset of points (default all). Returns (n, N) float32 CSR.
+    """
+    knn = as_numpy(knn).astype(np.int64)
+    dist = as_numpy(knn_dist).astype(np.float64)
+    n_all = knn.shape[0]
+    if sigma is None:
+        sigma = median_spacing(knn, dist)
+    if not sigma > 0:
+        raise ValueError(f"G-aggregation sigma must be positive, got {sigma}")
+    rows = np.arange(n_all, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    mask = neighbour_mask(knn, dist)[rows]
+    d2 = np.where(mask, dist[rows], 0.0) ** 2
+    nearest = np.min(d2, axis=1, keepdims=True, initial=np.inf, where=mask)
+    d2 = np.where(mask, d2 - np.where(np.isfinite(nearest), nearest, 0.0), 0.0)     # shift: no underflow
+    wts = np.where(mask, np.exp(-d2 / (2.0 * sigma * sigma)), 0.0)
+    total = wts.sum(axis=1, keepdims=True)
+    lonely = total[:, 0] <= 0
+    wts = alpha * wts / np.where(total > 0, total, 1.0)
+    n = rows.shape[0]
+    self_w = np.where(lonely, 1.0, 1.0 - alpha)
+    local = np.arange(n, dtype=np.int64)
+    data = np.concatenate([wts[mask], self_w])
+    r = np.concatenate([np.broadcast_to(local[:, None], mask.shape)[mask], local])
+    c = np.concatenate([knn[rows][mask], rows])
+    return sp.coo_matrix((data.astype(np.float32), (r, c)), shape=(n, n_all)).tocsr()
+
+
+def _sparse_apply(mat: sp.spmatrix, dense: torch.Tensor) -> torch.Tensor:
+    """``mat @ dense`` for a scipy sparse (n, m) matrix and a torch (m, F) tensor (float32)."""
+    coo = mat.tocoo()
+    device = dense.device
+    index = torch.as_tensor(np.stack([coo.row, coo.col]).astype(np.int64), device=device)
+    values = torch.as_tensor(coo.data.astype(np.float32), device=device)
+    tensor = torch.sparse_coo_tensor(index, values, size=coo.shape, device=device,
+                                     check_invariants=False, is_coalesced=True)
+    return torch.sparse.mm(tensor, dense.to(torch.float32))
+
+
+def g_aggregate(features: torch.Tensor, knn, knn_dist, alpha: float = ALPHA,
+                sigma: float | None = None) -> torch.Tensor:
+    """G-aggregation of PointAD+: ``q̂_j = alpha · Σ_l w_jl q_l + (1 - alpha) · q_j``.
+
+    ``features``: (N, ..., D) float tensor, one row per point; ``knn``: (N, k) int and
+    ``knn_dist``: (N, k) float, the cached graph (with or without the self column);
+    weights, ``alpha`` and ``sigma`` as in :func:`aggregation_matrix` (σ defaults to the
+    median nearest-neighbour distance, which makes it scale-free). Returns float32 of
+    the shape of ``features``, differentiable with respect to ``features``.
+    """
+    n = features.shape[0]
+    if as_numpy(knn).shape[0] != n:
+        raise ValueError(f"g_aggregate: {n} feature rows but a kNN graph of {as_numpy(knn).shape[0]} points")
+    mat = aggregation_matrix(knn, knn_dist, alpha, sigma)
+    return _sparse_apply(mat, features.reshape(n, -1)).reshape(features.shape)
+
+
+def _source_rows(pixel, visible, source: np.ndarray, image_size: int, grid: int) -> sp.csr_matrix:
+    """Projection rows for points given by their source indices (-1 = mean over seen points)."""
+    pixel = as_numpy(pixel)
+    visible = as_numpy(visible)
+    wanted = source[source >= 0]
+    uniq, inverse = np.unique(wanted, return_inverse=True)
+    blocks = [projection_matrix(pixel[uniq], visible[uniq], image_size, grid)]
+    col = np.empty(source.shape[0], dtype=np.int64)
+    col[source >= 0] = inverse
+    if (source < 0).any():
+        seen = np.flatnonzero(counted_views(pixel, visible, image_size, image_size).any(axis=1))
+        mean = projection_matrix(pixel[seen], visible[seen], image_size, grid).mean(axis=0)
+        blocks.append(sp.csr_matrix(np.asarray(mean, dtype=np.float32)))
+        col[source < 0] = uniq.shape[0]
+    stacked = sp.vstack(blocks).tocsr()
+    pick = sp.csr_matrix((np.ones(source.shape[0], dtype=np.float32), (np.arange(source.shape[0]), col)),
+                         shape=(source.shape[0], stacked.shape[0]))
+    return (pick @ stacked).tocsr()
+
+
+def _check_patch(patch: torch.Tensor, pixel, grid: int) -> None:
+    if patch.ndim != 4 or patch.shape[2] != grid * grid:
+        raise ValueError(f"patch must be (V, L, {grid}*{grid}, D), got {tuple(patch.shape)}")
+    if as_numpy(pixel).shape[1] != patch.shape[0]:
+        raise ValueError(f"pixel has {as_numpy(pixel).shape[1]} views, patch {patch.shape[0]}")
+
+
+def _apply_to_patch(mat: sp.spmatrix, patch: torch.Tensor) -> torch.Tensor:
+    v, l, p, d = patch.shape
+    tokens = patch.permute(0, 2, 1, 3).reshape(v * p, l * d)                       # (V·P, L·D)
+    return _sparse_apply(mat, tokens).reshape(mat.shape[0], l, d)
+
+
+def point_features(patch: torch.Tensor, pixel, visible, image_size: int, grid: int, knn=None,
+                   points=None, index=None, source: np.ndarray | None = None) -> torch.Tensor:
+    """Explicit point features q_j: the patch features bilinearly sampled at the point's
+    pixel, averaged over the views where the point counts (PointAD+'s first aggregation).
+
+    ``patch``: (V, L, P, D) float tensor, P = grid², one sample's patch tokens per view
+    and tapped layer; ``pixel``: (N, V, 2) int; ``visible``: (N, V) bool; ``image_size``:
+    the render size S (pixels); ``grid``: G. Sampling convention in
+    :func:`projection_matrix`. Points seen nowhere take their source's features (``knn``,
+    ``points``, ``source`` as in :func:`back_project`). ``index``: (n,) int to compute only
+    some points (default all). Returns (n, L, D) float32, differentiable w.r.t. ``patch``.
+    For large clouds pass ``index`` in chunks: the full result is N·L·D floats.
+    """
+    _check_patch(patch, pixel, grid)
+    n = as_numpy(pixel).shape[0]
+    if source is None:
+        seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
+        source = nearest_seen_source(seen, knn, points)
+    rows = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+    mat = _source_rows(pixel, visible, np.asarray(source, dtype=np.int64)[rows], image_size, grid)
+    return _apply_to_patch(mat, patch)
+
+
+def geometry_features(patch: torch.Tensor, pixel, visible, knn, knn_dist, image_size: int, grid: int,
+                      alpha: float = ALPHA, sigma: float | None = None, index=None, points=None,
+                      source: np.ndarray | None = None) -> torch.Tensor:
+    """G-aggregated point features q̂ for some points: ``g_aggregate(point_features(...))``
+    restricted to ``index``, computed from the few points it needs only.
+
+    Arguments as :func:`point_features` and :func:`g_aggregate`; ``index``: (n,) int
+    (default all points). Returns (n, L, D) float32, differentiable w.r.t. ``patch``.
+    """
+    _check_patch(patch, pixel, grid)
+    n_all = as_numpy(pixel).shape[0]
+    if source is None:
+        seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
+        source = nearest_seen_source(seen, knn, points)
+    rows = np.arange(n_all) if index is None else np.asarray(index, dtype=np.int64)
+    agg = aggregation_matrix(knn, knn_dist, alpha, sigma, rows=rows)               # (n, N)
+    needed = np.unique(agg.indices)
+    agg = agg[:, needed]                                                            # (n, m)
+    proj = _source_rows(pixel, visible, np.asarray(source, dtype=np.int64)[needed], image_size, grid)
+    return _apply_to_patch((agg @ proj).tocsr(), patch)
