@@ -80,7 +80,7 @@ class ExtractConfig:
     """``pad extract-features --cache CACHE``: run the frozen CLIP encoder (with DPAM) once
     over every rendering and cache global and patch embeddings in HDF5."""
     cache: str = option(help="Cache directory holding render.zarr.")
-    backbone: str = option("ViT-L-14-336", "Backbone from the registry (pad backbones), or any open_clip ViT name.")
+    backbone: str = option("ViT-L-14-336", "Backbone: pad-tiny, ViT-B-16, ViT-L-14-336 (the registry), or any other open_clip ViT name.")
     pretrained: str = option("openai", "Weights: an open_clip pretrained tag, a local checkpoint file, or "
                                        "'random' (seeded random weights, for timing and tests).",
                              metavar="openai|PATH|random")

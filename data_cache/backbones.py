@@ -1,0 +1,490 @@
+"""The CLIP backbone registry and factory (shared by feature extraction and the trainer's text tower).
+
+One :class:`Backbone` entry per backbone: open_clip model name, default pretrained tag, default
+tapped layers, DPAM depth and input size. :func:`create_clip` returns the open_clip model with
+its matching tokenizer and normalization (:class:`ClipParts`). Architectures come from open_clip's
+JSON configs plus ``data_cache/model_configs/`` (``pad-tiny``: a narrow 6-block ViT with the
+paper's 336 px input and 24×24 grid, random weights only, for tests and timing).
+
+Weights (``pretrained``):
+- an open_clip tag (``openai``, ``laion2b_s34b_b88k``, ...): taken from the local caches only when
+  present (Hugging Face hub cache, ``~/.cache/clip``, the directory named by ``$PAD_CLIP_WEIGHTS``),
+  downloaded otherwise unless ``HF_HUB_OFFLINE=1`` / ``PAD_OFFLINE=1``;
+- a local checkpoint file (``.safetensors``, ``.bin``/``.pt`` state dict, or an OpenAI TorchScript archive);
+- ``random``: seeded random initialization (same seed, same weights).
+
+Layer and DPAM numbers follow the reference 24-block ViT-L-14-336 (:func:`resolve_layers`,
+:func:`resolve_dpam` scale them to other depths).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import socket
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from data_cache.errors import PadError
+
+REFERENCE_BLOCKS = 24  # depth of ViT-L-14-336, the paper's backbone; layer/DPAM numbers are on this scale
+MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
+WEIGHTS_ENV = "PAD_CLIP_WEIGHTS"
+OFFLINE_ENVS = ("PAD_OFFLINE", "HF_HUB_OFFLINE")
+CHECKPOINT_EXTS = (".safetensors", ".bin", ".pt", ".pth")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One registry entry. ``layers``/``dpam_layers`` are on the 24-block reference scale."""
+    name: str                       # pad name (also the open_clip model name unless ``open_clip_name``)
+    pretrained: str                 # default weights: open_clip tag or 'random'
+    layers: str = "24"              # default tapped layers (comma-separated, 1-based, reference scale)
+    dpam_layers: int = 20           # default DPAM depth (reference scale; 0 = off)
+    image_size: int = 336           # model input side in pixels
+    random_only: bool = False       # no pretrained weights exist (pad-tiny)
+    open_clip_name: str | None = None
+    description: str = ""
+
+    @property
+    def model_name(self) -> str:
+        return self.open_clip_name or self.name
+
+
+REGISTRY: dict[str, Backbone] = {b.name: b for b in (
+    Backbone("pad-tiny", "random", image_size=336, random_only=True,
+             description="6 narrow vision blocks, 336 px, 24x24 grid, random weights: tests and timing"),
+    Backbone("ViT-B-16", "openai", image_size=224, description="CLIP ViT-B/16, 224 px, 14x14 grid"),
+    Backbone("ViT-L-14-336", "openai", image_size=336,
+             description="CLIP ViT-L/14 @ 336 px, 24x24 grid (the paper's backbone)"),
+)}
+DEFAULT_BACKBONE = "ViT-L-14-336"
+
+
+@dataclass
+class ClipParts:
+    """What :func:`create_clip` returns: matched model, tokenizer and preprocessing.
+
+    ``model`` is an ``open_clip.CLIP`` in eval mode with ``requires_grad`` False everywhere
+    (``model.visual`` is None when created with ``need_visual=False``). ``mean``/``std`` are the
+    per-channel RGB normalization for images in [0, 1]; ``grid`` is the patch grid side G
+    (G*G patch tokens); ``dtype`` the compute dtype of the weights.
+    """
+    name: str
+    pretrained: str
+    model: Any
+    tokenizer: Callable
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+    grid: int
+    embed_dim: int
+    n_vision_blocks: int
+    n_text_blocks: int
+    device: str
+    precision: str
+    weights_path: str | None = None
+
+    @property
+    def dtype(self):
+        import torch
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+
+
+# --------------------------------------------------------------------------- registry
+_CONFIGS_ADDED = False
+
+
+def _register_configs() -> None:
+    """Add ``data_cache/model_configs`` to open_clip's config registry (once)."""
+    global _CONFIGS_ADDED
+    if not _CONFIGS_ADDED:
+        import open_clip
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _CONFIGS_ADDED = True
+
+
+def list_backbones() -> list[str]:
+    """Names of the registry entries (any other open_clip ViT name is accepted too)."""
+    return list(REGISTRY)
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry for ``name``, or an entry derived from open_clip's config of that name.
+
+    :class:`PadError` (listing the choices) for unknown names and for non-ViT open_clip models.
+    """
+    if name in REGISTRY:
+        return REGISTRY[name]
+    _register_configs()
+    import open_clip
+    cfg = open_clip.get_model_config(name)
+    choices = ", ".join(REGISTRY)
+    if cfg is None:
+        raise PadError(f"unknown backbone '{name}' (choices: {choices}, or any open_clip ViT name, "
+                       "see open_clip.list_models())")
+    vision = cfg.get("vision_cfg", {})
+    if ("timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple))
+            or "hf_model_name" in cfg.get("text_cfg", {}) or cfg.get("custom_text")
+            or "multimodal_cfg" in cfg or vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok"):
+        raise PadError(f"backbone '{name}' is not a plain open_clip CLIP ViT with a class token "
+                       f"(choices: {choices}, or an open_clip ViT such as ViT-B-32, ViT-L-14)")
+    size = vision.get("image_size", 224)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    default = "openai" if "openai" in tags else (tags[0] if tags else "random")
+    return Backbone(name, default, image_size=int(size), random_only=not tags,
+                    description="open_clip model")
+
+
+def resolve_layers(spec: str | Any, n_blocks: int) -> list[int]:
+    """Blocks to tap, 1-based, for a backbone of ``n_blocks`` blocks.
+
+    ``spec`` ("24", "6,12,18,24" or a sequence of ints) counts blocks on the 24-block reference
+    scale (ViT-L-14-336); block ``l`` maps to ``ceil(l * n_blocks / 24)``, duplicates removed,
+    sorted. So "24" is always the last block; "6,12,18,24" gives [3, 6, 9, 12] on 12 blocks and
+    [2, 3, 5, 6] on 6 blocks; on a 24-block model the numbers are taken as they are.
+    """
+    values = _ints(spec, "layers")
+    if not values:
+        raise PadError("no layers given (e.g. --layers 24 or --layers 6,12,18,24)")
+    bad = [v for v in values if not 1 <= v <= REFERENCE_BLOCKS]
+    if bad:
+        raise PadError(f"layer {bad[0]} out of range: layers are 1..{REFERENCE_BLOCKS} on the reference "
+                       f"24-block scale (scaled to the backbone's {n_blocks} blocks)")
+    return sorted({max(1, math.ceil(v * n_blocks / REFERENCE_BLOCKS)) for v in values})
+
+
+def resolve_dpam(dpam_layers: int, n_blocks: int) -> int:
+    """Number of last blocks rewired by DPAM for a backbone of ``n_blocks`` blocks.
+
+    Reference: ``DPAM_layer=20`` on ViT-L's 24 blocks rewires the last 19 (``dpam_layers - 1``);
+    other depths scale that count proportionally, rounding half up: 20 -> 10 of 12 blocks,
+    5 of 6 blocks. 0 (or 1) disables DPAM. At most every block.
+    """
+    dpam_layers = int(dpam_layers)
+    if dpam_layers < 0 or dpam_layers > REFERENCE_BLOCKS + 1:
+        raise PadError(f"--dpam-layers {dpam_layers} out of range 0..{REFERENCE_BLOCKS + 1} "
+                       "(reference scale: 20 rewires the last 19 of 24 blocks)")
+    rewired = max(0, dpam_layers - 1)
+    return min(n_blocks, int(math.floor(rewired * n_blocks / REFERENCE_BLOCKS + 0.5)))
+
+
+def _ints(spec, what: str) -> list[int]:
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+    else:
+        parts = list(spec)
+    try:
+        return [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise PadError(f"bad {what} '{spec}': expected comma-separated integers") from None
+
+
+# --------------------------------------------------------------------------- weights
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENVS)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(CHECKPOINT_EXTS) \
+        or pretrained.startswith("~")
+
+
+def _tag_cfg(model_name: str, tag: str) -> dict:
+    import open_clip
+    return dict(open_clip.get_pretrained_cfg(model_name, tag) or {})
+
+
+def _hf_candidates(cfg: dict) -> list[tuple[str, str]]:
+    """(repo_id, filename) pairs under which open_clip stores a tag in the Hugging Face cache."""
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return []
+    repo, filename = os.path.split(hub)
+    if not filename:
+        return [(repo, "open_clip_model.safetensors"), (repo, "open_clip_pytorch_model.bin")]
+    out = [(repo, filename)]
+    if filename.endswith((".bin", ".pth")):
+        out.insert(0, (repo, filename[:-4] + ".safetensors"))
+    return out
+
+
+def _env_dir_candidates(model_name: str, tag: str, cfg: dict) -> list[str]:
+    """Files looked for in ``$PAD_CLIP_WEIGHTS``: ``<model>_<tag>.<ext>``, ``<model>-<tag>.<ext>`` and
+    the file name of the tag's download URL (e.g. ``ViT-L-14-336px.pt``)."""
+    root = os.environ.get(WEIGHTS_ENV, "")
+    if not root:
+        return []
+    root = os.path.expanduser(root)
+    names = [f"{model_name}{sep}{tag}{ext}" for sep in ("_", "-") for ext in CHECKPOINT_EXTS]
+    if cfg.get("url"):
+        names.append(os.path.basename(cfg["url"]))
+    return [os.path.join(root, n) for n in names]
+
+
+def _cached_weights(model_name: str, tag: str) -> tuple[str | None, list[str]]:
+    """(local file holding the tag's weights or None, the places looked in). Never uses the network."""
+    cfg = _tag_cfg(model_name, tag)
+    looked: list[str] = []
+    for path in _env_dir_candidates(model_name, tag, cfg):
+        looked.append(path)
+        if os.path.isfile(path):
+            return path, looked
+    if not cfg:
+        return None, looked
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip
+        try_to_load_from_cache = None
+    if try_to_load_from_cache is not None:
+        for repo, filename in _hf_candidates(cfg):
+            looked.append(f"hf-hub cache {repo}/{filename}")
+            try:
+                found = try_to_load_from_cache(repo, filename)
+            except Exception:
+                found = None
+            if isinstance(found, str) and os.path.isfile(found):
+                return found, looked
+    if cfg.get("url"):
+        path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
+        looked.append(path)
+        if os.path.isfile(path):
+            return path, looked
+    return None, looked
+
+
+def weights_available(name: str, pretrained: str | None = None) -> bool:
+    """Whether ``create_clip(name, pretrained)`` can get its weights without the network (fast, no I/O
+    beyond a few ``stat`` calls). ``pretrained`` None means the entry's default."""
+    try:
+        entry = get_backbone(name)
+    except PadError:
+        return False
+    pretrained = pretrained or entry.pretrained
+    if pretrained == "random":
+        return True
+    if _looks_like_path(pretrained) or os.path.isfile(pretrained):
+        return os.path.isfile(os.path.expanduser(pretrained))
+    if entry.random_only:
+        return False
+    return _cached_weights(entry.model_name, pretrained)[0] is not None
+
+
+def _how_to_supply(name: str, tag: str) -> str:
+    return (f"supply them with --pretrained PATH (a checkpoint file), put the file in the directory named by "
+            f"${WEIGHTS_ENV} (as {name}_{tag}.safetensors or its download name), pre-populate open_clip's "
+            f"cache once online (open_clip.create_model('{name}', pretrained='{tag}')), "
+            "or use --pretrained random for timing and tests")
+
+
+def _reachable(cfg: dict, timeout: float = 3.0) -> str | None:
+    """None when the download host answers, else why not (so an offline machine fails in seconds,
+    not after the hub client's minute of retries)."""
+    from urllib.parse import urlparse
+    from open_clip.pretrained import has_hf_hub
+    host = "huggingface.co" if cfg.get("hf_hub") and has_hf_hub() else urlparse(cfg.get("url", "")).hostname
+    if not host:
+        return "no download location"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # through a proxy: let the download itself decide
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"cannot reach {host}: {exc.strerror or exc}"
+    return None
+
+
+def _download(model_name: str, tag: str, cfg: dict) -> str:
+    import open_clip
+    problem = _reachable(cfg)
+    if problem:
+        raise ConnectionError(problem)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)
+    try:
+        path = open_clip.download_pretrained(cfg)
+    finally:
+        socket.setdefaulttimeout(old)
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError("nothing downloaded")
+    return path
+
+
+def locate_weights(name: str, pretrained: str) -> str | None:
+    """Local file of the weights (None for 'random'), downloading a tag when online.
+
+    :class:`PadError` with one line saying what was looked for and how to supply it.
+    """
+    entry = get_backbone(name)
+    if pretrained == "random":
+        return None
+    if _looks_like_path(pretrained) or os.path.isfile(pretrained):
+        path = os.path.expanduser(pretrained)
+        if not os.path.isfile(path):
+            raise PadError(f"no weights file {path} for backbone '{name}'; " + _how_to_supply(name, entry.pretrained))
+        return path
+    if entry.random_only:
+        raise PadError(f"backbone '{name}' has no pretrained weights '{pretrained}' (use --pretrained random "
+                       "or a checkpoint file)")
+    model_name = entry.model_name
+    cfg = _tag_cfg(model_name, pretrained)
+    found, looked = _cached_weights(model_name, pretrained)
+    if found:
+        return found
+    import open_clip
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise PadError(f"unknown weights '{pretrained}' for backbone '{name}' and no such file "
+                       f"(tags: {', '.join(tags) or 'none'}; or a checkpoint PATH, or random)")
+    reason = "offline (HF_HUB_OFFLINE/PAD_OFFLINE set)"
+    if not _offline():
+        try:
+            return _download(model_name, pretrained, cfg)
+        except Exception as exc:  # network errors come in many types
+            reason = "download failed: " + " ".join(str(exc).split())[:100]
+    raise PadError(f"weights '{pretrained}' for backbone '{name}' are not available ({reason}; looked in "
+                   f"{'; '.join(looked)}); " + _how_to_supply(model_name, pretrained))
+
+
+def _quick_gelu_for(model_name: str, pretrained: str, path: str | None) -> bool:
+    """Whether the weights were trained with QuickGELU (OpenAI's): from the tag's config, from a
+    file named like a tag's download, or from the file being an OpenAI TorchScript archive."""
+    import open_clip
+    if model_name.endswith("-quickgelu"):
+        return False  # the config already says so
+    if path is None:
+        return False
+    cfg = _tag_cfg(model_name, pretrained) if not _looks_like_path(pretrained) else {}
+    if cfg:
+        return bool(cfg.get("quick_gelu", False))
+    base = os.path.basename(path)
+    for tag in open_clip.list_pretrained_tags_by_model(model_name):
+        tcfg = _tag_cfg(model_name, tag)
+        names = {os.path.basename(tcfg.get("url", "")), f"{model_name}_{tag}", f"{model_name}-{tag}"}
+        if base in names or os.path.splitext(base)[0] in names:
+            return bool(tcfg.get("quick_gelu", False))
+    return _is_torchscript(path)
+
+
+def _is_torchscript(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_state_dict(path: str) -> dict:
+    import torch
+    if _is_torchscript(path):  # OpenAI's original .pt archives
+        sd = torch.jit.load(path, map_location="cpu").state_dict()
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            sd.pop(key, None)
+        return sd
+    from open_clip.factory import load_state_dict
+    return load_state_dict(path, device="cpu", weights_only=True)
+
+
+def _load_weights(model, path: str, name: str) -> None:
+    """Load a checkpoint into ``model`` (strict); :class:`PadError` for unreadable or mismatched files."""
+    from open_clip.factory import resize_pos_embed, resize_text_pos_embed
+    from open_clip.convert import convert_state_dict
+    try:
+        sd = _load_state_dict(path)
+        if not isinstance(sd, dict) or not sd:
+            raise ValueError("no state dict inside")
+    except Exception as exc:
+        raise PadError(f"not a readable checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                       f"expected an open_clip/OpenAI CLIP state dict for '{name}' (.safetensors, .bin, .pt)",
+                       path) from None
+    try:
+        sd = convert_state_dict(model, sd)
+        if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
+            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+        if getattr(model, "logit_bias", None) is None:
+            sd.pop("logit_bias", None)
+        resize_pos_embed(sd, model)
+        resize_text_pos_embed(sd, model)
+        model.load_state_dict(sd, strict=True)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())
+        raise PadError(f"checkpoint does not fit backbone '{name}' ({msg[:200]}); pass the matching --backbone "
+                       "or the right --pretrained file", path) from None
+
+
+def _device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PadError("--device cuda asked for but torch sees no CUDA device (use --device cpu or auto)")
+    return device
+
+
+def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, device: str = "cpu",
+                precision: str = "fp32", need_visual: bool = True) -> ClipParts:
+    """Build backbone ``name`` with weights ``pretrained`` (None: the entry's default).
+
+    ``pretrained``: an open_clip tag, a checkpoint file, or 'random' (``torch.manual_seed(seed)``
+    before creating, in a forked RNG: same seed, same weights, the global RNG untouched).
+    ``device``: cpu, cuda or auto. ``precision``: fp32, fp16 or bf16 (open_clip's mixed precision:
+    linear/conv weights in low precision, layer norms in fp32). ``need_visual=False`` drops the
+    vision tower (``model.visual = None``) for text-only use. Unavailable or unfit weights raise
+    :class:`PadError`.
+    """
+    import torch
+    import open_clip
+
+    if precision not in PRECISIONS:
+        raise PadError(f"unknown precision '{precision}' (choices: {', '.join(PRECISIONS)})")
+    entry = get_backbone(name)
+    _register_configs()
+    pretrained = pretrained or entry.pretrained
+    device = _device(device)
+    path = locate_weights(name, pretrained)
+    quick_gelu = _quick_gelu_for(entry.model_name, pretrained, path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": we load weights next
+        try:
+            model = open_clip.create_model(entry.model_name, pretrained=None, precision="fp32", device="cpu",
+                                           force_quick_gelu=quick_gelu, pretrained_text=False)
+        except Exception as exc:  # bad config
+            raise PadError(f"cannot build backbone '{name}': {' '.join(str(exc).split())[:200]}") from None
+        finally:
+            logging.disable(logging.NOTSET)
+    if not isinstance(model, open_clip.CLIP) or not isinstance(model.visual, open_clip.transformer.VisionTransformer):
+        raise PadError(f"backbone '{name}' is not a plain open_clip CLIP ViT")
+    if path is not None:
+        _load_weights(model, path, name)
+    visual = model.visual
+    grid = int(visual.grid_size[0])
+    image_size = int(visual.image_size[0])
+    n_vision = len(visual.transformer.resblocks)
+    if not need_visual:
+        model.visual = None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.to(device)
+    if precision != "fp32":
+        open_clip.model.convert_weights_to_lp(model, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    cfg = _tag_cfg(entry.model_name, pretrained) if path is not None and not _looks_like_path(pretrained) else {}
+    mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    tokenizer = open_clip.get_tokenizer(entry.model_name)
+    return ClipParts(name=name, pretrained=pretrained, model=model, tokenizer=tokenizer, mean=mean, std=std,
+                     image_size=image_size, grid=grid, embed_dim=int(model.text_projection.shape[1]
+                                                                     if model.text_projection is not None
+                                                                     else visual.output_dim),
+                     n_vision_blocks=n_vision, n_text_blocks=len(model.transformer.resblocks),
+                     device=device, precision=precision, weights_path=path)
+
+
+def backbone_summary(name: str) -> dict:
+    """JSON-ready description of an entry (for ``pad info`` / listings)."""
+    return dataclasses.asdict(get_backbone(name))

@@ -1,0 +1,334 @@
+"""``pad info CACHE``: what a cache holds (render store, feature stores), with sizes; ``--verify`` checks
+every done sample for completeness and consistency, ``--repair`` clears ``done`` on broken ones so a
+rerun of ``pad render`` / ``pad extract-features`` redoes only them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from data_cache.errors import PadError
+from data_cache.info_options import InfoConfig
+
+NORM_TOLERANCE = 2e-2   # stored float16 embeddings must have |‖e‖ - 1| below this
+
+
+# --------------------------------------------------------------------------- sizes
+def disk_usage(path: str) -> int | None:
+    """Bytes a file or directory tree occupies on disk (allocated blocks; sparse-aware). None for URLs."""
+    if "://" in path or not os.path.exists(path):
+        return None
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return min(st.st_size, st.st_blocks * 512) if hasattr(st, "st_blocks") else st.st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += min(st.st_size, st.st_blocks * 512) if hasattr(st, "st_blocks") else st.st_size
+    return total
+
+
+def human(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# --------------------------------------------------------------------------- summaries
+def render_summary(store) -> dict:
+    """JSON-ready description of a :class:`~data_cache.render_store.RenderStore`."""
+    attrs = store.attrs
+    done = store.done()
+    size = disk_usage(store.path)
+    n_done = int(done.sum())
+    return {
+        "path": store.path, "samples": store.n_samples, "done": n_done,
+        "image_size": attrs.get("image_size"), "views": len(attrs.get("views", [])),
+        "view_names": [v.get("name") for v in attrs.get("views", [])], "supersample": attrs.get("supersample"),
+        "knn": attrs.get("knn_k"), "format": (attrs.get("source") or {}).get("format"),
+        "point_size_px": attrs.get("point_size_px"), "has_rgb": bool(attrs.get("has_rgb", False)),
+        "fingerprint": attrs.get("fingerprint"), "classes": store.classes(),
+        "size_bytes": size, "bytes_per_sample": (size / n_done) if size is not None and n_done else None,
+        "failures": store.failures(),
+    }
+
+
+def feature_summary(fs) -> dict:
+    """JSON-ready description of a :class:`~data_cache.feature_store.FeatureStore`."""
+    attrs = fs.attrs
+    f = fs.file
+    done = fs.done()
+    payload = sum(int(np.prod(f[name].shape[1:])) * f[name].dtype.itemsize
+                  for name in ("global", "patch", "rgb_global", "rgb_patch") if name in f)
+    return {
+        "tag": fs.tag, "path": fs.path, "samples": int(done.shape[0]), "done": int(done.sum()),
+        "backbone": attrs.get("backbone"), "pretrained": attrs.get("pretrained"), "layers": attrs.get("layers"),
+        "dpam_layers": attrs.get("dpam_layers"), "dpam_blocks": attrs.get("dpam_blocks"), "grid": attrs.get("grid"),
+        "dim": attrs.get("dim"), "image_size": attrs.get("image_size"), "precision": attrs.get("precision"),
+        "has_rgb": fs.has_rgb, "render_fingerprint": attrs.get("render_fingerprint"),
+        "size_bytes": disk_usage(fs.path), "bytes_per_sample": payload,
+    }
+
+
+# --------------------------------------------------------------------------- verification
+def verify_render_sample(store, i: int, image_size: int, views: int) -> list[str]:
+    """Problems of done render sample ``i`` (empty when complete and consistent)."""
+    from data_cache.render_store import SAMPLE_ARRAYS, SAMPLE_DTYPES
+    problems: list[str] = []
+    try:
+        attrs = store.sample_attrs(i)
+        data = store.read_sample(i, SAMPLE_ARRAYS + ("grid_index",))
+    except Exception as exc:  # a missing group or an unreadable chunk
+        return [f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"]
+    n = attrs.get("n_points")
+    if not isinstance(n, int) or n < 0:
+        return [f"bad n_points attribute {n!r}"]
+    k = None
+    shapes = {"points": (n, 3), "normals": (n, 3), "labels": (n,), "pixel": (n, views, 2), "visible": (n, views),
+              "grid_index": (n,)}
+    for name in SAMPLE_ARRAYS + ("grid_index",):
+        a = data.get(name)
+        if a is None:
+            if name != "grid_index":
+                problems.append(f"'{name}' missing")
+            continue
+        if a.dtype != np.dtype(SAMPLE_DTYPES[name]):
+            problems.append(f"'{name}' has dtype {a.dtype}, expected {np.dtype(SAMPLE_DTYPES[name])}")
+        if name in ("knn", "knn_dist"):
+            if a.ndim != 2 or a.shape[0] != n:
+                problems.append(f"'{name}' has shape {a.shape}, expected ({n}, k)")
+                continue
+            if k is not None and a.shape[1] != k:
+                problems.append("'knn' and 'knn_dist' differ in k")
+            k = a.shape[1]
+        elif a.shape != shapes[name]:
+            problems.append(f"'{name}' has shape {a.shape}, expected {shapes[name]}")
+            continue
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            problems.append(f"'{name}' holds NaN or inf")
+    if problems:
+        return problems
+    pixel = data["pixel"]
+    if pixel.size and (pixel.min() < 0 or pixel.max() >= image_size):
+        problems.append(f"'pixel' outside the {image_size}x{image_size} image")
+    knn = data["knn"]
+    if knn.size and (knn.min() < 0 or knn.max() >= n):
+        problems.append(f"'knn' index outside 0..{n - 1}")
+    if data["knn_dist"].size and data["knn_dist"].min() < 0:
+        problems.append("'knn_dist' negative")
+    gi = data.get("grid_index")
+    if gi is not None and gi.size and gi.min() < 0:
+        problems.append("'grid_index' negative")
+    if data["labels"].size and data["labels"].max() > 1:
+        problems.append("'labels' not 0/1")
+    try:
+        gt = store.gt2d(i)
+        img = store.images(i)
+        if gt.max(initial=0) > 1:
+            problems.append("'gt2d' not 0/1")
+        if img.shape != (views, image_size, image_size, 3):
+            problems.append(f"'images' has shape {img.shape}")
+        if store.has_rgb:
+            store.rgb(i)
+    except Exception as exc:
+        problems.append(f"images unreadable ({type(exc).__name__})")
+    return problems
+
+
+def verify_feature_sample(fs, i: int) -> list[str]:
+    """Problems of done feature sample ``i``: unreadable, NaN/inf, or not unit-norm."""
+    problems: list[str] = []
+    f = fs.file
+    for name in ("global", "patch", "rgb_global", "rgb_patch"):
+        if name not in f:
+            continue
+        try:
+            a = np.asarray(f[name][i], dtype=np.float32)
+        except Exception as exc:
+            problems.append(f"'{name}' unreadable ({type(exc).__name__})")
+            continue
+        if not np.isfinite(a).all():
+            problems.append(f"'{name}' holds NaN or inf")
+            continue
+        norms = np.linalg.norm(a, axis=-1)
+        if norms.size and np.abs(norms - 1).max() > NORM_TOLERANCE:
+            problems.append(f"'{name}' not L2-normalized (norms {norms.min():.3f}..{norms.max():.3f})")
+    return problems
+
+
+def verify(cache: str, repair: bool = False, progress: bool = True) -> dict:
+    """Check every done sample of every store in ``cache``; with ``repair`` clear ``done`` of broken ones
+    (a broken render sample also clears that sample in every feature store). Returns a report dict."""
+    from tqdm import tqdm
+    from data_cache.feature_store import FeatureStore, FeatureWriter, features_dir, list_tags
+    from data_cache.render_store import RenderStore
+
+    report: dict[str, Any] = {"render": None, "features": {}, "repaired": bool(repair)}
+    render = RenderStore.open(cache) if RenderStore.exists(cache) else None
+    render_done = None
+    broken_render: dict[int, list[str]] = {}
+    if render is not None:
+        render_done = render.done()
+        size, views = render.image_size, len(render.views)
+        for i in tqdm(np.flatnonzero(render_done), desc="verify render", unit="sample", file=sys.stderr,
+                      disable=not progress):
+            problems = verify_render_sample(render, int(i), size, views)
+            if problems:
+                broken_render[int(i)] = problems
+        report["render"] = {"checked": int(render_done.sum()), "broken": _named(render, broken_render)}
+    for tag in list_tags(cache):
+        path = os.path.join(features_dir(cache), tag + ".h5")
+        entry: dict[str, Any] = {"checked": 0, "broken": [], "store_problems": []}
+        report["features"][tag] = entry
+        try:
+            fs = FeatureStore(path)
+            done = fs.done()
+        except PadError as exc:
+            entry["store_problems"].append(str(exc))
+            continue
+        broken: dict[int, list[str]] = {}
+        if render is not None:
+            try:
+                fs.check_render_fingerprint(render.fingerprint)
+            except PadError:
+                entry["store_problems"].append("extracted from another render store (fingerprint differs); "
+                                               "delete it and re-extract")
+            if done.shape[0] != render.n_samples:
+                entry["store_problems"].append("sample count differs from the render store")
+        for i in tqdm(np.flatnonzero(done), desc=f"verify {tag}", unit="sample", file=sys.stderr,
+                      disable=not progress):
+            i = int(i)
+            problems = verify_feature_sample(fs, i)
+            if render_done is not None and i < render_done.shape[0]:
+                if not render_done[i]:
+                    problems.append("its render sample is not done")
+                elif i in broken_render:
+                    problems.append("its render sample is broken")
+            if problems:
+                broken[i] = problems
+        entry["checked"] = int(done.sum())
+        entry["broken"] = _named(render, broken)
+        fs.close()
+        if repair and broken:
+            with FeatureWriter.open_existing(path) as writer:
+                writer.clear_done(broken)
+    if repair and broken_render:
+        done_arr = render.root["done"] if render.mode != "r" else RenderStore.open(cache, "r+").root["done"]
+        for i in sorted(broken_render):
+            done_arr[i] = False
+    report["problems"] = (len(broken_render) + sum(len(e["broken"]) + len(e["store_problems"])
+                                                   for e in report["features"].values()))
+    return report
+
+
+def _named(render, broken: dict[int, list[str]]) -> list[dict]:
+    ids = render.sample_ids if render is not None else []
+    return [{"index": i, "id": ids[i] if i < len(ids) else None, "problems": p} for i, p in sorted(broken.items())]
+
+
+# --------------------------------------------------------------------------- runner
+def collect(cache: str) -> dict:
+    """Summaries of every store in ``cache`` (:class:`PadError` when it holds none)."""
+    from data_cache.feature_store import FeatureStore, features_dir, list_tags
+    from data_cache.render_store import RenderStore
+
+    if "://" not in cache and not os.path.isdir(cache):
+        raise PadError("no such cache directory", cache)
+    out: dict[str, Any] = {"cache": cache, "render": None, "features": []}
+    if RenderStore.exists(cache):
+        out["render"] = render_summary(RenderStore.open(cache))
+    for tag in list_tags(cache):
+        fs = FeatureStore(os.path.join(features_dir(cache), tag + ".h5"))
+        try:
+            out["features"].append(feature_summary(fs))
+        except PadError as exc:
+            out["features"].append({"tag": tag, "path": fs.path, "error": str(exc)})
+        finally:
+            fs.close()
+    if out["render"] is None and not out["features"]:
+        raise PadError("no render store and no feature store here (run 'pad render' first)", cache)
+    return out
+
+
+def format_text(info: dict, report: dict | None = None) -> str:
+    lines = [f"cache {info['cache']}"]
+    r = info["render"]
+    if r is None:
+        lines.append("render store: none")
+    else:
+        lines.append(f"render store {os.path.basename(r['path'])}: {r['done']}/{r['samples']} samples done"
+                     + (f", {len(r['failures'])} failed" if r["failures"] else "")
+                     + f"; {r['image_size']} px, {r['views']} views, supersample {r['supersample']}, "
+                       f"knn {r['knn']}, format {r['format']}" + (", rgb" if r["has_rgb"] else "")
+                     + f"; {human(r['size_bytes'])} on disk, {human(r['bytes_per_sample'])} per sample")
+        for fail in r["failures"][:10]:
+            lines.append(f"  failed {fail['id']}: {fail['error']}")
+        if len(r["failures"]) > 10:
+            lines.append(f"  ... and {len(r['failures']) - 10} more failures")
+    if not info["features"]:
+        lines.append("feature stores: none")
+    for f in info["features"]:
+        if "error" in f:
+            lines.append(f"feature store {f['tag']}: {f['error']}")
+            continue
+        lines.append(f"feature store {f['tag']}: {f['done']}/{f['samples']} samples done; backbone {f['backbone']} "
+                     f"({f['pretrained']}), layers {f['layers']}, dpam {f['dpam_layers']} ({f['dpam_blocks']} blocks), "
+                     f"grid {f['grid']}, dim {f['dim']}, {f['precision']}" + (", rgb" if f["has_rgb"] else "")
+                     + f"; {human(f['size_bytes'])} on disk, {human(f['bytes_per_sample'])} per sample")
+    if report is not None:
+        lines.append("verify:")
+        if report["render"] is not None:
+            lines.extend(_report_lines("render store", report["render"]["checked"], report["render"]["broken"], []))
+        for tag, e in report["features"].items():
+            lines.extend(_report_lines(f"feature store {tag}", e["checked"], e["broken"], e["store_problems"]))
+        if report["problems"]:
+            lines.append(f"{report['problems']} problem(s); " + (
+                "done cleared on broken samples: re-run 'pad render' / 'pad extract-features' to redo them"
+                if report["repaired"] else "run 'pad info --verify --repair' to clear done on broken samples"))
+        else:
+            lines.append("all done samples are complete and consistent")
+    return "\n".join(lines)
+
+
+def _report_lines(name: str, checked: int, broken: list[dict], store_problems: list[str]) -> list[str]:
+    out = [f"  {name}: {checked} checked, {len(broken)} broken"]
+    out += [f"    {p}" for p in store_problems]
+    out += [f"    sample {b['index']} ({b['id']}): {'; '.join(b['problems'])}" for b in broken[:50]]
+    if len(broken) > 50:
+        out.append(f"    ... and {len(broken) - 50} more")
+    return out
+
+
+def run_info(cfg: InfoConfig) -> int:
+    """CLI runner of ``pad info``: 0, or 2 when --verify finds problems without --repair."""
+    if cfg.repair and not cfg.verify:
+        raise PadError("--repair needs --verify")
+    report = verify(cfg.cache, repair=cfg.repair, progress=not cfg.json) if cfg.verify else None
+    info = collect(cfg.cache)
+    if cfg.json:
+        if report is not None:
+            info["verify"] = report
+        print(json.dumps(info, indent=2, default=_json_default))
+    else:
+        print(format_text(info, report))
+    return 2 if report is not None and report["problems"] and not cfg.repair else 0
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,348 @@
+"""``pad extract-features``: run the frozen CLIP vision tower (with DPAM) once over every rendering
+and cache the embeddings in ``<cache>/features/<tag>.h5`` (layout: ``data_cache.feature_store``).
+
+Three stages overlap: a reader thread pulls done samples from the render store into a bounded
+queue; the main thread packs their views (and RGB image) into batches across sample boundaries,
+preprocesses them on the device (uint8 -> float, resize when the model input differs from the
+rendering, the model's own mean/std) and runs :class:`pipeline.dpam.DpamVisual`; a writer thread
+stores each finished sample and then marks it done. A rerun skips done samples.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from data_cache.errors import PadError
+from data_cache.options import to_dict
+from pipeline.options import ExtractConfig
+
+_END = object()
+
+
+@dataclass
+class ExtractPlan:
+    """Everything resolved before any image is read."""
+    tag: str
+    path: str
+    layers: list[int]          # 1-based blocks of this backbone
+    dpam_blocks: int           # last blocks rewired
+    grid: int
+    dim: int
+    image_size: int            # model input side
+    render_size: int
+    views: int
+    has_rgb: bool
+    attrs: dict
+
+
+class Encoder:
+    """Preprocessing + DPAM forward for uint8 images on one device.
+
+    ``encode`` (B, H, W, 3) uint8 -> (global (B, D) float16, patch (B, L, G*G, D) float16) numpy.
+    """
+
+    def __init__(self, parts, layers: list[int], dpam_blocks: int):
+        import torch
+        from pipeline.dpam import DpamVisual
+        self.parts = parts
+        self.device = torch.device(parts.device)
+        self.net = DpamVisual(parts.model.visual, layers, dpam_blocks).eval()
+        self.size = parts.image_size
+        self.mean = torch.tensor(parts.mean, device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(parts.std, device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+
+    def to_device(self, images: np.ndarray):
+        """(B, H, W, 3) uint8 numpy -> uint8 tensor on the device (pinned, asynchronous on CUDA)."""
+        import torch
+        t = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def preprocess(self, images_u8):
+        """(B, H, W, 3) uint8 tensor -> (B, 3, S, S) normalized, in the model's input dtype."""
+        import torch.nn.functional as F
+        x = images_u8.permute(0, 3, 1, 2).float()
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        return x.to(self.net.input_dtype)
+
+    def forward(self, x):
+        """Normalized batch -> (global, patch) float16 tensors on the device."""
+        g, p = self.net(x)
+        return g.half(), p.half()
+
+    def launch(self, images: np.ndarray):
+        """Start encoding a (B, H, W, 3) uint8 batch; on CUDA this returns before the GPU is done (the
+        results are copied back asynchronously), so the next batch can be packed meanwhile."""
+        import torch
+        g, p = self.forward(self.preprocess(self.to_device(images)))
+        if self.device.type != "cuda":
+            return g, p, None
+        g, p = g.to("cpu", non_blocking=True), p.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return g, p, event
+
+    @staticmethod
+    def collect(handle) -> tuple[np.ndarray, np.ndarray]:
+        """Wait for a :meth:`launch` -> (global (B, D), patch (B, L, G*G, D)) float16 numpy."""
+        g, p, event = handle
+        if event is not None:
+            event.synchronize()
+        return g.cpu().numpy(), p.cpu().numpy()
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        with torch.inference_mode():
+            return self.collect(self.launch(images))
+
+
+def plan_extract(cfg: ExtractConfig, render_store, parts) -> ExtractPlan:
+    """Resolve layers, DPAM depth, tag and store attributes for ``cfg`` on ``render_store``."""
+    from data_cache.backbones import resolve_dpam, resolve_layers
+    from data_cache.feature_store import feature_tag, features_dir
+    layers = resolve_layers(cfg.layers, parts.n_vision_blocks)
+    dpam_blocks = resolve_dpam(cfg.dpam_layers, parts.n_vision_blocks)
+    tag = feature_tag(cfg.backbone, cfg.pretrained, layers, cfg.dpam_layers, parts.image_size)
+    path = os.path.join(features_dir(cfg.cache), tag + ".h5")
+    random = cfg.pretrained == "random"
+    is_file = not random and (os.path.isfile(cfg.pretrained) or os.sep in cfg.pretrained)
+    weights = os.path.basename(parts.weights_path) if is_file else cfg.pretrained  # 'random', a tag or a file name
+    views = len(render_store.views)
+    attrs = {
+        "tag": tag, "backbone": cfg.backbone, "weights": weights,
+        "pretrained": os.path.abspath(parts.weights_path) if is_file else cfg.pretrained,
+        "seed": int(cfg.seed) if random else 0, "layers": list(layers), "layers_spec": str(cfg.layers),
+        "dpam_layers": int(cfg.dpam_layers), "dpam_blocks": int(dpam_blocks), "grid": int(parts.grid),
+        "dim": int(parts.embed_dim), "image_size": int(parts.image_size),
+        "render_image_size": int(render_store.image_size), "precision": cfg.precision, "views": views,
+        "has_rgb": bool(render_store.has_rgb), "mean": list(parts.mean), "std": list(parts.std),
+        "render_fingerprint": render_store.fingerprint, "options": to_dict(cfg),
+    }
+    return ExtractPlan(tag=tag, path=path, layers=layers, dpam_blocks=dpam_blocks, grid=parts.grid,
+                       dim=parts.embed_dim, image_size=parts.image_size, render_size=render_store.image_size,
+                       views=views, has_rgb=bool(render_store.has_rgb), attrs=attrs)
+
+
+# --------------------------------------------------------------------------- threads
+class _Worker(threading.Thread):
+    """A daemon thread whose exception is kept and re-raised by :meth:`check`."""
+
+    def __init__(self, target, name: str):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # re-raised in the main thread
+            self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _put(q: queue.Queue, item, stop: threading.Event, consumer: "_Worker | None" = None) -> bool:
+    """Put into a bounded queue; False once ``stop`` is set; re-raises a failed consumer's error."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            if consumer is not None:
+                consumer.check()
+    return False
+
+
+def _get(q: queue.Queue, worker: _Worker):
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            worker.check()
+            if not worker.is_alive() and q.empty():
+                worker.check()
+                raise RuntimeError(f"{worker.name} thread stopped without finishing")
+
+
+def _read_samples(render_store, indices: list[int], out: queue.Queue, stop: threading.Event) -> None:
+    """Reader thread: (i, images (V,H,W,3) uint8, rgb (H,W,3) uint8 or None) per sample, then _END."""
+    for i in indices:
+        if stop.is_set():
+            return
+        try:
+            item = (i, render_store.images(i), render_store.rgb(i) if render_store.has_rgb else None)
+        except Exception as exc:  # a damaged chunk: the user's data, not a bug
+            raise PadError(f"cannot read the images of sample {i} ({' '.join(str(exc).split())[:120]}); run "
+                           "'pad info --verify --repair' and 'pad render' again", render_store.path) from None
+        if not _put(out, item, stop):
+            return
+    _put(out, _END, stop)
+
+
+def _write_samples(writer, inbox: queue.Queue, stop: threading.Event, written: list) -> None:
+    """Writer thread: store each finished sample, then mark it done."""
+    while True:
+        try:
+            item = inbox.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():  # aborted: what was queued (complete samples) has been written
+                return
+            continue
+        if item is _END:
+            return
+        i, g, p, rg, rp = item
+        writer.write_sample(i, g, p, rg, rp)
+        written.append(i)
+
+
+class _Pending:
+    """A sample whose images are in flight: its output buffers and how many images remain."""
+    __slots__ = ("g", "p", "rg", "rp", "left")
+
+    def __init__(self, views: int, n_layers: int, gg: int, dim: int, rgb: bool):
+        self.g = np.empty((views, dim), np.float16)
+        self.p = np.empty((views, n_layers, gg, dim), np.float16)
+        self.rg = np.empty((dim,), np.float16) if rgb else None
+        self.rp = np.empty((n_layers, gg, dim), np.float16) if rgb else None
+        self.left = views + int(rgb)
+
+
+def _batches(items: Iterator, batch_size: int, views: int) -> Iterator[tuple[np.ndarray, list[tuple[int, int]]]]:
+    """Pack per-sample images into (images (B,H,W,3) uint8, [(sample, slot)]) batches across samples;
+    slot ``views`` is the RGB image. Yields ``(None, [(i, -1)])`` when sample ``i`` starts."""
+    imgs: list[np.ndarray] = []
+    meta: list[tuple[int, int]] = []
+    for i, images, rgb in items:
+        yield None, [(i, -1)]
+        srcs = [(images[v], v) for v in range(views)] + ([(rgb, views)] if rgb is not None else [])
+        for img, slot in srcs:
+            imgs.append(img)
+            meta.append((i, slot))
+            if len(imgs) == batch_size:
+                yield np.stack(imgs), meta
+                imgs, meta = [], []
+    if imgs:
+        yield np.stack(imgs), meta
+
+
+def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
+    """Run the extraction; returns figures {tag, path, samples, images, seconds, images_per_s, skipped}.
+
+    ``parts``: an already created :class:`data_cache.backbones.ClipParts` (else built from ``cfg``).
+    """
+    import torch
+    from tqdm import tqdm
+    from data_cache.backbones import create_clip
+    from data_cache.feature_store import FeatureWriter
+    from data_cache.render_store import RenderStore
+
+    if cfg.batch_size < 1:
+        raise PadError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
+    store = RenderStore.open(cfg.cache)
+    rendered = store.select()
+    if not rendered:
+        raise PadError("the render store has no finished sample; run 'pad render' first", store.path)
+    if parts is None:
+        parts = create_clip(cfg.backbone, cfg.pretrained, seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    elif (parts.name, parts.pretrained, parts.precision) != (cfg.backbone, cfg.pretrained, cfg.precision):
+        raise ValueError("parts were built for another backbone, weights or precision than cfg asks for")
+    plan = plan_extract(cfg, store, parts)
+    writer = FeatureWriter.create_or_open(plan.path, plan.attrs, store.n_samples, plan.views, len(plan.layers),
+                                          plan.grid, plan.dim, plan.has_rgb)
+    t0 = time.perf_counter()
+    stop = threading.Event()
+    written: list[int] = []
+    reader = writer_t = None
+    try:
+        done = writer.done()
+        todo = [i for i in rendered if not done[i]]
+        per_sample = plan.views + int(plan.has_rgb)
+        encoder = Encoder(parts, plan.layers, plan.dpam_blocks)
+        gg = plan.grid * plan.grid
+        # bounded queues: about two batches of read-ahead, a few samples of write-behind
+        read_q: queue.Queue = queue.Queue(maxsize=max(2, math.ceil(2 * cfg.batch_size / per_sample)))
+        write_q: queue.Queue = queue.Queue(maxsize=4)
+        reader = _Worker(lambda: _read_samples(store, todo, read_q, stop), "render-store reader")
+        writer_t = _Worker(lambda: _write_samples(writer, write_q, stop, written), "feature-store writer")
+        reader.start()
+        writer_t.start()
+
+        def items():
+            while True:
+                item = _get(read_q, reader)
+                if item is _END:
+                    return
+                yield item
+
+        pending: dict[int, _Pending] = {}
+        bar = tqdm(total=len(todo) * per_sample, desc=f"extract {plan.tag}", unit="img", file=sys.stderr,
+                   disable=not progress, smoothing=0.1)
+
+        def deliver(handle, meta) -> None:
+            g, p = encoder.collect(handle)
+            for k, (i, slot) in enumerate(meta):
+                s = pending[i]
+                if slot == plan.views:
+                    s.rg[:], s.rp[:] = g[k], p[k]
+                else:
+                    s.g[slot], s.p[slot] = g[k], p[k]
+                s.left -= 1
+                if s.left == 0:
+                    del pending[i]
+                    _put(write_q, (i, s.g, s.p, s.rg, s.rp), stop, writer_t)
+            writer_t.check()
+            bar.update(len(meta))
+
+        in_flight = None  # one batch in flight: batch k+1 is launched before batch k is collected
+        with torch.inference_mode():
+            for images, meta in _batches(items(), cfg.batch_size, plan.views):
+                if images is None:
+                    pending[meta[0][0]] = _Pending(plan.views, len(plan.layers), gg, plan.dim, plan.has_rgb)
+                    continue
+                handle = encoder.launch(images)
+                if in_flight is not None:
+                    deliver(*in_flight)
+                in_flight = (handle, meta)
+            if in_flight is not None:
+                deliver(*in_flight)
+        bar.close()
+        _put(write_q, _END, stop, writer_t)
+        writer_t.join()
+        writer_t.check()
+        reader.join()
+        reader.check()
+    finally:
+        stop.set()
+        if writer_t is not None and writer_t.is_alive():
+            writer_t.join(timeout=120)  # it writes what is queued (complete samples), then sees stop
+        writer.close()
+    seconds = time.perf_counter() - t0
+    n_images = len(written) * (plan.views + int(plan.has_rgb))
+    return {"tag": plan.tag, "path": plan.path, "samples": len(written), "images": n_images,
+            "seconds": seconds, "images_per_s": n_images / seconds if seconds > 0 else 0.0,
+            "skipped": len(rendered) - len(todo),
+            "not_rendered": store.n_samples - len(rendered)}
+
+
+def run_extract(cfg: ExtractConfig) -> int:
+    """CLI runner of ``pad extract-features``."""
+    stats = extract(cfg)
+    note = f", {stats['skipped']} already done" if stats["skipped"] else ""
+    if stats["not_rendered"]:
+        note += f", {stats['not_rendered']} not rendered (skipped)"
+    print(f"extracted {stats['samples']} samples ({stats['images']} images, {stats['images_per_s']:.1f} img/s)"
+          f"{note} -> {stats['path']}")
+    return 0
