@@ -24,7 +24,11 @@ class TrainConfig:
     deep_depth: int = option(9, "Deep text prompts in text layers 2..deep-depth.")
     deep_length: int = option(4, "Learnable tokens per deep prompt.")
     geometry_points: int = option(4096, "Points per sample for the geometry-layer loss per step.")
+    loss_size: int = option(0, "Side of the maps in the 2D local loss (0: the rendering size, as the paper; "
+                               "e.g. 112 is about 3x faster per step on a CPU and needs far less memory).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    workers: int = option(0, "DataLoader processes reading samples from the cache (0: in the main process).")
+    threads: int = option(0, "Torch CPU threads (0: torch's default; 1 is fastest for small backbones on a busy machine).")
     seed: int = option(0, "Random seed.")
     resume: bool = option(False, "Continue from the last checkpoint in --out.")
 
@@ -38,6 +42,7 @@ class ScoreConfig:
     out: str = option(help="Results directory.")
     classes: str = option("all", "Classes to score (comma-separated) or all.", metavar="all|a,b")
     include_train_classes: bool = option(False, "Also score the checkpoint's training classes.")
+    splits: str = option("test", "Splits to score (comma-separated).", metavar="test[,train]")
     rgb: bool = option(True, "Fuse cached RGB features when the cache has them.")
     sigma: float = option(4.0, "Gaussian smoothing of point maps: pixels on organized grids, "
                                "multiples of the median kNN distance otherwise (0 disables).")
@@ -55,6 +60,8 @@ class OneVsRestConfig:
     model: str = option("pointad+", "Model variant.", choices=("pointad", "pointad+"))
     epochs: int = option(15, "Epochs per run.")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    splits: str = option("test", "Splits to score (comma-separated).", metavar="test[,train]")
+    report_samples: int = option(6, "Most anomalous samples shown with figures in each run's report.html.")
     seed: int = option(0, "Random seed.")
 
 
@@ -69,4 +76,6 @@ class CrossDatasetConfig:
     model: str = option("pointad+", "Model variant.", choices=("pointad", "pointad+"))
     epochs: int = option(15, "Epochs per run.")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    splits: str = option("test", "Splits to score (comma-separated).", metavar="test[,train]")
+    report_samples: int = option(6, "Most anomalous samples shown with figures in each run's report.html.")
     seed: int = option(0, "Random seed.")

@@ -1,0 +1,305 @@
+"""``report.html`` and its PNG figures (matplotlib, Agg backend, no display needed).
+
+Figures (under ``<results>/figures/``):
+
+- ``roc.png``: object-level and point-level ROC curves, one line per class
+- ``pro.png``: PRO curves up to the FPR limit, one line per class
+- ``scores.png``: object scores per class, normal vs anomalous samples
+- ``sample_<k>.png``: for the k-th most anomalous sample, every view with its 2D score
+  map overlaid (2D ground truth outlined in white) next to the point cloud coloured by
+  score and by ground truth
+
+Every class name or sample id shown in the page goes through :func:`html.escape`, every
+link through :func:`urllib.parse.quote`; figure file names are fixed, never derived from names.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+from urllib.parse import quote
+
+import numpy as np
+
+from trainer.results import METRIC_NAMES
+
+FIGURES_DIR = "figures"
+MAX_SCATTER_POINTS = 30000
+
+
+@dataclass
+class ClassCurves:
+    """Curves of one class, each a pair of (M,) float arrays (may be None when undefined).
+
+    ``image_roc``/``point_roc``: (fpr, tpr); ``pro``: (fpr, pro) with fpr up to the limit."""
+    image_roc: tuple[np.ndarray, np.ndarray] | None = None
+    point_roc: tuple[np.ndarray, np.ndarray] | None = None
+    pro: tuple[np.ndarray, np.ndarray] | None = None
+    object_scores: np.ndarray | None = None  # (S,) float
+    object_labels: np.ndarray | None = None  # (S,) uint8
+
+
+@dataclass
+class ReportSample:
+    """What the report shows of one sample.
+
+    - ``images``: (V, H, W, 3) uint8 renderings; ``view_maps``: (V, H, W) float 2D scores;
+      ``gt2d``: (V, H, W) uint8 or None
+    - ``points``: (N, 3) float32; ``point_scores``: (N,) float32; ``point_labels``: (N,) uint8
+    - ``lo``/``hi``: colour range (the class's score range)
+    """
+    id: str
+    cls: str
+    label: int
+    score: float
+    images: np.ndarray
+    view_maps: np.ndarray
+    points: np.ndarray
+    point_scores: np.ndarray
+    point_labels: np.ndarray
+    lo: float
+    hi: float
+    gt2d: np.ndarray | None = None
+    view_names: Sequence[str] = ()
+    multimodal_score: float | None = None
+    ply: str | None = None  # path relative to the results dir
+
+
+@dataclass
+class ReportInfo:
+    """Header facts of the report (all shown escaped)."""
+    title: str = "pad score"
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(text: str) -> str:
+    """A matplotlib-safe label: no mathtext, not hidden from the legend."""
+    text = str(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+# ---------------------------------------------------------------------------- figures
+def plot_roc(curves: Mapping[str, ClassCurves], path: str, aurocs: Mapping[str, Mapping[str, float]]) -> bool:
+    """Object- and point-level ROC curves per class into ``path``; False when nothing to plot."""
+    have = [c for c, v in curves.items() if v.image_roc is not None or v.point_roc is not None]
+    if not have:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, kind, metric, title in ((axes[0], "image_roc", "I-AUROC", "object level"),
+                                    (axes[1], "point_roc", "P-AUROC", "point level")):
+        for cls in have:
+            curve = getattr(curves[cls], kind)
+            if curve is None:
+                continue
+            value = aurocs.get(cls, {}).get(metric, math.nan)
+            ax.plot(curve[0], curve[1], lw=1.5, label=_label(f"{cls} ({100 * value:.1f})"))
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
+               title=f"ROC, {title}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_pro(curves: Mapping[str, ClassCurves], path: str, aupros: Mapping[str, Mapping[str, float]],
+             fpr_limit: float = 0.3) -> bool:
+    """PRO curves per class (FPR up to ``fpr_limit``) into ``path``; False when none."""
+    have = [c for c, v in curves.items() if v.pro is not None]
+    if not have:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for cls in have:
+        fpr, pro = curves[cls].pro
+        value = aupros.get(cls, {}).get("AUPRO@0.3", math.nan)
+        ax.plot(fpr, pro, lw=1.5, label=_label(f"{cls} ({100 * value:.1f})"))
+    ax.set(xlim=(0, fpr_limit), ylim=(0, 1.01), xlabel="false positive rate", ylabel="per-region overlap",
+           title=f"PRO curve (AUPRO@{fpr_limit:g})")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_scores(curves: Mapping[str, ClassCurves], path: str, seed: int = 0) -> bool:
+    """Object scores per class, normal (blue) vs anomalous (red), into ``path``."""
+    have = [c for c, v in curves.items() if v.object_scores is not None and len(v.object_scores)]
+    if not have:
+        return False
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(have) + 2), 4.5))
+    for x, cls in enumerate(have):
+        s = np.asarray(curves[cls].object_scores, float)
+        y = np.asarray(curves[cls].object_labels).astype(bool)
+        jitter = rng.uniform(-0.15, 0.15, size=s.shape)
+        ax.scatter(x + jitter[~y] - 0.18, s[~y], s=14, color="tab:blue", label="normal" if x == 0 else None)
+        ax.scatter(x + jitter[y] + 0.18, s[y], s=14, color="tab:red", label="anomalous" if x == 0 else None)
+    ax.set_xticks(range(len(have)), [_label(c) for c in have], rotation=30, ha="right")
+    ax.set(ylabel="object score", title="object scores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_sample(sample: ReportSample, path: str, seed: int = 0) -> None:
+    """Views with the 2D score overlaid next to the point cloud coloured by score and by
+    ground truth, into ``path``."""
+    plt = _plt()
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    images = np.asarray(sample.images)
+    maps = np.asarray(sample.view_maps, np.float32)
+    n_views = images.shape[0]
+    cols = int(math.ceil(math.sqrt(n_views)))
+    rows = int(math.ceil(n_views / cols))
+    fig = plt.figure(figsize=(2.3 * cols + 8.5, max(2.3 * rows, 4.4)))
+    grid = fig.add_gridspec(rows, cols + 4)
+    lo, hi = float(sample.lo), float(sample.hi)
+    if not hi > lo:
+        hi = lo + 1e-6
+    jet = colormaps["jet"]
+    for v in range(n_views):
+        ax = fig.add_subplot(grid[v // cols, v % cols])
+        gray = images[v].astype(np.float32).mean(axis=2, keepdims=True) / 255.0
+        heat = jet(np.clip((maps[v] - lo) / (hi - lo), 0, 1))[..., :3]
+        ax.imshow(0.5 * gray + 0.5 * heat)
+        if sample.gt2d is not None and np.any(sample.gt2d[v]):
+            ax.contour(sample.gt2d[v].astype(np.float32), levels=[0.5], colors="white", linewidths=0.8)
+        name = sample.view_names[v] if v < len(sample.view_names) else f"view {v}"
+        ax.set_title(_label(name), fontsize=8)
+        ax.set_axis_off()
+    pts = np.asarray(sample.points, np.float32)
+    keep = np.arange(pts.shape[0])
+    if keep.size > MAX_SCATTER_POINTS:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, MAX_SCATTER_POINTS, replace=False))
+    size = float(np.clip(12000.0 / max(keep.size, 1), 0.3, 6.0))
+    truth = ListedColormap(["0.65", "red"])
+    for k, (values, title, vmin, vmax, cmap) in enumerate((
+            (sample.point_scores, "point scores", lo, hi, "jet"),
+            (sample.point_labels, "ground truth (red: anomalous)", 0, 1, truth))):
+        ax = fig.add_subplot(grid[:, cols + 2 * k: cols + 2 * k + 2], projection="3d")
+        sc = ax.scatter(pts[keep, 0], pts[keep, 1], pts[keep, 2], c=np.asarray(values, np.float32)[keep],
+                        cmap=cmap, vmin=vmin, vmax=vmax, s=size, linewidths=0, depthshade=False)
+        ax.set_title(title, fontsize=9)
+        ax.set_box_aspect(np.ptp(pts, axis=0) + 1e-6)
+        ax.set_axis_off()
+        if k == 0:
+            fig.colorbar(sc, ax=ax, shrink=0.6, pad=0.02)
+    fig.suptitle(_label(f"{sample.id}   score {sample.score:.3f}   label {sample.label}"), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:8px 0 18px}
+th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+tr.mean td{font-weight:bold;background:#f3f3f3}
+td.na{color:#999}
+img{max-width:100%;border:1px solid #ddd;margin:4px 0}
+.facts td{text-align:left;border:none;padding:2px 12px 2px 0}
+.note{color:#8a5a00}
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _href(relpath: str) -> str:
+    return _e(quote(relpath.replace(os.sep, "/")))
+
+
+def _metrics_table(section: dict, caption: str) -> str:
+    head = "".join(f"<th>{_e(m)}</th>" for m in METRIC_NAMES)
+    rows = []
+    for cls in list(section["per_class"]) + [None]:
+        values = section["mean"] if cls is None else section["per_class"][cls]
+        cells = []
+        for m in METRIC_NAMES:
+            v = values.get(m)
+            ok = v is not None and math.isfinite(v)
+            cells.append(f"<td>{100 * v:.1f}</td>" if ok else '<td class="na">–</td>')
+        name = "mean" if cls is None else _e(cls)
+        row_class = ' class="mean"' if cls is None else ""
+        rows.append(f"<tr{row_class}><td>{name}</td>{''.join(cells)}</tr>")
+    return (f"<table><caption>{_e(caption)}</caption><tr><th>class</th>{head}</tr>"
+            + "".join(rows) + "</table>")
+
+
+def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples: Sequence[ReportSample],
+                 info: ReportInfo | None = None, seed: int = 0) -> str:
+    """Write ``<out>/report.html`` with its figures; returns the page's path.
+
+    ``doc``: the metrics document (:func:`trainer.results.metrics_document`), values in [0,1]
+    or NaN; ``curves``: per-class curves; ``samples``: the most anomalous samples, in order."""
+    info = info or ReportInfo()
+    fig_dir = os.path.join(out, FIGURES_DIR)
+    os.makedirs(fig_dir, exist_ok=True)
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{_e(info.title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{_e(info.title)}</h1>"]
+    if info.facts:
+        parts.append('<table class="facts">' + "".join(
+            f"<tr><td><b>{_e(k)}</b></td><td>{_e(v)}</td></tr>" for k, v in info.facts) + "</table>")
+    parts.append('<p>Metrics in percent; "–" where undefined. Files: '
+                 '<a href="metrics.json">metrics.json</a>, <a href="metrics.csv">metrics.csv</a>, '
+                 '<a href="scores.csv">scores.csv</a>.</p>')
+    for note in info.notes:
+        parts.append(f'<p class="note">{_e(note)}</p>')
+    parts.append("<h2>Point clouds</h2>" + _metrics_table(doc, "point cloud only"))
+    if doc.get("multimodal"):
+        parts.append("<h2>Point clouds + RGB</h2>" + _metrics_table(doc["multimodal"], "multimodal (RGB fused)"))
+
+    figures = []
+    if plot_roc(curves, os.path.join(fig_dir, "roc.png"), doc["per_class"]):
+        figures.append(("ROC curves", "roc.png"))
+    if plot_pro(curves, os.path.join(fig_dir, "pro.png"), doc["per_class"]):
+        figures.append(("PRO curves", "pro.png"))
+    if plot_scores(curves, os.path.join(fig_dir, "scores.png"), seed=seed):
+        figures.append(("Object scores", "scores.png"))
+    if figures:
+        parts.append("<h2>Curves</h2>")
+        for title, name in figures:
+            parts.append(f"<h3>{_e(title)}</h3><img src=\"{_href(FIGURES_DIR + '/' + name)}\" alt=\"{_e(title)}\">")
+
+    if samples:
+        parts.append(f"<h2>Most anomalous samples ({len(samples)})</h2>")
+    for k, sample in enumerate(samples):
+        name = f"sample_{k:03d}.png"
+        plot_sample(sample, os.path.join(fig_dir, name), seed=seed)
+        extra = "" if sample.multimodal_score is None else f", multimodal score {sample.multimodal_score:.3f}"
+        link = "" if not sample.ply else f' — <a href="{_href(sample.ply)}">coloured PLY</a>'
+        parts.append(f"<h3>{k + 1}. {_e(sample.id)}</h3><p>class <b>{_e(sample.cls)}</b>, "
+                     f"label {'anomalous' if sample.label else 'normal'}, score {sample.score:.3f}{extra}"
+                     f"{link}</p><img src=\"{_href(FIGURES_DIR + '/' + name)}\" alt=\"{_e(sample.id)}\">")
+    parts.append("</body></html>\n")
+    path = os.path.join(out, "report.html")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts))
+    os.replace(tmp, path)
+    return path

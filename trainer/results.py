@@ -1,0 +1,252 @@
+"""The results directory written by ``pad score`` (see "Results" in DESIGN.md).
+
+Layout of ``<results>/`` (every name derived from a class or sample id goes
+through :func:`safe_name`, so nothing can be written outside ``<results>``)::
+
+    metrics.json        {"per_class": {class: {metric: value}}, "mean": {metric: value}}
+                        (+ "multimodal" of the same shape when RGB was fused);
+                        NaN (undefined metric, e.g. a class without anomalies) -> null
+    metrics.csv         one row per class, then a "mean" row; columns METRIC_NAMES
+                        (+ "multimodal <metric>" columns when RGB was fused); empty = undefined
+    scores.csv          id, class, split, label, score (+ multimodal_score)
+    points/<class>/<split>__<stem>.npz
+                        per-point results of one sample:
+                        ``scores`` (N,) float32 point map A (after smoothing),
+                        ``labels`` (N,) uint8 ground truth,
+                        ``multimodal`` (N,) float32 fused map (only when RGB was fused),
+                        ``id`` (0-d str) the sample id;
+                        points in the render store's order (``samples/<i>/points``)
+    ply/<class>/<split>__<stem>.ply
+                        the cloud in its original coordinates coloured by score
+                        (colour map normalized per class), with float ``anomaly_score``
+                        and uint8 ``label`` vertex properties
+    report.html, figures/*.png   (see :mod:`trainer.report`)
+    score_config.json   the options of the run and the checkpoint's config
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from data_cache.errors import PadError
+
+METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO@0.3")
+MAX_NAME = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# ---------------------------------------------------------------------------- names and paths
+def safe_name(text: str) -> str:
+    """A file-name-safe version of ``text``: only ``[A-Za-z0-9._-]``, no leading dot, never
+    empty, ``.`` or ``..``, at most ``MAX_NAME`` characters. When anything had to change, a short
+    hash of the original is appended so that two different names never collide
+    (``"../x"`` -> ``"x-1b8a0e"``)."""
+    text = str(text)
+    cleaned = _UNSAFE.sub("_", text).lstrip("._")  # "..\\..\\x" -> ".._.._x": no dot may lead
+    cleaned = cleaned.rstrip("_") or "_"
+    if cleaned == text and len(text) <= MAX_NAME:
+        return cleaned
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+    return f"{cleaned[:80]}-{digest}"
+
+
+def split_id(sample_id: str) -> tuple[str, str, str]:
+    """``"<class>/<split>/<stem>"`` -> (class, split, stem); the stem may contain ``/``."""
+    parts = str(sample_id).split("/", 2)
+    while len(parts) < 3:
+        parts.insert(0, "")
+    return parts[0], parts[1], parts[2]
+
+
+def inside(root: str, *names: str) -> str:
+    """``root/names...`` after checking the result stays inside ``root`` (defence in depth;
+    names are expected to come from :func:`safe_name`)."""
+    root_abs = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(root_abs, *names))
+    if os.path.commonpath([root_abs, path]) != root_abs:
+        raise PadError(f"refusing to write outside the results directory ({'/'.join(names)!r})", root)
+    return path
+
+
+def sample_relpath(kind: str, cls: str, sample_id: str, ext: str) -> str:
+    """Relative path of a per-sample result: ``<kind>/<class>/<split>__<stem><ext>``."""
+    _, split, stem = split_id(sample_id)
+    return os.path.join(kind, safe_name(cls), f"{safe_name(split)}__{safe_name(stem)}{ext}")
+
+
+def sample_path(out: str, kind: str, cls: str, sample_id: str, ext: str) -> str:
+    """Absolute path of a per-sample result under ``out`` (parent directories created)."""
+    path = inside(out, sample_relpath(kind, cls, sample_id, ext))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def prepare_dir(out: str) -> None:
+    """Create ``out``; :class:`PadError` when it is a file or cannot be created."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PadError("the results path exists and is not a directory", out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise PadError(f"cannot create the results directory ({exc.strerror})", out) from None
+
+
+# ---------------------------------------------------------------------------- per-point scores
+def write_point_scores(out: str, cls: str, sample_id: str, scores: np.ndarray, labels: np.ndarray,
+                       multimodal: np.ndarray | None = None) -> str:
+    """Write ``points/<class>/<split>__<stem>.npz`` (see module docstring); returns its path.
+
+    ``scores`` (N,) float, ``labels`` (N,) int {0,1}, ``multimodal`` (N,) float or None."""
+    path = sample_path(out, "points", cls, sample_id, ".npz")
+    arrays = {"scores": np.asarray(scores, np.float32).reshape(-1),
+              "labels": np.asarray(labels, np.uint8).reshape(-1), "id": np.asarray(str(sample_id))}
+    if multimodal is not None:
+        arrays["multimodal"] = np.asarray(multimodal, np.float32).reshape(-1)
+    tmp = path + f".tmp-{os.getpid()}.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def read_point_scores(path: str) -> dict[str, np.ndarray]:
+    """Arrays of a per-point file: ``scores`` (N,) float32, ``labels`` (N,) uint8,
+    optional ``multimodal`` (N,) float32, ``id`` str."""
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    out["id"] = str(out["id"])
+    return out
+
+
+# ---------------------------------------------------------------------------- coloured clouds
+def score_colors(scores: np.ndarray, lo: float, hi: float, cmap: str = "jet") -> np.ndarray:
+    """(N,) float scores -> (N, 3) uint8 colours of ``cmap``, ``lo`` blue .. ``hi`` red."""
+    from matplotlib import colormaps
+
+    scores = np.asarray(scores, np.float64)
+    span = hi - lo if np.isfinite(hi - lo) and hi > lo else 1.0
+    t = np.clip((scores - lo) / span, 0.0, 1.0)
+    t[~np.isfinite(t)] = 0.0
+    return (colormaps[cmap](t)[:, :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_scored_ply(path: str, points: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                     lo: float, hi: float, normals: np.ndarray | None = None,
+                     multimodal: np.ndarray | None = None) -> None:
+    """PLY of ``points`` (N,3) coloured by ``scores`` (N,) in [lo, hi], with ``anomaly_score``
+    (and ``multimodal_score``) float properties and ``label`` (N,) uint8."""
+    from data_cache.plyio import write_ply
+
+    scalars = {"anomaly_score": np.asarray(scores, np.float32)}
+    if multimodal is not None:
+        scalars["multimodal_score"] = np.asarray(multimodal, np.float32)
+    write_ply(path, points, normals=normals, labels=labels, colors=score_colors(scores, lo, hi),
+              scalars=scalars)
+
+
+# ---------------------------------------------------------------------------- metrics tables
+def mean_metrics(per_class: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric over the classes where it is defined (NaN when it is nowhere)."""
+    out = {}
+    for name in METRIC_NAMES:
+        values = np.array([per_class[c].get(name, math.nan) for c in per_class], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        out[name] = float(values.mean()) if values.size else math.nan
+    return out
+
+
+def metrics_document(per_class: Mapping[str, Mapping[str, float]],
+                     multimodal: Mapping[str, Mapping[str, float]] | None = None) -> dict:
+    """The metrics.json object (NaN kept as float NaN; :func:`write_metrics` writes null)."""
+    doc = {"per_class": {c: {m: float(v[m]) for m in METRIC_NAMES} for c, v in per_class.items()},
+           "mean": mean_metrics(per_class)}
+    if multimodal is not None:
+        doc["multimodal"] = {"per_class": {c: {m: float(v[m]) for m in METRIC_NAMES}
+                                           for c, v in multimodal.items()},
+                             "mean": mean_metrics(multimodal)}
+    return doc
+
+
+def _null_nan(value):
+    if isinstance(value, dict):
+        return {k: _null_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_nan(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str, obj) -> None:
+    """Strict JSON (NaN/inf -> null), written atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(_null_nan(obj), fh, indent=2, allow_nan=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _fmt(value: float) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.6f}"
+
+
+def write_metrics(out: str, doc: dict) -> None:
+    """``metrics.json`` and ``metrics.csv`` from a :func:`metrics_document`."""
+    write_json(os.path.join(out, "metrics.json"), doc)
+    mm = doc.get("multimodal")
+    header = ["class", *METRIC_NAMES] + ([f"multimodal {m}" for m in METRIC_NAMES] if mm else [])
+    rows = []
+    for cls in list(doc["per_class"]) + ["mean"]:
+        source = doc["mean"] if cls == "mean" else doc["per_class"][cls]
+        row = [cls] + [_fmt(source[m]) for m in METRIC_NAMES]
+        if mm:
+            msrc = mm["mean"] if cls == "mean" else mm["per_class"][cls]
+            row += [_fmt(msrc[m]) for m in METRIC_NAMES]
+        rows.append(row)
+    write_csv(os.path.join(out, "metrics.csv"), header, rows)
+
+
+def write_scores_csv(out: str, rows: Iterable[Sequence], multimodal: bool) -> None:
+    """``scores.csv``: rows of (id, class, split, label, score[, multimodal score])."""
+    header = ["id", "class", "split", "label", "score"] + (["multimodal_score"] if multimodal else [])
+    formatted = [[r[0], r[1], r[2], int(r[3])] + [f"{float(v):.6f}" for v in r[4:]] for r in rows]
+    write_csv(os.path.join(out, "scores.csv"), header, formatted)
+
+
+def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def undefined_metrics(doc: dict) -> list[str]:
+    """One line per class with undefined (NaN) metrics, e.g. a class without anomalies."""
+    lines = []
+    for cls, values in doc["per_class"].items():
+        missing = [m for m in METRIC_NAMES if not math.isfinite(values[m])]
+        if missing:
+            lines.append(f"class '{cls}': {', '.join(missing)} undefined (null in metrics.json): "
+                         "its samples have only one label kind (e.g. no anomalies)")
+    return lines
+
+
+def format_table(doc: dict, multimodal: bool = False) -> str:
+    """Plain-text metrics table (percent, one decimal; '-' where undefined)."""
+    src = doc["multimodal"] if multimodal else doc
+    names = list(src["per_class"]) + ["mean"]
+    width = max([5] + [len(n) for n in names])
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{m:>9}" for m in METRIC_NAMES)]
+    for cls in names:
+        values = src["mean"] if cls == "mean" else src["per_class"][cls]
+        cells = ["-" if not math.isfinite(values[m]) else f"{100 * values[m]:.1f}" for m in METRIC_NAMES]
+        lines.append(f"{cls:<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
+    return "\n".join(lines)

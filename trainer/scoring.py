@@ -1,0 +1,457 @@
+"""``pad score``: anomaly maps, object scores, metrics and a report, from cached tensors only.
+
+Per sample (streamed one at a time, so memory is bounded by one sample plus one class's
+point scores, which the point-level metrics need):
+
+- the model gives the implicit point map S3d_a (N,), for PointAD+ the explicit map T_a
+  (N,), the view probabilities p_k (V,) and the 2D maps (V, H, W)
+  (:func:`trainer.model.predict_sample`);
+- point map A = G(0.5·S3d_a + 0.5·T_a) (PointAD: G(S3d_a)), G the Gaussian smoothing of
+  :mod:`trainer.smoothing` (on the organized grid when the sample has ``grid_index``, over
+  the cached kNN graph otherwise); object score s = 0.5·mean_k p_k + 0.5·max_j A(j)
+  (:func:`combine`);
+- with cached RGB features (``--rgb``): the RGB image scored like one more view gives
+  s_rgb and a 2D map, read at each point's grid position (:func:`grid_pixels`) as A_rgb;
+  fused map G(0.5·A + 0.5·A_rgb), fused score 0.5·(0.5·s_rgb + 0.5·s) + 0.5·max(fused map)
+  (:func:`fuse_rgb`) — no retraining.
+
+Class by class: per-point scores are written to ``points/`` as each sample is scored, the
+class's metrics are computed, then its coloured PLYs are written (the colour range is the
+class's). The most anomalous samples are scored once more at the end for the report's figures.
+See :mod:`trainer.results` for the layout of the results directory.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from data_cache.errors import PadError
+from data_cache.options import split_csv, to_dict
+from trainer import results as res
+from trainer.options import ScoreConfig
+
+SAMPLE_FIELDS = ("points", "normals", "labels", "pixel", "visible", "knn", "knn_dist", "grid_index")
+
+
+# ---------------------------------------------------------------------------- per-sample maths
+@dataclass
+class SampleScore:
+    """Scores of one sample.
+
+    - ``point_map``: (N,) float32, A after smoothing; ``score``: object score
+    - ``view_probs``: (V,) float32, p_k(anomalous); ``view_maps``: (V, H, W) float32 or None
+    - ``multimodal_map``: (N,) float32 or None; ``multimodal_score``: float or None
+    """
+    point_map: np.ndarray
+    score: float
+    view_probs: np.ndarray
+    view_maps: np.ndarray | None = None
+    multimodal_map: np.ndarray | None = None
+    multimodal_score: float | None = None
+    rgb_score: float | None = None
+
+
+def smooth(values: np.ndarray, sample: dict, sigma: float) -> np.ndarray:
+    """G_σ of point values (N,) float: on the organized grid (σ in grid pixels) when the sample
+    has ``grid_index`` and a ``grid_shape`` attribute, else over its cached kNN graph (σ in
+    median kNN distances). σ = 0 returns the values unchanged. Returns (N,) float32."""
+    from trainer.smoothing import smooth_grid, smooth_knn
+
+    values = np.asarray(values, np.float32).reshape(-1)
+    if sigma <= 0 or values.size == 0:
+        return values.copy()
+    grid_shape = (sample.get("attrs") or {}).get("grid_shape")
+    if sample.get("grid_index") is not None and grid_shape is not None:
+        return smooth_grid(values, sample["grid_index"], tuple(grid_shape), sigma).astype(np.float32)
+    if sample.get("knn") is None:
+        raise PadError("the sample has neither a grid index nor a kNN graph to smooth over")
+    return smooth_knn(values, sample["knn"], sample["knn_dist"], sigma).astype(np.float32)
+
+
+def combine(s3d: np.ndarray, t_a: np.ndarray | None, view_probs: np.ndarray, sample: dict,
+            sigma: float) -> tuple[np.ndarray, float]:
+    """Point map A (N,) float32 and object score.
+
+    ``s3d``: (N,) implicit anomalous map; ``t_a``: (N,) explicit map (PointAD+) or None
+    (PointAD); ``view_probs``: (V,) p_k(anomalous). A = G(0.5·S3d + 0.5·T_a) or G(S3d);
+    score = 0.5·mean_k p_k + 0.5·max_j A(j)."""
+    base = np.asarray(s3d, np.float32).reshape(-1)
+    if t_a is not None:
+        base = 0.5 * base + 0.5 * np.asarray(t_a, np.float32).reshape(-1)
+    point_map = smooth(base, sample, sigma)
+    score = 0.5 * float(np.mean(view_probs)) + 0.5 * float(point_map.max(initial=0.0))
+    return point_map, score
+
+
+def grid_pixels(grid_index: np.ndarray, grid_shape: Sequence[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel of each point in the RGB image resized to ``image_size``: the point's grid
+    position (row, col) = divmod(grid_index, W) scaled from the H×W grid by its centre.
+    ``grid_index``: (N,) int. Returns rows, cols: (N,) int64 in [0, image_size)."""
+    h, w = int(grid_shape[0]), int(grid_shape[1])
+    index = np.asarray(grid_index, np.int64).reshape(-1)
+    r, c = np.divmod(index, w)
+    rows = np.floor((r + 0.5) * image_size / h).astype(np.int64)
+    cols = np.floor((c + 0.5) * image_size / w).astype(np.int64)
+    return np.clip(rows, 0, image_size - 1), np.clip(cols, 0, image_size - 1)
+
+
+def fuse_rgb(point_map: np.ndarray, score: float, rgb_map: np.ndarray, rgb_score: float, sample: dict,
+             sigma: float) -> tuple[np.ndarray, float]:
+    """Multimodal map and score. ``point_map``: (N,) A; ``rgb_map``: (H, W) float, the RGB
+    image's 2D anomaly map at the render store's image size; A_rgb(j) = rgb_map at point
+    j's grid position. Fused map G(0.5·A + 0.5·A_rgb) (N,) float32, score
+    0.5·(0.5·s_rgb + 0.5·s) + 0.5·max(fused map)."""
+    grid_shape = (sample.get("attrs") or {}).get("grid_shape")
+    if sample.get("grid_index") is None or grid_shape is None:
+        raise PadError("RGB fusion needs an organized cloud (grid_index and grid_shape)")
+    rgb_map = np.asarray(rgb_map, np.float32)
+    rows, cols = grid_pixels(sample["grid_index"], grid_shape, rgb_map.shape[0])
+    a_rgb = rgb_map[rows, cols]
+    fused = smooth(0.5 * np.asarray(point_map, np.float32) + 0.5 * a_rgb, sample, sigma)
+    mm_score = 0.5 * (0.5 * float(rgb_score) + 0.5 * float(score)) + 0.5 * float(fused.max(initial=0.0))
+    return fused, mm_score
+
+
+# ---------------------------------------------------------------------------- one sample
+def score_sample(model, global_: np.ndarray, patch: np.ndarray, sample: dict, image_size: int, sigma: float,
+                 text: dict | None = None, rgb: tuple[np.ndarray, np.ndarray] | None = None,
+                 with_maps: bool = False) -> SampleScore:
+    """Score one sample from its cached features.
+
+    ``global_``: (V, D) and ``patch``: (V, L, G·G, D) float16/32 (feature store); ``sample``:
+    the render store's arrays and ``attrs`` (see :data:`SAMPLE_FIELDS`); ``rgb``: optional
+    (rgb_global (D,), rgb_patch (L, G·G, D)) to fuse (needs ``grid_index``); ``text``: the
+    model's :meth:`inference_text` for the sample's class (computed once per class)."""
+    from trainer.model import predict_sample, predict_views
+
+    pred = predict_sample(model, global_, patch, sample, image_size, text=text, with_maps=with_maps)
+    point_map, score = combine(pred.implicit, pred.explicit, pred.view_probs, sample, sigma)
+    out = SampleScore(point_map=point_map, score=score, view_probs=np.asarray(pred.view_probs, np.float32),
+                      view_maps=pred.view_maps)
+    if rgb is not None:
+        probs, maps = predict_views(model, np.asarray(rgb[0])[None], np.asarray(rgb[1])[None], image_size, text=text)
+        out.rgb_score = float(probs[0])
+        out.multimodal_map, out.multimodal_score = fuse_rgb(point_map, score, maps[0], out.rgb_score, sample, sigma)
+    return out
+
+
+def regions_of(sample: dict) -> np.ndarray:
+    """Ground-truth regions of one sample for AUPRO: (N,) int64, −1 on normal points;
+    8-connected components on the grid for organized clouds, radius-graph components in 3D
+    otherwise (:mod:`trainer.metrics.aupro_points`)."""
+    from trainer.metrics import grid_regions, point_regions
+
+    labels = np.asarray(sample["labels"], np.uint8)
+    if not labels.any():
+        return np.full(labels.shape[0], -1, np.int64)
+    grid_shape = (sample.get("attrs") or {}).get("grid_shape")
+    if sample.get("grid_index") is not None and grid_shape is not None:
+        return grid_regions(labels, sample["grid_index"], tuple(grid_shape))
+    return point_regions(labels, sample["points"])
+
+
+# ---------------------------------------------------------------------------- class metrics
+CURVE_POINTS = 600  # points kept per curve for the report's figures
+
+
+def _thin(x: np.ndarray, y: np.ndarray, n: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    if x.size <= n:
+        return x, y
+    keep = np.unique(np.linspace(0, x.size - 1, n).round().astype(np.int64))
+    return x[keep], y[keep]
+
+
+def binary_set(labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, float], tuple | None]:
+    """AUROC, AP, F1max from one sort, plus the ROC curve (fpr, tpr) thinned for plotting.
+    ``labels``: (N,) 0/1, ``scores``: (N,) float. All NaN (curve None) unless both label
+    kinds are present."""
+    from trainer.metrics._curve import binary_curve
+    from trainer.metrics.auroc import auroc_from_curve
+    from trainer.metrics.average_precision import ap_from_curve
+    from trainer.metrics.f1max import f1_from_curve
+
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    if y.size == 0 or y.all() or not y.any():
+        return {"auroc": math.nan, "ap": math.nan, "f1max": math.nan}, None
+    thresholds, tp, fp = binary_curve(y, np.asarray(scores, np.float64).reshape(-1))
+    values = {"auroc": auroc_from_curve(tp, fp), "ap": ap_from_curve(tp, fp),
+              "f1max": f1_from_curve(thresholds, tp, fp)[0]}
+    fpr = np.concatenate([[0.0], fp / fp[-1]])
+    tpr = np.concatenate([[0.0], tp / tp[-1]])
+    return values, _thin(fpr, tpr)
+
+
+def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_labels: list[np.ndarray],
+                  point_scores: list[np.ndarray], regions: list[np.ndarray], fpr_limit: float = 0.3):
+    """The metrics of one class and its curves.
+
+    ``object_labels``/``object_scores``: (S,); ``point_labels``/``point_scores``/``regions``:
+    per-sample (N_i,) arrays. Returns ({metric: value}, :class:`trainer.report.ClassCurves`);
+    a metric is NaN when its labels have a single kind (e.g. a class without anomalies)."""
+    from trainer.metrics import area_to_limit, concat_regions, pro_curve_regions
+    from trainer.report import ClassCurves
+
+    obj, image_roc = binary_set(object_labels, object_scores)
+    y = np.concatenate(point_labels) if point_labels else np.zeros(0, np.uint8)
+    s = np.concatenate(point_scores) if point_scores else np.zeros(0, np.float32)
+    pts, point_roc = binary_set(y, s)
+    del y
+    pro = None
+    aupro = math.nan
+    if point_roc is not None:
+        fpr, overlap = pro_curve_regions(concat_regions(regions), s)
+        aupro = area_to_limit(fpr, overlap, fpr_limit)
+        if fpr.size:
+            k = int(np.searchsorted(fpr, fpr_limit, side="right"))
+            x, y = fpr[:k], overlap[:k]
+            if k < fpr.size and x[-1] < fpr_limit:  # end the curve exactly at the limit
+                y_end = y[-1] + (fpr_limit - x[-1]) / (fpr[k] - x[-1]) * (overlap[k] - y[-1])
+                x, y = np.append(x, fpr_limit), np.append(y, y_end)
+            pro = _thin(x, y)
+    metrics = {"I-AUROC": obj["auroc"], "I-AP": obj["ap"], "I-F1max": obj["f1max"],
+               "P-AUROC": pts["auroc"], "P-AP": pts["ap"], "P-F1max": pts["f1max"], "AUPRO@0.3": aupro}
+    curves = ClassCurves(image_roc=image_roc, point_roc=point_roc, pro=pro,
+                         object_scores=np.asarray(object_scores, np.float64),
+                         object_labels=np.asarray(object_labels, np.uint8))
+    return metrics, curves
+
+
+# ---------------------------------------------------------------------------- the command
+@dataclass
+class _Plan:
+    render: Any
+    features: Any
+    model: Any
+    tag: str
+    classes: dict[str, list[int]]  # class -> store indices, in store order
+    use_rgb: bool
+    notes: list[str]
+
+
+def _resolve_device(device: str) -> str:
+    from trainer.loop import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _check_options(cfg: ScoreConfig) -> None:
+    if not (cfg.sigma >= 0 and math.isfinite(cfg.sigma)):
+        raise PadError(f"--sigma must be 0 or more (got {cfg.sigma})")
+    if cfg.report_samples < 0:
+        raise PadError(f"--report-samples must be 0 or more (got {cfg.report_samples})")
+
+
+def open_feature_store_for(cache: str, model_config: dict, checkpoint: str):
+    """The cache's feature store of the checkpoint's feature tag; PadError naming both tags
+    when the cache has none with that tag."""
+    from data_cache.feature_store import FeatureStore, list_tags
+
+    tag = model_config["feature_tag"]
+    tags = list_tags(cache)
+    if tag not in tags:
+        raise PadError(f"the checkpoint {checkpoint} was trained on features '{tag}' but this cache has "
+                       f"{'only ' + ', '.join(repr(t) for t in tags) if tags else 'no feature store'}; "
+                       f"extract features with the same backbone, weights, layers, DPAM and image size "
+                       f"('pad extract-features') or use a matching checkpoint", cache)
+    return FeatureStore.open(cache, tag), tag
+
+
+def plan_score(cfg: ScoreConfig) -> _Plan:
+    """Open the stores and the checkpoint, check they fit, select the samples to score."""
+    from data_cache import checkpoint as ckpt
+    from data_cache.render_store import RenderStore
+
+    _check_options(cfg)
+    render = RenderStore.open(cfg.cache)
+    config = ckpt.load_config(cfg.checkpoint)
+    features, tag = open_feature_store_for(cfg.cache, config, cfg.checkpoint)
+    features.check_render_fingerprint(render.fingerprint)
+    dim = int(features.attrs.get("dim", 0) or features.global_(0).shape[-1])
+    if dim != int(config["embed_dim"]):
+        raise PadError(f"the features have dimension {dim} but the checkpoint's text embeddings have "
+                       f"{config['embed_dim']}", features.path)
+
+    known = render.classes()
+    wanted = known if cfg.classes.strip() in ("", "all") else list(dict.fromkeys(split_csv(cfg.classes)))
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise PadError(f"no class {', '.join(repr(c) for c in unknown)} in this cache "
+                       f"(classes: {', '.join(known)})", cfg.cache)
+    notes: list[str] = []
+    training = [c for c in config["training_classes"] if c in wanted]
+    if training and not cfg.include_train_classes:
+        wanted = [c for c in wanted if c not in training]
+        notes.append(f"left out the checkpoint's training class(es) {', '.join(training)} "
+                     "(--include-train-classes scores them too)")
+    splits = split_csv(cfg.splits)
+    feature_done = features.done()
+    by_class: dict[str, list[int]] = {}
+    missing = 0
+    for i in render.select(classes=wanted, splits=splits or None):
+        if not feature_done[i]:
+            missing += 1
+            continue
+        by_class.setdefault(render.sample_ids[i].split("/")[0], []).append(i)
+    if missing:
+        notes.append(f"{missing} rendered sample(s) have no features yet and were left out "
+                     "(run 'pad extract-features' to complete the store)")
+    empty = [c for c in wanted if c not in by_class]
+    if empty:
+        notes.append(f"no scorable sample in split(s) {cfg.splits} for class(es) {', '.join(empty)}")
+    if not by_class:
+        raise PadError(f"nothing to score: no done sample of class(es) {', '.join(wanted) or '(none)'} "
+                       f"in split(s) {cfg.splits}", cfg.cache)
+    use_rgb = bool(cfg.rgb and features.has_rgb and render.has_rgb)
+    if cfg.rgb and render.has_rgb and not features.has_rgb:
+        notes.append("the render store has RGB but the feature store has no RGB features; scoring point clouds only")
+    from trainer.model import load_model
+
+    model = load_model(cfg.checkpoint, device=_resolve_device(cfg.device))
+    ordered = {c: by_class[c] for c in sorted(by_class)}
+    return _Plan(render, features, model, tag, ordered, use_rgb, notes)
+
+
+def _original_points(sample: dict) -> np.ndarray:
+    """(N, 3) float32 points in the dataset's coordinates (undoing the render normalization)."""
+    attrs = sample.get("attrs") or {}
+    pts = np.asarray(sample["points"], np.float64)
+    scale = float(attrs.get("scale", 1.0) or 1.0)
+    center = np.asarray(attrs.get("center", (0.0, 0.0, 0.0)), np.float64).reshape(1, 3)
+    return (pts * scale + center).astype(np.float32)
+
+
+def score_cache(cfg: ScoreConfig, progress: bool = True) -> dict:
+    """Run ``pad score``; returns the metrics document (see :mod:`trainer.results`) plus
+    ``notes`` (the lines printed about left-out classes and undefined metrics)."""
+    plan = plan_score(cfg)
+    try:
+        return _score(cfg, plan, progress)
+    finally:
+        plan.features.close()
+
+
+def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    from trainer.report import ReportInfo, ReportSample, write_report
+
+    res.prepare_dir(cfg.out)
+    render, features, model = plan.render, plan.features, plan.model
+    image_size = render.image_size
+    texts: dict[str | None, dict] = {}
+
+    def text_for(cls: str) -> dict:
+        """Text embeddings for a class (one pair for every class with object-agnostic prompts)."""
+        key = cls if model.style == "coop" else None
+        if key not in texts:
+            texts[key] = model.inference_text(key)
+        return texts[key]
+
+    per_class: dict[str, dict] = {}
+    per_class_mm: dict[str, dict] = {}
+    curves = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    rows: list[list] = []
+    ranking: list[tuple[float, int, str]] = []
+    total = sum(len(v) for v in plan.classes.values())
+    bar = tqdm(total=total, desc="pad score", unit="sample", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    for cls, indices in plan.classes.items():
+        text = text_for(cls)
+        obj_labels, obj_scores, obj_mm = [], [], []
+        p_labels, p_scores, p_mm, regions = [], [], [], []
+        for i in indices:
+            sample = render.read_sample(i, SAMPLE_FIELDS)
+            sid = render.sample_ids[i]
+            rgb = (features.rgb_global(i), features.rgb_patch(i)) if plan.use_rgb else None
+            if rgb is not None and sample.get("grid_index") is None:
+                raise PadError(f"sample '{sid}' has RGB features but no grid_index to map them to its points",
+                               render.path)
+            result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
+                                  text=text, rgb=rgb)
+            labels = np.asarray(sample["labels"], np.uint8)
+            label = int(sample["attrs"].get("label", int(labels.any())))
+            res.write_point_scores(cfg.out, cls, sid, result.point_map, labels, result.multimodal_map)
+            obj_labels.append(label)
+            obj_scores.append(result.score)
+            p_labels.append(labels)
+            p_scores.append(result.point_map)
+            regions.append(regions_of(sample))
+            if result.multimodal_map is not None:
+                obj_mm.append(result.multimodal_score)
+                p_mm.append(result.multimodal_map)
+            row = [sid, cls, sid.split("/")[1], label, result.score]
+            rows.append(row + ([result.multimodal_score] if plan.use_rgb else []))
+            ranking.append((result.score, i, cls))
+            bar.update(1)
+        per_class[cls], curves[cls] = class_metrics(np.asarray(obj_labels), np.asarray(obj_scores),
+                                                    p_labels, p_scores, regions)
+        if plan.use_rgb:
+            per_class_mm[cls], _ = class_metrics(np.asarray(obj_labels), np.asarray(obj_mm), p_labels, p_mm, regions)
+        lo = float(min(s.min(initial=np.inf) for s in p_scores))
+        hi = float(max(s.max(initial=-np.inf) for s in p_scores))
+        ranges[cls] = (lo, hi)
+        del p_labels, p_scores, p_mm, regions
+        _write_class_plys(cfg.out, render, cls, indices, lo, hi)
+    bar.close()
+
+    doc = res.metrics_document(per_class, per_class_mm if plan.use_rgb else None)
+    res.write_metrics(cfg.out, doc)
+    res.write_scores_csv(cfg.out, rows, plan.use_rgb)
+    res.write_json(os.path.join(cfg.out, "score_config.json"),
+                   {"options": to_dict(cfg), "feature_tag": plan.tag, "checkpoint": model.config,
+                    "multimodal": plan.use_rgb, "notes": plan.notes})
+    notes = plan.notes + res.undefined_metrics(doc)
+
+    top = sorted(ranking, key=lambda t: (-t[0], t[1]))[: cfg.report_samples]
+    report_samples = []
+    for score, i, cls in top:
+        sample = render.read_sample(i, SAMPLE_FIELDS)
+        sid = render.sample_ids[i]
+        result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
+                              text=text_for(cls), with_maps=True)
+        report_samples.append(ReportSample(
+            id=sid, cls=cls, label=int(sample["attrs"].get("label", int(np.any(sample["labels"])))),
+            score=result.score, images=render.images(i), view_maps=result.view_maps, points=sample["points"],
+            point_scores=result.point_map, point_labels=sample["labels"], lo=ranges[cls][0], hi=ranges[cls][1],
+            gt2d=render.gt2d(i), view_names=[v.get("name", f"view {k}") for k, v in enumerate(render.views)],
+            multimodal_score=next((r[5] for r in rows if r[0] == sid), None) if plan.use_rgb else None,
+            ply=res.sample_relpath("ply", cls, sid, ".ply")))
+    config = model.config
+    info = ReportInfo(title="pad score", notes=notes, facts=[
+        ("cache", os.path.abspath(cfg.cache)), ("checkpoint", os.path.abspath(cfg.checkpoint)),
+        ("model", f"{config.get('model')} ({config.get('prompt_style')} prompts)"),
+        ("features", plan.tag), ("trained on", ", ".join(config.get("training_classes", []))),
+        ("scored", f"{total} samples of {len(plan.classes)} class(es), split(s) {cfg.splits}"),
+        ("smoothing", f"sigma {cfg.sigma:g}"), ("RGB fused", "yes" if plan.use_rgb else "no")])
+    write_report(cfg.out, doc, curves, report_samples, info)
+    return dict(doc, notes=notes)
+
+
+def _write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: float, hi: float) -> None:
+    """One PLY per sample of the class, coloured in the class's score range [lo, hi]."""
+    for i in indices:
+        sid = render.sample_ids[i]
+        sample = render.read_sample(i, ("points", "normals"))
+        scores = res.read_point_scores(res.sample_path(out, "points", cls, sid, ".npz"))
+        res.write_scored_ply(res.sample_path(out, "ply", cls, sid, ".ply"), _original_points(sample),
+                             scores["scores"], scores["labels"], lo, hi, normals=sample.get("normals"),
+                             multimodal=scores.get("multimodal"))
+
+
+def run_score(cfg: ScoreConfig) -> int:
+    """CLI runner of ``pad score`` (see :class:`trainer.options.ScoreConfig`)."""
+    doc = score_cache(cfg)
+    print(res.format_table(doc))
+    if doc.get("multimodal"):
+        print("\nmultimodal (RGB fused)")
+        print(res.format_table(doc, multimodal=True))
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    print(f"pad score: wrote {cfg.out} (metrics.json, scores.csv, report.html)")
+    return 0
