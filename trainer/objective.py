@@ -1,0 +1,82 @@
+"""The training objective of one batch: every loss term of PointAD / PointAD+.
+
+Rendering layer (PointAD), from :mod:`trainer.losses`:
+
+- ``global_3d``: CE(mean over views of the view logits, object label) — MIL over views;
+- ``local_3d``: Dice(S3d_a, y) + Dice(S3d_n, 1 − y), S3d back-projected from S_k, per cloud,
+  averaged over the batch (clouds differ in size);
+- ``global_2d``: mean over views of CE(view logits, any anomalous pixel in gt2d of the view);
+- ``local_2d``: Focal + Dice on the per-view patch probability maps upsampled to H×W against
+  gt2d (summed over tapped layers). By default at the full rendering size, as the paper; each
+  B·V·L·2·H·W map is 33 MB for 4×9×1 views of 336² and the loss keeps about a dozen such
+  tensors for backward (≈ 0.4 GB). ``loss_size`` S < H computes this term on S×S maps instead
+  (the maps upsampled to S, gt2d max-pooled to S: a pixel is anomalous if any pixel it covers
+  is), about (H/S)² less memory and time; the other terms are unaffected.
+
+Geometry layer (PointAD+):
+
+- ``geometry``: Dice(T_a, y) + Dice(T_n, 1 − y) on the random point subset of each cloud;
+- ``cross``: the cross-hierarchy contrastive loss between the two prompt pairs.
+
+``total`` is their plain sum (weights 1, as the paper).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data import Batch
+from trainer.losses import (contrastive_loss, geometry_loss, local_2d_loss, local_3d_loss, mil_global_loss,
+                            view_global_loss)
+from trainer.model import PointADModel, explicit_scores, patch_probabilities, upsample_maps, view_logits
+from trainer.projection import back_project
+
+RENDER_TERMS = ("global_3d", "local_3d", "global_2d", "local_2d")
+GEOMETRY_TERMS = ("geometry", "cross")
+
+
+def loss_terms(model_variant: str) -> tuple[str, ...]:
+    """Names of the loss terms logged for a variant (``total`` first)."""
+    return ("total",) + RENDER_TERMS + (GEOMETRY_TERMS if model_variant == "pointad+" else ())
+
+
+def batch_losses(model: PointADModel, batch: Batch, device: torch.device | str | None = None,
+                 loss_size: int = 0) -> dict[str, torch.Tensor]:
+    """{term: 0-dim tensor} for one batch, differentiable in the prompts; ``total`` is the sum.
+    ``loss_size``: side of the maps of the 2D local loss (0: the rendering size)."""
+    device = torch.device(device) if device is not None else model.device
+    names = sorted(set(batch.classes)) if model.style == "coop" else [None]
+    text = model.text_features(names)
+    row = torch.tensor([names.index(c) if model.style == "coop" else 0 for c in batch.classes], device=device)
+    t_render = text["render"][row]                                              # (B, 2, D)
+
+    label = batch.label.to(device)
+    gt2d = batch.gt2d.to(device)
+    size = gt2d.shape[-1]
+    logits = view_logits(batch.global_.to(device), t_render)                    # (B, V, 2)
+    out: dict[str, torch.Tensor] = {}
+    out["global_3d"] = mil_global_loss(logits, label)
+    out["global_2d"] = view_global_loss(logits, gt2d.flatten(2).amax(dim=-1) > 0)
+
+    probs = patch_probabilities(batch.patch.to(device), t_render)              # (B, V, L, 2, G, G)
+    if not loss_size or loss_size >= size:
+        maps = upsample_maps(probs, size)                                        # (B, V, L, 2, H, W)
+        out["local_2d"] = local_2d_loss(maps, gt2d)
+        anomalous = maps[:, :, :, 1].mean(dim=2)                                 # (B, V, H, W)
+    else:
+        small_gt = F.adaptive_max_pool2d(gt2d.float(), loss_size) > 0           # (B, V, S, S)
+        out["local_2d"] = local_2d_loss(upsample_maps(probs, loss_size), small_gt)
+        anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)
+    local = [local_3d_loss(back_project(anomalous[b], batch.pixel[b], batch.visible[b], source=batch.source[b]),
+                           batch.labels[b].to(device)) for b in range(len(batch))]
+    out["local_3d"] = torch.stack(local).mean()
+
+    if "geometry" in text:
+        t_geo = text["geometry"][row]                                           # (B, 2, D)
+        geo = [geometry_loss(explicit_scores(batch.geo_features[b].to(device), t_geo[b]),
+                             batch.geo_labels[b].to(device)) for b in range(len(batch))]
+        out["geometry"] = torch.stack(geo).mean()
+        r, g = text["render"], text["geometry"]                                  # (C, 2, D)
+        out["cross"] = contrastive_loss(r[:, 0], r[:, 1], g[:, 0], g[:, 1])
+    out["total"] = torch.stack([v for k, v in out.items()]).sum()
+    return out
