@@ -1,0 +1,137 @@
+"""GLSL sources of the splat renderer (pad's own, small on purpose).
+
+pyrender looks shaders up by file name in a directory (``mesh.vert``/``mesh.frag``
+for lit meshes, ``flat.vert``/``flat.frag`` with ``RenderFlags.FLAT``); :func:`shader_dir`
+writes these sources into a per-process directory that :mod:`pipeline.render.gl`
+hands to pyrender's shader cache. pyrender substitutes the ``*_LOC`` names and
+resolves ``#ifdef`` lines before compiling, and sets the uniforms by name
+(``V``, ``P``, ``M``, ``ambient_light``, ``directional_lights[i].*``,
+``material.base_color_factor``).
+
+Shading (``mesh.*``): two-sided Lambert, ``albedo · (ambient + Σ intensity·|n·l|)``,
+clamped to [0, 1]. Taking ``|n·l|`` makes the image independent of the sign of
+the normals, so a wrongly oriented normal cannot draw a black speckle. A splat
+is flat and the lights are directional, so the shading is computed once per
+vertex and passed ``flat`` to a pass-through fragment shader (the same image as
+per-fragment lighting, at the fragment cost of a flat colour: llvmpipe spends
+most of a view on fragments).
+Flat (``flat.*``): the per-vertex colour as is (index-map tests, label images).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+_MESH_VERT = """#version 330 core
+struct DirectionalLight {
+    vec3 color;
+    float intensity;
+    vec3 direction;
+};
+struct Material {
+    vec4 base_color_factor;
+};
+
+layout(location = 0) in vec3 position;
+#ifdef NORMAL_LOC
+layout(location = NORMAL_LOC) in vec3 normal;
+#endif
+#ifdef COLOR_0_LOC
+layout(location = COLOR_0_LOC) in vec4 color_0;
+#endif
+layout(location = INST_M_LOC) in mat4 inst_m;
+
+uniform mat4 M;
+uniform mat4 V;
+uniform mat4 P;
+uniform Material material;
+uniform vec3 ambient_light;
+uniform int n_directional_lights;
+uniform DirectionalLight directional_lights[MAX_DIRECTIONAL_LIGHTS];
+
+flat out vec4 shade;
+
+void main()
+{
+    vec4 world = M * (inst_m * vec4(position, 1.0));   // matrix-vector products only
+    gl_Position = P * (V * world);
+    vec3 light = ambient_light;
+#ifdef NORMAL_LOC
+    vec3 n = normalize(mat3(M) * (mat3(inst_m) * normal));
+    for (int i = 0; i < n_directional_lights; i++) {
+        float lambert = abs(dot(n, normalize(directional_lights[i].direction)));
+        light += directional_lights[i].intensity * directional_lights[i].color * lambert;
+    }
+#endif
+    vec4 albedo = material.base_color_factor;
+#ifdef COLOR_0_LOC
+    albedo *= color_0;
+#endif
+    shade = vec4(clamp(albedo.rgb * light, 0.0, 1.0), 1.0);
+}
+"""
+
+_MESH_FRAG = """#version 330 core
+flat in vec4 shade;
+out vec4 frag_color;
+
+void main()
+{
+    frag_color = shade;
+}
+"""
+
+_FLAT_VERT = """#version 330 core
+layout(location = 0) in vec3 position;
+#ifdef COLOR_0_LOC
+layout(location = COLOR_0_LOC) in vec4 color_0;
+#endif
+layout(location = INST_M_LOC) in mat4 inst_m;
+
+uniform mat4 M;
+uniform mat4 V;
+uniform mat4 P;
+
+flat out vec4 vertex_color;
+
+void main()
+{
+    gl_Position = P * (V * (M * (inst_m * vec4(position, 1.0))));
+#ifdef COLOR_0_LOC
+    vertex_color = color_0;
+#else
+    vertex_color = vec4(1.0);
+#endif
+}
+"""
+
+_FLAT_FRAG = """#version 330 core
+flat in vec4 vertex_color;
+out vec4 frag_color;
+
+void main()
+{
+    frag_color = vec4(vertex_color.rgb, 1.0);
+}
+"""
+
+SOURCES = {"mesh.vert": _MESH_VERT, "mesh.frag": _MESH_FRAG,
+           "flat.vert": _FLAT_VERT, "flat.frag": _FLAT_FRAG}
+
+_DIR: str | None = None
+
+
+def shader_dir() -> str:
+    """A directory holding :data:`SOURCES` as files (created once per process,
+    removed at exit)."""
+    global _DIR
+    if _DIR is None or not os.path.isdir(_DIR):
+        path = tempfile.mkdtemp(prefix="pad-shaders-")
+        for name, text in SOURCES.items():
+            with open(os.path.join(path, name), "w") as f:
+                f.write(text)
+        atexit.register(shutil.rmtree, path, True)
+        _DIR = path
+    return _DIR
