@@ -61,31 +61,6 @@ def feature_spec(config: dict, run_dir: str) -> FeatureSpec:
                        render_size=render_size)
 
 
-def model_on(parts, run_dir: str):
-    """The checkpoint's model on the text tower of an already created backbone ``parts``
-    (:class:`data_cache.backbones.ClipParts`), so that the vision tower that encodes the views
-    and the text tower come from one backbone load (as :func:`trainer.model.load_model`, which
-    builds its own text-only backbone)."""
-    from data_cache.checkpoint import check_shapes, load_checkpoint
-    from trainer.model import build_model, model_config_fields
-
-    ckpt = load_checkpoint(run_dir)
-    config = ckpt.config
-    model = build_model(parts.model, parts.tokenizer, model=config["model"], style=config["prompt_style"],
-                        prompt_length=config["prompt_length"], deep_depth=config["deep_depth"],
-                        deep_length=config["deep_length"])
-    fields = model_config_fields(model)
-    for key in ("n_deep", "text_width", "text_depth", "embed_dim"):
-        if config[key] != fields[key]:
-            raise PadError(f"config.json says {key}={config[key]} but backbone '{config['backbone']}' "
-                           f"gives {fields[key]} (edited config or another backbone)", run_dir)
-    check_shapes(ckpt.tensors, model.learner.shape.expected(), run_dir)
-    model.learner.load_tensors(ckpt.tensors)
-    model.learner.requires_grad_(False)
-    model.config = config
-    return model.eval()
-
-
 class Predictor:
     """Checkpoint, backbone and renderer settings, built once for all files."""
 
@@ -95,6 +70,7 @@ class Predictor:
         from pipeline.extract import Encoder
         from pipeline.render import RenderSettings, make_cameras, resolve_views
         from trainer.loop import resolve_device
+        from trainer.model import load_model
 
         if not (cfg.sigma >= 0 and math.isfinite(cfg.sigma)):
             raise PadError(f"--sigma must be 0 or more (got {cfg.sigma})")
@@ -111,7 +87,7 @@ class Predictor:
             raise PadError(f"the checkpoint's features tap block {max(self.spec.layers)} but backbone "
                            f"'{self.spec.backbone}' has {parts.n_vision_blocks}", cfg.checkpoint)
         self.encoder = Encoder(parts, self.spec.layers, resolve_dpam(self.spec.dpam_layers, parts.n_vision_blocks))
-        self.model = model_on(parts, cfg.checkpoint)
+        self.model = load_model(cfg.checkpoint, device=device, parts=parts)
         if self.model.style == "coop":
             raise PadError("this checkpoint uses CoOp prompts (with a class name); pad predict scores with "
                            "object-agnostic checkpoints (train with --prompts agnostic)", cfg.checkpoint)
