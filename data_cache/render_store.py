@@ -132,6 +132,17 @@ class RenderStore:
                 return False
         return os.path.exists(os.path.join(path, "zarr.json"))
 
+    @staticmethod
+    def _unfinished(path: str) -> bool:
+        """True for a store whose creation was interrupted (arrays made, attributes not yet
+        written): it holds nothing done and is recreated."""
+        import zarr
+        try:
+            root = zarr.open_group(path, mode="r")
+        except (FileNotFoundError, KeyError, ValueError):
+            return False
+        return "pad_schema" not in root.attrs and set(root.keys()) <= {"images", "gt2d", "rgb", "done", "samples"}
+
     @classmethod
     def create_or_open(cls, cache: str, attrs: dict, sample_ids: Sequence[str],
                        source_paths: Sequence[str], views: int, image_size: int,
@@ -146,7 +157,7 @@ class RenderStore:
         attrs["sample_ids"] = list(sample_ids)
         attrs["source_paths"] = [str(p) for p in source_paths]
         path = store_path(cache)
-        if cls.exists(cache):
+        if cls.exists(cache) and not cls._unfinished(path):
             store = cls(path, "r+")
             old = dict(store.root.attrs)
             if old.get("fingerprint") != attrs["fingerprint"]:

@@ -1,0 +1,178 @@
+"""Dask for ``pad render``: a LocalCluster or a connection to an existing scheduler,
+the worker environment (OpenGL platform, one BLAS/OpenMP thread) and the dashboard link.
+
+Every worker process renders with one offscreen OpenGL context, so
+``PYOPENGL_PLATFORM`` must be set before that process imports ``OpenGL``:
+
+- LocalCluster: through the nanny's ``env`` (set in the child before anything is
+  imported) and ``distributed.nanny.pre-spawn-environ`` for the thread caps, which
+  only work when set before numpy loads;
+- any cluster: :class:`PadWorkerPlugin` sets the same variables on every worker that
+  joins (also the ones a nanny restarts) and warns when OpenGL was already imported
+  with another platform.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import glob
+import logging
+import os
+import signal
+import sys
+import warnings
+from typing import Iterator
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from data_cache.errors import PadError
+
+#: How many times a task may be running on a worker that dies before the scheduler gives up
+#: on it (``distributed.scheduler.allowed-failures``; a LocalCluster's scheduler only).
+ALLOWED_FAILURES = 3
+#: Thread caps for every worker process (one rendering thread each, no oversubscription).
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
+              "LP_NUM_THREADS": "1"}  # llvmpipe (OSMesa) rasterizer threads
+DEFAULT_DASHBOARD = ":8787"
+
+
+def gl_platform(backend: str = "auto") -> str:
+    """The ``PYOPENGL_PLATFORM`` for a backend choice: ``osmesa`` or ``egl`` as asked;
+    ``auto``: ``$PYOPENGL_PLATFORM`` when the user set it, EGL when a GPU device node and
+    libEGL are present, else OSMesa (CPU) — the same rule as the kernel's
+    ``pipeline.render.gl.configure_platform``, decided here for workers that have not
+    imported OpenGL yet."""
+    if backend in ("osmesa", "egl"):
+        return backend
+    if backend != "auto":
+        raise PadError(f"unknown rendering backend '{backend}' (choose auto, osmesa or egl)")
+    env = os.environ.get("PYOPENGL_PLATFORM", "").strip().lower()
+    if env in ("osmesa", "egl"):
+        return env
+    nodes = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/dri/renderD*")
+    return "egl" if nodes and ctypes.util.find_library("EGL") else "osmesa"
+
+
+def worker_env(backend: str = "auto") -> dict[str, str]:
+    """Environment variables every rendering worker process needs (name -> value)."""
+    return dict(THREAD_ENV, PYOPENGL_PLATFORM=gl_platform(backend))
+
+
+def default_workers() -> int:
+    """Cores this process may use (CPU affinity, else the core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class PadWorkerPlugin(WorkerPlugin):
+    """Worker plugin: sets the rendering environment in each worker process.
+
+    ``ignore_sigint``: used for LocalCluster workers, which share the terminal's process
+    group with ``pad`` — Ctrl-C must stop the client (which then closes the cluster
+    cleanly), not raise ``KeyboardInterrupt`` inside every worker.
+    """
+
+    name = "pad-render-env"
+    idempotent = False
+
+    def __init__(self, env: dict[str, str], ignore_sigint: bool = False):
+        self.env = dict(env)
+        self.ignore_sigint = ignore_sigint
+
+    def setup(self, worker) -> None:
+        env = dict(self.env)
+        platform = env.get("PYOPENGL_PLATFORM")
+        if "OpenGL" in sys.modules and os.environ.get("PYOPENGL_PLATFORM") != platform:
+            # too late to switch: keep the truth, so the kernel reports a real mismatch
+            env.pop("PYOPENGL_PLATFORM", None)
+            warnings.warn(f"pad: worker {worker.address} imported OpenGL before the plugin ran; it keeps "
+                          f"PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')!r} instead of {platform!r} "
+                          "(set it in the workers' environment)")
+        os.environ.update(env)
+        try:  # numpy's BLAS may already be loaded: cap its pool too
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(1)
+        except Exception:  # threadpoolctl missing or no pool: the env vars are enough
+            pass
+        if self.ignore_sigint:
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            except ValueError:  # not the main thread: nothing to do
+                pass
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Ignore SIGINT while worker processes are spawned: they inherit the ignored disposition
+    (through exec) and keep it, so a Ctrl-C in the terminal — sent to the whole foreground
+    process group — reaches only ``pad``, which then closes the cluster itself. Ctrl-C is
+    ignored for the seconds the cluster takes to start. Main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def dashboard_link(client) -> str | None:
+    """The dashboard URL of a client's scheduler, or None when it has none."""
+    try:
+        link = client.dashboard_link
+    except Exception:
+        return None
+    return link or None
+
+
+@contextlib.contextmanager
+def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "auto",
+                dashboard_address: str = DEFAULT_DASHBOARD, connect_timeout: float = 30.0) -> Iterator:
+    """A ``distributed.Client`` set up for rendering; closes it (and its LocalCluster) on exit.
+
+    - ``scheduler`` None: a LocalCluster of ``workers`` processes (0: one per core), one
+      thread each, ``processes=True``, the worker environment of :func:`worker_env`, and
+      ``allowed-failures`` = :data:`ALLOWED_FAILURES`.
+    - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
+    ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
+    """
+    if scheduler and workers:
+        raise PadError("--workers and --scheduler exclude each other: the workers of an existing "
+                       "scheduler are started with it (dask worker, dask-jobqueue, dask-kubernetes)")
+    if workers < 0:
+        raise PadError(f"--workers must be 0 (one per core) or more, not {workers}")
+    import dask
+    from distributed import Client, LocalCluster
+
+    env = worker_env(backend)
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout=connect_timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise PadError(f"cannot reach the Dask scheduler at {scheduler}: {type(exc).__name__}: "
+                               f"{exc}") from None
+            stack.callback(client.close)
+            client.register_plugin(PadWorkerPlugin(env), name=PadWorkerPlugin.name)
+        else:
+            n = workers or default_workers()
+            pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+            pre_spawn.update(THREAD_ENV)
+            with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                                  "distributed.nanny.pre-spawn-environ": pre_spawn}), \
+                    warnings.catch_warnings(), _sigint_ignored_by_children():
+                warnings.filterwarnings("ignore", message=".*already in use.*")
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
+                                       dashboard_address=dashboard_address, silence_logs=logging.ERROR)
+                stack.callback(cluster.close)
+                client = Client(cluster)
+                stack.callback(client.close)
+            client.register_plugin(PadWorkerPlugin(env, ignore_sigint=True),
+                                   name=PadWorkerPlugin.name)
+        yield client

@@ -1,0 +1,396 @@
+"""``pad render``: render every sample of a dataset into ``<cache>/render.zarr`` on Dask.
+
+One task per sample. The worker loads the sample, renders it with the per-sample
+kernel (:mod:`pipeline.render`) and writes that sample's chunks and group straight
+into the store, ``done[i]`` last (:meth:`RenderStore.write_sample`); tasks return only
+a small status dict. Writers never share a chunk, so there is no lock, and a re-run
+renders only the samples not done.
+
+Faults:
+- a worker that dies (killed, out of memory) has its task rescheduled by the scheduler
+  (``allowed-failures``); a task that raises is retried (``retries=``); a sample that kills
+  :data:`~pipeline.dask_cluster.ALLOWED_FAILURES` + 1 workers counts as failed;
+- a bad sample (a :class:`PadError` from ``load_sample``, or any exception in the kernel) is
+  recorded in the store (``RenderStore.record_failure``) and, with ``--on-error fail``, stops
+  the run (outstanding tasks cancelled, exit 2); with ``--on-error skip`` the rest renders;
+- Ctrl-C closes the client and cluster and says how many samples are done;
+- a second ``pad render`` on the same cache is refused while the first runs (:func:`cache_lock`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from data_cache.errors import PadError
+from data_cache.options import split_csv
+from data_cache.render_store import RenderStore
+from pipeline.options import RenderConfig
+
+#: Retries of a task that raised (transient store errors); kernel errors never raise.
+TASK_RETRIES = 2
+#: Lock file in the cache held by the running ``pad render`` (see :func:`cache_lock`).
+LOCK_FILE = "render.lock"
+
+
+@dataclass
+class RenderSummary:
+    """What one ``pad render`` run did.
+
+    ``failed``: one dict per failed sample: ``index``, ``id``, ``source_path``, ``error``
+    (one line). ``timings``: mean seconds per stage over the samples rendered in this run.
+    """
+    store: str
+    total: int
+    rendered: int = 0
+    skipped: int = 0
+    failed: list[dict] = field(default_factory=list)
+    done: int = 0
+    elapsed_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    dashboard: str | None = None
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
+        return (f"pad render: {self.rendered} rendered, {self.skipped} skipped (already done), "
+                f"{len(self.failed)} failed; {self.done}/{self.total} samples done in {self.store} "
+                f"({self.elapsed_s:.1f} s)")
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """What the client decides before rendering: dataset format, the discovered samples
+    (``refs``, sorted by id), kernel settings, cameras, the store's defining attributes."""
+    fmt: str
+    refs: list
+    settings: Any
+    cameras: list
+    attrs: dict
+    has_rgb: bool
+
+
+# ---------------------------------------------------------------------------- worker side
+def _one_line(exc: BaseException, path: str) -> str:
+    """A failure reason on one line: a PadError's message (without the file name, which is
+    recorded next to it), else ``Type: message``."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, PadError):
+        for prefix in (f"{exc.path}: ", f"{path}: "):
+            if exc.path and text.startswith(prefix):
+                return text[len(prefix):]
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> dict:
+    """Dask task: load, render and write sample ``index``; returns a small status dict
+    ``{index, id, status: "rendered"|"failed", error?, timings, pid}``.
+
+    A reading error (:class:`PadError`) or any exception from the kernel is recorded in the
+    store and returned as ``failed``; errors writing the store propagate (the task is retried).
+    """
+    from pipeline.ingest import load_sample
+    from pipeline.render import render_sample
+
+    t0 = time.perf_counter()
+    status: dict[str, Any] = {"index": index, "id": ref.id, "source_path": str(ref.path), "pid": os.getpid()}
+    try:
+        sample = load_sample(ref)
+        t1 = time.perf_counter()
+        rendered = render_sample(sample, settings, cameras)
+    except Exception as exc:  # the sample's fault: record it, never kill the worker
+        status.update(status="failed", error=_one_line(exc, str(ref.path)))
+        store.record_failure(index, ref.id, str(ref.path), status["error"])
+        return status
+    t2 = time.perf_counter()
+    attrs = {"id": sample.id, "class": sample.cls, "split": sample.split, "label": sample.label,
+             "n_points": sample.n_points, "source_path": str(sample.source_path)}
+    attrs.update(rendered.attrs or {})
+    store.write_sample(index, rendered.arrays, attrs, rendered.images, rendered.gt2d,
+                       getattr(rendered, "rgb", None))
+    t3 = time.perf_counter()
+    timings = {"load": t1 - t0}
+    timings.update({k: float(v) for k, v in (getattr(rendered, "timings", None) or {}).items()})
+    timings.update(render=t2 - t1, write=t3 - t2, total=t3 - t0)
+    status.update(status="rendered", timings=timings)
+    return status
+
+
+# ---------------------------------------------------------------------------- client side
+def plan_render(cfg: RenderConfig) -> RenderPlan:
+    """Discover the samples and settle settings, cameras and store attributes
+    (:class:`PadError` on a bad dataset or option)."""
+    from pipeline.ingest import discover, is_one_sided
+    from pipeline.render import RenderSettings, make_cameras, resolve_views, store_attrs
+
+    root = _absolute(cfg).dataset
+    fmt, refs = discover(root, fmt=cfg.format, classes=split_csv(cfg.classes) or None,
+                         splits=split_csv(cfg.splits) or None)
+    refs = list(refs)
+    if not refs:
+        raise PadError(f"no samples found (format {fmt}, classes {cfg.classes or 'all'}, splits {cfg.splits}); "
+                       "check with 'pad inspect'", root)
+    one_sided = is_one_sided(fmt)
+    settings = RenderSettings.from_config(cfg)
+    cameras = make_cameras(resolve_views(cfg.views, one_sided), settings.image_size)
+    attrs = store_attrs(settings, fmt, root, one_sided)
+    has_rgb = any(ref.extra_path("rgb") for ref in refs)
+    return RenderPlan(fmt, refs, settings, cameras, attrs, has_rgb)
+
+
+@contextmanager
+def cache_lock(cache: str) -> Iterator[None]:
+    """Hold ``<cache>/render.lock`` (``fcntl.flock``, exclusive, non-blocking) while rendering: one
+    ``pad render`` writes a cache at a time; a second one gets a :class:`PadError` naming the first's
+    pid. The lock goes with its process, however it ends. Caches behind fsspec URLs are not locked."""
+    if "://" in cache:
+        yield
+        return
+    import fcntl
+
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise PadError(f"another pad render is writing this cache (pid {holder}); wait for it to finish "
+                           "or stop it", cache) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _absolute(cfg: RenderConfig) -> RenderConfig:
+    """Workers may run elsewhere (another cwd, another host): make local paths absolute."""
+    import dataclasses
+
+    cache = cfg.cache if "://" in cfg.cache else os.path.abspath(os.path.expanduser(cfg.cache))
+    dataset = os.path.abspath(os.path.expanduser(cfg.dataset))
+    return dataclasses.replace(cfg, cache=cache, dataset=dataset)
+
+
+def open_render_store(cfg: RenderConfig, plan: RenderPlan) -> RenderStore:
+    """Create the store for the full discovered sample list, or reopen one made with the
+    same options and samples (else :class:`PadError` naming the difference)."""
+    ids = [ref.id for ref in plan.refs]
+    paths = [str(ref.path) for ref in plan.refs]
+    size = int(plan.attrs.get("image_size", plan.settings.image_size))
+    return RenderStore.create_or_open(_absolute(cfg).cache, plan.attrs, ids, paths, views=len(plan.cameras),
+                                      image_size=size, has_rgb=plan.has_rgb)
+
+
+def _check_options(cfg: RenderConfig) -> None:
+    """Options the orchestration itself uses (the kernel validates its own)."""
+    if cfg.workers and cfg.scheduler:
+        raise PadError("--workers and --scheduler exclude each other: the workers of an existing "
+                       "scheduler are started with it (dask worker, dask-jobqueue, dask-kubernetes)")
+    if cfg.workers < 0:
+        raise PadError(f"--workers must be 0 (one per core) or more, not {cfg.workers}")
+    if cfg.on_error not in ("fail", "skip"):
+        raise PadError(f"--on-error must be fail or skip, not '{cfg.on_error}'")
+
+
+def _task_error(exc: BaseException, ref, store: RenderStore) -> BaseException:
+    """What to raise for a task that raised after its retries (not a sample's own failure,
+    which :func:`render_one` returns): a :class:`PadError` for environment and storage
+    problems; anything else is a bug and keeps its type and traceback."""
+    if isinstance(exc, ModuleNotFoundError):
+        return PadError(f"the Dask workers cannot import '{exc.name}': install pad (and its dependencies) "
+                        "in the workers' environment")
+    if isinstance(exc, PadError) and "no render store here" in str(exc):
+        return PadError(f"a worker cannot open the render store ({exc}); with --scheduler the cache must be "
+                        "a shared path or an fsspec URL every worker can write", store.path)
+    if isinstance(exc, (OSError, PadError)):
+        return PadError(f"writing sample {ref.id} into the store failed: {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())}", store.path)
+    return exc
+
+
+def _killed_reason(exc: BaseException) -> str:
+    return (f"the worker process died while rendering it ({' '.join(str(exc).split())[:200]}); "
+            "out of memory or a crash in the renderer")
+
+
+def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
+                   on_result: Callable[[dict], None] | None = None) -> RenderSummary:
+    """Render every discovered sample not yet done into ``<cfg.cache>/render.zarr``.
+
+    ``client``: an existing ``distributed.Client`` to use (default: one made from
+    ``cfg.workers`` / ``cfg.scheduler``, closed at the end). ``on_result`` is called in the
+    client with each task's status dict as it completes. Raises :class:`PadError` on an
+    option mismatch with an existing store or, with ``on_error='fail'``, on the first failed
+    sample (outstanding tasks cancelled; the store stays valid).
+    """
+    from pipeline.dask_cluster import dask_client, default_workers
+
+    start = time.perf_counter()
+    _check_options(cfg)
+    cfg = _absolute(cfg)
+    plan = plan_render(cfg)
+    with cache_lock(cfg.cache):
+        store = open_render_store(cfg, plan)
+        done = store.done()
+        todo = [i for i in range(len(plan.refs)) if not done[i]]
+        summary = RenderSummary(store=store.path, total=len(plan.refs), skipped=len(plan.refs) - len(todo))
+        if todo:
+            try:
+                if client is not None:
+                    _run(client, cfg, plan, store, todo, summary, progress, on_result)
+                else:
+                    workers = 0 if cfg.scheduler else min(cfg.workers or default_workers(), len(todo))
+                    if progress:
+                        where = f"connecting to {cfg.scheduler}" if cfg.scheduler else \
+                            f"starting {workers} local worker process{'es' if workers > 1 else ''}"
+                        print(f"pad render: {where} ...", file=sys.stderr)
+                    with dask_client(workers, cfg.scheduler, cfg.backend) as own:
+                        _run(own, cfg, plan, store, todo, summary, progress, on_result)
+            except KeyboardInterrupt:  # counted once the cluster is closed: nothing changes after this
+                n_done = int(store.done().sum())
+                print(f"pad render: interrupted; {n_done}/{summary.total} samples done in {store.path}; "
+                      "re-run the same command to render the rest.", file=sys.stderr)
+                raise
+        summary.done = int(store.done().sum())
+    summary.elapsed_s = time.perf_counter() - start
+    return summary
+
+
+def _run(client, cfg: RenderConfig, plan: RenderPlan, store: RenderStore, todo: list[int],
+         summary: RenderSummary, progress: bool, on_result) -> None:
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+    from tqdm import tqdm
+
+    from pipeline.dask_cluster import dashboard_link
+
+    summary.dashboard = dashboard_link(client)
+    if progress:
+        print(f"pad render: {len(todo)} of {summary.total} samples to render"
+              + (f"; Dask dashboard: {summary.dashboard}" if summary.dashboard else ""), file=sys.stderr)
+        if cfg.scheduler and not client.scheduler_info().get("workers"):
+            print(f"pad render: the scheduler {cfg.scheduler} has no workers yet; waiting for them "
+                  "(dask worker, dask-jobqueue, ...)", file=sys.stderr)
+    token = uuid.uuid4().hex[:8]
+    futures: dict = {}
+    bar = tqdm(total=len(todo), desc="render", unit="sample", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    sums: dict[str, float] = {}
+    stop = _InterruptFlag()
+    try:
+        submitted = client.map(render_one, todo, [plan.refs[i] for i in todo], store=store,
+                               settings=plan.settings, cameras=plan.cameras, pure=False,
+                               retries=TASK_RETRIES, key=[f"render-{i:06d}-{token}" for i in todo])
+        futures.update(zip(submitted, todo))
+        pending = as_completed(submitted)
+        with stop:
+            while not pending.is_empty():
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                batch = pending.next_batch(block=False)
+                if not batch:
+                    time.sleep(0.05)
+                    continue
+                for fut in batch:
+                    status = _status_of(fut, futures[fut], plan.refs[futures[fut]], store, KilledWorker)
+                    if status is None:
+                        continue
+                    bar.update(1)
+                    if on_result is not None:
+                        on_result(status)
+                    if status["status"] == "failed":
+                        summary.failed.append({k: status[k] for k in ("index", "id", "source_path", "error")})
+                        bar.set_postfix(failed=len(summary.failed))
+                        if cfg.on_error == "fail":
+                            raise PadError(f"sample {status['id']} failed: {status['error']} (store kept "
+                                           "valid; fix or remove the file, or use --on-error skip)",
+                                           status["source_path"])
+                        continue
+                    summary.rendered += 1
+                    for k, v in status.get("timings", {}).items():
+                        sums[k] = sums.get(k, 0.0) + v
+    except BaseException:
+        _cancel(client, futures)
+        raise
+    finally:
+        bar.close()
+    summary.timings = {k: v / summary.rendered for k, v in sums.items()} if summary.rendered else {}
+
+
+def _status_of(fut, i: int, ref, store: RenderStore, killed_worker: type) -> dict | None:
+    """The status dict of a finished task (None when cancelled); a sample that killed its
+    workers becomes a recorded failure; any other task error is raised (see _task_error)."""
+    if fut.status == "cancelled":
+        return None
+    if fut.status == "error":
+        exc = fut.exception()
+        if not isinstance(exc, killed_worker):
+            raise _task_error(exc, ref, store).with_traceback(fut.traceback())
+        status = {"index": i, "id": ref.id, "source_path": str(ref.path), "status": "failed",
+                  "error": _killed_reason(exc)}
+        store.record_failure(i, ref.id, str(ref.path), status["error"])
+    else:
+        status = fut.result()
+    fut.release()
+    return status
+
+
+class _InterruptFlag:
+    """While active (``with``), the first Ctrl-C only sets a flag that the result loop checks,
+    so the interrupt never lands inside a Dask or Zarr call; a second Ctrl-C raises at once.
+    Does nothing outside the main thread."""
+
+    def __init__(self):
+        self._set = False
+        self._previous = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def _handler(self, signum, frame):
+        if self._set:
+            raise KeyboardInterrupt
+        self._set = True
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+
+def _cancel(client, futures) -> None:
+    try:
+        client.cancel([f for f in futures if not f.done()], force=True)
+    except Exception:  # the cluster may already be going away
+        pass
+
+
+def run_render(cfg: RenderConfig) -> int:
+    """``pad render``: render, print failures and the summary line; 0 on success (also when
+    samples were skipped with ``--on-error skip``)."""
+    summary = render_dataset(cfg, progress=True)
+    if summary.timings:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items())
+        print(f"pad render: mean seconds per sample: {stages}", file=sys.stderr)
+    for failure in summary.failed:
+        print(f"pad render: failed {failure['id']} ({failure['source_path']}): {failure['error']}")
+    print(summary.line())
+    return 0
