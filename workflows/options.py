@@ -21,14 +21,24 @@ class PredictConfig:
 
 @dataclass
 class DemoConfig:
-    """``pad demo``: synthesize the built-in dataset, render, extract, train PointAD+ on one
-    class, score the others one-vs-rest, print the metrics table."""
+    """``pad demo``: synthesize the built-in dataset, render it (Dask LocalCluster), extract
+    features, train PointAD+ on one class, score the other classes one-vs-rest, and print the
+    metrics table and where the report, coloured PLYs and contact sheets are. Re-running reuses
+    everything already done in --workdir."""
     workdir: str = option("demo-work", "Working directory (re-running reuses its cache).")
     backbone: str = option("auto", "Backbone: auto (ViT-L-14-336 with real weights when available, "
-                                   "else the random pad-tiny) or a registry name.")
-    workers: int = option(2, "Render workers.")
-    per_class: int = option(6, "Samples per class and split.")
-    points: int = option(6000, "Points per cloud.")
+                                   "else the randomly initialized pad-tiny) or a registry name.")
+    pretrained: str = option("auto", "Weights: auto (the backbone's default), an open_clip tag, a checkpoint "
+                                     "file, or random.", metavar="auto|TAG|PATH|random")
+    workers: int = option(2, "Render worker processes.")
+    classes: int = option(6, "Object classes to synthesize (at most 9).")
+    per_class: int = option(6, "Samples per class and split (half of the test samples anomalous).")
+    points: int = option(5000, "Points per cloud (±25%).")
+    image_size: int = option(224, "Rendered image side in pixels.")
+    supersample: int = option(1, "Render at this multiple of --image-size, then downsample.")
+    views: str = option("paper", "Camera set (see pad render --help).", metavar="paper|scan|N")
     epochs: int = option(4, "Training epochs.")
-    train_class: str = option("sphere", "Class to train the prompts on.")
-    seed: int = option(0, "Random seed.")
+    train_class: str = option("sphere", "Class the prompts are trained on; the others are scored.")
+    device: str = option("auto", "Torch device for extraction, training and scoring.",
+                         choices=("auto", "cpu", "cuda"))
+    seed: int = option(0, "Random seed (data, weights of a random backbone, training).")
