@@ -20,6 +20,7 @@ Datasets (S samples, V views, L layers):
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Sequence
@@ -251,7 +252,7 @@ class FeatureWriter:
                 attrs["options"] = json.dumps(attrs["options"], sort_keys=True)
             if os.path.exists(path):
                 try:
-                    f = h5py.File(path, "r+", locking=False)
+                    f = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
                 except OSError as exc:
                     raise PadError(f"cannot open the feature store for writing ({' '.join(str(exc).split())}); "
                                    "delete it to start over", path) from None
@@ -269,7 +270,7 @@ class FeatureWriter:
         import h5py
         lock = FeatureLock(path).acquire()
         try:
-            f = h5py.File(path, "r+", locking=False)
+            f = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
         except OSError as exc:
             lock.release()
             raise PadError(f"cannot open the feature store for writing ({' '.join(str(exc).split())})", path) from None
@@ -300,7 +301,7 @@ class FeatureWriter:
             raise
         f.close()
         os.replace(tmp, path)  # a store exists only once fully laid out
-        return cls(path, h5py.File(path, "r+", locking=False), lock)
+        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), lock)
 
     def _check(self, attrs: dict, n_samples: int) -> None:
         old = {k: _plain(v) for k, v in self.file.attrs.items()}
@@ -327,17 +328,24 @@ class FeatureWriter:
         """Write sample ``i``: ``global_`` (V, D), ``patch`` (V, L, G*G, D), optional ``rgb_global`` (D,) and
         ``rgb_patch`` (L, G*G, D), stored float16; then mark it done."""
         f = self.file
-        f["done"][i] = False
-        f["global"][i] = np.asarray(global_, dtype=np.float16)
-        f["patch"][i] = np.asarray(patch, dtype=np.float16)
-        if "rgb_global" in f:
-            if rgb_global is None or rgb_patch is None:
-                raise ValueError("this store holds RGB features: rgb_global and rgb_patch are required")
-            f["rgb_global"][i] = np.asarray(rgb_global, dtype=np.float16)
-            f["rgb_patch"][i] = np.asarray(rgb_patch, dtype=np.float16)
-        f.flush()
-        f["done"][i] = True
-        f.flush()
+        if "rgb_global" in f and (rgb_global is None or rgb_patch is None):
+            raise ValueError("this store holds RGB features: rgb_global and rgb_patch are required")
+        try:  # no chunk cache (rdcc_nbytes=0): a failed write raises here, before done is set
+            f["done"][i] = False
+            f["global"][i] = np.asarray(global_, dtype=np.float16)
+            f["patch"][i] = np.asarray(patch, dtype=np.float16)
+            if "rgb_global" in f:
+                f["rgb_global"][i] = np.asarray(rgb_global, dtype=np.float16)
+                f["rgb_patch"][i] = np.asarray(rgb_patch, dtype=np.float16)
+            f.flush()
+            f["done"][i] = True
+            f.flush()
+        except (OSError, RuntimeError) as exc:  # h5py reports ENOSPC/EIO as OSError or RuntimeError
+            text = " ".join(str(exc).split())
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text
+            reason = "no space left on the device" if full else text[:200]
+            raise PadError(f"writing sample {i} failed ({reason}); the samples written before it are kept: "
+                           "fix the cause and re-run to continue", self.path) from None
 
     def clear_done(self, indices) -> None:
         """Mark samples as not done (so a rerun redoes them)."""

@@ -326,6 +326,8 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
         reader.check()
     finally:
         stop.set()
+        if "bar" in locals():
+            bar.close()  # ends the progress line, so an error prints on a line of its own
         if writer_t is not None and writer_t.is_alive():
             writer_t.join(timeout=120)  # it writes what is queued (complete samples), then sees stop
         writer.close()
