@@ -21,17 +21,9 @@ from data_cache.plyio import write_ply
 from trainer.loop import train
 from trainer.options import TrainConfig
 
-pytestmark = pytest.mark.slow
 TAG = "pad-tiny_random_L6_dpam20_336"  # the tag extract-features gives pad-tiny, so pad predict can use it
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster than several on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -32,15 +32,6 @@ def _args(cache: str, out: str) -> list[str]:
     return args
 
 
-@pytest.fixture
-def one_thread():
-    """Bitwise comparisons: one torch thread here and in the subprocesses."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The tiny cache and the prompts of an uninterrupted run."""

@@ -15,15 +15,7 @@ from trainer.model import (build_model, explicit_scores, patch_probabilities, pr
 from trainer.projection import geometry_features, projection_matrix
 from trainer.prompt_learner import PromptShape
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is much faster than several on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
