@@ -70,6 +70,26 @@ def zbuffer_visible(pixel: np.ndarray, depth: np.ndarray, image_size: int, slack
     return inside & (depth <= nearest[flat] + slack)
 
 
+def view_geometry(pts: np.ndarray, labels: np.ndarray, views: list[np.ndarray], image_size: int,
+                  splat: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixel (N,V,2) int16, visible (N,V) bool, gt2d (V,H,W) uint8) of ``pts`` (N,3) in ``views``;
+    gt2d marks the (2·splat+1)² pixels around each visible anomalous point (labels (N,) == 1)."""
+    pixel = np.zeros((len(pts), len(views), 2), np.int16)
+    visible = np.zeros((len(pts), len(views)), bool)
+    gt2d = np.zeros((len(views), image_size, image_size), np.uint8)
+    offsets = np.arange(-splat, splat + 1)
+    for v, w2c in enumerate(views):
+        px, depth = project(pts, w2c, image_size)
+        vis = zbuffer_visible(px, depth, image_size)
+        pixel[:, v] = px
+        visible[:, v] = vis
+        hit = vis & (labels == 1)
+        r = np.clip(px[hit, 0, None, None] + offsets[:, None], 0, image_size - 1)
+        c = np.clip(px[hit, 1, None, None] + offsets[None, :], 0, image_size - 1)
+        gt2d[v, r, c] = 1
+    return pixel, visible, gt2d
+
+
 def make_sample(rng: np.random.Generator, n_points: int, anomalous: bool, views: list[np.ndarray],
                 image_size: int) -> dict:
     """Points on the unit sphere; an anomalous cap of points around a random direction."""
@@ -83,19 +103,7 @@ def make_sample(rng: np.random.Generator, n_points: int, anomalous: bool, views:
         if not labels.any():
             labels[np.argmax(pts @ centre)] = 1
         pts[labels == 1] *= 1.08  # a bump
-    pixel = np.zeros((n_points, len(views), 2), np.int16)
-    visible = np.zeros((n_points, len(views)), bool)
-    gt2d = np.zeros((len(views), image_size, image_size), np.uint8)
-    for v, w2c in enumerate(views):
-        px, depth = project(pts, w2c, image_size)
-        vis = zbuffer_visible(px, depth, image_size)
-        pixel[:, v] = px
-        visible[:, v] = vis
-        hit = vis & (labels == 1)
-        r, c = px[hit, 0], px[hit, 1]
-        for dr in (-1, 0, 1):  # splat 3×3, as a renderer would
-            for dc in (-1, 0, 1):
-                gt2d[v, np.clip(r + dr, 0, image_size - 1), np.clip(c + dc, 0, image_size - 1)] = 1
+    pixel, visible, gt2d = view_geometry(pts, labels, views, image_size, splat=1)  # 3×3, as a renderer would
     dist, knn = cKDTree(pts).query(pts, k=8)
     return {"points": pts.astype(np.float32), "normals": pts.astype(np.float32), "labels": labels,
             "pixel": pixel, "visible": visible, "knn": knn.astype(np.int32), "knn_dist": dist.astype(np.float32),

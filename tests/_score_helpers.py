@@ -10,8 +10,7 @@ import h5py
 import numpy as np
 from scipy.spatial import cKDTree
 
-from _cache_fixtures import (TINY_DIM, make_features, project, view_matrices, write_feature_store,
-                             zbuffer_visible)
+from _cache_fixtures import TINY_DIM, make_features, view_geometry, view_matrices, write_feature_store
 from data_cache.feature_store import FEATURES_DIR
 from data_cache.render_store import RenderStore
 
@@ -35,16 +34,7 @@ def organized_sample(rng: np.random.Generator, side: int, anomalous: bool, views
     pts = np.stack([x, y, z], axis=-1).reshape(-1, 3)[grid_index]
     lab = labels.reshape(-1)[grid_index]
     n = pts.shape[0]
-    pixel = np.zeros((n, len(views), 2), np.int16)
-    visible = np.zeros((n, len(views)), bool)
-    gt2d = np.zeros((len(views), image_size, image_size), np.uint8)
-    for v, w2c in enumerate(views):
-        px, depth = project(pts, w2c, image_size)
-        vis = zbuffer_visible(px, depth, image_size)
-        pixel[:, v] = px
-        visible[:, v] = vis
-        hit = vis & (lab == 1)
-        gt2d[v, px[hit, 0], px[hit, 1]] = 1
+    pixel, visible, gt2d = view_geometry(pts, lab, views, image_size)
     dist, knn = cKDTree(pts).query(pts, k=8)
     # the RGB image at image_size: the grid's label mask upsampled (anomalies red)
     scale = image_size // side
