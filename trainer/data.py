@@ -18,7 +18,7 @@ import torch
 from data_cache.errors import PadError
 from data_cache.feature_store import FeatureStore
 from data_cache.render_store import RenderStore
-from trainer.projection import ALPHA, counted_views, geometry_features, nearest_seen_source
+from trainer.projection import ALPHA, geometry_features, point_sources
 
 SAMPLE_FIELDS = ("points", "labels", "pixel", "visible", "knn", "knn_dist")
 
@@ -164,8 +164,7 @@ def build_item(index: int, sample: dict, gt2d: np.ndarray, global_: np.ndarray, 
     attrs = sample.get("attrs", {})
     pixel = np.asarray(sample["pixel"], dtype=np.int16)
     visible = np.asarray(sample["visible"], dtype=bool)
-    seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
-    source = nearest_seen_source(seen, sample["knn"], sample.get("points"))
+    source = point_sources(pixel, visible, image_size, sample["knn"], sample.get("points"))
     patch_t = patch if isinstance(patch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(patch))
     global_t = global_ if isinstance(global_, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(global_))
     item = {"index": int(index), "class": str(attrs.get("class", default_class)),

@@ -35,7 +35,7 @@ from torch import nn
 
 from data_cache.errors import PadError
 from trainer.losses import TAU
-from trainer.projection import ALPHA, back_project, counted_views, geometry_features, nearest_seen_source
+from trainer.projection import ALPHA, back_project, geometry_features, point_sources
 from trainer.knn_graph import median_spacing
 from trainer.prompt_learner import PromptLearner, PromptShape
 from trainer.prompts import STYLES, prompt_pair
@@ -276,8 +276,7 @@ def predict_sample(model: PointADModel, global_: Any, patch: Any, sample: dict, 
     pixel, visible = np.asarray(sample["pixel"]), np.asarray(sample["visible"], dtype=bool)
     knn, knn_dist, points = sample.get("knn"), sample.get("knn_dist"), sample.get("points")
     view_probs, maps = predict_views(model, global_, patch, image_size, text=text)
-    seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
-    source = nearest_seen_source(seen, knn, points)
+    source = point_sources(pixel, visible, image_size, knn, points)
     implicit = back_project(torch.as_tensor(maps, device=device), pixel, visible, source=source)
     explicit = None
     if "geometry" in text:

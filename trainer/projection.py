@@ -42,6 +42,13 @@ def counted_views(pixel, visible, height: int, width: int) -> np.ndarray:
     return (as_numpy(visible).astype(bool) & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width))
 
 
+def point_sources(pixel, visible, image_size: int, knn=None, points=None) -> np.ndarray:
+    """(N,) int64 :func:`nearest_seen_source` of a sample whose seen points are those that
+    count in at least one view (:func:`counted_views` on a square ``image_size`` image)."""
+    seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
+    return nearest_seen_source(seen, knn, points)
+
+
 def nearest_seen_source(seen, knn=None, points=None) -> np.ndarray:
     """For each point, the point whose value it takes: itself when seen, otherwise a
     nearby seen point.
@@ -294,8 +301,7 @@ def point_features(patch: torch.Tensor, pixel, visible, image_size: int, grid: i
     _check_patch(patch, pixel, grid)
     n = as_numpy(pixel).shape[0]
     if source is None:
-        seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
-        source = nearest_seen_source(seen, knn, points)
+        source = point_sources(pixel, visible, image_size, knn, points)
     rows = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
     mat = _source_rows(pixel, visible, np.asarray(source, dtype=np.int64)[rows], image_size, grid)
     return _apply_to_patch(mat, patch)
@@ -313,8 +319,7 @@ def geometry_features(patch: torch.Tensor, pixel, visible, knn, knn_dist, image_
     _check_patch(patch, pixel, grid)
     n_all = as_numpy(pixel).shape[0]
     if source is None:
-        seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
-        source = nearest_seen_source(seen, knn, points)
+        source = point_sources(pixel, visible, image_size, knn, points)
     rows = np.arange(n_all) if index is None else np.asarray(index, dtype=np.int64)
     agg = aggregation_matrix(knn, knn_dist, alpha, sigma, rows=rows)               # (n, N)
     needed = np.unique(agg.indices)
