@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Learn the text prompts (PointAD / PointAD+) from cached features."),
     "score": ("trainer.options:ScoreConfig", "trainer.scoring:run_score",
               "Anomaly maps, object scores, metrics and an HTML report from cached tensors."),
+    "import-checkpoint": ("trainer.options:ImportCheckpointConfig", "trainer.import_checkpoint:run_import_checkpoint",
+                          "Turn an official PointAD checkpoint (.pth) into a pad run for score and predict."),
     "predict": ("workflows.options:PredictConfig", "workflows.predict:run_predict",
                 "Score your own point cloud files with a trained checkpoint, in one go."),
     "demo": ("workflows.options:DemoConfig", "workflows.demo:run_demo",
@@ -68,7 +70,14 @@ def _params(config_cls) -> list[click.Parameter]:
     """Click parameters derived from a config dataclass (the one source of truth)."""
     hints = typing.get_type_hints(config_cls)
     params: list[click.Parameter] = []
-    for f in dataclasses.fields(config_cls):
+    fields = dataclasses.fields(config_cls)
+
+    def rank(f: dataclasses.Field) -> int:  # arguments, then required options, then the rest
+        if f.metadata.get("argument"):
+            return 0
+        return 1 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING else 2
+
+    for f in sorted(fields, key=rank):
         meta = f.metadata
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         flag = f.name.replace("_", "-")

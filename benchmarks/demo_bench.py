@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--classes", "3", "--per-class", "3", "--points", "2000", "--epochs", "2"]
+QUICK = ["--n-classes", "3", "--per-class", "3", "--points", "2000", "--epochs", "2"]
 STAGES = ("setup", "synth", "render", "extract", "train", "score", "sheets")
 ROW = re.compile(r"^(" + "|".join(STAGES) + r")\s+(\d+\.\d)\s+(.*)$")
 

@@ -73,7 +73,7 @@ def build_cache(root: str, sizes: dict, seed: int) -> tuple[str, str, list[str]]
     extract(ExtractConfig(cache=cache, backbone="pad-tiny", pretrained="random", seed=seed), progress=False)
     classes = summary["classes"]
     with contextlib.redirect_stdout(io.StringIO()):
-        train(TrainConfig(cache=cache, classes=classes[0], out=run, epochs=1, seed=seed, device="cpu"), progress=False)
+        train(TrainConfig(cache=cache, train_classes=classes[0], out=run, epochs=1, seed=seed, device="cpu"), progress=False)
     return cache, run, classes[1:]
 
 

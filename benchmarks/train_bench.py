@@ -76,7 +76,7 @@ def _time(fn, steps: int) -> float:
 def peak_rss_mb(cache: str, out: str, device: str, threads: int) -> float:
     """Peak RSS (MB) of training one class for one epoch in a child process."""
     code = ("import sys; from trainer.loop import train; from trainer.options import TrainConfig; "
-            f"train(TrainConfig(cache={cache!r}, classes={CLASS!r}, out={out!r}, epochs=1, device={device!r}, "
+            f"train(TrainConfig(cache={cache!r}, train_classes={CLASS!r}, out={out!r}, epochs=1, device={device!r}, "
             f"threads={threads}), progress=False)")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)

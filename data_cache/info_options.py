@@ -8,8 +8,8 @@ from data_cache.options import option
 
 @dataclass
 class InfoConfig:
-    """``pad info CACHE``: the render store and every feature store, with sizes; --verify checks them."""
-    cache: str = option(help="Cache directory.", argument=True)
+    """``pad info --cache CACHE``: the render store and every feature store, with sizes; --verify checks them."""
+    cache: str = option(help="Cache directory.")
     verify: bool = option(False, "Check every done sample for completeness and consistency.")
     repair: bool = option(False, "With --verify: clear done on broken samples so a rerun redoes only them.")
     json: bool = option(False, "Print JSON.")

@@ -24,7 +24,7 @@ class SynthConfig:
                                         ".txt, searched recursively); anomalies are synthesized on copies of "
                                         "them instead of procedural shapes.",
                                   metavar="NORMAL_DIR")
-    classes: int = option(6, "Number of procedural object classes, at most 9 (ignored with --from).")
+    n_classes: int = option(6, "Number of procedural object classes, at most 9 (ignored with --from).")
     per_class: int = option(8, "Samples per class and split (test split: about --anomaly-ratio anomalous); "
                                "with --from, the least number of test copies.")
     points: int = option(8000, "Points per procedural cloud (varied ±25% per sample; ignored with --from).")
@@ -68,9 +68,9 @@ class RenderConfig:
 
 @dataclass
 class ShowConfig:
-    """``pad show CACHE --sample ID --out FILE.png``: contact sheet of one sample's views
+    """``pad show --cache CACHE --sample ID --out FILE.png``: contact sheet of one sample's views
     with the 2D ground truth outlined."""
-    cache: str = option(help="Cache directory.", argument=True)
+    cache: str = option(help="Cache directory.")
     sample: str = option(help="Sample id (<class>/<split>/<stem>) or index.")
     out: str = option(help="Output PNG file.")
 

@@ -6,7 +6,7 @@ Procedural mode (``pad synth OUT``) writes the generic layout::
     OUT/<class>/test/<iii>_<kind>.ply       about --anomaly-ratio of them with a defect
     OUT/synth.json                          options, classes, and every sample's defect
 
-for the first ``--classes`` of :data:`pipeline.shapes.SHAPE_CLASSES`, ``--per-class``
+for the first ``--n-classes`` of :data:`pipeline.shapes.SHAPE_CLASSES`, ``--per-class``
 samples per class and split, each with ``--points`` ±25% points. Files are binary PLY
 with ``x y z nx ny nz label`` (label 1 = anomalous point, see :mod:`pipeline.anomalies`).
 
@@ -154,7 +154,7 @@ def synthesize_dataset(out: str, n_classes: int = 6, per_class: int = 8, n_point
     Returns a summary dict (out, classes, n_samples, n_train, n_test, n_anomalous, kinds, seconds).
     """
     if not 1 <= n_classes <= len(SHAPE_CLASSES):
-        raise PadError(f"--classes must be between 1 and {len(SHAPE_CLASSES)} "
+        raise PadError(f"--n-classes must be between 1 and {len(SHAPE_CLASSES)} "
                        f"(available: {', '.join(SHAPE_CLASSES)}), got {n_classes}")
     if n_points < MIN_POINTS_OPTION:
         raise PadError(f"--points must be at least {MIN_POINTS_OPTION}, got {n_points}")
@@ -322,7 +322,7 @@ def run_synth(cfg) -> int:
         summary = synthesize_from(cfg.from_dir, cfg.out, anomaly_ratio=cfg.anomaly_ratio, seed=cfg.seed,
                                   per_class=cfg.per_class)
     else:
-        summary = synthesize_dataset(cfg.out, n_classes=cfg.classes, per_class=cfg.per_class,
+        summary = synthesize_dataset(cfg.out, n_classes=cfg.n_classes, per_class=cfg.per_class,
                                      n_points=cfg.points, anomaly_ratio=cfg.anomaly_ratio, seed=cfg.seed)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary["kinds"].items())) or "none"
     print(f"pad synth: wrote {summary['n_samples']} clouds in {len(summary['classes'])} "

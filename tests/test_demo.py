@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("sphere", "capsule", "torus")  # the first three procedural classes; sphere is trained on
-TINY = ["--classes", "3", "--per-class", "2", "--points", "600", "--image-size", "64", "--views", "3",
+TINY = ["--n-classes", "3", "--per-class", "2", "--points", "600", "--image-size", "64", "--views", "3",
         "--epochs", "1", "--workers", "1", "--backbone", RANDOM_BACKBONE]
 STAGES = ("synth", "render", "extract", "train", "score", "sheets")
 
@@ -86,15 +86,15 @@ def test_second_run_reuses_everything(demo):
 def test_other_sizes_in_the_same_workdir_are_refused(demo):
     work, _ = demo
     with pytest.raises(PadError, match="other sizes.*--per-class 2 -> 3"):
-        run_demo(DemoConfig(workdir=str(work), classes=3, per_class=3, points=600, image_size=64, views="3",
+        run_demo(DemoConfig(workdir=str(work), n_classes=3, per_class=3, points=600, image_size=64, views="3",
                             backbone=RANDOM_BACKBONE))
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    with pytest.raises(PadError, match="--train-class 'mug' is not among"):
-        run_demo(DemoConfig(workdir=str(tmp_path / "w"), classes=3, train_class="mug", backbone=RANDOM_BACKBONE))
-    with pytest.raises(PadError, match="--classes must be between 2"):
-        run_demo(DemoConfig(workdir=str(tmp_path / "w"), classes=1, backbone=RANDOM_BACKBONE))
+    with pytest.raises(PadError, match="--train-classes 'mug' is not among"):
+        run_demo(DemoConfig(workdir=str(tmp_path / "w"), n_classes=3, train_classes="mug", backbone=RANDOM_BACKBONE))
+    with pytest.raises(PadError, match="--n-classes must be between 2"):
+        run_demo(DemoConfig(workdir=str(tmp_path / "w"), n_classes=1, backbone=RANDOM_BACKBONE))
     assert not (tmp_path / "w").exists()
 
 

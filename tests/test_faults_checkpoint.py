@@ -32,7 +32,7 @@ def trained(tmp_path_factory, one_thread):
     tiny = make_cache(str(root / "cache"), {"ring": (1, 2), "cup": (1, 2)}, tag=TAG, image_size=40,
                       points=(150, 250))
     run = str(root / "run")
-    train(TrainConfig(cache=tiny.cache, classes="ring", out=run, epochs=1, batch_size=4, device="cpu",
+    train(TrainConfig(cache=tiny.cache, train_classes="ring", out=run, epochs=1, batch_size=4, device="cpu",
                       prompt_length=4, deep_depth=3, deep_length=2, geometry_points=128), progress=False)
     return {"root": root, "cache": tiny.cache, "run": run}
 

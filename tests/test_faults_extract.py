@@ -50,7 +50,7 @@ def _extract(cache):
 
 
 def _info(cache, *flags):
-    return CliRunner().invoke(main, ["info", str(cache), *flags], terminal_width=200)
+    return CliRunner().invoke(main, ["info", "--cache", str(cache), *flags], terminal_width=200)
 
 
 def _store_path(cache) -> str:

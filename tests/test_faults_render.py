@@ -58,7 +58,7 @@ def _render(data, cache) -> "CliRunner.Result":
 
 
 def _info(cache, *flags):
-    return CliRunner().invoke(main, ["info", str(cache), *flags], terminal_width=200)
+    return CliRunner().invoke(main, ["info", "--cache", str(cache), *flags], terminal_width=200)
 
 
 def _assert_equals_reference(cache, reference) -> None:

@@ -21,7 +21,7 @@ from trainer.loop import LOG_FILE, train
 from trainer.options import TrainConfig
 
 pytestmark = pytest.mark.slow
-OPTIONS = dict(classes="ring", prompt_length=4, deep_depth=3, deep_length=2, geometry_points=128, epochs=3,
+OPTIONS = dict(train_classes="ring", prompt_length=4, deep_depth=3, deep_length=2, geometry_points=128, epochs=3,
                batch_size=1, seed=0, device="cpu")
 
 

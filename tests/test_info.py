@@ -39,7 +39,7 @@ def cache(cache_template, tmp_path):
 
 
 def _info(*args):
-    return CliRunner().invoke(cli.main, ["info", *map(str, args)], terminal_width=200)
+    return CliRunner().invoke(cli.main, ["info", "--cache", *map(str, args)], terminal_width=200)
 
 
 def test_info_lists_both_stores_with_their_options_and_sizes(cache):

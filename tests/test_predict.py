@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     tiny = make_cache(str(root / "cache"), {"ring": (1, 2)}, tag=TAG, image_size=40)
     run = str(root / "run")
-    train(TrainConfig(cache=tiny.cache, classes="ring", out=run, epochs=1, device="cpu"), progress=False)
+    train(TrainConfig(cache=tiny.cache, train_classes="ring", out=run, epochs=1, device="cpu"), progress=False)
     return run
 
 

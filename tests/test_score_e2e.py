@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("score")
     tiny = make_cache(str(root / "cache"), {"ring": (2, 2), "cup": (2, 3), "box": (2, 0)})
     run = str(root / "run")
-    train(TrainConfig(cache=tiny.cache, classes="ring", out=run, epochs=1, batch_size=4, device="cpu"),
+    train(TrainConfig(cache=tiny.cache, train_classes="ring", out=run, epochs=1, batch_size=4, device="cpu"),
           progress=False)
     return {"root": root, "cache": tiny.cache, "run": run, "tiny": tiny}
 

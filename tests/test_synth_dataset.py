@@ -87,7 +87,7 @@ def test_test_split_has_the_requested_anomalous_proportion(tmp_path, ratio, expe
 
 def test_cli_writes_the_dataset_and_prints_one_summary_line(tmp_path):
     out = tmp_path / "cli"
-    args = ["synth", str(out), "--classes", "1", "--per-class", "2", "--points", "400", "--seed", "5"]
+    args = ["synth", str(out), "--n-classes", "1", "--per-class", "2", "--points", "400", "--seed", "5"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
@@ -106,7 +106,7 @@ def _error(args: list[str]) -> str:
 
 
 @pytest.mark.parametrize("option,value,words", [
-    ("--classes", "0", "--classes"), ("--classes", "99", "rounded_box"), ("--per-class", "-1", "--per-class"),
+    ("--n-classes", "0", "--n-classes"), ("--n-classes", "99", "rounded_box"), ("--per-class", "-1", "--per-class"),
     ("--anomaly-ratio", "1.5", "--anomaly-ratio"), ("--anomaly-ratio", "-0.1", "--anomaly-ratio"),
     ("--points", "10", "--points"), ("--seed", "-2", "--seed"),
 ])
@@ -124,7 +124,7 @@ def test_output_directory_is_protected(tmp_path):
     assert "not a directory" in _error([str(busy / "thesis.txt")])
     done = tmp_path / "done"
     synthesize_dataset(str(done), n_classes=1, per_class=1, n_points=300, seed=0, progress=False)
-    assert "seed" in _error([str(done), "--classes", "1", "--per-class", "1", "--points", "300", "--seed", "1"])
+    assert "seed" in _error([str(done), "--n-classes", "1", "--per-class", "1", "--points", "300", "--seed", "1"])
     assert (busy / "thesis.txt").read_text() == "keep me"
 
 

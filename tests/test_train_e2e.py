@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_pad_train_learns_on_a_synth_class(tmp_path):
     data, cache, run = tmp_path / "data", tmp_path / "cache", tmp_path / "run"
-    out = run_pad("synth", data, "--classes", "1", "--per-class", "3", "--points", "2000", "--seed", "0")
+    out = run_pad("synth", data, "--n-classes", "1", "--per-class", "3", "--points", "2000", "--seed", "0")
     assert out.returncode == 0, out.stderr
     (cls,) = sorted(p.name for p in data.iterdir() if p.is_dir())
     out = run_pad("render", data, "--cache", cache, "--image-size", "64", "--supersample", "1", "--knn", "8",
@@ -25,10 +25,10 @@ def test_pad_train_learns_on_a_synth_class(tmp_path):
                   "--batch-size", "9", timeout=400)
     assert out.returncode == 0, out.stderr
 
-    out = run_pad("train", "--cache", cache, "--classes", "no-such-class", "--out", run)
+    out = run_pad("train", "--cache", cache, "--train-classes", "no-such-class", "--out", run)
     assert out.returncode == 2 and f"classes: {cls}" in out.stderr and not run.exists()
 
-    out = run_pad("train", "--cache", cache, "--classes", cls, "--out", run, "--epochs", "8", "--threads", "1",
+    out = run_pad("train", "--cache", cache, "--train-classes", cls, "--out", run, "--epochs", "8", "--threads", "1",
                   "--geometry-points", "512", "--device", "cpu", timeout=400)
     assert out.returncode == 0, out.stderr
     with open(run / "train_log.jsonl") as fh:

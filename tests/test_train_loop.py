@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
 
 
 def _cfg(tiny, out, **kw) -> TrainConfig:
-    base = dict(cache=tiny.cache, classes="ring", out=str(out), device="cpu", prompt_length=4, deep_depth=3,
+    base = dict(cache=tiny.cache, train_classes="ring", out=str(out), device="cpu", prompt_length=4, deep_depth=3,
                 deep_length=2, geometry_points=128, epochs=2, batch_size=4, seed=0)
     base.update(kw)
     return TrainConfig(**base)
@@ -117,7 +117,7 @@ def test_resume_gives_the_same_prompts_as_an_uninterrupted_run(tiny, tmp_path):
     kw = dict(model="pointad", batch_size=2, epochs=3)
     full = train(_cfg(tiny, tmp_path / "full", **kw), progress=False)
     # the interrupted run reads with a DataLoader worker: the data of an epoch must not depend on it
-    train(_cfg(tiny, tmp_path / "part", workers=1, **dict(kw, epochs=2)), progress=False)
+    train(_cfg(tiny, tmp_path / "part", loader_workers=1, **dict(kw, epochs=2)), progress=False)
     with pytest.raises(PadError, match="already holds a checkpoint"):
         train(_cfg(tiny, tmp_path / "part", **kw), progress=False)
     resumed = train(_cfg(tiny, tmp_path / "part", resume=True, **kw), progress=False)
@@ -133,8 +133,8 @@ def test_resume_gives_the_same_prompts_as_an_uninterrupted_run(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"classes": "flat"}, "class 'flat' has no anomalous sample"),
-    ({"classes": "ring,nope"}, r"no class 'nope' in this cache \(classes: flat, ring\)"),
+    ({"train_classes": "flat"}, "class 'flat' has no anomalous sample"),
+    ({"train_classes": "ring,nope"}, r"no class 'nope' in this cache \(classes: flat, ring\)"),
     ({"features": "ViT-B-16_openai_L24_dpam20_224"}, r"no feature store with tag .*available: pad-tiny"),
     ({"epochs": 0}, "--epochs must be at least 1"),
 ])

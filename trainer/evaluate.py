@@ -17,6 +17,7 @@ undefined in a run (NaN) is left out of that metric's mean and std.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Sequence
@@ -25,7 +26,8 @@ import numpy as np
 
 from data_cache.errors import PadError
 from data_cache.options import split_csv
-from trainer.options import CrossDatasetConfig, OneVsRestConfig, ScoreConfig, TrainConfig
+from trainer.options import (CrossDatasetConfig, OneVsRestConfig, ScoreConfig, ScoringOptions, TrainConfig,
+                             TrainingOptions)
 from trainer.results import METRIC_NAMES, write_csv, prepare_dir, safe_name, write_json
 
 
@@ -45,11 +47,16 @@ def _check_classes(wanted: Sequence[str], cache: str) -> None:
                        f"(classes: {', '.join(known)})", cache)
 
 
-def _train_and_score(train_cache: str, score_cache_dir: str, train_class: str, out: str, *, features: str | None,
-                     model: str, epochs: int, device: str, seed: int, splits: str, report_samples: int,
+def _option_values(cfg, options_cls) -> dict:
+    """The values of ``cfg``'s fields that belong to the shared options class ``options_cls``."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(options_cls)}
+
+
+def _train_and_score(cfg, train_cache: str, score_cache_dir: str, train_class: str, out: str, *,
                      include_train_classes: bool) -> dict:
-    """Train on one class (resuming a run left in ``out`` by an earlier, interrupted
-    evaluation; a completed one is reused), score; returns the run's metrics document."""
+    """Train on one class with ``cfg``'s training options (resuming a run left in ``out`` by an
+    earlier, interrupted evaluation; a completed one is reused), score it with ``cfg``'s scoring
+    options; returns the run's metrics document."""
     from data_cache.checkpoint import exists as checkpoint_exists
     from trainer.loop import run_train
     from trainer.scoring import score_cache
@@ -58,15 +65,15 @@ def _train_and_score(train_cache: str, score_cache_dir: str, train_class: str, o
     run_dir = os.path.join(out, "runs", name)
     results_dir = os.path.join(out, "results", name)
     print(f"pad evaluate: run '{train_class}': training on {train_cache}", flush=True)
-    code = run_train(TrainConfig(cache=train_cache, classes=train_class, out=run_dir, features=features,
-                                 model=model, epochs=epochs, device=device, seed=seed,
-                                 resume=checkpoint_exists(run_dir)))
+    training = _option_values(cfg, TrainingOptions)
+    code = run_train(TrainConfig(cache=train_cache, train_classes=train_class, out=run_dir,
+                                 resume=checkpoint_exists(run_dir), **training))
     if code:
         raise PadError(f"training on '{train_class}' failed (exit code {code})", run_dir)
     print(f"pad evaluate: run '{train_class}': scoring {score_cache_dir}", flush=True)
     return score_cache(ScoreConfig(cache=score_cache_dir, checkpoint=run_dir, out=results_dir,
-                                   include_train_classes=include_train_classes, splits=splits, device=device,
-                                   report_samples=report_samples))
+                                   include_train_classes=include_train_classes, features=cfg.features,
+                                   device=cfg.device, **_option_values(cfg, ScoringOptions)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -150,9 +157,7 @@ def run_one_vs_rest(cfg: OneVsRestConfig) -> int:
     prepare_dir(cfg.out)
     runs = {}
     for cls in classes:
-        runs[cls] = _train_and_score(cfg.cache, cfg.cache, cls, cfg.out, features=cfg.features, model=cfg.model,
-                                     epochs=cfg.epochs, device=cfg.device, seed=cfg.seed,
-                                     splits=cfg.splits, report_samples=cfg.report_samples, include_train_classes=False)
+        runs[cls] = _train_and_score(cfg, cfg.cache, cfg.cache, cls, cfg.out, include_train_classes=False)
     return _finish(cfg.out, runs, "one-vs-rest")
 
 
@@ -167,7 +172,5 @@ def run_cross_dataset(cfg: CrossDatasetConfig) -> int:
     prepare_dir(cfg.out)
     runs = {}
     for cls in classes:
-        runs[cls] = _train_and_score(cfg.source, cfg.target, cls, cfg.out, features=cfg.features, model=cfg.model,
-                                     epochs=cfg.epochs, device=cfg.device, seed=cfg.seed,
-                                     splits=cfg.splits, report_samples=cfg.report_samples, include_train_classes=True)
+        runs[cls] = _train_and_score(cfg, cfg.source, cfg.target, cls, cfg.out, include_train_classes=True)
     return _finish(cfg.out, runs, "cross-dataset")

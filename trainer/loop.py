@@ -30,6 +30,7 @@ from tqdm import tqdm
 from data_cache import checkpoint as ckpt
 from data_cache.errors import PadError
 from data_cache.options import split_csv, to_dict
+from data_cache.render_record import render_record
 from trainer.data import TrainDataset, TrainingData, collate, epoch_order, open_training_data
 from trainer.model import PointADModel, build_model, model_config_fields
 from trainer.objective import batch_losses, loss_terms
@@ -62,8 +63,8 @@ def _check_options(cfg: TrainConfig) -> None:
         raise PadError(f"--lr must be positive (got {cfg.lr})")
     if cfg.model == "pointad+" and cfg.geometry_points < 1:
         raise PadError(f"--geometry-points must be at least 1 for pointad+ (got {cfg.geometry_points})")
-    if cfg.workers < 0:
-        raise PadError(f"--workers must be 0 or more (got {cfg.workers})")
+    if cfg.loader_workers < 0:
+        raise PadError(f"--loader-workers must be 0 or more (got {cfg.loader_workers})")
     if cfg.loss_size < 0:
         raise PadError(f"--loss-size must be 0 (the rendering size) or a side in pixels (got {cfg.loss_size})")
     if cfg.threads < 0:
@@ -97,10 +98,11 @@ def make_config(cfg: TrainConfig, data: TrainingData, model: PointADModel, backb
         "geometry_points": int(cfg.geometry_points) if cfg.model == "pointad+" else 0,
         "loss_size": int(cfg.loss_size) if 0 < cfg.loss_size < data.image_size else 0,
         "alpha": ALPHA, "n_samples": len(data.indices), "n_anomalous": int(sum(data.labels)),
+        "render": render_record(data.render.attrs),
         "image_size": data.image_size, "n_views": data.n_views, "grid": int(round(first.shape[2] ** 0.5)),
         "feature_layers": list(attrs.get("layers", [])) if isinstance(attrs.get("layers"), list) else [],
         "prompts": describe(cfg.model, cfg.prompt_length, cfg.prompts, data.classes),
-        "options": {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "workers", "threads", "device")},
+        "options": {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "loader_workers", "threads", "device")},
     })
 
 
@@ -180,7 +182,7 @@ def _format(epoch: int, epochs: int, means: dict[str, float]) -> str:
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) and write the run directory; returns {"config", "log"} (epoch means)."""
     _check_options(cfg)
-    classes = split_csv(cfg.classes)
+    classes = split_csv(cfg.train_classes)
     data = open_training_data(cfg.cache, cfg.features, classes)
     device = resolve_device(cfg.device)
     backbone = backbone_of(data)
@@ -224,7 +226,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
                                              sampler=epoch_order(len(dataset), cfg.seed, epoch),
-                                             collate_fn=collate, num_workers=cfg.workers)
+                                             collate_fn=collate, num_workers=cfg.loader_workers)
         sums = {k: 0.0 for k in terms}
         count = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", file=sys.stderr,

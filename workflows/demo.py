@@ -41,7 +41,7 @@ DEFAULT_WEIGHTS = "openai"
 RANDOM_BACKBONE = "pad-tiny"
 STATE_FILE = "demo.json"
 #: Data-defining options: a workdir made with other values is refused.
-SIZE_KEYS = ("classes", "per_class", "points", "seed", "image_size", "supersample", "views")
+SIZE_KEYS = ("n_classes", "per_class", "points", "seed", "image_size", "supersample", "views")
 REPORT_SAMPLES = 4
 SCORE_SPLITS = "test"
 
@@ -71,10 +71,10 @@ class DemoPaths:
         return cls(workdir=root, data=os.path.join(root, "data"), cache=os.path.join(root, "cache"),
                    sheets=os.path.join(root, "sheets"))
 
-    def for_tag(self, tag: str, train_class: str) -> None:
+    def for_tag(self, tag: str, train_classes: list[str]) -> None:
         from trainer.results import safe_name
-        self.run = os.path.join(self.workdir, "runs", safe_name(tag), safe_name(train_class))
-        self.results = os.path.join(self.workdir, "results", safe_name(tag), safe_name(train_class))
+        self.run = os.path.join(self.workdir, "runs", safe_name(tag), safe_name("+".join(train_classes)))
+        self.results = os.path.join(self.workdir, "results", safe_name(tag), safe_name("+".join(train_classes)))
 
 
 @dataclass
@@ -126,16 +126,30 @@ def choose_backbone(backbone: str = "auto", pretrained: str = "auto") -> Choice:
     return Choice(backbone, weights, note)
 
 
+def train_classes_of(cfg: DemoConfig) -> list[str]:
+    """The demo's training classes (``--train-classes``, comma-separated), in order."""
+    from data_cache.options import split_csv
+
+    return list(dict.fromkeys(split_csv(cfg.train_classes)))
+
+
 def _check(cfg: DemoConfig) -> None:
     from pipeline.shapes import SHAPE_CLASSES
 
-    if not 2 <= cfg.classes <= len(SHAPE_CLASSES):
-        raise PadError(f"--classes must be between 2 and {len(SHAPE_CLASSES)} (one to train on, at least one "
-                       f"to score), got {cfg.classes}")
-    available = SHAPE_CLASSES[:cfg.classes]
-    if cfg.train_class not in available:
-        raise PadError(f"--train-class '{cfg.train_class}' is not among the {cfg.classes} demo classes "
+    if not 2 <= cfg.n_classes <= len(SHAPE_CLASSES):
+        raise PadError(f"--n-classes must be between 2 and {len(SHAPE_CLASSES)} (one to train on, at least one "
+                       f"to score), got {cfg.n_classes}")
+    available = SHAPE_CLASSES[:cfg.n_classes]
+    train = train_classes_of(cfg)
+    if not train:
+        raise PadError("--train-classes is empty: name at least one demo class to train on")
+    unknown = [c for c in train if c not in available]
+    if unknown:
+        raise PadError(f"--train-classes '{unknown[0]}' is not among the {cfg.n_classes} demo classes "
                        f"({', '.join(available)})")
+    if len(train) >= len(available):
+        raise PadError(f"--train-classes names every demo class ({', '.join(available)}): leave at least one "
+                       "to score")
     if cfg.per_class < 2:
         raise PadError(f"--per-class must be at least 2 (the training class needs a normal and an anomalous "
                        f"sample), got {cfg.per_class}")
@@ -198,12 +212,12 @@ def stage_synth(cfg: DemoConfig, paths: DemoPaths, stage: Stage) -> None:
         except (OSError, ValueError):
             doc = {}
         options = doc.get("options") or {}
-        wanted = {"classes": cfg.classes, "per_class": cfg.per_class, "points": cfg.points, "seed": cfg.seed}
+        wanted = {"classes": cfg.n_classes, "per_class": cfg.per_class, "points": cfg.points, "seed": cfg.seed}
         if doc.get("complete") and all(options.get(k) == v for k, v in wanted.items()):
             stage.skipped = True
             stage.did = f"skipped: {_plural(len(doc.get('samples', [])), 'cloud')} already in {paths.data}"
             return
-    summary = synthesize_dataset(paths.data, n_classes=cfg.classes, per_class=cfg.per_class, n_points=cfg.points,
+    summary = synthesize_dataset(paths.data, n_classes=cfg.n_classes, per_class=cfg.per_class, n_points=cfg.points,
                                  seed=cfg.seed)
     stage.did = (f"wrote {_plural(summary['n_samples'], 'cloud')} of {len(summary['classes'])} classes "
                  f"({summary['n_anomalous']} anomalous)")
@@ -278,7 +292,7 @@ def stage_extract(cfg: DemoConfig, paths: DemoPaths, choice: Choice, stage: Stag
 
 
 def stage_train(cfg: DemoConfig, paths: DemoPaths, tag: str, stage: Stage) -> None:
-    """Train PointAD+ on ``cfg.train_class``, resuming an interrupted run; skipped when the run
+    """Train PointAD+ on ``cfg.train_classes``, resuming an interrupted run; skipped when the run
     already completed ``cfg.epochs`` epochs."""
     from data_cache import checkpoint as ckpt
     from trainer.loop import train
@@ -288,16 +302,16 @@ def stage_train(cfg: DemoConfig, paths: DemoPaths, tag: str, stage: Stage) -> No
     if exists:
         config = ckpt.load_config(paths.run)
         if (int(config.get("epochs_completed", 0)) >= cfg.epochs and config.get("feature_tag") == tag
-                and list(config.get("training_classes", [])) == [cfg.train_class]):
+                and list(config.get("training_classes", [])) == train_classes_of(cfg)):
             stage.skipped = True
             stage.did = f"skipped: {paths.run} already trained ({_plural(int(config['epochs_completed']), 'epoch')})"
             return
-    result = train(TrainConfig(cache=paths.cache, classes=cfg.train_class, out=paths.run, features=tag,
+    result = train(TrainConfig(cache=paths.cache, train_classes=cfg.train_classes, out=paths.run, features=tag,
                                model="pointad+", epochs=cfg.epochs, device=cfg.device, seed=cfg.seed,
                                resume=exists), progress=True)
     log = result["log"]
     loss = f", loss {log[0]['total']:.3f} -> {log[-1]['total']:.3f}" if log else ""
-    stage.did = (f"PointAD+ on '{cfg.train_class}', {_plural(len(log), 'epoch')}"
+    stage.did = (f"PointAD+ on '{cfg.train_classes}', {_plural(len(log), 'epoch')}"
                  f"{' (resumed)' if exists else ''}{loss}")
 
 
@@ -436,7 +450,7 @@ def run_demo(cfg: DemoConfig) -> int:
     _run_stage(stages, "synth", lambda s: stage_synth(cfg, paths, s))
     _run_stage(stages, "render", lambda s: stage_render(cfg, paths, s))
     tag = _run_stage(stages, "extract", lambda s: stage_extract(cfg, paths, choice, s))
-    paths.for_tag(tag, cfg.train_class)
+    paths.for_tag(tag, train_classes_of(cfg))
     _run_stage(stages, "train", lambda s: stage_train(cfg, paths, tag, s))
     doc = _run_stage(stages, "score", lambda s: stage_score(cfg, paths, s))
     sheets = _run_stage(stages, "sheets", lambda s: stage_sheets(paths, s))
@@ -447,7 +461,7 @@ def run_demo(cfg: DemoConfig) -> int:
     if skipped:
         print(f"reused (skipped): {', '.join(skipped)}")
     print()
-    print(f"trained on '{cfg.train_class}', scored the other classes (test split), "
+    print(f"trained on '{cfg.train_classes}', scored the other classes (test split), "
           f"{choice.backbone} ({'random weights' if choice.random else choice.pretrained}); metrics in %:")
     print(format_table(doc))
     if choice.random:

@@ -31,14 +31,15 @@ class DemoConfig:
     pretrained: str = option("auto", "Weights: auto (the backbone's default), an open_clip tag, a checkpoint "
                                      "file, or random.", metavar="auto|TAG|PATH|random")
     workers: int = option(2, "Render worker processes.")
-    classes: int = option(6, "Object classes to synthesize (at most 9).")
+    n_classes: int = option(6, "Object classes to synthesize (at most 9).")
     per_class: int = option(6, "Samples per class and split (half of the test samples anomalous).")
     points: int = option(5000, "Points per cloud (±25%).")
     image_size: int = option(224, "Rendered image side in pixels.")
     supersample: int = option(1, "Render at this multiple of --image-size, then downsample.")
     views: str = option("paper", "Camera set (see pad render --help).", metavar="paper|scan|N")
     epochs: int = option(4, "Training epochs.")
-    train_class: str = option("sphere", "Class the prompts are trained on; the others are scored.")
+    train_classes: str = option("sphere", "Classes the prompts are trained on (comma-separated); the others "
+                                          "are scored.", metavar="a[,b]")
     device: str = option("auto", "Torch device for extraction, training and scoring.",
                          choices=("auto", "cpu", "cuda"))
     seed: int = option(0, "Random seed (data, weights of a random backbone, training).")
