@@ -2,13 +2,20 @@
 
 :class:`DpamVisual` runs its own forward over the modules of ``model.visual`` (``conv1``,
 ``class_embedding``, ``positional_embedding``, ``patch_dropout``, ``ln_pre``, ``transformer.resblocks``,
-``ln_post``, ``proj``), reusing each block's weights. Two paths run through the blocks:
+``ln_post``, ``proj``), reusing each block's weights. Two paths run through the blocks, as in the
+official PointAD / AnomalyCLIP code (``AnomalyCLIP_lib/AnomalyCLIP.py``: ``Attention`` and the dual
+path of ``ResidualAttentionBlock.forward``, after ``VisionTransformer.DAPM_replace``):
 
-- the original path: the unchanged blocks (q·kᵀ attention and MLP) — it carries the class token;
-- the DPAM path, from the token state entering the first rewired block: in each of the last
-  ``dpam_blocks`` blocks ``x_dpam = x_dpam + ls_1(attn_vv(ln_1(x_dpam)))`` where ``attn_vv`` is the
-  block's multi-head attention with weights ``softmax(v·vᵀ / sqrt(head_dim))`` (same in/out
-  projections), and no MLP — it carries the patch tokens.
+- the original path ``x``: the unchanged blocks (q·kᵀ attention and MLP) — it carries the class token;
+- the DPAM path ``d``, starting from the tokens entering the first rewired block. In each of the
+  last ``dpam_blocks`` blocks ``l``, with ``x_{l-1}`` the ORIGINAL path's tokens entering block l::
+
+      d_l = d_{l-1} + ls_1(attn_vv(ln_1(x_{l-1})))        (d_{first-1} = x_{first-1})
+
+  where ``attn_vv`` is the block's multi-head attention with weights ``softmax(v·vᵀ / sqrt(head_dim))``
+  (same in/out projections, v = the value projection of its input); the DPAM path skips the MLP.
+  Its value-value attention reads the original path's tokens, never its own: the two paths share
+  the block's input normalization, and the DPAM path only accumulates the v-v attention outputs.
 
 Outputs: the global embedding ``ln_post(class token of the original path) @ proj`` and, for each
 requested block ``l``, ``ln_post(patch tokens after block l) @ proj`` taken from the DPAM path when
@@ -92,10 +99,9 @@ class DpamVisual(nn.Module):
         wanted = set(self.layers)
         for i, block in enumerate(self.visual.transformer.resblocks):
             b = i + 1
-            if b == self.first_dpam:
-                x_dpam = x
-            if x_dpam is not None:
-                x_dpam = x_dpam + block.ls_1(self._vv_attention(block, block.ln_1(x_dpam)))
+            if b >= self.first_dpam:
+                vv = block.ls_1(self._vv_attention(block, block.ln_1(x)))   # reads the original path
+                x_dpam = (x if x_dpam is None else x_dpam) + vv
             x = self._block(block, x)
             if b in wanted:
                 taps.append((x_dpam if x_dpam is not None else x)[:, 1:])

@@ -36,28 +36,52 @@ def _block_outputs(visual, x):
     return pooled, outs
 
 
-def _naive_dpam_patch(visual, x, layers, dpam_blocks, outs=None):
-    """Slow reference of the DPAM path: explicit per-head softmax(v vᵀ / sqrt(d)) v, no MLP."""
-    if outs is None:
-        outs = _block_outputs(visual, x)[1]
+def _mha(blk, h, mode: str):
+    """Multi-head attention of block ``blk`` on (B, T, W) ``h``, written out: ``mode`` 'qk' is
+    softmax(q kᵀ / sqrt(d)) v, 'vv' is softmax(v vᵀ / sqrt(d)) v; then the output projection."""
+    w = h.shape[-1]
+    heads = blk.attn.num_heads
+    d = w // heads
+    wq, wk, wv = blk.attn.in_proj_weight.split(w)
+    bq, bk, bv = blk.attn.in_proj_bias.split(w)
+
+    def split(t):
+        return t.view(t.shape[0], t.shape[1], heads, d).permute(0, 2, 1, 3)   # (B, heads, T, d)
+
+    q, k, v = split(h @ wq.T + bq), split(h @ wk.T + bk), split(h @ wv.T + bv)
+    left, right = (q, k) if mode == "qk" else (v, v)
+    a = torch.softmax(left @ right.transpose(-1, -2) / d ** 0.5, dim=-1)
+    y = (a @ v).permute(0, 2, 1, 3).reshape(h.shape)
+    return y @ blk.attn.out_proj.weight.T + blk.attn.out_proj.bias
+
+
+def _transcribed_dpam(visual, x, layers, dpam_blocks):
+    """The DPAM equations, transcribed plainly (official AnomalyCLIP/PointAD dual path):
+
+    x_l = x_{l-1} + A_qk(ln_1(x_{l-1})),  x_l = x_l + MLP(ln_2(x_l))        (original path, every block)
+    d_l = d_{l-1} + A_vv(ln_1(x_{l-1})),  d_{f-1} = x_{f-1}               (DPAM path, blocks l >= f)
+
+    with f = n - dpam_blocks + 1; global = ln_post(x_n[cls]) @ proj; the patch tokens of layer l
+    come from d_l when l >= f, else from x_l; everything L2-normalized.
+    Returns (global (B, D), patch (B, L, G*G, D))."""
     n = len(visual.transformer.resblocks)
     first = n - dpam_blocks + 1
-    state = None
+    state = _embeds(visual, x)
+    dpam = None
     taps = {}
     for b, blk in enumerate(visual.transformer.resblocks, start=1):
-        if b == first:
-            state = outs[b - 2] if b > 1 else _embeds(visual, x)
-        if state is not None:
-            h = blk.ln_1(state)
-            w = h.shape[-1]
-            heads = blk.attn.num_heads
-            v = h @ blk.attn.in_proj_weight[2 * w:].T + blk.attn.in_proj_bias[2 * w:]
-            v = v.view(v.shape[0], v.shape[1], heads, w // heads).permute(0, 2, 1, 3)
-            a = torch.softmax(v @ v.transpose(-1, -2) / (w // heads) ** 0.5, dim=-1)
-            y = (a @ v).permute(0, 2, 1, 3).reshape(h.shape)
-            state = state + blk.attn.out_proj(y)
-        taps[b] = (state if state is not None else outs[b - 1])[:, 1:]
-    return torch.stack([F.normalize(visual.ln_post(taps[l]) @ visual.proj, dim=-1) for l in layers], dim=1)
+        if b >= first:
+            dpam = (state if dpam is None else dpam) + _mha(blk, blk.ln_1(state), "vv")
+        state = state + _mha(blk, blk.ln_1(state), "qk")
+        state = state + blk.mlp.c_proj(blk.mlp.gelu(blk.mlp.c_fc(blk.ln_2(state))))
+        taps[b] = (dpam if dpam is not None else state)[:, 1:]
+    glob = F.normalize(visual.ln_post(state[:, 0]) @ visual.proj, dim=-1)
+    patch = torch.stack([F.normalize(visual.ln_post(taps[l]) @ visual.proj, dim=-1) for l in layers], dim=1)
+    return glob, patch
+
+
+def _naive_dpam_patch(visual, x, layers, dpam_blocks, outs=None):
+    return _transcribed_dpam(visual, x, layers, dpam_blocks)[1]
 
 
 def _embeds(visual, x):
@@ -97,6 +121,41 @@ def _check_backbone(parts, n_images=2):
     torch.testing.assert_close(p1, naive, atol=1e-4, rtol=1e-3)
     norms = p1.norm(dim=-1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def _three_block_vit():
+    """A random 3-block open_clip ViT in float64 (16 patch tokens, 4 heads)."""
+    from open_clip.transformer import VisionTransformer
+
+    torch.manual_seed(7)
+    visual = VisionTransformer(image_size=32, patch_size=8, width=64, layers=3, heads=4, mlp_ratio=4.0,
+                               output_dim=32).double().eval()
+    with torch.no_grad():  # non-trivial layer norms and biases
+        for name, p in visual.named_parameters():
+            if "ln" in name or "bias" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return visual
+
+
+@pytest.mark.parametrize("dpam_blocks", [1, 2, 3])
+def test_dpam_equals_the_transcribed_equations_on_a_three_block_vit(dpam_blocks):
+    visual = _three_block_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.inference_mode():
+        glob, patch = DpamVisual(visual, [1, 2, 3], dpam_blocks)(x)
+        ref_glob, ref_patch = _transcribed_dpam(visual, x, [1, 2, 3], dpam_blocks)
+    assert (glob.double() - ref_glob).abs().max() <= 1e-6
+    assert (patch.double() - ref_patch).abs().max() <= 1e-6
+    # the DPAM path reads the original path: feeding it its own tokens (pad 0.1) gives other patches
+    if dpam_blocks >= 2:
+        visual_blocks = visual.transformer.resblocks
+        own = _embeds(visual, x)
+        for blk in visual_blocks[:3 - dpam_blocks]:
+            own = blk(own)
+        for blk in visual_blocks[3 - dpam_blocks:]:
+            own = own + _mha(blk, blk.ln_1(own), "vv")
+        old = F.normalize(visual.ln_post(own[:, 1:]) @ visual.proj, dim=-1)
+        assert (old - ref_patch[:, 2]).abs().max() > 1e-3
 
 
 def test_dpam_on_pad_tiny(tiny):
