@@ -38,11 +38,15 @@ def test_focal_matches_formula():
     pa = torch.tensor([0.8, 0.3, 0.6])
     probs = torch.stack([1 - pa, pa]).reshape(1, 2, 1, 3)
     target = torch.tensor([[[1, 0, 0]]])
-    pt = [0.8, 0.7, 0.4]
+    # Focal loss of the official loss.py: one-hot clamped to [s, 1 - s], p_t = onehot . p + s, s = 1e-5
+    s = 1e-5
+    pt = [(1 - s) * p + s * (1 - p) + s for p in (0.8, 0.7, 0.4)]
     expected = sum(-(1 - p) ** 2 * math.log(p) for p in pt) / 3
     assert close(focal_loss(probs, target), expected)
     expected_g0 = sum(-math.log(p) for p in pt) / 3
     assert close(focal_loss(probs, target, gamma=0.0), expected_g0)
+    plain = sum(-(1 - p) ** 2 * math.log(p) for p in (0.8, 0.7, 0.4)) / 3   # no smoothing: Lin et al.
+    assert close(focal_loss(probs, target, smooth=0.0), plain)
 
 
 def test_focal_from_logits_equals_probability_path():
@@ -98,38 +102,58 @@ def test_local_3d_and_geometry_losses():
         local_3d_loss(torch.rand(4, 3), y)
 
 
-def test_contrastive_loss_matches_the_four_terms():
-    rn = torch.tensor([1.0, 0.0, 0.0])
-    ra = torch.tensor([0.0, 2.0, 0.0])           # not normalized on purpose
-    gn = torch.tensor([1.0, 1.0, 0.0])
-    ga = torch.tensor([0.0, 1.0, 1.0])
+def _four_vectors():
+    rn = torch.tensor([1.0, 0.2, 0.1])
+    ra = torch.tensor([0.3, 2.0, 0.2])           # not normalized on purpose
+    gn = torch.tensor([1.0, 1.0, 0.3])
+    ga = torch.tensor([0.2, 1.0, 1.0])
+    return rn, ra, gn, ga
+
+
+def _cos(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_contrastive_loss_is_the_papers_equation_on_raw_cosines():
+    rn, ra, gn, ga = _four_vectors()   # every cosine positive: the paper's ratios are probabilities
+    cos = _cos
+    # PointAD+ eq. for L^cross, transcribed literally (CE of a ratio = -log of it)
+    paper = (-math.log(cos(ga, ra) / (cos(ga, ra) + cos(ga, rn)))
+             - math.log(cos(gn, rn) / (cos(gn, rn) + cos(ga, rn)))
+             - math.log(cos(ra, ga) / (cos(ra, ga) + cos(ra, gn)))
+             - math.log(cos(rn, gn) / (cos(rn, gn) + cos(ra, gn))))
+    got = contrastive_loss(rn, ra, gn, ga)
+    assert close(got, paper, 1e-5)
+    # symmetric in the two layers, averaged over prompt sets
+    assert close(contrastive_loss(gn, ga, rn, ra), got, 1e-5)
+    batch = contrastive_loss(torch.stack([rn, rn]), torch.stack([ra, ra]), torch.stack([gn, gn]),
+                             torch.stack([ga, ga]))
+    assert close(batch, got, 1e-5)
+    # a negative cosine is floored: the ratio stays a probability and the loss finite
+    far = contrastive_loss(rn, -rn, gn, -gn)
+    assert math.isfinite(float(far)) and float(far) < 1e-3
+
+
+def test_contrastive_infonce_form_matches_the_four_terms():
+    rn, ra, gn, ga = _four_vectors()
     tau = 0.07
-    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))
+    cos = _cos
 
     def term(pos, neg):
         return -math.log(math.exp(pos / tau) / (math.exp(pos / tau) + math.exp(neg / tau)))
 
-    # the paper's four terms, literally: CE(cos(g_a^g, g_a^r) / (cos(g_a^g, g_a^r) + cos(g_a^g, g_n^r))) + ...
-    paper = (term(cos(ga, ra), cos(ga, rn)) + term(cos(gn, rn), cos(ga, rn))
-             + term(cos(ra, ga), cos(ra, gn)) + term(cos(rn, gn), cos(ra, gn)))
-    # the same set read as InfoNCE: rows (geometry anchors) and columns (rendering anchors)
-    rows_cols = (term(cos(ga, ra), cos(ga, rn)) + term(cos(gn, rn), cos(gn, ra))
-                 + term(cos(ra, ga), cos(ra, gn)) + term(cos(rn, gn), cos(rn, ga)))
-    got = contrastive_loss(rn, ra, gn, ga, tau=tau)
-    assert close(got, paper, 1e-4) and close(got, rows_cols, 1e-4)
-    # symmetric in the two layers, averaged over prompt sets
-    assert close(contrastive_loss(gn, ga, rn, ra, tau=tau), got, 1e-4)
-    batch = contrastive_loss(torch.stack([rn, rn]), torch.stack([ra, ra]), torch.stack([gn, gn]),
-                             torch.stack([ga, ga]), tau=tau)
-    assert close(batch, got, 1e-4)
+    expected = (term(cos(ga, ra), cos(ga, rn)) + term(cos(gn, rn), cos(gn, ra))
+                + term(cos(ra, ga), cos(ra, gn)) + term(cos(rn, gn), cos(rn, ga)))
+    assert close(contrastive_loss(rn, ra, gn, ga, form="infonce", tau=tau), expected, 1e-4)
 
 
 def test_contrastive_loss_prefers_aligned_prompts():
     g = torch.Generator().manual_seed(1)
     n, a = torch.randn(16, generator=g), torch.randn(16, generator=g)
-    aligned = contrastive_loss(n, a, n + 0.1 * torch.randn(16, generator=g), a)
-    swapped = contrastive_loss(n, a, a, n)
-    assert aligned < 0.1 < swapped
+    for form in ("paper", "infonce"):
+        aligned = contrastive_loss(n, a, n + 0.1 * torch.randn(16, generator=g), a, form=form)
+        swapped = contrastive_loss(n, a, a, n, form=form)
+        assert aligned < swapped
 
 
 def test_losses_are_differentiable():

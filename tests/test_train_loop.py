@@ -133,7 +133,10 @@ def test_resume_gives_the_same_prompts_as_an_uninterrupted_run(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"train_classes": "flat"}, "class 'flat' has no anomalous sample"),
+    ({"train_classes": "flat", "train_splits": "test,train"}, "class 'flat' has no anomalous sample"),
+    ({"train_classes": "flat"}, r"no rendered sample of class flat in split\(s\) test"),
+    ({"model": "pointad", "losses": "geometry"}, "belongs to PointAD\\+'s geometry layer"),
+    ({"losses": "global_3d,bogus"}, "unknown loss term 'bogus'"),
     ({"train_classes": "ring,nope"}, r"no class 'nope' in this cache \(classes: flat, ring\)"),
     ({"features": "ViT-B-16_openai_L24_dpam20_224"}, r"no feature store with tag .*available: pad-tiny"),
     ({"epochs": 0}, "--epochs must be at least 1"),
@@ -153,3 +156,38 @@ def test_feature_store_from_another_render_store_is_refused(tiny, tmp_path, caps
     code = cli.invoke("trainer.loop:run_train", _cfg(other, tmp_path / "run"))
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "extracted from another render store" in err
+
+
+def test_defaults_are_the_official_scripts(tiny, tmp_path, monkeypatch):
+    """Adam with betas (0.5, 0.999), lr 1e-3, batch 4, 15 epochs, the training class's test split only."""
+    assert (TrainConfig.__dataclass_fields__["lr"].default, TrainConfig.__dataclass_fields__["batch_size"].default,
+            TrainConfig.__dataclass_fields__["epochs"].default) == (1e-3, 4, 15)
+    seen = {}
+    real = torch.optim.Adam
+
+    def spy(params, **kwargs):
+        seen.update(kwargs)
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    cfg = TrainConfig(cache=tiny.cache, train_classes="ring", out=str(tmp_path / "run"), device="cpu",
+                      prompt_length=4, deep_depth=3, deep_length=2, geometry_points=64, epochs=1)
+    result = train(cfg, progress=False)
+    assert seen["betas"] == (0.5, 0.999) and seen["lr"] == 1e-3
+    config = result["config"]
+    assert config["training_splits"] == ["test"] and config["adam_betas"] == [0.5, 0.999]
+    # only the test split of 'ring' was read: its train-split normal sample is not among the samples
+    assert config["n_samples"] == 3 and config["n_anomalous"] == 3
+    both = train(_cfg(tiny, tmp_path / "both", epochs=1, train_splits="test,train"), progress=False)
+    assert both["config"]["n_samples"] == 4 and both["log"][0]["samples"] == 4
+
+
+def test_losses_select_the_terms_of_an_ablation(tiny, tmp_path):
+    result = train(_cfg(tiny, tmp_path / "abl", epochs=1, losses="local_3d,cross"), progress=False)
+    record = result["log"][0]
+    assert set(record) >= {"total", "local_3d", "cross"}
+    assert not set(record) & {"global_3d", "global_2d", "local_2d", "geometry"}
+    assert record["total"] == pytest.approx(record["local_3d"] + record["cross"], rel=1e-6)
+    assert result["config"]["losses"] == ["local_3d", "cross"]
+    full = train(_cfg(tiny, tmp_path / "all", epochs=1), progress=False)["config"]["losses"]
+    assert full == ["global_3d", "local_3d", "global_2d", "local_2d", "geometry", "cross"]

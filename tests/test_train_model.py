@@ -147,7 +147,7 @@ def test_reduced_loss_size_changes_only_the_2d_local_term(clip, tmp_path):
     from trainer.objective import batch_losses
 
     tiny = make_cache(str(tmp_path), {"ring": (1, 1)}, points=(100, 120), image_size=48)
-    data = open_training_data(tiny.cache, None, ["ring"])
+    data = open_training_data(tiny.cache, None, ["ring"], splits=("test", "train"))
     batch = collate([TrainDataset(tiny.cache, tiny.tag, data.indices, geometry_points=64)[k] for k in range(2)])
     model = build_model(clip.model, clip.tokenizer, model="pointad+", prompt_length=3, deep_depth=2, deep_length=1)
     with torch.no_grad():

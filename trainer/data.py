@@ -18,7 +18,7 @@ import torch
 from data_cache.errors import PadError
 from data_cache.feature_store import FeatureStore
 from data_cache.render_store import RenderStore
-from trainer.projection import ALPHA, geometry_features, point_sources
+from trainer.projection import ALPHA, G_SIGMA, aggregation_sigma, geometry_features, point_sources
 
 SAMPLE_FIELDS = ("points", "labels", "pixel", "visible", "knn", "knn_dist")
 
@@ -32,6 +32,7 @@ class TrainingData:
     features: FeatureStore
     indices: list[int]
     classes: list[str]
+    splits: list[str]
     sample_ids: list[str]
     labels: list[int]
     feature_attrs: dict = field(default_factory=dict)
@@ -45,9 +46,11 @@ class TrainingData:
         return len(self.render.views)
 
 
-def open_training_data(cache: str, tag: str | None, classes: Sequence[str]) -> TrainingData:
+def open_training_data(cache: str, tag: str | None, classes: Sequence[str],
+                       splits: Sequence[str] = ("test",)) -> TrainingData:
     """Open ``<cache>/render.zarr`` and ``<cache>/features/<tag>.h5`` and select every done sample
-    (all splits) of ``classes``.
+    of ``classes`` in ``splits`` (the official scripts train on the auxiliary class's test split,
+    the only one with annotated anomalies).
 
     PadError when: the feature tag does not exist; the feature store was extracted from another
     render store (fingerprint); a class is not in the cache (the available ones are listed); the
@@ -65,9 +68,13 @@ def open_training_data(cache: str, tag: str | None, classes: Sequence[str]) -> T
     if unknown:
         raise PadError(f"no class {', '.join(repr(c) for c in unknown)} in this cache "
                        f"(classes: {', '.join(available) or 'none'})", cache)
-    indices = render.select(classes=classes)
+    splits = list(dict.fromkeys(splits))
+    if not splits:
+        raise PadError("no training split given (--train-splits test[,train])")
+    indices = render.select(classes=classes, splits=splits)
     if not indices:
-        raise PadError(f"no rendered sample of class {', '.join(classes)} (run 'pad render' first)", cache)
+        raise PadError(f"no rendered sample of class {', '.join(classes)} in split(s) {', '.join(splits)} "
+                       "(run 'pad render' for them, or choose other --train-splits)", cache)
     fdone = features.done()
     if fdone.shape[0] != render.n_samples:
         raise PadError(f"the feature store has {fdone.shape[0]} samples, the render store {render.n_samples}; "
@@ -83,7 +90,7 @@ def open_training_data(cache: str, tag: str | None, classes: Sequence[str]) -> T
             raise PadError(f"class '{c}' has no anomalous sample: the prompts learn from annotated anomalies, "
                            "choose a training class with anomalous samples", cache)
     return TrainingData(cache=cache, tag=features.tag, render=render, features=features, indices=indices,
-                        classes=classes, sample_ids=ids, labels=labels, feature_attrs=features.attrs)
+                        classes=classes, splits=splits, sample_ids=ids, labels=labels, feature_attrs=features.attrs)
 
 
 SHUFFLE_STREAM = 0  # stream of the epoch's sample order; sample i's point subset uses stream 1 + i
@@ -115,13 +122,14 @@ class TrainDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cache: str, tag: str, indices: Sequence[int], *, geometry_points: int = 0,
-                 seed: int = 0, alpha: float = ALPHA):
+                 seed: int = 0, alpha: float = ALPHA, g_sigma: float = G_SIGMA):
         self.cache = cache
         self.tag = tag
         self.indices = [int(i) for i in indices]
         self.geometry_points = int(geometry_points)
         self.seed = int(seed)
         self.alpha = float(alpha)
+        self.g_sigma = float(g_sigma)
         self.epoch = 0
         self._render: RenderStore | None = None
         self._features: FeatureStore | None = None
@@ -149,17 +157,18 @@ class TrainDataset(torch.utils.data.Dataset):
         i = self.indices[k]
         return build_item(i, render.read_sample(i, SAMPLE_FIELDS), render.gt2d(i), features.global_(i),
                           features.patch(i), image_size=render.image_size, geometry_points=self.geometry_points,
-                          seed=self.seed, epoch=self.epoch, alpha=self.alpha,
+                          seed=self.seed, epoch=self.epoch, alpha=self.alpha, g_sigma=self.g_sigma,
                           default_class=render.sample_ids[i].split("/")[0])
 
 
 def build_item(index: int, sample: dict, gt2d: np.ndarray, global_: np.ndarray, patch: np.ndarray, *,
                image_size: int, geometry_points: int = 0, seed: int = 0, epoch: int = 0, alpha: float = ALPHA,
-               default_class: str = "") -> dict[str, Any]:
+               g_sigma: float = G_SIGMA, default_class: str = "") -> dict[str, Any]:
     """One training item (see :class:`TrainDataset`) from a sample's arrays and its embeddings.
 
     sample: render-store arrays (``points``, ``labels``, ``pixel``, ``visible``, ``knn``,
-    ``knn_dist``, ``attrs``); gt2d: (V, H, W) uint8; global_: (V, D); patch: (V, L, G·G, D).
+    ``knn_dist``, ``attrs``); gt2d: (V, H, W) uint8; global_: (V, D); patch: (V, L, G·G, D);
+    ``g_sigma``: G-aggregation width in normalized coordinates (0: the cloud's median kNN spacing).
     """
     attrs = sample.get("attrs", {})
     pixel = np.asarray(sample["pixel"], dtype=np.int16)
@@ -180,7 +189,7 @@ def build_item(index: int, sample: dict, gt2d: np.ndarray, global_: np.ndarray, 
         grid = int(round(patch_t.shape[2] ** 0.5))
         item["geo_features"] = geometry_features(item["patch"].float(), pixel, visible, sample["knn"],
                                                  sample["knn_dist"], image_size, grid, alpha=alpha, index=subset,
-                                                 source=source)
+                                                 source=source, sigma=aggregation_sigma(g_sigma))
         item["geo_labels"] = item["labels"][torch.from_numpy(subset)]
     return item
 

@@ -33,16 +33,18 @@ from data_cache.options import split_csv, to_dict
 from data_cache.render_record import render_record
 from trainer.data import TrainDataset, TrainingData, collate, epoch_order, open_training_data
 from trainer.model import PointADModel, build_model, model_config_fields
-from trainer.objective import batch_losses, loss_terms
+from trainer.objective import batch_losses, loss_terms, resolve_losses
 from trainer.options import TrainConfig
-from trainer.projection import ALPHA
+from trainer.projection import ALPHA, aggregation_sigma
 from trainer.prompts import describe
 
 LOG_FILE = "train_log.jsonl"
 # Fields of config.json that must equal the run's for --resume to continue it.
 RESUME_KEYS = ("model", "prompt_style", "prompt_length", "deep_depth", "deep_length", "feature_tag", "backbone",
-               "pretrained", "backbone_seed", "training_classes", "seed", "render_fingerprint", "lr", "batch_size",
-               "geometry_points", "loss_size", "n_samples")
+               "pretrained", "backbone_seed", "training_classes", "training_splits", "seed", "render_fingerprint", "lr",
+               "batch_size", "geometry_points", "loss_size", "n_samples", "losses", "g_sigma", "cross_loss")
+#: Adam's betas in the official train.py (torch's default is (0.9, 0.999)).
+ADAM_BETAS = (0.5, 0.999)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -69,6 +71,8 @@ def _check_options(cfg: TrainConfig) -> None:
         raise PadError(f"--loss-size must be 0 (the rendering size) or a side in pixels (got {cfg.loss_size})")
     if cfg.threads < 0:
         raise PadError(f"--threads must be 0 or more (got {cfg.threads})")
+    aggregation_sigma(cfg.g_sigma)
+    resolve_losses(cfg.losses, cfg.model)
 
 
 def backbone_of(data: TrainingData) -> tuple[str, str, int]:
@@ -92,9 +96,11 @@ def make_config(cfg: TrainConfig, data: TrainingData, model: PointADModel, backb
     return dict(model_config_fields(model), **{
         "deep_depth": int(cfg.deep_depth), "deep_length": int(model.learner.shape.deep_length),
         "feature_tag": data.tag, "backbone": backbone[0], "pretrained": backbone[1], "backbone_seed": backbone[2],
-        "training_classes": list(data.classes), "epochs": int(cfg.epochs), "epochs_completed": int(epochs_completed),
+        "training_classes": list(data.classes), "training_splits": list(data.splits), "epochs": int(cfg.epochs), "epochs_completed": int(epochs_completed),
         "seed": int(cfg.seed), "render_fingerprint": data.render.fingerprint, "versions": ckpt.versions(),
-        "lr": float(cfg.lr), "batch_size": int(cfg.batch_size),
+        "lr": float(cfg.lr), "adam_betas": list(ADAM_BETAS), "batch_size": int(cfg.batch_size),
+        "losses": list(resolve_losses(cfg.losses, cfg.model)), "cross_loss": str(cfg.cross_loss),
+        "g_sigma": float(cfg.g_sigma),
         "geometry_points": int(cfg.geometry_points) if cfg.model == "pointad+" else 0,
         "loss_size": int(cfg.loss_size) if 0 < cfg.loss_size < data.image_size else 0,
         "alpha": ALPHA, "n_samples": len(data.indices), "n_anomalous": int(sum(data.labels)),
@@ -183,7 +189,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) and write the run directory; returns {"config", "log"} (epoch means)."""
     _check_options(cfg)
     classes = split_csv(cfg.train_classes)
-    data = open_training_data(cfg.cache, cfg.features, classes)
+    data = open_training_data(cfg.cache, cfg.features, classes, split_csv(cfg.train_splits))
     device = resolve_device(cfg.device)
     backbone = backbone_of(data)
     from data_cache.backbones import create_clip
@@ -199,7 +205,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if dim != model.tower.embed_dim:
         raise PadError(f"the features have dimension {dim} but backbone '{backbone[0]}' embeds text in "
                        f"{model.tower.embed_dim}", data.features.path)
-    opt = torch.optim.Adam(model.learner.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.learner.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
     config = make_config(cfg, data, model, backbone, 0)
     log_path = os.path.join(cfg.out, LOG_FILE)
     start = 0
@@ -215,9 +221,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         os.remove(log_path)
     _trim_log(log_path, start)
 
+    losses = config["losses"]
     dataset = TrainDataset(data.cache, data.tag, data.indices,
-                           geometry_points=cfg.geometry_points if cfg.model == "pointad+" else 0, seed=cfg.seed)
-    terms = loss_terms(cfg.model)
+                           geometry_points=cfg.geometry_points if "geometry" in losses else 0, seed=cfg.seed,
+                           g_sigma=cfg.g_sigma)
+    terms = loss_terms(cfg.model, losses)
     history: list[dict] = []
     if start >= cfg.epochs:
         print(f"pad train: {cfg.out} already completed {start} epochs (asked for {cfg.epochs}); nothing to do")
@@ -232,14 +240,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", file=sys.stderr,
                    disable=not progress, leave=False, dynamic_ncols=True)
         for batch in bar:
-            losses = batch_losses(model, batch, device, loss_size=config["loss_size"])
+            step = batch_losses(model, batch, device, loss_size=config["loss_size"], losses=losses,
+                                cross_form=cfg.cross_loss)
             opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
+            step["total"].backward()
             opt.step()
             for k in terms:
-                sums[k] += float(losses[k].detach()) * len(batch)
+                sums[k] += float(step[k].detach()) * len(batch)
             count += len(batch)
-            bar.set_postfix(loss=f"{float(losses['total'].detach()):.4f}")
+            bar.set_postfix(loss=f"{float(step['total'].detach()):.4f}")
         bar.close()
         means = {k: sums[k] / max(count, 1) for k in terms}
         if not all(map(lambda v: v == v and abs(v) != float("inf"), means.values())):

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 #: Dice smoothing term (AnomalyCLIP / PointAD use 1): keeps the loss defined — and equal
 #: to 0 for an all-zero prediction of an all-zero target — on instances without positives.
 DICE_EPS = 1.0
-#: Focal loss floor on the probability of the true class before the log.
-FOCAL_EPS = 1e-6
+#: Focal loss label smoothing of the official code (``FocalLoss(smooth=1e-5)``).
+FOCAL_SMOOTH = 1e-5
+#: Floor of each cosine in the paper's cross-hierarchy ratios (see :func:`contrastive_loss`).
+COSINE_FLOOR = 1e-4
 #: CLIP temperature.
 TAU = 0.07
 
@@ -45,25 +47,26 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS) -
 
 
 def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-               from_logits: bool = False, eps: float = FOCAL_EPS) -> torch.Tensor:
-    """Focal loss on a class-probability map (AnomalyCLIP's form, no class weights).
+               from_logits: bool = False, smooth: float = FOCAL_SMOOTH) -> torch.Tensor:
+    """Focal loss on a class-probability map, in AnomalyCLIP's / PointAD's form (``loss.py``
+    ``FocalLoss``: no class weights, label smoothing ``smooth``).
 
     ``probs``: (B, C, ...) float — class probabilities along axis 1 (C = 2: normal,
     anomalous), or logits when ``from_logits``; ``target``: (B, ...) integer class per
-    element (0/1 for C = 2). Per element, with ``p_t`` the probability of the true class
-    (floored at ``eps``): ``-(1 - p_t)^gamma · log p_t``; returns the mean over all elements.
-    ``gamma = 0`` is the cross-entropy.
+    element (0/1 for C = 2). Per element, with the one-hot target clamped to
+    [smooth / (C - 1), 1 - smooth] and ``p_t = Σ_c onehot_c · p_c + smooth`` (the official
+    code's smoothed probability of the true class): ``-(1 - p_t)^gamma · log p_t``; returns the
+    mean over all elements. ``smooth = 0`` and ``gamma = 0`` give the cross-entropy.
     """
     if probs.shape[0] != target.shape[0] or probs.shape[2:] != target.shape[1:]:
         raise ValueError(f"focal_loss: probs {tuple(probs.shape)} does not match target {tuple(target.shape)}")
-    index = target.long().unsqueeze(1)
-    if from_logits:
-        log_pt = torch.log_softmax(probs, dim=1).gather(1, index).squeeze(1)
-        pt = log_pt.exp()
-    else:
-        pt = probs.gather(1, index).squeeze(1).clamp(min=eps)
-        log_pt = pt.log()
-    return (-(1.0 - pt).clamp(min=0.0).pow(gamma) * log_pt).mean()
+    p = torch.softmax(probs, dim=1) if from_logits else probs
+    c = p.shape[1]
+    onehot = F.one_hot(target.long(), c).movedim(-1, 1).to(p.dtype)
+    if smooth:
+        onehot = onehot.clamp(smooth / (c - 1), 1.0 - smooth)
+    pt = (onehot * p).sum(dim=1) + smooth
+    return (-(1.0 - pt).clamp(min=0.0).pow(gamma) * pt.log()).mean()
 
 
 def mil_global_loss(view_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -151,31 +154,42 @@ def geometry_loss(point_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 def contrastive_loss(render_normal: torch.Tensor, render_anomalous: torch.Tensor,
                      geo_normal: torch.Tensor, geo_anomalous: torch.Tensor,
-                     tau: float = TAU) -> torch.Tensor:
+                     form: str = "paper", tau: float = TAU) -> torch.Tensor:
     """Cross-hierarchy contrastive alignment of PointAD+ (its ``L^cross``).
 
     Inputs: the text embeddings of the four prompts, each (D,) float (or (M, D) for M
     prompt sets, e.g. one per class with CoOp prompts: the loss is then averaged over M);
-    they need not be normalized. With ``C[i, j] = cos(geometry_i, rendering_j)`` for
-    ``i, j`` in (normal, anomalous), the loss is the sum of the paper's four terms:
+    they need not be normalized. The paper's four terms are (anchor, positive, negative)
+    triples, each embedding an anchor once, its positive the other layer's prompt of the same
+    state and its negative the other layer's prompt of the opposite state::
 
-    - geometry anomalous anchor, rendering anomalous vs normal: ``CE(row a of C/τ, a)``;
-    - geometry normal anchor, rendering normal vs anomalous: ``CE(row n of C/τ, n)``;
-    - rendering anomalous anchor, geometry anomalous vs normal: ``CE(column a of C/τ, a)``;
-    - rendering normal anchor, geometry normal vs anomalous: ``CE(column n of C/τ, n)``,
+        (g_a^g, g_a^r, g_n^r), (g_n^r, g_n^g, g_a^g), (g_a^r, g_a^g, g_n^g), (g_n^g, g_n^r, g_a^r)
 
-    i.e. a symmetric InfoNCE over the 2×2 cosine matrix, both ways. Each anchor is pulled
-    toward the other layer's prompt of the same meaning and pushed from the opposite one.
-    The paper writes the ratios with raw cosines, ``cos⁺ / (cos⁺ + cos⁻)``, which is not a
-    probability (cosines can be negative); we use ``exp(cos/τ)`` as in CLIP's InfoNCE.
+    (read literally, the paper's second and fourth ratios are anchored at g_n^r and g_n^g; the
+    "each layer's normal prompt as anchor" reading swaps those two terms, so the sum is the same).
+
+    ``form="paper"``: the paper's equation, ``Σ -log(cos⁺ / (cos⁺ + cos⁻))`` on raw cosines.
+    The ratio is a probability only for positive cosines, so each cosine is floored at
+    :data:`COSINE_FLOOR` first (a no-op when both are positive, as for CLIP text embeddings of
+    prompts that differ by a word; a negative already pushed below 0 then contributes ~0).
+    ``form="infonce"``: ``Σ CE(softmax([cos⁺, cos⁻] / τ), positive)``, CLIP's InfoNCE over the
+    same triples (pad 0.1's form).
     """
-    geo = torch.stack([geo_normal, geo_anomalous], dim=-2)           # (..., 2, D)
-    ren = torch.stack([render_normal, render_anomalous], dim=-2)     # (..., 2, D)
-    geo = F.normalize(geo, dim=-1)
-    ren = F.normalize(ren, dim=-1)
-    logits = geo @ ren.transpose(-1, -2) / tau                       # (..., 2, 2): [geo i, render j]
-    logits = logits.reshape(-1, 2, 2)
-    target = torch.arange(2, device=logits.device).repeat(logits.shape[0])
-    rows = F.cross_entropy(logits.reshape(-1, 2), target, reduction="none")
-    cols = F.cross_entropy(logits.transpose(-1, -2).reshape(-1, 2), target, reduction="none")
-    return (rows.reshape(-1, 2).sum(dim=1) + cols.reshape(-1, 2).sum(dim=1)).mean()
+    if form not in ("paper", "infonce"):
+        raise ValueError(f"contrastive_loss: unknown form {form!r} (paper, infonce)")
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.cosine_similarity(a, b, dim=-1)
+
+    triples = ((geo_anomalous, render_anomalous, render_normal), (render_normal, geo_normal, geo_anomalous),
+               (render_anomalous, geo_anomalous, geo_normal), (geo_normal, render_normal, render_anomalous))
+    total = 0.0
+    for anchor, positive, negative in triples:
+        pos, neg = cos(anchor, positive), cos(anchor, negative)
+        if form == "paper":
+            pos, neg = pos.clamp(min=COSINE_FLOOR), neg.clamp(min=COSINE_FLOOR)
+            term = -torch.log(pos / (pos + neg))
+        else:
+            term = -torch.log_softmax(torch.stack([pos, neg], dim=-1) / tau, dim=-1)[..., 0]
+        total = total + term
+    return total.mean()

@@ -35,7 +35,7 @@ from torch import nn
 
 from data_cache.errors import PadError
 from trainer.losses import TAU
-from trainer.projection import ALPHA, back_project, geometry_features, point_sources
+from trainer.projection import ALPHA, aggregation_sigma, back_project, geometry_features, point_sources
 from trainer.knn_graph import median_spacing
 from trainer.prompt_learner import PromptLearner, PromptShape
 from trainer.prompts import STYLES, prompt_pair
@@ -261,7 +261,7 @@ def predict_views(model: PointADModel, global_: Any, patch: Any, image_size: int
 @torch.no_grad()
 def predict_sample(model: PointADModel, global_: Any, patch: Any, sample: dict, image_size: int,
                    class_name: str | None = None, text: dict | None = None, with_maps: bool = True,
-                   chunk: int = 16384, alpha: float = ALPHA) -> Prediction:
+                   chunk: int = 16384, alpha: float = ALPHA, g_sigma: float | None = None) -> Prediction:
     """Implicit map S3d_a, explicit map T_a (PointAD+) and view probabilities of one sample.
 
     global_: (V, D) float16/32 and patch: (V, L, G·G, D) from the feature store;
@@ -270,6 +270,8 @@ def predict_sample(model: PointADModel, global_: Any, patch: Any, sample: dict, 
     image_size: the render store's image side H. ``class_name``: needed for CoOp prompts;
     ``text``: precomputed :meth:`PointADModel.inference_text` to skip the text tower.
     Explicit features are computed ``chunk`` points at a time (memory: chunk·k·L·D floats).
+    ``g_sigma``: the G-aggregation width (default: the run's ``g_sigma``; runs made before it was
+    recorded used the median kNN spacing, 0).
     """
     device = model.device
     text = text if text is not None else model.inference_text(class_name)
@@ -283,7 +285,11 @@ def predict_sample(model: PointADModel, global_: Any, patch: Any, sample: dict, 
         if knn is None or knn_dist is None:
             raise PadError("PointAD+ needs the sample's kNN graph (knn, knn_dist) from the render store")
         p = _as_tensor(patch, device).float()
-        sigma = median_spacing(knn, knn_dist)
+        if g_sigma is None:
+            g_sigma = float(model.config.get("g_sigma", 0.0))
+        sigma = aggregation_sigma(g_sigma)
+        if sigma is None:
+            sigma = median_spacing(knn, knn_dist)
         t = text["geometry"].to(device)
         n = pixel.shape[0]
         parts = []

@@ -18,9 +18,13 @@ Geometry layer (PointAD+):
 - ``geometry``: Dice(T_a, y) + Dice(T_n, 1 − y) on the random point subset of each cloud;
 - ``cross``: the cross-hierarchy contrastive loss between the two prompt pairs.
 
-``total`` is their plain sum (weights 1, as the paper).
+``total`` is the plain sum (weights 1, as the paper) of the terms asked for: every term of
+the model by default, a subset for the ablations of PointAD+'s Table 6
+(``pad train --losses``, :func:`resolve_losses`). Terms not asked for are not computed.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,48 +39,90 @@ RENDER_TERMS = ("global_3d", "local_3d", "global_2d", "local_2d")
 GEOMETRY_TERMS = ("geometry", "cross")
 
 
-def loss_terms(model_variant: str) -> tuple[str, ...]:
-    """Names of the loss terms logged for a variant (``total`` first)."""
-    return ("total",) + RENDER_TERMS + (GEOMETRY_TERMS if model_variant == "pointad+" else ())
+def model_terms(model_variant: str) -> tuple[str, ...]:
+    """Every loss term of a variant, in the paper's order."""
+    return RENDER_TERMS + (GEOMETRY_TERMS if model_variant == "pointad+" else ())
+
+
+def resolve_losses(spec: str | Sequence[str], model_variant: str) -> tuple[str, ...]:
+    """The terms ``--losses`` asks for: ``all`` (every term of the model) or a comma-separated
+    subset, returned in the paper's order. PadError for unknown names, terms the variant does not
+    have (geometry, cross are PointAD+'s), or an empty selection."""
+    from data_cache.errors import PadError
+    from data_cache.options import split_csv
+
+    available = model_terms(model_variant)
+    names = split_csv(spec)
+    if names == ["all"]:
+        return available
+    unknown = [n for n in names if n not in RENDER_TERMS + GEOMETRY_TERMS]
+    if unknown:
+        raise PadError(f"unknown loss term '{unknown[0]}' in --losses (choices: all, "
+                       f"{', '.join(RENDER_TERMS + GEOMETRY_TERMS)})")
+    foreign = [n for n in names if n not in available]
+    if foreign:
+        raise PadError(f"loss term '{foreign[0]}' belongs to PointAD+'s geometry layer; use --model pointad+ "
+                       "or leave it out of --losses")
+    if not names:
+        raise PadError("--losses selects no loss term")
+    return tuple(n for n in available if n in names)
+
+
+def loss_terms(model_variant: str, losses: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Names of the loss terms logged (``total`` first): ``losses`` (default every term of the variant)."""
+    return ("total",) + tuple(losses if losses is not None else model_terms(model_variant))
 
 
 def batch_losses(model: PointADModel, batch: Batch, device: torch.device | str | None = None,
-                 loss_size: int = 0) -> dict[str, torch.Tensor]:
+                 loss_size: int = 0, losses: Sequence[str] | None = None,
+                 cross_form: str = "paper") -> dict[str, torch.Tensor]:
     """{term: 0-dim tensor} for one batch, differentiable in the prompts; ``total`` is the sum.
-    ``loss_size``: side of the maps of the 2D local loss (0: the rendering size)."""
+    ``loss_size``: side of the maps of the 2D local loss (0: the rendering size); ``losses``: the
+    terms to compute (default every term of the model); ``cross_form``: the cross-hierarchy
+    loss's form (see :func:`trainer.losses.contrastive_loss`)."""
     device = torch.device(device) if device is not None else model.device
+    wanted = set(losses if losses is not None else model_terms(model.variant))
     names = sorted(set(batch.classes)) if model.style == "coop" else [None]
     text = model.text_features(names)
     row = torch.tensor([names.index(c) if model.style == "coop" else 0 for c in batch.classes], device=device)
     t_render = text["render"][row]                                              # (B, 2, D)
 
-    label = batch.label.to(device)
-    gt2d = batch.gt2d.to(device)
-    size = gt2d.shape[-1]
-    logits = view_logits(batch.global_.to(device), t_render)                    # (B, V, 2)
     out: dict[str, torch.Tensor] = {}
-    out["global_3d"] = mil_global_loss(logits, label)
-    out["global_2d"] = view_global_loss(logits, gt2d.flatten(2).amax(dim=-1) > 0)
+    if wanted & {"global_3d", "global_2d"}:
+        logits = view_logits(batch.global_.to(device), t_render)                # (B, V, 2)
+        if "global_3d" in wanted:   # per sample: the mean over its own views (see docs/fidelity.md)
+            out["global_3d"] = mil_global_loss(logits, batch.label.to(device))
+        if "global_2d" in wanted:
+            out["global_2d"] = view_global_loss(logits, batch.gt2d.to(device).flatten(2).amax(dim=-1) > 0)
 
-    probs = patch_probabilities(batch.patch.to(device), t_render)              # (B, V, L, 2, G, G)
-    if not loss_size or loss_size >= size:
-        maps = upsample_maps(probs, size)                                        # (B, V, L, 2, H, W)
-        out["local_2d"] = local_2d_loss(maps, gt2d)
-        anomalous = maps[:, :, :, 1].mean(dim=2)                                 # (B, V, H, W)
-    else:
-        small_gt = F.adaptive_max_pool2d(gt2d.float(), loss_size) > 0           # (B, V, S, S)
-        out["local_2d"] = local_2d_loss(upsample_maps(probs, loss_size), small_gt)
-        anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)
-    local = [local_3d_loss(back_project(anomalous[b], batch.pixel[b], batch.visible[b], source=batch.source[b]),
-                           batch.labels[b].to(device)) for b in range(len(batch))]
-    out["local_3d"] = torch.stack(local).mean()
+    if wanted & {"local_2d", "local_3d"}:
+        gt2d = batch.gt2d.to(device)
+        size = gt2d.shape[-1]
+        probs = patch_probabilities(batch.patch.to(device), t_render)          # (B, V, L, 2, G, G)
+        if not loss_size or loss_size >= size:
+            maps = upsample_maps(probs, size)                                    # (B, V, L, 2, H, W)
+            if "local_2d" in wanted:
+                out["local_2d"] = local_2d_loss(maps, gt2d)
+            anomalous = maps[:, :, :, 1].mean(dim=2)                             # (B, V, H, W)
+        else:
+            if "local_2d" in wanted:
+                small_gt = F.adaptive_max_pool2d(gt2d.float(), loss_size) > 0   # (B, V, S, S)
+                out["local_2d"] = local_2d_loss(upsample_maps(probs, loss_size), small_gt)
+            anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)
+        if "local_3d" in wanted:
+            local = [local_3d_loss(back_project(anomalous[b], batch.pixel[b], batch.visible[b],
+                                                source=batch.source[b]), batch.labels[b].to(device))
+                     for b in range(len(batch))]
+            out["local_3d"] = torch.stack(local).mean()
 
-    if "geometry" in text:
+    if "geometry" in wanted:
         t_geo = text["geometry"][row]                                           # (B, 2, D)
         geo = [geometry_loss(explicit_scores(batch.geo_features[b].to(device), t_geo[b]),
                              batch.geo_labels[b].to(device)) for b in range(len(batch))]
         out["geometry"] = torch.stack(geo).mean()
+    if "cross" in wanted:
         r, g = text["render"], text["geometry"]                                  # (C, 2, D)
-        out["cross"] = contrastive_loss(r[:, 0], r[:, 1], g[:, 0], g[:, 1])
-    out["total"] = torch.stack([v for k, v in out.items()]).sum()
+        out["cross"] = contrastive_loss(r[:, 0], r[:, 1], g[:, 0], g[:, 1], form=cross_form)
+    out = {k: out[k] for k in RENDER_TERMS + GEOMETRY_TERMS if k in out}
+    out["total"] = torch.stack(list(out.values())).sum()
     return out

@@ -30,6 +30,16 @@ from trainer.knn_graph import as_numpy, median_spacing, neighbour_mask
 
 #: G-aggregation mix between the neighbours' weighted mean and the point's own feature.
 ALPHA = 0.5
+#: G-aggregation Gaussian width (the paper's sigma = 1), in the unit-ball coordinates of the render store.
+G_SIGMA = 1.0
+
+
+def aggregation_sigma(g_sigma: float) -> float | None:
+    """The ``sigma`` :func:`aggregation_matrix` takes for a ``--g-sigma`` value: the value itself,
+    or None (the cloud's median kNN spacing) for 0."""
+    if not (g_sigma >= 0):
+        raise PadError(f"--g-sigma must be 0 (the median kNN spacing) or positive, got {g_sigma}")
+    return None if g_sigma == 0 else float(g_sigma)
 
 
 def counted_views(pixel, visible, height: int, width: int) -> np.ndarray:
