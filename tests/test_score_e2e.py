@@ -114,7 +114,8 @@ def test_rgb_is_fused_on_organized_clouds(trained, tmp_path):
     assert set(doc["multimodal"]["per_class"]) == {"cookie"}
     assert all(_valid(v) for v in doc["multimodal"]["per_class"]["cookie"].values())
     rows = list(csv.DictReader(open(out / "scores.csv")))
-    assert len(rows) == 5 and all(0.0 <= float(r["multimodal_score"]) <= 1.0 for r in rows)
+    # the official fused score is max(fused map) + the mean of the two global probabilities: in [0, 2]
+    assert len(rows) == 5 and all(0.0 <= float(r["multimodal_score"]) <= 2.0 for r in rows)
     with np.load(out / "points" / "cookie" / "test__bad_00.npz") as data:
         assert data["multimodal"].shape == data["scores"].shape
     # without --rgb: the same point-cloud metrics, no multimodal section
@@ -146,3 +147,55 @@ def test_hostile_class_names_stay_inside_and_are_escaped(trained, tmp_path):
     page = (out / "report.html").read_text()
     assert "<script" not in page.lower() and html.escape(evil) in page
     assert json.loads((out / "metrics.json").read_text())["per_class"][evil]["I-AUROC"] is not None
+
+
+def test_protocol_pointad_scores_organized_scans_on_the_official_grid(trained, tmp_path):
+    cache = make_organized_cache(str(tmp_path / "cache"), {"cookie": (2, 3)})
+    docs, rows = {}, {}
+    for protocol in ("points", "pointad"):
+        out = tmp_path / protocol
+        docs[protocol] = score_cache(ScoreConfig(cache=cache["cache"], checkpoint=trained["run"], out=str(out),
+                                                 device="cpu", report_samples=0, protocol=protocol), progress=False)
+        rows[protocol] = {r["id"]: float(r["score"]) for r in csv.DictReader(open(out / "scores.csv"))}
+        saved = json.loads((out / "metrics.json").read_text())
+        assert saved["protocol"] == protocol
+        assert all(_valid(v) for v in saved["per_class"]["cookie"].values())
+        assert "multimodal" in saved
+    # other maps, other object scores (the 336 x 336 map with background, smoothed there)
+    assert rows["points"].keys() == rows["pointad"].keys()
+    assert any(abs(rows["points"][k] - rows["pointad"][k]) > 1e-4 for k in rows["points"])
+    assert docs["points"]["per_class"]["cookie"]["P-AUROC"] != docs["pointad"]["per_class"]["cookie"]["P-AUROC"]
+    # the per-point files are pad's point maps under both protocols
+    a = np.load(tmp_path / "points" / "points" / "cookie" / "test__bad_00.npz")["scores"]
+    b = np.load(tmp_path / "pointad" / "points" / "cookie" / "test__bad_00.npz")["scores"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_clip_baseline_scores_without_a_checkpoint(trained, tmp_path):
+    out = tmp_path / "clip"
+    doc = score_cache(ScoreConfig(cache=trained["cache"], out=str(out), prompts="clip", splits="test,train",
+                                  device="cpu", report_samples=1), progress=False)
+    assert set(doc["per_class"]) == {"ring", "cup", "box"}          # nothing was trained on: every class
+    assert all(_valid(v) for v in doc["per_class"]["cup"].values())
+    config = json.loads((out / "score_config.json").read_text())["checkpoint"]
+    assert config["model"] == "clip" and config["prompts"]["render"]["anomalous"] == "A photo of an anomalous [cls]."
+    assert "CLIP + Rendering baseline" in (out / "report.html").read_text()
+    # the baseline's text is the frozen tower on the two sentences, per class
+    from trainer.baseline import build_baseline
+    from data_cache.feature_store import FeatureStore
+
+    store = FeatureStore.open(trained["cache"])
+    base = build_baseline(store.attrs, store.tag, "cpu")
+    text = base.inference_text("cable_gland")["render"]
+    plain = base.tower.encode_plain(["A photo of a normal cable gland.", "A photo of an anomalous cable gland."])
+    np.testing.assert_allclose(text.numpy(), (plain / plain.norm(dim=-1, keepdim=True)).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompts", "clip", "--checkpoint", "RUN"], "leave out --checkpoint"),
+    ([], "needs --checkpoint RUN"),
+])
+def test_score_prompt_choice_errors_are_one_line(trained, tmp_path, args, message):
+    args = [a if a != "RUN" else trained["run"] for a in args]
+    result = CliRunner().invoke(main, ["score", "--cache", trained["cache"], "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1

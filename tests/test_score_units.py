@@ -44,8 +44,12 @@ def test_smooth_uses_the_grid_for_organized_clouds_and_the_knn_graph_otherwise()
     np.testing.assert_allclose(smooth(values, sample, 2.0), smooth_knn(values, sample["knn"], sample["knn_dist"], 2.0),
                                rtol=1e-5)
     organized = dict(sample, grid_index=np.arange(300, dtype=np.int32) * 2, attrs={"grid_shape": [20, 30]})
-    expected = smooth_grid(values, organized["grid_index"], (20, 30), 2.0)
+    # sigma counts pixels of the official 336 x 336 grid: 2 * 30 / 336 native pixels here
+    expected = smooth_grid(values, organized["grid_index"], (20, 30), 2.0 * 30 / 336)
     np.testing.assert_allclose(smooth(values, organized, 2.0), expected, rtol=1e-5)
+    big = dict(organized, attrs={"grid_shape": [672, 400]})        # 4 official pixels = 8 native ones
+    np.testing.assert_allclose(smooth(values, big, 4.0), smooth_grid(values, big["grid_index"], (672, 400), 8.0),
+                               rtol=1e-5)
     assert not np.allclose(expected, values)
     np.testing.assert_array_equal(smooth(values, organized, 0.0), values)
 
@@ -63,9 +67,36 @@ def test_fuse_rgb_reads_the_rgb_map_at_each_points_grid_cell():
     rgb_map = np.zeros((4, 4), np.float32)
     rgb_map[:2, 2:] = 0.8          # grid cell (0, 1)
     point_map = np.array([0.2, 0.4, 0.0, 0.6], np.float32)
-    fused, score = fuse_rgb(point_map, 0.5, rgb_map, 0.9, sample, sigma=0)
+    fused, score = fuse_rgb(point_map, 0.5, rgb_map, 0.9, sample, sigma=0, form="paper")
     np.testing.assert_allclose(fused, [0.1, 0.6, 0.0, 0.3], rtol=1e-6)
     assert score == pytest.approx(0.5 * (0.5 * 0.9 + 0.5 * 0.5) + 0.5 * 0.6)
+    # official test.py: integrate_pr_sp = max(integrate map) + (color_text_probs + text_probs) / 2
+    view_probs = np.array([0.2, 0.4], np.float32)
+    fused, score = fuse_rgb(point_map, 0.5, rgb_map, 0.9, sample, sigma=0, view_probs=view_probs)
+    np.testing.assert_allclose(fused, [0.1, 0.6, 0.0, 0.3], rtol=1e-6)
+    assert score == pytest.approx(0.6 + (0.9 + 0.3) / 2)
+
+
+def test_official_fusion_smooths_the_rgb_map_before_fusing():
+    """test.py: color_anomaly_map = G(color_map); integrate = G((color_anomaly_map + anomaly_map) / 2)."""
+    from scipy.ndimage import gaussian_filter
+
+    side = 336
+    gi = np.arange(side * side, dtype=np.int32)
+    sample = {"grid_index": gi, "attrs": {"grid_shape": [side, side]}, "knn": None}
+    rng = np.random.default_rng(4)
+    rgb_map = rng.random((side, side)).astype(np.float32)
+    point_map = rng.random(side * side).astype(np.float32)
+    fused, score = fuse_rgb(point_map, 0.0, rgb_map, 0.7, sample, sigma=4, view_probs=np.array([0.5]))
+    # the same formula on the dense grid; pad's grid filter ignores empty pixels (none here) and
+    # treats the border as zero-padded and renormalized, so compare away from the border
+    color = gaussian_filter(rgb_map.astype(np.float64), 4)
+    dense = smooth(0.5 * point_map + 0.5 * color.reshape(-1), sample, 4).reshape(side, side)
+    np.testing.assert_allclose(fused.reshape(side, side), dense, rtol=1e-5, atol=1e-6)
+    inner = slice(20, -20)
+    expected = gaussian_filter((0.5 * point_map.reshape(side, side) + 0.5 * color), 4)
+    np.testing.assert_allclose(fused.reshape(side, side)[inner, inner], expected[inner, inner], atol=1e-5)
+    assert score == pytest.approx(float(fused.max()) + (0.7 + 0.5) / 2, rel=1e-6)
 
 
 def test_class_metrics_perfect_separation_and_single_label_kind():

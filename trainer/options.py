@@ -130,3 +130,6 @@ class ImportCheckpointConfig:
     cache: str = option(help="Cache whose features the run will score (its backbone must match).")
     out: str = option(help="Run directory to write.")
     features: str | None = option(None, "Feature tag (default: the only one in the cache).", metavar="TAG")
+    train_classes: str | None = option(None, "Classes the official run was trained on, left out by pad score "
+                                             "(default: the name of the checkpoint's directory, as train.sh "
+                                             "saves <class>/epoch_N.pth).", metavar="a[,b]")

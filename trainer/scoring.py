@@ -7,13 +7,22 @@ point scores, which the point-level metrics need):
   (N,), the view probabilities p_k (V,) and the 2D maps (V, H, W)
   (:func:`trainer.model.predict_sample`);
 - point map A = G(0.5·S3d_a + 0.5·T_a) (PointAD: G(S3d_a)), G the Gaussian smoothing of
-  :mod:`trainer.smoothing` (on the organized grid when the sample has ``grid_index``, over
-  the cached kNN graph otherwise); object score s = 0.5·mean_k p_k + 0.5·max_j A(j)
-  (:func:`combine`);
-- with cached RGB features (``--rgb``): the RGB image scored like one more view gives
-  s_rgb and a 2D map, read at each point's grid position (:func:`grid_pixels`) as A_rgb;
-  fused map G(0.5·A + 0.5·A_rgb), fused score 0.5·(0.5·s_rgb + 0.5·s) + 0.5·max(fused map)
-  (:func:`fuse_rgb`) — no retraining.
+  :func:`smooth`: on the organized grid when the sample has ``grid_index`` (σ given in pixels
+  of the 336×336 grid the official code resizes scans to, i.e. σ·max(H, W)/336 native
+  pixels), over the cached kNN graph otherwise (σ in median kNN distances); object score
+  s = 0.5·mean_k p_k + 0.5·max_j A(j) (:func:`combine`);
+- with cached RGB features (``--rgb``): the RGB image scored like one more view gives its
+  global probability p_rgb and a 2D map, read at each point's grid position as A_rgb
+  (:func:`fuse_rgb`). ``--fusion official`` (test.py): the RGB map is smoothed first, fused map
+  G(0.5·A + 0.5·G(A_rgb)), fused score max(fused map) + 0.5·(p_rgb + mean_k p_k);
+  ``--fusion paper``: G(0.5·A + 0.5·A_rgb) and 0.5·(0.5·p_rgb + 0.5·s) + 0.5·max(fused map).
+  No retraining.
+
+``--protocol pointad`` (organized scans) puts the unsmoothed map on the official 336×336 grid
+(:mod:`trainer.official_grid`), smooths it as test.py (background included), takes the object
+score from it and computes the metrics there (all pixels, 200-threshold AUPRO); the per-point
+files keep pad's point maps. ``--prompts clip`` scores with the CLIP + Rendering baseline
+(:mod:`trainer.baseline`) instead of a checkpoint.
 
 Class by class: per-point scores are written to ``points/`` as each sample is scored, the
 class's metrics are computed, then its coloured PLYs are written (the colour range is the
@@ -36,6 +45,9 @@ from trainer import results as res
 from trainer.options import ScoreConfig
 
 SAMPLE_FIELDS = ("points", "normals", "labels", "pixel", "visible", "knn", "knn_dist", "grid_index")
+FUSIONS = ("official", "paper")
+PROTOCOLS = ("points", "pointad")
+OFFICIAL_GRID = 336  # side of the grid the official code resizes organized scans to (trainer.official_grid)
 
 
 # ---------------------------------------------------------------------------- per-sample maths
@@ -46,6 +58,8 @@ class SampleScore:
     - ``point_map``: (N,) float32, A after smoothing; ``score``: object score
     - ``view_probs``: (V,) float32, p_k(anomalous); ``view_maps``: (V, H, W) float32 or None
     - ``multimodal_map``: (N,) float32 or None; ``multimodal_score``: float or None
+    - ``grid_map`` / ``grid_multimodal``: (336, 336) float32 official-grid maps (``--protocol
+      pointad`` on organized scans) or None
     """
     point_map: np.ndarray
     score: float
@@ -54,12 +68,21 @@ class SampleScore:
     multimodal_map: np.ndarray | None = None
     multimodal_score: float | None = None
     rgb_score: float | None = None
+    grid_map: np.ndarray | None = None
+    grid_multimodal: np.ndarray | None = None
+
+
+def native_sigma(sigma: float, grid_shape: Sequence[int]) -> float:
+    """σ in native grid pixels for σ given in pixels of the official 336×336 grid:
+    ``sigma · max(H, W) / 336`` (the official code resizes the H×W scan to 336×336)."""
+    return float(sigma) * max(int(grid_shape[0]), int(grid_shape[1])) / OFFICIAL_GRID
 
 
 def smooth(values: np.ndarray, sample: dict, sigma: float) -> np.ndarray:
-    """G_σ of point values (N,) float: on the organized grid (σ in grid pixels) when the sample
-    has ``grid_index`` and a ``grid_shape`` attribute, else over its cached kNN graph (σ in
-    median kNN distances). σ = 0 returns the values unchanged. Returns (N,) float32."""
+    """G_σ of point values (N,) float: on the organized grid when the sample has ``grid_index``
+    and a ``grid_shape`` attribute (σ in pixels of the official 336×336 grid,
+    :func:`native_sigma`), else over its cached kNN graph (σ in median kNN distances).
+    σ = 0 returns the values unchanged. Returns (N,) float32."""
     from trainer.smoothing import smooth_grid, smooth_knn
 
     values = np.asarray(values, np.float32).reshape(-1)
@@ -67,10 +90,28 @@ def smooth(values: np.ndarray, sample: dict, sigma: float) -> np.ndarray:
         return values.copy()
     grid_shape = (sample.get("attrs") or {}).get("grid_shape")
     if sample.get("grid_index") is not None and grid_shape is not None:
-        return smooth_grid(values, sample["grid_index"], tuple(grid_shape), sigma).astype(np.float32)
+        return smooth_grid(values, sample["grid_index"], tuple(grid_shape),
+                           native_sigma(sigma, grid_shape)).astype(np.float32)
     if sample.get("knn") is None:
         raise PadError("the sample has neither a grid index nor a kNN graph to smooth over")
     return smooth_knn(values, sample["knn"], sample["knn_dist"], sigma).astype(np.float32)
+
+
+def smooth_image(image_map: np.ndarray, sigma: float) -> np.ndarray:
+    """A dense 2D map (S, S) smoothed as the official test.py smooths the RGB map:
+    ``gaussian_filter`` (reflect borders) with σ in pixels of a 336×336 map (σ·S/336 here)."""
+    from trainer.official_grid import official_smooth
+
+    m = np.asarray(image_map, np.float64)
+    return official_smooth(m, float(sigma) * m.shape[0] / OFFICIAL_GRID).astype(np.float32)
+
+
+def base_map(s3d: np.ndarray, t_a: np.ndarray | None) -> np.ndarray:
+    """The unsmoothed point map (N,) float32: 0.5·S3d + 0.5·T_a (PointAD+) or S3d (PointAD)."""
+    base = np.asarray(s3d, np.float32).reshape(-1)
+    if t_a is not None:
+        base = 0.5 * base + 0.5 * np.asarray(t_a, np.float32).reshape(-1)
+    return base
 
 
 def combine(s3d: np.ndarray, t_a: np.ndarray | None, view_probs: np.ndarray, sample: dict,
@@ -80,12 +121,14 @@ def combine(s3d: np.ndarray, t_a: np.ndarray | None, view_probs: np.ndarray, sam
     ``s3d``: (N,) implicit anomalous map; ``t_a``: (N,) explicit map (PointAD+) or None
     (PointAD); ``view_probs``: (V,) p_k(anomalous). A = G(0.5·S3d + 0.5·T_a) or G(S3d);
     score = 0.5·mean_k p_k + 0.5·max_j A(j)."""
-    base = np.asarray(s3d, np.float32).reshape(-1)
-    if t_a is not None:
-        base = 0.5 * base + 0.5 * np.asarray(t_a, np.float32).reshape(-1)
-    point_map = smooth(base, sample, sigma)
+    point_map = smooth(base_map(s3d, t_a), sample, sigma)
     score = 0.5 * float(np.mean(view_probs)) + 0.5 * float(point_map.max(initial=0.0))
     return point_map, score
+
+
+def is_organized(sample: dict) -> bool:
+    """Whether a sample is an organized scan (``grid_index`` plus a ``grid_shape`` attribute)."""
+    return sample.get("grid_index") is not None and (sample.get("attrs") or {}).get("grid_shape") is not None
 
 
 def grid_pixels(grid_index: np.ndarray, grid_shape: Sequence[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,43 +144,101 @@ def grid_pixels(grid_index: np.ndarray, grid_shape: Sequence[int], image_size: i
 
 
 def fuse_rgb(point_map: np.ndarray, score: float, rgb_map: np.ndarray, rgb_score: float, sample: dict,
-             sigma: float) -> tuple[np.ndarray, float]:
-    """Multimodal map and score. ``point_map``: (N,) A; ``rgb_map``: (H, W) float, the RGB
-    image's 2D anomaly map at the render store's image size; A_rgb(j) = rgb_map at point
-    j's grid position. Fused map G(0.5·A + 0.5·A_rgb) (N,) float32, score
-    0.5·(0.5·s_rgb + 0.5·s) + 0.5·max(fused map)."""
+             sigma: float, view_probs: np.ndarray | None = None, form: str = "official") -> tuple[np.ndarray, float]:
+    """Multimodal map and score. ``point_map``: (N,) A (smoothed); ``score``: the point-cloud object
+    score s; ``rgb_map``: (S, S) float, the RGB image's 2D anomaly map; ``rgb_score``: p_rgb, its
+    global anomaly probability; ``view_probs``: (V,) p_k (needed by the official form).
+    A_rgb(j) = the RGB map at point j's grid position.
+
+    - ``official`` (test.py): A_rgb read from the smoothed RGB map (:func:`smooth_image`), fused
+      map G(0.5·A + 0.5·A_rgb), score max(fused map) + 0.5·(p_rgb + mean_k p_k) (in [0, 2]);
+    - ``paper``: A_rgb unsmoothed, fused map G(0.5·A + 0.5·A_rgb), score
+      0.5·(0.5·p_rgb + 0.5·s) + 0.5·max(fused map).
+    Returns (fused map (N,) float32, fused score)."""
     grid_shape = (sample.get("attrs") or {}).get("grid_shape")
     if sample.get("grid_index") is None or grid_shape is None:
         raise PadError("RGB fusion needs an organized cloud (grid_index and grid_shape)")
+    if form not in FUSIONS:
+        raise PadError(f"unknown --fusion '{form}' (choices: {', '.join(FUSIONS)})")
     rgb_map = np.asarray(rgb_map, np.float32)
+    if form == "official":
+        rgb_map = smooth_image(rgb_map, sigma)
     rows, cols = grid_pixels(sample["grid_index"], grid_shape, rgb_map.shape[0])
     a_rgb = rgb_map[rows, cols]
     fused = smooth(0.5 * np.asarray(point_map, np.float32) + 0.5 * a_rgb, sample, sigma)
-    mm_score = 0.5 * (0.5 * float(rgb_score) + 0.5 * float(score)) + 0.5 * float(fused.max(initial=0.0))
-    return fused, mm_score
+    peak = float(fused.max(initial=0.0))
+    if form == "official":
+        if view_probs is None:
+            raise ValueError("the official fusion needs the view probabilities")
+        return fused, peak + 0.5 * (float(rgb_score) + float(np.mean(view_probs)))
+    return fused, 0.5 * (0.5 * float(rgb_score) + 0.5 * float(score)) + 0.5 * peak
 
 
 # ---------------------------------------------------------------------------- one sample
 def score_sample(model, global_: np.ndarray, patch: np.ndarray, sample: dict, image_size: int, sigma: float,
                  text: dict | None = None, rgb: tuple[np.ndarray, np.ndarray] | None = None,
-                 with_maps: bool = False) -> SampleScore:
+                 with_maps: bool = False, fusion: str = "official", protocol: str = "points") -> SampleScore:
     """Score one sample from its cached features.
 
     ``global_``: (V, D) and ``patch``: (V, L, G·G, D) float16/32 (feature store); ``sample``:
     the render store's arrays and ``attrs`` (see :data:`SAMPLE_FIELDS`); ``rgb``: optional
     (rgb_global (D,), rgb_patch (L, G·G, D)) to fuse (needs ``grid_index``); ``text``: the
-    model's :meth:`inference_text` for the sample's class (computed once per class)."""
+    model's :meth:`inference_text` for the sample's class (computed once per class);
+    ``fusion``: see :func:`fuse_rgb`; ``protocol`` 'pointad' on an organized sample also fills
+    ``grid_map`` / ``grid_multimodal`` (the official 336×336 maps) and takes the object scores
+    from them (:func:`official_grid_scores`)."""
     from trainer.model import predict_sample, predict_views
 
+    if protocol not in PROTOCOLS:
+        raise PadError(f"unknown --protocol '{protocol}' (choices: {', '.join(PROTOCOLS)})")
     pred = predict_sample(model, global_, patch, sample, image_size, text=text, with_maps=with_maps)
     point_map, score = combine(pred.implicit, pred.explicit, pred.view_probs, sample, sigma)
     out = SampleScore(point_map=point_map, score=score, view_probs=np.asarray(pred.view_probs, np.float32),
                       view_maps=pred.view_maps)
+    rgb_maps = None
     if rgb is not None:
         probs, maps = predict_views(model, np.asarray(rgb[0])[None], np.asarray(rgb[1])[None], image_size, text=text)
         out.rgb_score = float(probs[0])
-        out.multimodal_map, out.multimodal_score = fuse_rgb(point_map, score, maps[0], out.rgb_score, sample, sigma)
+        out.multimodal_map, out.multimodal_score = fuse_rgb(point_map, score, maps[0], out.rgb_score, sample, sigma,
+                                                            view_probs=out.view_probs, form=fusion)
+        rgb_maps = maps[0]
+    if protocol == "pointad" and is_organized(sample):
+        official_grid_scores(out, base_map(pred.implicit, pred.explicit), sample, sigma, rgb_maps, fusion)
     return out
+
+
+def official_grid_scores(out: SampleScore, base: np.ndarray, sample: dict, sigma: float,
+                         rgb_map: np.ndarray | None, fusion: str) -> None:
+    """Fill ``out`` with the official test.py's maps and scores on the 336×336 grid.
+
+    ``base``: (N,) unsmoothed point map; ``rgb_map``: (S, S) RGB anomaly map or None. The map is
+    G(grid(base)) with the official filter (background zeros included), the object score
+    0.5·max(map) + 0.5·mean_k p_k; with RGB, the RGB map at 336×336 fused as :func:`fuse_rgb`
+    says (official: G(0.5·G(rgb) + 0.5·map), score max + 0.5·(p_rgb + mean_k p_k))."""
+    from trainer.official_grid import grid_lookup, official_smooth, to_grid
+
+    attrs = sample["attrs"]
+    lookup = grid_lookup(sample["grid_index"], attrs["grid_shape"])
+    grid_map = official_smooth(to_grid(base, lookup), sigma)
+    out.grid_map = grid_map.astype(np.float32)
+    mean_p = float(np.mean(out.view_probs))
+    out.score = 0.5 * float(grid_map.max()) + 0.5 * mean_p
+    if rgb_map is None:
+        return
+    import torch
+    import torch.nn.functional as F
+
+    color = np.asarray(rgb_map, np.float32)
+    if color.shape[0] != OFFICIAL_GRID:  # the official RGB map is made at 336 x 336
+        color = F.interpolate(torch.from_numpy(color)[None, None], size=(OFFICIAL_GRID, OFFICIAL_GRID),
+                              mode="bilinear", align_corners=False)[0, 0].numpy()
+    if fusion == "official":
+        fused = official_smooth(0.5 * official_smooth(color, sigma) + 0.5 * grid_map, sigma)
+        out.multimodal_score = float(fused.max()) + 0.5 * (float(out.rgb_score) + mean_p)
+    else:
+        fused = official_smooth(0.5 * color + 0.5 * grid_map, sigma)
+        out.multimodal_score = 0.5 * (0.5 * float(out.rgb_score) + 0.5 * out.score) + 0.5 * float(fused.max())
+    out.grid_multimodal = fused.astype(np.float32)
 
 
 def regions_of(sample: dict) -> np.ndarray:
@@ -187,12 +288,17 @@ def binary_set(labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, float]
 
 
 def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_labels: list[np.ndarray],
-                  point_scores: list[np.ndarray], regions: list[np.ndarray], fpr_limit: float = 0.3):
+                  point_scores: list[np.ndarray], regions: list[np.ndarray], fpr_limit: float = 0.3,
+                  aupro: str = "exact"):
     """The metrics of one class and its curves.
 
     ``object_labels``/``object_scores``: (S,); ``point_labels``/``point_scores``/``regions``:
-    per-sample (N_i,) arrays. Returns ({metric: value}, :class:`trainer.report.ClassCurves`);
-    a metric is NaN when its labels have a single kind (e.g. a class without anomalies)."""
+    per-sample (N_i,) arrays (points, or the pixels of official-grid maps). ``aupro``: 'exact'
+    (pad's: the exact PRO curve integrated to ``fpr_limit``) or 'official' (the official
+    metrics.py's 200 thresholds, FPRs below the limit rescaled to [0, 1],
+    :func:`trainer.metrics.aupro_thresholds.official_aupro`; no curve is drawn). Returns
+    ({metric: value}, :class:`trainer.report.ClassCurves`); a metric is NaN when its labels
+    have a single kind (e.g. a class without anomalies)."""
     from trainer.metrics import area_to_limit, concat_regions, pro_curve_regions
     from trainer.report import ClassCurves
 
@@ -202,10 +308,14 @@ def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_la
     pts, point_roc = binary_set(y, s)
     del y
     pro = None
-    aupro = math.nan
-    if point_roc is not None:
+    area = math.nan
+    if point_roc is not None and aupro == "official":
+        from trainer.metrics.aupro_thresholds import official_aupro
+
+        area = official_aupro(s, concat_regions(regions), fpr_limit)
+    elif point_roc is not None:
         fpr, overlap = pro_curve_regions(concat_regions(regions), s)
-        aupro = area_to_limit(fpr, overlap, fpr_limit)
+        area = area_to_limit(fpr, overlap, fpr_limit)
         if fpr.size:
             k = int(np.searchsorted(fpr, fpr_limit, side="right"))
             x, y = fpr[:k], overlap[:k]
@@ -214,7 +324,7 @@ def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_la
                 x, y = np.append(x, fpr_limit), np.append(y, y_end)
             pro = _thin(x, y)
     metrics = {"I-AUROC": obj["auroc"], "I-AP": obj["ap"], "I-F1max": obj["f1max"],
-               "P-AUROC": pts["auroc"], "P-AP": pts["ap"], "P-F1max": pts["f1max"], "AUPRO@0.3": aupro}
+               "P-AUROC": pts["auroc"], "P-AP": pts["ap"], "P-F1max": pts["f1max"], "AUPRO@0.3": area}
     curves = ClassCurves(image_roc=image_roc, point_roc=point_roc, pro=pro,
                          object_scores=np.asarray(object_scores, np.float64),
                          object_labels=np.asarray(object_labels, np.uint8))
@@ -244,6 +354,15 @@ def _check_options(cfg: ScoreConfig) -> None:
         raise PadError(f"--sigma must be 0 or more (got {cfg.sigma})")
     if cfg.report_samples < 0:
         raise PadError(f"--report-samples must be 0 or more (got {cfg.report_samples})")
+    if cfg.fusion not in FUSIONS:
+        raise PadError(f"unknown --fusion '{cfg.fusion}' (choices: {', '.join(FUSIONS)})")
+    if cfg.protocol not in PROTOCOLS:
+        raise PadError(f"unknown --protocol '{cfg.protocol}' (choices: {', '.join(PROTOCOLS)})")
+    if cfg.prompts == "clip" and cfg.checkpoint:
+        raise PadError("--prompts clip scores the untrained CLIP baseline: leave out --checkpoint")
+    if cfg.prompts != "clip" and not cfg.checkpoint:
+        raise PadError("pad score needs --checkpoint RUN (a pad train or pad import-checkpoint run), "
+                       "or --prompts clip for the CLIP + Rendering baseline")
 
 
 def open_feature_store_for(cache: str, model_config: dict, checkpoint: str):
@@ -268,11 +387,24 @@ def plan_score(cfg: ScoreConfig) -> _Plan:
 
     _check_options(cfg)
     render = RenderStore.open(cfg.cache)
-    config = ckpt.load_config(cfg.checkpoint)
-    features, tag = open_feature_store_for(cfg.cache, config, cfg.checkpoint)
-    features.check_render_fingerprint(render.fingerprint)
+    if cfg.prompts == "clip":
+        from data_cache.feature_store import FeatureStore
+        from trainer.baseline import build_baseline
+
+        features = FeatureStore.open(cfg.cache, cfg.features)
+        tag = features.tag
+        features.check_render_fingerprint(render.fingerprint)
+        model = build_baseline(features.attrs, tag, _resolve_device(cfg.device))
+        config = model.config
+    else:
+        config = ckpt.load_config(cfg.checkpoint)
+        if cfg.features is not None and cfg.features != config["feature_tag"]:
+            raise PadError(f"--features '{cfg.features}' differs from the features the checkpoint was trained on "
+                           f"('{config['feature_tag']}')", cfg.checkpoint)
+        features, tag = open_feature_store_for(cfg.cache, config, cfg.checkpoint)
+        features.check_render_fingerprint(render.fingerprint)
     dim = int(features.attrs.get("dim", 0) or features.global_(0).shape[-1])
-    if dim != int(config["embed_dim"]):
+    if cfg.prompts != "clip" and dim != int(config["embed_dim"]):
         raise PadError(f"the features have dimension {dim} but the checkpoint's text embeddings have "
                        f"{config['embed_dim']}", features.path)
 
@@ -309,9 +441,10 @@ def plan_score(cfg: ScoreConfig) -> _Plan:
     use_rgb = bool(cfg.rgb and features.has_rgb and render.has_rgb)
     if cfg.rgb and render.has_rgb and not features.has_rgb:
         notes.append("the render store has RGB but the feature store has no RGB features; scoring point clouds only")
-    from trainer.model import load_model
+    if cfg.prompts != "clip":
+        from trainer.model import load_model
 
-    model = load_model(cfg.checkpoint, device=_resolve_device(cfg.device))
+        model = load_model(cfg.checkpoint, device=_resolve_device(cfg.device))
     ordered = {c: by_class[c] for c in sorted(by_class)}
     return _Plan(render, features, model, tag, ordered, use_rgb, notes)
 
@@ -364,7 +497,7 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
     for cls, indices in plan.classes.items():
         text = text_for(cls)
         obj_labels, obj_scores, obj_mm = [], [], []
-        p_labels, p_scores, p_mm, regions = [], [], [], []
+        p_labels, p_scores, p_mm, regions, ranged = [], [], [], [], []
         for i in indices:
             sample = render.read_sample(i, SAMPLE_FIELDS)
             sid = render.sample_ids[i]
@@ -373,34 +506,39 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
                 raise PadError(f"sample '{sid}' has RGB features but no grid_index to map them to its points",
                                render.path)
             result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
-                                  text=text, rgb=rgb)
+                                  text=text, rgb=rgb, fusion=cfg.fusion, protocol=cfg.protocol)
             labels = np.asarray(sample["labels"], np.uint8)
             label = int(sample["attrs"].get("label", int(labels.any())))
             res.write_point_scores(cfg.out, cls, sid, result.point_map, labels, result.multimodal_map)
             obj_labels.append(label)
             obj_scores.append(result.score)
-            p_labels.append(labels)
-            p_scores.append(result.point_map)
-            regions.append(regions_of(sample))
+            evaluated = _evaluated_maps(sample, labels, result)
+            p_labels.append(evaluated[0])
+            p_scores.append(evaluated[1])
+            regions.append(evaluated[2])
+            ranged.append(result.point_map)
             if result.multimodal_map is not None:
                 obj_mm.append(result.multimodal_score)
-                p_mm.append(result.multimodal_map)
+                p_mm.append(evaluated[3])
             row = [sid, cls, sid.split("/")[1], label, result.score]
             rows.append(row + ([result.multimodal_score] if plan.use_rgb else []))
             ranking.append((result.score, i, cls))
             bar.update(1)
+        aupro = "official" if cfg.protocol == "pointad" else "exact"
         per_class[cls], curves[cls] = class_metrics(np.asarray(obj_labels), np.asarray(obj_scores),
-                                                    p_labels, p_scores, regions)
+                                                    p_labels, p_scores, regions, aupro=aupro)
         if plan.use_rgb:
-            per_class_mm[cls], _ = class_metrics(np.asarray(obj_labels), np.asarray(obj_mm), p_labels, p_mm, regions)
-        lo = float(min(s.min(initial=np.inf) for s in p_scores))
-        hi = float(max(s.max(initial=-np.inf) for s in p_scores))
+            per_class_mm[cls], _ = class_metrics(np.asarray(obj_labels), np.asarray(obj_mm), p_labels, p_mm, regions,
+                                                 aupro=aupro)
+        lo = float(min(s.min(initial=np.inf) for s in ranged))
+        hi = float(max(s.max(initial=-np.inf) for s in ranged))
         ranges[cls] = (lo, hi)
-        del p_labels, p_scores, p_mm, regions
+        del p_labels, p_scores, p_mm, regions, ranged
         _write_class_plys(cfg.out, render, cls, indices, lo, hi)
     bar.close()
 
     doc = res.metrics_document(per_class, per_class_mm if plan.use_rgb else None)
+    doc["protocol"] = cfg.protocol
     res.write_metrics(cfg.out, doc)
     res.write_scores_csv(cfg.out, rows, plan.use_rgb)
     res.write_json(os.path.join(cfg.out, "score_config.json"),
@@ -414,7 +552,7 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
         sample = render.read_sample(i, SAMPLE_FIELDS)
         sid = render.sample_ids[i]
         result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
-                              text=text_for(cls), with_maps=True)
+                              text=text_for(cls), with_maps=True, protocol=cfg.protocol)
         report_samples.append(ReportSample(
             id=sid, cls=cls, label=int(sample["attrs"].get("label", int(np.any(sample["labels"])))),
             score=result.score, images=render.images(i), view_maps=result.view_maps, points=sample["points"],
@@ -424,13 +562,29 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
             ply=res.sample_relpath("ply", cls, sid, ".ply")))
     config = model.config
     info = ReportInfo(title="pad score", notes=notes, facts=[
-        ("cache", os.path.abspath(cfg.cache)), ("checkpoint", os.path.abspath(cfg.checkpoint)),
+        ("cache", os.path.abspath(cfg.cache)),
+        ("checkpoint", os.path.abspath(cfg.checkpoint) if cfg.checkpoint else "none (CLIP + Rendering baseline)"),
         ("model", f"{config.get('model')} ({config.get('prompt_style')} prompts)"),
-        ("features", plan.tag), ("trained on", ", ".join(config.get("training_classes", []))),
+        ("features", plan.tag), ("trained on", ", ".join(config.get("training_classes", [])) or "nothing"),
         ("scored", f"{total} samples of {len(plan.classes)} class(es), split(s) {cfg.splits}"),
-        ("smoothing", f"sigma {cfg.sigma:g}"), ("RGB fused", "yes" if plan.use_rgb else "no")])
+        ("smoothing", f"sigma {cfg.sigma:g}"), ("metrics protocol", cfg.protocol),
+        ("RGB fused", f"yes ({cfg.fusion} fusion)" if plan.use_rgb else "no")])
     write_report(cfg.out, doc, curves, report_samples, info)
     return dict(doc, notes=notes)
+
+
+def _evaluated_maps(sample: dict, labels: np.ndarray, result: SampleScore):
+    """What the metrics of one sample are computed on: (labels, scores, regions, multimodal scores),
+    flat arrays. The points and their point maps, except for an organized scan scored with
+    ``--protocol pointad``: the 336×336 grid pixels (background included), the official mask
+    and 8-connected mask regions."""
+    if result.grid_map is None:
+        return labels, result.point_map, regions_of(sample), result.multimodal_map
+    from trainer.official_grid import grid_regions_2d, mask_to_grid
+
+    mask = mask_to_grid(labels, sample["grid_index"], sample["attrs"]["grid_shape"])
+    mm = None if result.grid_multimodal is None else result.grid_multimodal.reshape(-1)
+    return mask.reshape(-1).astype(np.uint8), result.grid_map.reshape(-1), grid_regions_2d(mask), mm
 
 
 def _write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: float, hi: float) -> None:

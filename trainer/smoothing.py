@@ -107,10 +107,10 @@ def smooth_grid(values, grid_index, grid_shape: tuple[int, int], sigma_px: float
         return vals.copy()
     cols = vals.reshape(vals.shape[0], -1)
     count = np.bincount(index, minlength=h * w).astype(np.float64).reshape(h, w)
-    den = gaussian_filter(count, sigma_px, mode="constant", truncate=truncate)
+    den = gaussian_filter(count, sigma_px, mode="constant", truncate=truncate).reshape(-1)[index]
     out = np.empty(cols.shape, dtype=np.float64)
     for ch in range(cols.shape[1]):                       # channels, not points
         total = np.bincount(index, weights=cols[:, ch], minlength=h * w).reshape(h, w)
         num = gaussian_filter(total, sigma_px, mode="constant", truncate=truncate)
-        out[:, ch] = (num.reshape(-1) / den.reshape(-1))[index]
+        out[:, ch] = num.reshape(-1)[index] / den    # > 0 at every occupied pixel
     return out.reshape(vals.shape).astype(vals.dtype, copy=False)
