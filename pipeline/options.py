@@ -16,19 +16,21 @@ DATASET_FORMATS = ("auto", "mvtec3d", "eyecandies", "real3d", "shapenet", "gener
 class SynthConfig:
     """``pad synth OUT``: write the built-in procedural dataset (OUT/<class>/{train,test}/*.ply,
     binary PLY with x y z nx ny nz label, plus OUT/synth.json), or add synthetic anomalies
-    (bulge, concavity, hole, crack, scratch) to the user's own normal clouds (``--from``):
-    OUT/<name of NORMAL_DIR>/train holds the inputs untouched, OUT/<name>/test one copy of each
-    (at least ``--per-class`` copies), about ``--anomaly-ratio`` of them with a defect."""
+    (bulge, concavity, hole, crack, scratch) to the user's own normal clouds (``--from``): every
+    directory of NORMAL_DIR holding point files is one product, OUT/<product>/train holds its
+    inputs untouched, OUT/<product>/test moved, resampled and jittered copies of them (at least
+    ``--per-class``), about ``--anomaly-ratio`` of them with a defect."""
     out: str = option(help="Output dataset directory (generic layout).", argument=True)
     from_dir: str | None = option(None, "Directory of the user's own normal clouds (.ply .pcd .npy .npz .xyz "
-                                        ".txt, searched recursively); anomalies are synthesized on copies of "
-                                        "them instead of procedural shapes.",
+                                        ".txt): each directory in it that holds point files is one product "
+                                        "(files directly in it: a product named after it); anomalies are "
+                                        "synthesized on moved copies of them instead of procedural shapes.",
                                   metavar="NORMAL_DIR")
     n_classes: int = option(6, "Number of procedural object classes, at most 9 (ignored with --from).")
     per_class: int = option(8, "Samples per class and split (test split: about --anomaly-ratio anomalous); "
-                               "with --from, the least number of test copies.")
+                               "with --from, the least number of test copies per product.")
     points: int = option(8000, "Points per procedural cloud (varied ±25% per sample; ignored with --from).")
-    anomaly_ratio: float = option(0.5, "Fraction of test samples that get an anomaly.")
+    anomaly_ratio: float = option(0.5, "Fraction of test samples (per class or product) that get an anomaly.")
     seed: int = option(0, "Random seed: the same seed writes the same bytes.")
 
 
