@@ -92,7 +92,7 @@ def main() -> None:
     from data_cache.render_store import RenderStore
     from trainer.model import load_model, predict_views
     from trainer.options import ScoreConfig
-    from trainer.projection import back_project, counted_views, nearest_seen_source
+    from trainer.projection import back_project, counted_views, view_donors
     from trainer.scoring import SAMPLE_FIELDS, score_cache, score_sample
 
     root = args.keep or tempfile.mkdtemp(prefix="pad-score-bench-")
@@ -126,7 +126,7 @@ def main() -> None:
             _, maps = predict_views(model, features.global_(i), features.patch(i), render.image_size, text=text)
             pixel, visible = sample["pixel"], sample["visible"]
             seen = counted_views(pixel, visible, maps.shape[1], maps.shape[2]).any(axis=1)
-            source = nearest_seen_source(seen, sample["knn"], sample["points"])  # as score_sample: once per sample
+            source = view_donors(seen)  # as score_sample: once per sample
             t0 = time.perf_counter()
             fast = back_project(torch.as_tensor(maps), pixel, visible, source=source).numpy()
             fast_s += time.perf_counter() - t0

@@ -115,7 +115,7 @@ class TrainDataset(torch.utils.data.Dataset):
     An item is a dict: ``index`` (store index), ``class`` str, ``label`` int, ``global`` (V, D)
     float16, ``patch`` (V, L, G·G, D) float16, ``gt2d`` (V, H, W) uint8, ``pixel`` (N, V, 2)
     int16, ``visible`` (N, V) bool, ``source`` (N,) int64 (whose value each point takes, see
-    :func:`trainer.projection.nearest_seen_source`), ``labels`` (N,) uint8 and, with
+    :func:`trainer.projection.view_donors`), ``labels`` (N,) uint8 and, with
     ``geometry_points`` > 0, ``geo_features`` (M, L, D) float32 (G-aggregated features of M
     random points, M = min(geometry_points, N)) and ``geo_labels`` (M,) uint8.
     Stores are opened lazily in whichever process reads (safe for DataLoader workers).
@@ -173,7 +173,7 @@ def build_item(index: int, sample: dict, gt2d: np.ndarray, global_: np.ndarray, 
     attrs = sample.get("attrs", {})
     pixel = np.asarray(sample["pixel"], dtype=np.int16)
     visible = np.asarray(sample["visible"], dtype=bool)
-    source = point_sources(pixel, visible, image_size, sample["knn"], sample.get("points"))
+    source = point_sources(pixel, visible, image_size)
     patch_t = patch if isinstance(patch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(patch))
     global_t = global_ if isinstance(global_, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(global_))
     item = {"index": int(index), "class": str(attrs.get("class", default_class)),

@@ -18,7 +18,8 @@ Conventions (see "The model" in DESIGN.md):
   AnomalyCLIP), while the map S_k used for points and inference is the *mean* over layers,
   so it stays a probability in [0, 1] (identical for the default single layer);
 - implicit point scores S3d(j): mean of S_k at j's pixel over the views where j is visible,
-  points seen nowhere take a nearby seen point's value (:func:`trainer.projection.back_project`);
+  a point seen nowhere is read at its own pixels in the views of a donor point, as the official
+  code (:func:`trainer.projection.view_donors`);
 - explicit point scores T(j): softmax over the geometry prompts of cos(q̂_j, e)/τ, q̂ the
   G-aggregated point features (:func:`trainer.projection.geometry_features`), mean over layers.
 """
@@ -278,7 +279,7 @@ def predict_sample(model: PointADModel, global_: Any, patch: Any, sample: dict, 
     pixel, visible = np.asarray(sample["pixel"]), np.asarray(sample["visible"], dtype=bool)
     knn, knn_dist, points = sample.get("knn"), sample.get("knn_dist"), sample.get("points")
     view_probs, maps = predict_views(model, global_, patch, image_size, text=text)
-    source = point_sources(pixel, visible, image_size, knn, points)
+    source = point_sources(pixel, visible, image_size)
     implicit = back_project(torch.as_tensor(maps, device=device), pixel, visible, source=source)
     explicit = None
     if "geometry" in text:

@@ -9,8 +9,9 @@ All inputs come straight from the render store (one sample) and the feature stor
   ``p = r·G + c``).
 
 A point *counts* in a view when it is visible there and its pixel lies inside the image;
-a point that counts in no view (occluded everywhere) takes the value of a *source* point,
-chosen by :func:`nearest_seen_source`. Gathers and sparse products only: no per-point
+a point that counts in no view (occluded everywhere) borrows the views of a *donor* point, as
+the official PointAD code does (:func:`view_donors`): it is then read at its own pixels in the
+views where its donor counts. Gathers and sparse products only: no per-point
 Python loop. Everything is differentiable with respect to ``view_maps`` / ``patch`` /
 ``features`` (the index structures are constants).
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.spatial import cKDTree
 
 from data_cache.errors import PadError
 from trainer.knn_graph import as_numpy, median_spacing, neighbour_mask
@@ -52,81 +52,67 @@ def counted_views(pixel, visible, height: int, width: int) -> np.ndarray:
     return (as_numpy(visible).astype(bool) & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width))
 
 
-def point_sources(pixel, visible, image_size: int, knn=None, points=None) -> np.ndarray:
-    """(N,) int64 :func:`nearest_seen_source` of a sample whose seen points are those that
-    count in at least one view (:func:`counted_views` on a square ``image_size`` image)."""
+def point_sources(pixel, visible, image_size: int) -> np.ndarray:
+    """(N,) int64 :func:`view_donors` of a sample whose seen points are those that count in at
+    least one view (:func:`counted_views` on a square ``image_size`` image)."""
     seen = counted_views(pixel, visible, image_size, image_size).any(axis=1)
-    return nearest_seen_source(seen, knn, points)
+    return view_donors(seen)
 
 
-def nearest_seen_source(seen, knn=None, points=None) -> np.ndarray:
-    """For each point, the point whose value it takes: itself when seen, otherwise a
-    nearby seen point.
+def view_donors(seen) -> np.ndarray:
+    """For each point, the point whose views it is read in: itself when seen, else a donor, by
+    the rule of the official ``dataset.py`` (``generate_is_seen_for_point_in_each_view``) applied
+    to the points in their stored order (raster order for organized scans).
 
-    ``seen``: (N,) bool (counts in at least one view); ``knn``: (N, k) int or None;
-    ``points``: (N, 3) float or None. Returns (N,) int64: a seen point's index, or -1
-    meaning "the mean over all seen points". Rules, in order, for an unseen point:
+    The official loop visits the unseen points in index order; point i takes the visibility
+    flags of the nearest point in index order that has any (points visited before it have
+    borrowed theirs already): of the next seen point above (searching up, then wrapping to the
+    first point) and the point just below, the nearer, ties to the one above. Vectorized:
 
-    1. the first seen neighbour in ``knn`` order (the nearest seen one among its k);
-    2. when none of its k neighbours is seen: with ``points``, the nearest seen point
-       (a cKDTree over the seen points); without, the source of the first neighbour
-       that got one, repeated hop by hop through the graph until nothing changes;
-    3. a point still without source (a graph component with no seen point) gets -1.
+    - i = 0: the first seen point;
+    - else, when i + 1 is seen (or, with no seen point above, when i is one of the last two
+      points: the wrap candidate, point 0, is that near): that point (for the wrap, point 0's
+      donor);
+    - else: the donor of i − 1, i.e. of the nearest point below that is seen or ends such a chain.
 
-    Raises PadError when no point is seen at all (a broken rendering).
+    ``seen``: (N,) bool. Returns (N,) int64 indices of seen points. PadError when no point is
+    seen at all (a broken rendering).
     """
     seen = as_numpy(seen).astype(bool).reshape(-1)
     n = seen.shape[0]
     if not seen.any():
         raise PadError("no point of the sample is visible in any view; render the sample again")
-    src = np.where(seen, np.arange(n, dtype=np.int64), -1)
+    idx = np.arange(n, dtype=np.int64)
+    donor = idx.copy()
     if seen.all():
-        return src
-    if knn is not None:
-        knn = as_numpy(knn).astype(np.int64)
-        valid = neighbour_mask(knn)
-        safe = np.clip(knn, 0, n - 1)
-        pending = np.flatnonzero(src < 0)
-        _adopt(src, pending, safe, valid, seen)
-    pending = np.flatnonzero(src < 0)
-    if pending.size and points is not None:
-        pts = as_numpy(points).astype(np.float64)
-        seen_idx = np.flatnonzero(seen)
-        _, nearest = cKDTree(pts[seen_idx]).query(pts[pending])
-        src[pending] = seen_idx[nearest]
-    elif pending.size and knn is not None:
-        while pending.size:
-            if not _adopt(src, pending, safe, valid, src >= 0):
-                break
-            pending = np.flatnonzero(src < 0)
-    return src
+        return donor
+    # first seen index strictly above i (n when none)
+    marks = np.where(seen, idx, n)
+    above = np.minimum.accumulate(marks[::-1])[::-1]
+    next_seen = np.append(above[1:], n)
+    first_seen = int(above[0])
+    root0 = 0 if seen[0] else first_seen
+    unseen = ~seen
+    terminal = unseen & ((idx == 0) | ((next_seen < n) & (next_seen - idx <= 1)) | ((next_seen == n) & (n - 1 - idx <= 1)))
+    target = np.where(idx == 0, first_seen, np.where(next_seen < n, next_seen, root0))
+    donor[terminal] = target[terminal]
+    # the rest inherit from the nearest point below that is seen or terminal
+    anchors = np.where(seen | terminal, idx, -1)
+    below = np.maximum.accumulate(np.r_[-1, anchors[:-1]])
+    rest = unseen & ~terminal
+    donor[rest] = donor[below[rest]]
+    return donor
 
 
-def _adopt(src: np.ndarray, pending: np.ndarray, safe: np.ndarray, valid: np.ndarray,
-           donor: np.ndarray) -> bool:
-    """Give each pending point the source of its first donor neighbour; True if any got one."""
-    nb = safe[pending]
-    ok = valid[pending] & donor[nb]
-    has = ok.any(axis=1)
-    if not has.any():
-        return False
-    first = ok.argmax(axis=1)
-    chosen = nb[np.flatnonzero(has), first[has]]
-    src[pending[has]] = src[chosen]
-    return True
-
-
-def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
-                 source: np.ndarray | None = None) -> torch.Tensor:
+def back_project(view_maps: torch.Tensor, pixel, visible, source: np.ndarray | None = None) -> torch.Tensor:
     """Point scores from per-view maps: S3d(j) = mean over the views where j counts of the
-    map at j's pixel.
+    map at j's pixel (the official ``back_to_3d``).
 
     ``view_maps``: (V, H, W) or (V, C, H, W) float tensor (e.g. anomaly probability, or
     C = 2 normal/anomalous maps); ``pixel``: (N, V, 2) int (row, col); ``visible``: (N, V)
-    bool; ``knn`` (N, k) int and ``points`` (N, 3) float, optional, choose the source of
-    points seen nowhere (see :func:`nearest_seen_source`; ``source`` (N,) int64 passes a
-    precomputed one). Returns (N,) or (N, C) tensor, dtype and device of ``view_maps``,
-    differentiable with respect to ``view_maps``.
+    bool; ``source``: (N,) int64 :func:`view_donors` (computed when None): a point seen nowhere
+    is read at its own pixels in the views where its donor counts. Returns (N,) or (N, C)
+    tensor, dtype and device of ``view_maps``, differentiable with respect to ``view_maps``.
     """
     squeeze = view_maps.ndim == 3
     maps = view_maps.unsqueeze(1) if squeeze else view_maps
@@ -137,6 +123,9 @@ def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
     if pixel.ndim != 3 or pixel.shape[1:] != (v, 2):
         raise ValueError(f"back_project: pixel must be (N, {v}, 2), got {pixel.shape}")
     counts = counted_views(pixel, visible, h, w)                                   # (N, V)
+    if source is None:
+        source = view_donors(counts.any(axis=1))
+    counts = counts[np.asarray(source, dtype=np.int64)]                           # borrowed views
     rows = np.clip(pixel[..., 0].astype(np.int64), 0, h - 1)
     cols = np.clip(pixel[..., 1].astype(np.int64), 0, w - 1)
     flat = (np.arange(v, dtype=np.int64)[None, :] * h + rows) * w + cols            # (N, V)
@@ -144,40 +133,25 @@ def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
     table = maps.permute(0, 2, 3, 1).reshape(v * h * w, c)                          # (V·H·W, C)
     weight = torch.as_tensor(counts, device=device, dtype=maps.dtype)               # (N, V)
     values = table[torch.as_tensor(flat, device=device)]                             # (N, V, C)
-    n_views = weight.sum(dim=1, keepdim=True)
-    direct = (values * weight[..., None]).sum(dim=1) / n_views.clamp(min=1.0)        # (N, C)
-    seen = counts.any(axis=1)
-    if source is None:
-        source = nearest_seen_source(seen, knn, points)
-    out = _fill(direct, np.asarray(source, dtype=np.int64), seen)
+    out = (values * weight[..., None]).sum(dim=1) / weight.sum(dim=1, keepdim=True)  # every row has a view
     return out[:, 0] if squeeze else out
 
 
-def _fill(direct: torch.Tensor, source: np.ndarray, seen: np.ndarray) -> torch.Tensor:
-    """Rows of ``direct`` (N, ...) taken from their source rows; -1 rows get the mean of seen rows."""
-    device = direct.device
-    out = direct[torch.as_tensor(np.maximum(source, 0), device=device)]
-    orphan = source < 0
-    if orphan.any():
-        mean = direct[torch.as_tensor(np.flatnonzero(seen), device=device)].mean(dim=0)
-        mask = torch.as_tensor(orphan, device=device).reshape((-1,) + (1,) * (direct.ndim - 1))
-        out = torch.where(mask, mean.expand_as(out), out)
-    return out
-
-
-def projection_matrix(pixel, visible, image_size: int, grid: int) -> sp.csr_matrix:
+def projection_matrix(pixel, visible, image_size: int, grid: int, views: np.ndarray | None = None) -> sp.csr_matrix:
     """The linear map from patch tokens to point features, for the given points.
 
     Row j averages, over the views where point j counts, the bilinear interpolation of
     that view's G×G token grid at the point's pixel centre: with the pixel (row, col),
     ``u = (col + 0.5)·G/image_size - 0.5`` (likewise for the row), the convention of
     ``grid_sample(align_corners=False, padding_mode="border")``. Column ``v·G² + r·G + c``
-    is token (r, c) of view v. ``pixel``: (n, V, 2) int; ``visible``: (n, V) bool.
-    Returns (n, V·G²) float32 CSR; rows of points that count in no view are empty.
+    is token (r, c) of view v. ``pixel``: (n, V, 2) int; ``visible``: (n, V) bool; ``views``: (n, V) bool, the views
+    each row is averaged over (default: where the point counts; :func:`point_rows` passes a
+    donor's views for points seen nowhere). Returns (n, V·G²) float32 CSR; rows without a view
+    are empty.
     """
     pixel = as_numpy(pixel)
     n, v = pixel.shape[:2]
-    counts = counted_views(pixel, visible, image_size, image_size)                 # (n, V)
+    counts = counted_views(pixel, visible, image_size, image_size) if views is None else as_numpy(views)
     scale = grid / float(image_size)
     coord = (pixel.astype(np.float64) + 0.5) * scale - 0.5                          # (n, V, 2)
     low = np.floor(coord)
@@ -262,24 +236,13 @@ def g_aggregate(features: torch.Tensor, knn, knn_dist, alpha: float = ALPHA,
     return _sparse_apply(mat, features.reshape(n, -1)).reshape(features.shape)
 
 
-def _source_rows(pixel, visible, source: np.ndarray, image_size: int, grid: int) -> sp.csr_matrix:
-    """Projection rows for points given by their source indices (-1 = mean over seen points)."""
+def point_rows(pixel, visible, source: np.ndarray, rows: np.ndarray, image_size: int, grid: int) -> sp.csr_matrix:
+    """:func:`projection_matrix` rows of the points ``rows`` (n,) int, each averaged over the views
+    where its donor ``source[row]`` counts (itself when seen), at its own pixels. Returns (n, V·G²)."""
     pixel = as_numpy(pixel)
-    visible = as_numpy(visible)
-    wanted = source[source >= 0]
-    uniq, inverse = np.unique(wanted, return_inverse=True)
-    blocks = [projection_matrix(pixel[uniq], visible[uniq], image_size, grid)]
-    col = np.empty(source.shape[0], dtype=np.int64)
-    col[source >= 0] = inverse
-    if (source < 0).any():
-        seen = np.flatnonzero(counted_views(pixel, visible, image_size, image_size).any(axis=1))
-        mean = projection_matrix(pixel[seen], visible[seen], image_size, grid).mean(axis=0)
-        blocks.append(sp.csr_matrix(np.asarray(mean, dtype=np.float32)))
-        col[source < 0] = uniq.shape[0]
-    stacked = sp.vstack(blocks).tocsr()
-    pick = sp.csr_matrix((np.ones(source.shape[0], dtype=np.float32), (np.arange(source.shape[0]), col)),
-                         shape=(source.shape[0], stacked.shape[0]))
-    return (pick @ stacked).tocsr()
+    counts = counted_views(pixel, visible, image_size, image_size)
+    rows = np.asarray(rows, dtype=np.int64)
+    return projection_matrix(pixel[rows], None, image_size, grid, views=counts[np.asarray(source)[rows]])
 
 
 def _check_patch(patch: torch.Tensor, pixel, grid: int) -> None:
@@ -295,30 +258,29 @@ def _apply_to_patch(mat: sp.spmatrix, patch: torch.Tensor) -> torch.Tensor:
     return _sparse_apply(mat, tokens).reshape(mat.shape[0], l, d)
 
 
-def point_features(patch: torch.Tensor, pixel, visible, image_size: int, grid: int, knn=None,
-                   points=None, index=None, source: np.ndarray | None = None) -> torch.Tensor:
-    """Explicit point features q_j: the patch features bilinearly sampled at the point's
-    pixel, averaged over the views where the point counts (PointAD+'s first aggregation).
+def point_features(patch: torch.Tensor, pixel, visible, image_size: int, grid: int, index=None,
+                   source: np.ndarray | None = None) -> torch.Tensor:
+    """Explicit point features q_j: the patch features bilinearly sampled at the point's pixel,
+    averaged over the views where the point counts (PointAD+'s first aggregation).
 
     ``patch``: (V, L, P, D) float tensor, P = grid², one sample's patch tokens per view
     and tapped layer; ``pixel``: (N, V, 2) int; ``visible``: (N, V) bool; ``image_size``:
     the render size S (pixels); ``grid``: G. Sampling convention in
-    :func:`projection_matrix`. Points seen nowhere take their source's features (``knn``,
-    ``points``, ``source`` as in :func:`back_project`). ``index``: (n,) int to compute only
-    some points (default all). Returns (n, L, D) float32, differentiable w.r.t. ``patch``.
-    For large clouds pass ``index`` in chunks: the full result is N·L·D floats.
+    :func:`projection_matrix`. Points seen nowhere are read in their donor's views
+    (``source`` as in :func:`back_project`). ``index``: (n,) int to compute only some points
+    (default all). Returns (n, L, D) float32, differentiable w.r.t. ``patch``. For large
+    clouds pass ``index`` in chunks: the full result is N·L·D floats.
     """
     _check_patch(patch, pixel, grid)
     n = as_numpy(pixel).shape[0]
     if source is None:
-        source = point_sources(pixel, visible, image_size, knn, points)
+        source = point_sources(pixel, visible, image_size)
     rows = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
-    mat = _source_rows(pixel, visible, np.asarray(source, dtype=np.int64)[rows], image_size, grid)
-    return _apply_to_patch(mat, patch)
+    return _apply_to_patch(point_rows(pixel, visible, source, rows, image_size, grid), patch)
 
 
 def geometry_features(patch: torch.Tensor, pixel, visible, knn, knn_dist, image_size: int, grid: int,
-                      alpha: float = ALPHA, sigma: float | None = None, index=None, points=None,
+                      alpha: float = ALPHA, sigma: float | None = None, index=None,
                       source: np.ndarray | None = None) -> torch.Tensor:
     """G-aggregated point features q̂ for some points: ``g_aggregate(point_features(...))``
     restricted to ``index``, computed from the few points it needs only.
@@ -329,10 +291,10 @@ def geometry_features(patch: torch.Tensor, pixel, visible, knn, knn_dist, image_
     _check_patch(patch, pixel, grid)
     n_all = as_numpy(pixel).shape[0]
     if source is None:
-        source = point_sources(pixel, visible, image_size, knn, points)
+        source = point_sources(pixel, visible, image_size)
     rows = np.arange(n_all) if index is None else np.asarray(index, dtype=np.int64)
     agg = aggregation_matrix(knn, knn_dist, alpha, sigma, rows=rows)               # (n, N)
     needed = np.unique(agg.indices)
     agg = agg[:, needed]                                                            # (n, m)
-    proj = _source_rows(pixel, visible, np.asarray(source, dtype=np.int64)[needed], image_size, grid)
+    proj = point_rows(pixel, visible, source, needed, image_size, grid)
     return _apply_to_patch((agg @ proj).tocsr(), patch)
