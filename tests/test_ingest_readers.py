@@ -169,6 +169,15 @@ def test_empty_cloud(tmp_path, ext):
     _raises(path, "empty")
 
 
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".txt", ".xyz", ".ply", ".pcd"])
+def test_zero_byte_file_says_empty_file(tmp_path, ext):
+    path = tmp_path / f"nothing{ext}"
+    path.write_bytes(b"")
+    with pytest.raises(PadError) as info:
+        read_cloud(path)
+    assert str(info.value) == f"{path}: empty file"
+
+
 def test_label_count_differs_from_point_count(tmp_path):
     np.savez(tmp_path / "c.npz", points=blob(10, 1), labels=np.zeros(9, np.uint8))
     _raises(tmp_path / "c.npz", "9 labels for 10 points")

@@ -29,6 +29,16 @@ def fail(path: str | os.PathLike, problem: str) -> PadError:
     return PadError(problem, path=path)
 
 
+def check_not_empty(path: str | os.PathLike) -> None:
+    """PadError "empty file" for a file of 0 bytes (before any reader gives a confusing message)."""
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        return  # the reader reports a missing or unreadable file itself
+    if empty:
+        raise fail(path, "empty file")
+
+
 def wrap(path: str | os.PathLike, what: str, exc: BaseException) -> PadError:
     """Turn a third-party exception into a one-line :class:`PadError` naming ``path``."""
     detail = " ".join(str(exc).split())[:200] or type(exc).__name__

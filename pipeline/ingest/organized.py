@@ -15,7 +15,7 @@ import numpy as np
 from data_cache.errors import PadError
 from pipeline.sample import Sample, SampleRef
 
-from .cloud import fail, wrap
+from .cloud import check_not_empty, fail, wrap
 from .constants import MAX_COMPRESSION_RATIO
 from .plane import background_plane_mask
 
@@ -27,6 +27,7 @@ def read_xyz_tiff(path: str) -> np.ndarray:
     """
     import tifffile
 
+    check_not_empty(path)
     try:
         size = os.path.getsize(path)
         with tifffile.TiffFile(path) as tif:
@@ -55,6 +56,7 @@ def read_image(path: str, shape: tuple[int, int], mode: str) -> np.ndarray:
     """A PNG/JPEG as uint8, (H, W, 3) for ``mode`` "RGB" or (H, W) for "L"; its size must be ``shape``."""
     from PIL import Image
 
+    check_not_empty(path)
     try:
         with Image.open(path) as image:
             if (image.height, image.width) != tuple(shape):

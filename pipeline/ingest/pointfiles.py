@@ -31,7 +31,7 @@ import numpy as np
 
 from data_cache.errors import PadError
 
-from .cloud import Cloud, fail, finish_cloud, wrap
+from .cloud import Cloud, check_not_empty, fail, finish_cloud, wrap
 from .constants import LZF_MAX_RATIO, MAX_COMPRESSION_RATIO, MIN_ASCII_VALUE_BYTES, PCD_MAX_VALUES_PER_POINT
 
 POINT_EXTENSIONS = (".ply", ".pcd", ".npy", ".npz", ".xyz", ".txt")
@@ -53,6 +53,7 @@ def read_cloud(path: str | os.PathLike) -> Cloud:
                          f"expected one of {' '.join(POINT_EXTENSIONS)}")
     if not os.path.isfile(path):
         raise fail(path, "no such file")
+    check_not_empty(path)
     try:
         return reader(path)
     except PadError:
