@@ -82,3 +82,31 @@ def test_stages_talk_only_through_data_cache():
     bad += [(f, m) for f, m in _imports("pipeline") if m.split(".")[0] in ("trainer", "workflows")]
     bad += [(f, m) for f, m in _imports("data_cache") if m.split(".")[0] in ("pipeline", "trainer", "workflows")]
     assert not bad, f"imports crossing stage boundaries: {bad}"
+
+
+def test_one_name_per_meaning_across_commands():
+    """Training classes are --train-classes wherever they are chosen, --classes is always a list of
+    class names (never a count), and pad evaluate takes every option of pad train and pad score."""
+    import dataclasses
+
+    from pipeline.options import RenderConfig, SynthConfig
+    from trainer.options import (CrossDatasetConfig, OneVsRestConfig, ScoreConfig, ScoringOptions, TrainConfig,
+                                 TrainingOptions)
+    from workflows.options import DemoConfig
+
+    def names(cls):
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    for cls in (TrainConfig, OneVsRestConfig, CrossDatasetConfig, DemoConfig):
+        assert "train_classes" in names(cls), cls.__name__
+    for cls in (TrainConfig, OneVsRestConfig, CrossDatasetConfig, DemoConfig, SynthConfig, ScoreConfig, RenderConfig):
+        field = names(cls).get("classes")
+        assert field is None or field.type in ("str", "str | None"), cls.__name__
+    assert "n_classes" in names(SynthConfig) and "n_classes" in names(DemoConfig)
+    shared = set(names(TrainingOptions)) | set(names(ScoringOptions))
+    for cls in (OneVsRestConfig, CrossDatasetConfig):
+        assert shared <= set(names(cls))
+        result = CliRunner().invoke(cli.main, ["evaluate", "one-vs-rest" if cls is OneVsRestConfig else "cross-dataset",
+                                               "--help"], terminal_width=200)
+        for name in shared:
+            assert f"--{name.replace('_', '-')}" in result.output, name
