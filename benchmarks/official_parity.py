@@ -143,6 +143,7 @@ def main() -> None:
             score = 0.5 * float(point_map.max()) + 0.5 * float(probs.mean())          # test.py pr_sp
             fig["score_max"] = max(fig["score_max"], abs(rows[sid] - score))
             fig["unseen"] += int((~visible.any(axis=1)).sum())
+        fig["patch_cos_min"] = f"{fig['patch_cos_min']:.7f}"
         print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in fig.items()))
     finally:
         if not args.work:
