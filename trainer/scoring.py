@@ -408,28 +408,9 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
                     "multimodal": plan.use_rgb, "notes": plan.notes})
     notes = plan.notes + res.undefined_metrics(doc)
 
-    top = sorted(ranking, key=lambda t: (-t[0], t[1]))[: cfg.report_samples]
-    report_samples = []
-    for score, i, cls in top:
-        sample = render.read_sample(i, SAMPLE_FIELDS)
-        sid = render.sample_ids[i]
-        result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
-                              text=text_for(cls), with_maps=True)
-        report_samples.append(ReportSample(
-            id=sid, cls=cls, label=int(sample["attrs"].get("label", int(np.any(sample["labels"])))),
-            score=result.score, images=render.images(i), view_maps=result.view_maps, points=sample["points"],
-            point_scores=result.point_map, point_labels=sample["labels"], lo=ranges[cls][0], hi=ranges[cls][1],
-            gt2d=render.gt2d(i), view_names=[v.get("name", f"view {k}") for k, v in enumerate(render.views)],
-            multimodal_score=next((r[5] for r in rows if r[0] == sid), None) if plan.use_rgb else None,
-            ply=res.sample_relpath("ply", cls, sid, ".ply")))
-    config = model.config
-    info = ReportInfo(title="pad score", notes=notes, facts=[
-        ("cache", os.path.abspath(cfg.cache)), ("checkpoint", os.path.abspath(cfg.checkpoint)),
-        ("model", f"{config.get('model')} ({config.get('prompt_style')} prompts)"),
-        ("features", plan.tag), ("trained on", ", ".join(config.get("training_classes", []))),
-        ("scored", f"{total} samples of {len(plan.classes)} class(es), split(s) {cfg.splits}"),
-        ("smoothing", f"sigma {cfg.sigma:g}"), ("RGB fused", "yes" if plan.use_rgb else "no")])
-    write_report(cfg.out, doc, curves, report_samples, info)
+    from trainer.score_report import write_score_report
+
+    write_score_report(cfg, plan, rows, ranges, doc, curves, notes, text_for, total)
     return dict(doc, notes=notes)
 
 
