@@ -36,7 +36,7 @@ VIEWER_JS = "pad_viewer.js"
 DEFAULT_VIEW_POINTS = 50000
 TOP_FRACTION = 0.25          # of a decimated view: the highest-valued points, the rest evenly sampled
 GROUND_TRUTH_FRACTION = 0.2  # of the budget at most for the ground-truth trace
-GT_COLOR = "rgb(230,20,20)"
+GT_COLOR = "rgb(255,0,255)"  # magenta: not a colour of the score maps (jet, viridis)
 ID_PREFIX = "pad-view-"
 
 _CSS = """
@@ -44,9 +44,20 @@ _CSS = """
 .pad-viewer{width:560px;height:480px;border:1px solid #ddd;background:#fff}
 .pad-caption{margin:4px 0 8px;color:#333}
 .pad-caption span{margin-right:14px}
-.pad-views{max-width:760px}
+.pad-views{flex:1 1 420px;min-width:320px;margin:0}
 .pad-views img{max-width:100%;border:1px solid #ddd}
 """
+
+
+def _plotly():
+    """(plotly.graph_objects, plotly.io); PadError saying how to install plotly when it is missing."""
+    try:
+        import plotly.graph_objects as go
+        import plotly.io as pio
+    except ImportError:
+        raise PadError("the interactive 3D views need the plotly package: pip install 'plotly>=6' "
+                       "(or make setup)") from None
+    return go, pio
 
 
 # ---------------------------------------------------------------------------- decimation
@@ -73,6 +84,24 @@ def decimate(values: np.ndarray, max_points: int, seed: int = 0, top_fraction: f
     return np.sort(np.concatenate([top, sampled])).astype(np.int64)
 
 
+def shown_points(values: np.ndarray, labels: np.ndarray, valid: np.ndarray, max_points: int, seed: int = 0
+                 ) -> np.ndarray:
+    """The points a view shows: every valid point when there are at most ``max_points``; else
+    ``max_points`` of them: the ground-truth anomalous points first (at most
+    ``GROUND_TRUTH_FRACTION`` of the budget, chosen by :func:`decimate`, so a missed defect stays
+    visible), then :func:`decimate` of the others. ``values`` (N,) float, ``labels`` (N,) bool,
+    ``valid`` (N,) bool. Returns (M,) int64, ascending."""
+    idx = np.flatnonzero(valid)
+    if idx.size <= max_points:
+        return idx.astype(np.int64)
+    anomalous = idx[labels[idx]]
+    n_gt = min(anomalous.size, int(GROUND_TRUTH_FRACTION * max_points))
+    gt = anomalous[decimate(values[anomalous], n_gt, seed + 1)] if n_gt else anomalous[:0]
+    rest = np.setdiff1d(idx, gt, assume_unique=True)
+    others = rest[decimate(values[rest], max_points - n_gt, seed)]
+    return np.sort(np.concatenate([gt, others])).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------- the document
 def _marker_size(n: int) -> float:
     return float(np.clip(9.0 - 1.5 * math.log10(max(n, 10)), 1.5, 5.0))
@@ -80,17 +109,18 @@ def _marker_size(n: int) -> float:
 
 def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray | None, *, lo: float, hi: float,
                     title: str, facts: Sequence[tuple[str, str]] = (), color_title: str = "point score",
-                    colorscale: str = "Jet", max_points: int = DEFAULT_VIEW_POINTS, seed: int = 0) -> dict:
+                    colorscale: str = "Jet", max_points: int = DEFAULT_VIEW_POINTS, seed: int = 0,
+                    show_title: bool = True) -> dict:
     """The JSON document of one view.
 
     ``points``: (N, 3) float; ``values``: (N,) float, the colour (e.g. point scores), mapped to
     [``lo``, ``hi``]; ``labels``: (N,) {0, 1} ground truth or None. Rows with a non-finite
     coordinate or value are not shown. ``title`` and ``facts`` ((name, value) pairs, e.g. class,
-    label, object score) are shown as text above the view. Returns ``{"figure": plotly figure
+    label, object score) are shown as text above the view (the title only with ``show_title``: a
+    page that already heads the view with the name). The axes span the whole shown cloud whichever
+    traces are visible. Returns ``{"figure": plotly figure
     (dict), "caption": {"title", "facts"}, "shown": M, "total": N}``."""
-    import plotly.graph_objects as go
-    import plotly.io as pio
-
+    go, pio = _plotly()
     pts = np.asarray(points, np.float32).reshape(-1, 3)
     vals = np.asarray(values, np.float32).reshape(-1)
     if vals.shape[0] != pts.shape[0]:
@@ -99,10 +129,9 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
     ok = np.isfinite(pts).all(axis=1) & np.isfinite(vals)
     idx = np.flatnonzero(ok)
     total = int(pts.shape[0])
+    keep = shown_points(vals, lab, ok, max_points, seed)
+    gt = keep[lab[keep]]
     anomalous = idx[lab[idx]]
-    gt_budget = min(anomalous.size, int(GROUND_TRUTH_FRACTION * max_points)) if anomalous.size else 0
-    keep = idx[decimate(vals[idx], max(1, max_points - gt_budget), seed)] if idx.size else idx
-    gt = anomalous[decimate(vals[anomalous], gt_budget, seed + 1)] if gt_budget else anomalous[:0]
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         lo, hi = (0.0, 1.0) if not math.isfinite(lo) else (lo, lo + 1e-6)
@@ -115,23 +144,32 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
     buttons = []
     if gt.size:
         traces.append(go.Scatter3d(x=pts[gt, 0], y=pts[gt, 1], z=pts[gt, 2], mode="markers",
-                                   name="ground truth", visible=False,
+                                   name="ground truth (magenta)", visible=False,
                                    marker=dict(size=size + 1.5, color=GT_COLOR),
                                    hovertemplate="anomalous (ground truth)<extra></extra>"))
         buttons = [dict(label="scores", method="restyle", args=[{"visible": [True, False]}]),
                    dict(label="scores + ground truth", method="restyle", args=[{"visible": [True, True]}]),
                    dict(label="ground truth only", method="restyle", args=[{"visible": [False, True]}])]
-    axis = dict(showbackground=False, showgrid=False, zeroline=False, showticklabels=False, title=dict(text=""),
-                showspikes=False)
+    if keep.size:
+        low, high = pts[keep].min(axis=0).astype(np.float64), pts[keep].max(axis=0).astype(np.float64)
+    else:
+        low, high = np.full(3, -1.0), np.full(3, 1.0)
+    margin = 0.03 * max(float((high - low).max()), 1e-9)
+    low, high = low - margin, high + margin
+    span = high - low
+    axes = {f"{name}axis": dict(showbackground=False, showgrid=False, zeroline=False, showticklabels=False,
+                                title=dict(text=""), showspikes=False, autorange=False,
+                                range=[float(low[k]), float(high[k])])
+            for k, name in enumerate("xyz")}
     layout = go.Layout(template="none", margin=dict(l=0, r=0, t=34 if buttons else 4, b=0), showlegend=False,
-                       scene=dict(aspectmode="data", xaxis=axis, yaxis=axis, zaxis=axis,
-                                  camera=dict(eye=dict(x=1.25, y=1.25, z=1.25))),
+                       scene=dict(aspectmode="manual", aspectratio=dict(zip("xyz", (span / span.max()).tolist())),
+                                  camera=dict(eye=dict(x=1.25, y=1.25, z=1.25)), **axes),
                        uirevision="pad")
     if buttons:
         layout.updatemenus = [dict(type="buttons", direction="right", x=0.0, y=1.0, xanchor="left", yanchor="bottom",
                                    pad=dict(t=2, b=2), showactive=True, active=0, buttons=buttons)]
     figure = json.loads(pio.to_json(go.Figure(data=traces, layout=layout), validate=True))
-    caption = {"title": str(title), "facts": [[str(k), str(v)] for k, v in facts],
+    caption = {"title": str(title), "show_title": bool(show_title), "facts": [[str(k), str(v)] for k, v in facts],
                "shown": int(keep.size), "total": total, "ground_truth": int(anomalous.size)}
     return {"figure": figure, "caption": caption, "shown": int(keep.size), "total": total}
 
@@ -181,6 +219,7 @@ def head_scripts(assets: str = ASSETS_DIR) -> str:
 
 
 def _plotly_js_source() -> str:
+    _plotly()
     import plotly
 
     path = os.path.join(os.path.dirname(plotly.__file__), "package_data", PLOTLY_JS)
@@ -316,10 +355,12 @@ VIEWER_SCRIPT = r"""/* pad 3D views: draws every <div data-pad-viewer="ID"> from
     var doc = readDoc(node.getAttribute("data-pad-caption"));
     if (!doc) { return; }
     var cap = doc.caption || {};
-    var title = document.createElement("b");
-    title.textContent = cap.title || "";
-    node.appendChild(title);
-    node.appendChild(document.createElement("br"));
+    if (cap.show_title !== false) {
+      var title = document.createElement("b");
+      title.textContent = cap.title || "";
+      node.appendChild(title);
+      node.appendChild(document.createElement("br"));
+    }
     (cap.facts || []).forEach(function (pair) {
       var span = document.createElement("span");
       span.textContent = pair[0] + ": " + pair[1];

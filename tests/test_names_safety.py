@@ -104,6 +104,21 @@ def test_show_writes_only_the_requested_file_for_a_hostile_id(hostile, tmp_path,
         assert image.width > 32 and image.height > 32
 
 
+@pytest.mark.parametrize("which", [0, 1, 3])
+def test_show_3d_view_of_a_hostile_id_holds_it_as_data_only(hostile, tmp_path, which):
+    store = RenderStore.open(str(hostile["cache"]))
+    sid = sorted(store.sample_ids)[which]
+    out = tmp_path / "sheets" / "sheet.png"
+    assert run_show(ShowConfig(cache=str(hostile["cache"]), sample=sid, out=str(out), three_d=True)) == 0
+    assert _tree(tmp_path) == {"sheets/sheet.png", "sheets/sheet.html", "sheets/assets/plotly.min.js",
+                               "sheets/assets/pad_viewer.js"}
+    page = (tmp_path / "sheets" / "sheet.html").read_text()
+    rest = without_our_scripts(page)
+    assert "<script" not in rest.lower() and "<img src=x" not in rest and "onerror" not in rest
+    (view,) = json_blocks(page)
+    assert view["caption"]["title"] == sid
+
+
 @pytest.mark.parametrize("sample_id", HOSTILE_IDS + tuple(f"{c}/test/{s}" for c in HOSTILE_CLASSES
                                                          for s in HOSTILE_STEMS))
 def test_per_sample_result_paths_stay_inside_the_results_dir(tmp_path, sample_id):

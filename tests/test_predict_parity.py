@@ -16,6 +16,7 @@ from click.testing import CliRunner  # noqa: E402
 from plyfile import PlyData  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
+from _page_checks import json_blocks, without_our_scripts  # noqa: E402
 from _render_job_helpers import write_dataset  # noqa: E402
 from cli import main  # noqa: E402
 from data_cache.plyio import write_ply  # noqa: E402
@@ -112,7 +113,8 @@ def test_non_finite_rows_keep_their_place(pipeline_run, tmp_path):
     write_ply(tmp_path / "kept.ply", np.delete(xyz, bad_rows, axis=0), labels=np.delete(labels, bad_rows))
     out = tmp_path / "pred"
     result = CliRunner().invoke(main, ["predict", str(tmp_path / "dirty.ply"), str(tmp_path / "kept.ply"),
-                                       "--checkpoint", pipeline_run["run"], "--out", str(out), "--device", "cpu"])
+                                       "--checkpoint", pipeline_run["run"], "--out", str(out), "--device", "cpu",
+                                       "--html"])
     assert result.exit_code == 0, result.output
     said = [line for line in result.stderr.splitlines() if "dirty.ply" in line and "not scored" in line]
     assert len(said) == 1 and f"{bad_rows.size} of {xyz.shape[0]} rows" in said[0]
@@ -130,3 +132,53 @@ def test_non_finite_rows_keep_their_place(pipeline_run, tmp_path):
     assert (grey == np.array(NO_SCORE_RGB)).all()
     np.testing.assert_array_equal(ply["x"][good], xyz[good, 0])
     np.testing.assert_array_equal(ply["label"][good], labels[good])
+
+    # --html: one standalone 3D view per file, one shared copy of the scripts
+    assert sorted(os.listdir(out)) == ["assets", "dirty.html", "dirty.json", "dirty.ply", "kept.html", "kept.json",
+                                       "kept.ply"]
+    page = (out / "dirty.html").read_text()
+    assert "<script" not in without_our_scripts(page) and 'src="data:image/png;base64,' in page
+    (view,) = json_blocks(page)
+    assert view["caption"]["title"] == "dirty.ply" and view["total"] == xyz.shape[0]
+    assert view["shown"] == good.size                               # the unscored rows are not drawn
+    assert len(view["figure"]["data"]) == 2                         # scores + the file's ground truth
+
+
+# ---------------------------------------------------------------------------- which renderer settings
+def _record(**over):
+    from data_cache.render_record import render_record
+    from pipeline.render import RenderSettings, store_attrs
+
+    attrs = store_attrs(RenderSettings(image_size=64, supersample=1, views="scan", knn=4), "generic", "/d", False)
+    record = render_record(attrs)
+    record.update(over)
+    return record
+
+
+def test_the_run_record_is_used_as_it_is_cameras_included():
+    from workflows.predict import render_choice
+
+    record = _record()
+    record["cameras"][0]["world_to_camera"][0][3] = 0.125      # a camera of its own: used, not re-derived
+    choice = render_choice({"render": record}, PredictConfig(files=(), checkpoint="run"), 336)
+    s = choice.settings
+    assert (s.image_size, s.supersample, s.knn, s.point_size) == (64, 1, 4, "auto")
+    assert choice.cameras == record["cameras"] and choice.notes == [] and choice.source == "run"
+    same = render_choice({"render": record}, PredictConfig(files=(), checkpoint="run", views="scan", knn=4,
+                                                          supersample=1, point_size="auto"), 336)
+    assert same.notes == [] and same.cameras == record["cameras"]
+
+
+def test_overrides_and_old_runs_print_one_notice():
+    from workflows.predict import render_choice
+
+    over = render_choice({"render": _record(), "pretrained": "random"},
+                         PredictConfig(files=(), checkpoint="run", views="4", knn=6, pretrained="openai"), 336)
+    assert over.source == "overridden" and len(over.notes) == 1 and len(over.cameras) == 4
+    assert all(word in over.notes[0] for word in ("--views 4", "--knn 6", "--pretrained openai", "will not match"))
+    assert over.settings.knn == 6 and over.settings.supersample == 1
+    old = render_choice({}, PredictConfig(files=(), checkpoint="run"), 224)
+    assert old.source == "defaults" and len(old.notes) == 1 and "does not record" in old.notes[0]
+    assert (old.settings.image_size, old.settings.supersample, old.settings.knn, len(old.cameras)) == (224, 2, 10, 9)
+    with pytest.raises(Exception, match="render record"):
+        render_choice({"render": {"image_size": 64}}, PredictConfig(files=(), checkpoint="run"), 336)

@@ -327,19 +327,17 @@ def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples
         plot_sample(sample, os.path.join(fig_dir, name), seed=seed)
         label = "anomalous" if sample.label else "normal"
         facts = [("class", sample.cls), ("label", label), ("object score", f"{sample.score:.3f}")]
-        extra = ""
         if sample.multimodal_score is not None:
-            extra = f", multimodal score {sample.multimodal_score:.3f}"
             facts.append(("multimodal score", f"{sample.multimodal_score:.3f}"))
         view = viewer_document(sample.points, sample.point_scores, sample.point_labels, lo=sample.lo, hi=sample.hi,
-                               title=sample.id, facts=facts, max_points=view_points, seed=seed + k)
-        link = "" if not sample.ply else f' — <a href="{_href(sample.ply)}">coloured PLY</a>'
+                               title=sample.id, facts=facts, max_points=view_points, seed=seed + k,
+                               show_title=False)
+        link = "" if not sample.ply else f'<p><a href="{_href(sample.ply)}">coloured PLY</a></p>'
         reason = f'<p class="reason">shown as: {_e(sample.reason)}</p>' if sample.reason else ""
-        parts.append(f"<h4>{k + 1}. {_e(sample.id)}</h4>{reason}<p>class <b>{_e(sample.cls)}</b>, "
-                     f"label {label}, score {sample.score:.3f}{extra}{link}</p>"
+        parts.append(f"<h4>{k + 1}. {_e(sample.id)}</h4>{reason}"
                      f'<div class="pad-sample">{viewer_block(k, view)}<figure class="pad-views">'
                      f"<img src=\"{_href(FIGURES_DIR + '/' + name)}\" alt=\"2D score maps and ground truth\">"
-                     "</figure></div>")
+                     f"{link}</figure></div>")
     parts.append("</body></html>\n")
     path = os.path.join(out, "report.html")
     tmp = f"{path}.tmp-{os.getpid()}"
