@@ -172,7 +172,7 @@ class Predictor:
         self.choice = render_choice(config, cfg, self.spec.render_size)
         device = str(resolve_device(cfg.device))
         pretrained = cfg.pretrained or self.spec.pretrained
-        precision = str(config.get("feature_precision") or "fp32")
+        precision = str(config.get("feature_precision") or "fp32")  # as extract-features --precision
         parts = create_clip(self.spec.backbone, pretrained, seed=self.spec.seed, device=device, precision=precision)
         if parts.image_size != self.spec.model_size:
             raise PadError(f"backbone '{self.spec.backbone}' takes {parts.image_size} px images but the "
@@ -191,7 +191,7 @@ class Predictor:
         self.cameras = self.choice.cameras
         self.config = config
         self.cfg = cfg
-        self.batch = int((config.get("feature_options") or {}).get("batch_size") or 8)
+        self.batch = 8  # batch composition does not change the float16 features (tested against extract-features)
 
     @property
     def notes(self) -> list[str]:
