@@ -24,7 +24,7 @@ import json
 import math
 import os
 import shutil
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -323,17 +323,6 @@ def view_maps_image(images: np.ndarray, maps: np.ndarray | None, lo: float, hi: 
         r, c = divmod(k, cols)
         sheet[gap + r * (th + gap):gap + r * (th + gap) + th, gap + c * (tw + gap):gap + c * (tw + gap) + tw] = tiles[k]
     return sheet
-
-
-def facts_of(items: Mapping[str, object] | Sequence[tuple[str, object]]) -> list[tuple[str, str]]:
-    """(name, text) pairs for :func:`viewer_document` from a mapping or pairs (floats to 3 decimals)."""
-    pairs = items.items() if isinstance(items, Mapping) else items
-    out = []
-    for k, v in pairs:
-        if isinstance(v, float):
-            v = "–" if not math.isfinite(v) else f"{v:.3f}"
-        out.append((str(k), str(v)))
-    return out
 
 
 # ---------------------------------------------------------------------------- the page's script
