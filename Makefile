@@ -24,6 +24,20 @@ osmesa:
 		echo "pad: libOSMesa is missing; run: sudo apt-get update && sudo apt-get install -y libosmesa6" >&2; exit 1; \
 	fi
 
+# Headless Chromium for the browser test of the 3D views (tests/test_viewer_browser.py); that test
+# is skipped, with this command, where it is missing. Debian's package: playwright drives it and
+# never downloads a browser of its own.
+.PHONY: chromium
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "pad: installing chromium with apt-get (for the browser test of the 3D views)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "pad: chromium is missing, the browser test will be skipped; to run it: sudo apt-get update && sudo apt-get install -y chromium" >&2; \
+	fi
+
 $(STAMP): setup.cfg pyproject.toml
 	@echo "pad: installing into $(VENV) (torch, open_clip, pyrender, zarr, dask, ...)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +48,7 @@ $(STAMP): setup.cfg pyproject.toml
 demo: setup
 	$(VENV)/bin/pad demo --workdir demo-work
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: setup

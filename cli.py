@@ -80,7 +80,7 @@ def _params(config_cls) -> list[click.Parameter]:
     for f in sorted(fields, key=rank):
         meta = f.metadata
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        flag = f.name.replace("_", "-")
+        flag = meta.get("flag") or f.name.replace("_", "-")
         if f.name == "from_dir":
             flag = "from"
         if meta.get("argument"):

@@ -14,14 +14,15 @@ from typing import Any, Sequence
 
 def option(default: Any = MISSING, help: str = "", *, choices: Sequence[str] | None = None,
            argument: bool = False, nargs: int = 1, metavar: str | None = None,
-           hidden: bool = False, default_factory: Any = MISSING) -> Any:
+           hidden: bool = False, default_factory: Any = MISSING, flag: str | None = None) -> Any:
     """A dataclass field that is also a CLI option.
 
     ``argument=True`` makes it positional (``nargs=-1`` for "one or more");
-    ``choices`` restricts a string; booleans become ``--x/--no-x`` flags.
+    ``choices`` restricts a string; booleans become ``--x/--no-x`` flags;
+    ``flag`` names the option when the field's name cannot (``three_d`` -> ``--3d``).
     """
     meta = {"help": help, "choices": tuple(choices) if choices else None,
-            "argument": argument, "nargs": nargs, "metavar": metavar, "hidden": hidden}
+            "argument": argument, "nargs": nargs, "metavar": metavar, "hidden": hidden, "flag": flag}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)

@@ -1,5 +1,9 @@
 """``pad show``: a contact sheet of one rendered sample — every view in a grid, the 2D
-ground truth outlined in red, each tile labelled with its view name. PIL only."""
+ground truth outlined in red, each tile labelled with its view name (PIL only); with ``--3d``
+also a standalone interactive 3D view of the cached cloud (:mod:`data_cache.viewer`) beside it:
+``FILE.html`` and ``assets/``, the points in the dataset's coordinates coloured by the number of
+views that see each one (0: never seen, scored only through its neighbours), the ground-truth
+points behind a button, the contact sheet next to it."""
 from __future__ import annotations
 
 import difflib
@@ -115,6 +119,8 @@ def run_show(cfg: ShowConfig) -> int:
                           title=f"{sid}  (index {i}, {label}, {attrs.get('n_points', '?')} points)")
     out = os.path.abspath(os.path.expanduser(cfg.out))
     parent = os.path.dirname(out)
+    if cfg.three_d and cfg.view_points < 1:
+        raise PadError(f"--view-points must be at least 1 (got {cfg.view_points})")
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = f"{out}.tmp-{os.getpid()}"
@@ -123,4 +129,38 @@ def run_show(cfg: ShowConfig) -> int:
     except OSError as exc:
         raise PadError(f"cannot write the contact sheet: {exc.strerror or exc}", out) from None
     print(f"pad show: {sid} ({len(names)} views) -> {out}")
+    if cfg.three_d:
+        page = write_sample_view(store, i, os.path.splitext(out)[0] + ".html", sheet, cfg.view_points)
+        print(f"pad show: 3D view -> {page}")
     return 0
+
+
+def write_sample_view(store: RenderStore, i: int, path: str, sheet=None, max_points: int = 50000) -> str:
+    """Write the standalone 3D view of cached sample ``i`` to ``path`` (HTML, ``assets/`` beside
+    it); ``sheet``: the contact sheet (PIL image) shown next to it. Returns ``path``."""
+    import io
+
+    from data_cache.viewer import viewer_document, write_viewer_page
+
+    sample = store.read_sample(i, ("points", "labels", "visible"))
+    attrs = store.sample_attrs(i)
+    points = (np.asarray(sample["points"], np.float64) * float(attrs.get("scale", 1.0) or 1.0)
+              + np.asarray(attrs.get("center", (0.0, 0.0, 0.0)), np.float64).reshape(1, 3))
+    seen = np.asarray(sample["visible"], bool).sum(axis=1).astype(np.float32)
+    n_views = len(store.views)
+    label = {0: "normal", 1: "anomalous"}.get(attrs.get("label"), "?")
+    facts = [("class", str(attrs.get("class", ""))), ("label", label), ("views", str(n_views)),
+             ("points never seen", str(int((seen == 0).sum())))]
+    doc = viewer_document(points, seen, sample["labels"], lo=0.0, hi=float(max(n_views, 1)),
+                          title=store.sample_ids[i], facts=facts, color_title="views seeing the point",
+                          colorscale="Viridis", max_points=max_points, seed=i)
+    image = None
+    if sheet is not None:
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        image = buf.getvalue()
+    try:
+        return write_viewer_page(path, doc, image, heading="pad show",
+                                 image_caption="rendered views, 2D ground truth outlined in red")
+    except OSError as exc:
+        raise PadError(f"cannot write the 3D view: {exc.strerror or exc}", path) from None

@@ -71,10 +71,17 @@ class RenderConfig:
 @dataclass
 class ShowConfig:
     """``pad show --cache CACHE --sample ID --out FILE.png``: contact sheet of one sample's views
-    with the 2D ground truth outlined."""
+    with the 2D ground truth outlined; with --3d also FILE.html, an interactive 3D view of the
+    cached cloud."""
     cache: str = option(help="Cache directory.")
     sample: str = option(help="Sample id (<class>/<split>/<stem>) or index.")
     out: str = option(help="Output PNG file.")
+    three_d: bool = option(False, "Also write FILE.html beside the PNG: an interactive 3D view of the cloud "
+                                  "(rotate, zoom, pan; coloured by how many views see each point; buttons show "
+                                  "the ground-truth points) next to the contact sheet; opens offline, its "
+                                  "scripts are in assets/ beside it.", flag="3d")
+    view_points: int = option(50000, "At most this many points in the 3D view (larger clouds show an even, "
+                                     "seeded sample).")
 
 
 @dataclass

@@ -35,7 +35,7 @@ def test_command_help_shows_every_config_field_and_its_default(name):
     for field in dataclasses.fields(config_cls):
         if field.metadata.get("argument") or field.metadata.get("hidden"):
             continue
-        flag = "--from" if field.name == "from_dir" else "--" + field.name.replace("_", "-")
+        flag = "--from" if field.name == "from_dir" else "--" + (field.metadata.get("flag") or field.name.replace("_", "-"))
         assert flag in text, f"{name}: {flag} missing from --help"
         if field.default not in (dataclasses.MISSING, None) and not isinstance(field.default, bool):
             assert f"default: {field.default}" in text, f"{name}: default of {flag} not shown"

@@ -16,6 +16,7 @@ import torchvision  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from _page_checks import json_blocks, without_our_scripts  # noqa: E402
 from data_cache.plyio import write_ply  # noqa: E402
 from data_cache.render_store import RenderStore  # noqa: E402
 from pipeline.contact_sheet import run_show  # noqa: E402
@@ -103,6 +104,21 @@ def test_show_writes_only_the_requested_file_for_a_hostile_id(hostile, tmp_path,
         assert image.width > 32 and image.height > 32
 
 
+@pytest.mark.parametrize("which", [0, 1, 3])
+def test_show_3d_view_of_a_hostile_id_holds_it_as_data_only(hostile, tmp_path, which):
+    store = RenderStore.open(str(hostile["cache"]))
+    sid = sorted(store.sample_ids)[which]
+    out = tmp_path / "sheets" / "sheet.png"
+    assert run_show(ShowConfig(cache=str(hostile["cache"]), sample=sid, out=str(out), three_d=True)) == 0
+    assert _tree(tmp_path) == {"sheets/sheet.png", "sheets/sheet.html", "sheets/assets/plotly.min.js",
+                               "sheets/assets/pad_viewer.js"}
+    page = (tmp_path / "sheets" / "sheet.html").read_text()
+    rest = without_our_scripts(page)
+    assert "<script" not in rest.lower() and "<img src=x" not in rest and "onerror" not in rest
+    (view,) = json_blocks(page)
+    assert view["caption"]["title"] == sid
+
+
 @pytest.mark.parametrize("sample_id", HOSTILE_IDS + tuple(f"{c}/test/{s}" for c in HOSTILE_CLASSES
                                                          for s in HOSTILE_STEMS))
 def test_per_sample_result_paths_stay_inside_the_results_dir(tmp_path, sample_id):
@@ -148,7 +164,7 @@ def test_predict_output_names_from_hostile_file_stems_stay_inside(tmp_path):
 
 
 def test_report_shows_hostile_names_escaped(tmp_path):
-    evil_cls, evil_id = "<script>alert(1)<", '<img src=x onerror="alert(2)">'
+    evil_cls, evil_id = "<script>alert(1)<", '<img src=x onerror="alert(2)"></script><script>alert(3)</script>'
     doc = res.metrics_document({evil_cls: {m: 0.5 for m in res.METRIC_NAMES},
                                 'a"b': {m: float("nan") for m in res.METRIC_NAMES}})
     rng = np.random.default_rng(0)
@@ -161,8 +177,10 @@ def test_report_shows_hostile_names_escaped(tmp_path):
                           ply=res.sample_relpath("ply", evil_cls, f"{evil_cls}/test/{evil_id}", ".ply"))
     info = ReportInfo(title="run <b>", facts=[("checkpoint", "</td><script>x</script>")], notes=[evil_id])
     page = open(write_report(str(tmp_path), doc, curves, [sample], info)).read()
-    lowered = page.lower()
+    lowered = without_our_scripts(page).lower()
     assert "<script" not in lowered and "<img src=x" not in lowered and "onerror=\"" not in lowered
     assert html.escape(evil_cls) in page and html.escape(evil_id) in page
+    (view,) = json_blocks(page)                                   # the 3D view holds the names as data
+    assert view["caption"]["title"] == f"{evil_cls}/test/{evil_id}" and ["class", evil_cls] in view["caption"]["facts"]
     assert all(os.path.commonpath([str(tmp_path), os.path.join(str(tmp_path), p)]) == str(tmp_path)
                for p in _tree(tmp_path))

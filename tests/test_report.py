@@ -8,6 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from _page_checks import json_blocks, without_our_scripts
 from trainer.report import ClassCurves, ReportInfo, ReportSample, write_report
 from trainer.results import METRIC_NAMES, metrics_document
 
@@ -43,8 +44,11 @@ def test_report_escapes_names_and_writes_readable_figures(tmp_path):
     path = write_report(str(tmp_path), doc, {c: _curves(rng) for c in classes}, samples, info)
 
     page = open(path, encoding="utf-8").read()
-    assert "<script" not in page.lower()
+    assert "<script" not in without_our_scripts(page).lower()
     assert html.escape(EVIL) in page
+    views = json_blocks(page)                        # one 3D view per sample, names as data
+    assert [v["caption"]["title"] for v in views] == [s.id for s in samples]
+    assert sorted(os.listdir(tmp_path / "assets")) == ["pad_viewer.js", "plotly.min.js"]
     assert page.count("<tr") >= 2 * (len(classes) + 2)  # both tables: header + classes + mean
     assert "–" in page  # the undefined AUPRO of bagel
     figures = sorted(os.listdir(tmp_path / "figures"))
@@ -53,12 +57,25 @@ def test_report_escapes_names_and_writes_readable_figures(tmp_path):
         with Image.open(tmp_path / "figures" / name) as img:
             assert img.size[0] > 200 and img.size[1] > 200
         assert f'src="figures/{name}"' in page
-    assert sorted(os.listdir(tmp_path)) == ["figures", "report.html"]
+    assert sorted(os.listdir(tmp_path)) == ["assets", "figures", "report.html"]
 
 
 def test_report_without_curves_or_samples_still_has_the_table(tmp_path):
     per_class = {"cup": {m: math.nan for m in METRIC_NAMES}}
     path = write_report(str(tmp_path), metrics_document(per_class), {"cup": ClassCurves()}, [])
     page = open(path, encoding="utf-8").read()
-    assert "<td>cup</td>" in page and "<img" not in page
-    assert os.listdir(tmp_path / "figures") == []
+    assert "<td>cup</td>" in page and "<img" not in page and "<script" not in page
+    assert os.listdir(tmp_path / "figures") == [] and not (tmp_path / "assets").exists()
+
+
+def test_random_backbone_weights_put_a_banner_on_the_report(tmp_path):
+    from trainer.score_report import random_weights_notice
+
+    assert random_weights_notice({"pretrained": "openai"}) is None
+    text = random_weights_notice({"pretrained": "random", "backbone": "pad-tiny"})
+    assert text and "random" in text
+    per_class = {"cup": {m: 0.5 for m in METRIC_NAMES}}
+    page = open(write_report(str(tmp_path), metrics_document(per_class), {"cup": ClassCurves()}, [],
+                             ReportInfo(banner=text))).read()
+    assert f'<div class="banner">{html.escape(text)}</div>' in page
+    assert page.index('class="banner"') < page.index("<table")      # above everything else

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from plyfile import PlyData
 
 from _cache_fixtures import make_cache
+from _page_checks import json_blocks, without_our_scripts
 from _score_helpers import make_organized_cache
 from cli import main
 from data_cache.render_store import RenderStore
@@ -83,7 +84,8 @@ def test_score_writes_the_results_directory(trained, capsys):
         np.testing.assert_allclose(vertex["x"], sample["points"][:, 0], atol=1e-6)  # center 0, scale 1
 
     page = (out / "report.html").read_text()
-    assert "roc.png" in page and "sample_001.png" in page and "sample_002.png" not in page
+    # --report-samples is per class: 2 of cup and 2 of box
+    assert "roc.png" in page and "sample_003.png" in page and "sample_004.png" not in page
     assert (out / "figures" / "roc.png").stat().st_size > 0
 
 
@@ -145,7 +147,8 @@ def test_hostile_class_names_stay_inside_and_are_escaped(trained, tmp_path):
         dirs = os.listdir(out / kind)
         assert len(dirs) == 2 and all(d not in (".", "..") and "<" not in d for d in dirs)
     page = (out / "report.html").read_text()
-    assert "<script" not in page.lower() and html.escape(evil) in page
+    assert "<script" not in without_our_scripts(page).lower() and html.escape(evil) in page
+    assert evil in [d["caption"]["facts"][0][1] for d in json_blocks(page)]   # as data in the 3D views
     assert json.loads((out / "metrics.json").read_text())["per_class"][evil]["I-AUROC"] is not None
 
 

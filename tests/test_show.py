@@ -104,3 +104,42 @@ def test_bad_sample_is_a_one_line_error(store, tmp_path, capsys, sample, words):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(word in err for word in words), err
     assert not (tmp_path / "x.png").exists()
+
+
+def _decode(array) -> np.ndarray:
+    """A plotly typed array ({"dtype", "bdata"}) or list -> numpy."""
+    import base64
+
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
+    return np.asarray(array)
+
+
+def test_show_3d_writes_a_standalone_view_beside_the_sheet(store, tmp_path):
+    from click.testing import CliRunner
+
+    from _page_checks import json_blocks, without_our_scripts
+
+    cache = os.path.dirname(store.path)
+    out = tmp_path / "sheets" / "bad.png"
+    result = CliRunner().invoke(cli.main, ["show", "--cache", cache, "--sample", "cup/test/bad_00", "--out", str(out),
+                                           "--3d"])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(out.parent)) == ["assets", "bad.html", "bad.png"]
+    assert sorted(os.listdir(out.parent / "assets")) == ["pad_viewer.js", "plotly.min.js"]
+    page = (out.parent / "bad.html").read_text()
+    assert "<script" not in without_our_scripts(page) and 'src="data:image/png;base64,' in page
+    (view,) = json_blocks(page)
+    i = store.index_of("cup/test/bad_00")
+    sample = store.read_sample(i, ("points", "labels", "visible"))
+    attrs = store.sample_attrs(i)
+    trace, truth = view["figure"]["data"]
+    seen = sample["visible"].sum(axis=1)
+    assert view["caption"]["title"] == "cup/test/bad_00" and view["shown"] == len(seen)
+    np.testing.assert_array_equal(_decode(trace["marker"]["color"]), seen)      # coloured by views seeing it
+    assert trace["marker"]["cmax"] == len(store.views)
+    original = sample["points"][:, 0] * attrs["scale"] + attrs["center"][0]    # the dataset's coordinates
+    np.testing.assert_allclose(_decode(trace["x"]), original, rtol=1e-5, atol=1e-5)
+    assert _decode(truth["x"]).size == int(sample["labels"].sum()) > 0
+    assert ["points never seen", str(int((seen == 0).sum()))] in view["caption"]["facts"]
+    assert "3D view" in result.output

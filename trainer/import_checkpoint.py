@@ -124,6 +124,7 @@ def import_checkpoint(cfg: ImportCheckpointConfig) -> dict:
         "backbone": backbone, "pretrained": pretrained, "backbone_seed": seed, "training_classes": classes,
         "training_splits": ["test"], "epochs": 0, "epochs_completed": 0, "seed": 0,
         "render_fingerprint": render.fingerprint, "versions": ckpt.versions(), "render": render_record(render.attrs),
+        "feature_precision": str(attrs.get("precision", "fp32")),
         "image_size": render.image_size, "n_views": len(render.views),
         "grid": int(round(first.shape[2] ** 0.5)) if first is not None else int(attrs.get("grid", 0)),
         "feature_layers": list(attrs.get("layers", [])) if isinstance(attrs.get("layers"), list) else [],

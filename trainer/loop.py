@@ -104,7 +104,7 @@ def make_config(cfg: TrainConfig, data: TrainingData, model: PointADModel, backb
         "geometry_points": int(cfg.geometry_points) if cfg.model == "pointad+" else 0,
         "loss_size": int(cfg.loss_size) if 0 < cfg.loss_size < data.image_size else 0,
         "alpha": ALPHA, "n_samples": len(data.indices), "n_anomalous": int(sum(data.labels)),
-        "render": render_record(data.render.attrs),
+        "render": render_record(data.render.attrs), "feature_precision": str(attrs.get("precision", "fp32")),
         "image_size": data.image_size, "n_views": data.n_views, "grid": int(round(first.shape[2] ** 0.5)),
         "feature_layers": list(attrs.get("layers", [])) if isinstance(attrs.get("layers"), list) else [],
         "prompts": describe(cfg.model, cfg.prompt_length, cfg.prompts, data.classes),

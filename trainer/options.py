@@ -71,6 +71,8 @@ class ScoringOptions:
                                      "with background, 200-threshold AUPRO).", choices=("points", "pointad"))
     report_samples: int = option(6, "Samples shown with figures in report.html, per class: the most "
                                     "anomalous ones and the worst misses.")
+    view_points: int = option(50000, "At most this many points in a report's 3D view (larger clouds show their "
+                                     "highest-scored points and an even sample of the rest).")
 
 
 @dataclass(kw_only=True)
@@ -90,7 +92,10 @@ class ScoreConfig(ScoringOptions):
     cache: str = option(help="Cache directory.")
     checkpoint: str | None = option(None, "Run directory written by pad train or pad import-checkpoint "
                                           "(not with --prompts clip).", metavar="RUN")
-    out: str = option(help="Results directory.")
+    out: str = option(help="Results directory. A new pad score replaces every file a previous pad score wrote "
+                           "there (listed in its pad_results.json; without that list, pad's own names: metrics.*, "
+                           "scores.csv, score_config.json, report.html, points/, ply/, figures/, assets/); other "
+                           "files are left alone.")
     prompts: str = option("learned", "Text prompts: learned (the checkpoint's) or clip (the CLIP + Rendering "
                                      "baseline: 'A photo of a normal [cls].' / 'A photo of an anomalous "
                                      "[cls].' through the frozen text tower, no training).",

@@ -5,12 +5,19 @@ Figures (under ``<results>/figures/``):
 - ``roc.png``: object-level and point-level ROC curves, one line per class
 - ``pro.png``: PRO curves up to the FPR limit, one line per class
 - ``scores.png``: object scores per class, normal vs anomalous samples
-- ``sample_<k>.png``: for the k-th most anomalous sample, every view with its 2D score
-  map overlaid (2D ground truth outlined in white) next to the point cloud coloured by
-  score and by ground truth
+- ``sample_<k>.png``: for the k-th sample shown, every view with its 2D score map overlaid
+  (2D ground truth outlined in white) next to the point cloud's ground truth (anomalous points
+  in red, drawn over the normal ones so they stay visible)
 
-Every class name or sample id shown in the page goes through :func:`html.escape`, every
-link through :func:`urllib.parse.quote`; figure file names are fixed, never derived from names.
+Each sample shown (chosen per class by :func:`trainer.report_selection.select_report_samples`,
+with the reason it is shown) also has an interactive 3D view (:mod:`data_cache.viewer`: rotate,
+zoom, pan; coloured by point score with a colour bar; buttons show the ground-truth points),
+drawn by plotly.js from ``assets/`` beside the page: the page opens from local disk with no
+network. Clouds are decimated for display to ``view_points`` points per view.
+
+Every class name or sample id shown in the page's markup goes through :func:`html.escape`, every
+link through :func:`urllib.parse.quote`; inside the 3D views they are JSON data written with
+``textContent``; figure file names are fixed, never derived from names.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from data_cache.viewer import DEFAULT_VIEW_POINTS
 from trainer.results import METRIC_NAMES
 
 FIGURES_DIR = "figures"
@@ -65,14 +73,17 @@ class ReportSample:
     view_names: Sequence[str] = ()
     multimodal_score: float | None = None
     ply: str | None = None  # path relative to the results dir
+    reason: str = ""        # why the report shows it (select_report_samples)
 
 
 @dataclass
 class ReportInfo:
-    """Header facts of the report (all shown escaped)."""
+    """Header facts of the report (all shown escaped); ``banner``: a warning shown above
+    everything (e.g. random backbone weights)."""
     title: str = "pad score"
     facts: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    banner: str | None = None
 
 
 def _plt():
@@ -162,19 +173,20 @@ def plot_scores(curves: Mapping[str, ClassCurves], path: str, seed: int = 0) -> 
 
 
 def plot_sample(sample: ReportSample, path: str, seed: int = 0) -> None:
-    """Views with the 2D score overlaid next to the point cloud coloured by score and by
-    ground truth, into ``path``."""
+    """Views with the 2D score overlaid (2D ground truth outlined in white) next to the point
+    cloud's ground truth (normal points light grey, anomalous points red, drawn last and larger
+    so that they are never hidden behind normal ones), into ``path``. The point scores in 3D are
+    in the page's interactive view."""
     plt = _plt()
     from matplotlib import colormaps
-    from matplotlib.colors import ListedColormap
 
     images = np.asarray(sample.images)
     maps = np.asarray(sample.view_maps, np.float32)
     n_views = images.shape[0]
     cols = int(math.ceil(math.sqrt(n_views)))
     rows = int(math.ceil(n_views / cols))
-    fig = plt.figure(figsize=(2.3 * cols + 8.5, max(2.3 * rows, 4.4)))
-    grid = fig.add_gridspec(rows, cols + 4)
+    fig = plt.figure(figsize=(2.3 * cols + 4.8, max(2.3 * rows, 4.4)))
+    grid = fig.add_gridspec(rows, cols + 2)
     lo, hi = float(sample.lo), float(sample.hi)
     if not hi > lo:
         hi = lo + 1e-6
@@ -190,22 +202,26 @@ def plot_sample(sample: ReportSample, path: str, seed: int = 0) -> None:
         ax.set_title(_label(name), fontsize=8)
         ax.set_axis_off()
     pts = np.asarray(sample.points, np.float32)
-    keep = np.arange(pts.shape[0])
-    if keep.size > MAX_SCATTER_POINTS:
-        keep = np.sort(np.random.default_rng(seed).choice(keep, MAX_SCATTER_POINTS, replace=False))
-    size = float(np.clip(12000.0 / max(keep.size, 1), 0.3, 6.0))
-    truth = ListedColormap(["0.65", "red"])
-    for k, (values, title, vmin, vmax, cmap) in enumerate((
-            (sample.point_scores, "point scores", lo, hi, "jet"),
-            (sample.point_labels, "ground truth (red: anomalous)", 0, 1, truth))):
-        ax = fig.add_subplot(grid[:, cols + 2 * k: cols + 2 * k + 2], projection="3d")
-        sc = ax.scatter(pts[keep, 0], pts[keep, 1], pts[keep, 2], c=np.asarray(values, np.float32)[keep],
-                        cmap=cmap, vmin=vmin, vmax=vmax, s=size, linewidths=0, depthshade=False)
-        ax.set_title(title, fontsize=9)
+    labels = np.asarray(sample.point_labels).reshape(-1) != 0
+    rng = np.random.default_rng(seed)
+    normal, anomalous = np.flatnonzero(~labels), np.flatnonzero(labels)
+    if normal.size > MAX_SCATTER_POINTS:
+        normal = np.sort(rng.choice(normal, MAX_SCATTER_POINTS, replace=False))
+    if anomalous.size > MAX_SCATTER_POINTS:
+        anomalous = np.sort(rng.choice(anomalous, MAX_SCATTER_POINTS, replace=False))
+    size = float(np.clip(12000.0 / max(normal.size + anomalous.size, 1), 0.3, 6.0))
+    ax = fig.add_subplot(grid[:, cols:cols + 2], projection="3d", computed_zorder=False)
+    ax.scatter(pts[normal, 0], pts[normal, 1], pts[normal, 2], color="0.78", s=size, linewidths=0,
+               depthshade=False, zorder=1)
+    if anomalous.size:
+        ax.scatter(pts[anomalous, 0], pts[anomalous, 1], pts[anomalous, 2], color="red", s=max(2.5 * size, 2.0),
+                   linewidths=0, depthshade=False, zorder=2)
+    title = (f"ground truth: {anomalous.size} anomalous points (red)" if anomalous.size
+             else "ground truth: no anomalous point")
+    ax.set_title(title, fontsize=9)
+    if pts.size:
         ax.set_box_aspect(np.ptp(pts, axis=0) + 1e-6)
-        ax.set_axis_off()
-        if k == 0:
-            fig.colorbar(sc, ax=ax, shrink=0.6, pad=0.02)
+    ax.set_axis_off()
     fig.suptitle(_label(f"{sample.id}   score {sample.score:.3f}   label {sample.label}"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -223,6 +239,8 @@ td.na{color:#999}
 img{max-width:100%;border:1px solid #ddd;margin:4px 0}
 .facts td{text-align:left;border:none;padding:2px 12px 2px 0}
 .note{color:#8a5a00}
+.banner{background:#fff3cd;border:2px solid #c98a00;padding:10px 14px;font-weight:bold;margin:10px 0}
+.reason{color:#555;font-style:italic}
 """
 
 
@@ -252,16 +270,25 @@ def _metrics_table(section: dict, caption: str) -> str:
 
 
 def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples: Sequence[ReportSample],
-                 info: ReportInfo | None = None, seed: int = 0) -> str:
-    """Write ``<out>/report.html`` with its figures; returns the page's path.
+                 info: ReportInfo | None = None, seed: int = 0, view_points: int = DEFAULT_VIEW_POINTS) -> str:
+    """Write ``<out>/report.html`` with its figures (and, when samples are shown, ``assets/``
+    for their 3D views); returns the page's path.
 
     ``doc``: the metrics document (:func:`trainer.results.metrics_document`), values in [0,1]
-    or NaN; ``curves``: per-class curves; ``samples``: the most anomalous samples, in order."""
+    or NaN; ``curves``: per-class curves; ``samples``: the samples to show, in order (grouped
+    by class, see :func:`trainer.report_selection.select_report_samples`); ``view_points``: at
+    most this many points per 3D view."""
+    from data_cache.viewer import head_scripts, viewer_block, viewer_document, write_assets
+
     info = info or ReportInfo()
     fig_dir = os.path.join(out, FIGURES_DIR)
     os.makedirs(fig_dir, exist_ok=True)
+    if samples:
+        write_assets(out)
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{_e(info.title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{_e(info.title)}</h1>"]
+             f"<style>{_CSS}</style>{head_scripts() if samples else ''}</head><body><h1>{_e(info.title)}</h1>"]
+    if info.banner:
+        parts.append(f'<div class="banner">{_e(info.banner)}</div>')
     if info.facts:
         parts.append('<table class="facts">' + "".join(
             f"<tr><td><b>{_e(k)}</b></td><td>{_e(v)}</td></tr>" for k, v in info.facts) + "</table>")
@@ -287,15 +314,30 @@ def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples
             parts.append(f"<h3>{_e(title)}</h3><img src=\"{_href(FIGURES_DIR + '/' + name)}\" alt=\"{_e(title)}\">")
 
     if samples:
-        parts.append(f"<h2>Most anomalous samples ({len(samples)})</h2>")
+        parts.append(f"<h2>Samples ({len(samples)})</h2><p>Per class (scores compare only within a class): "
+                     "its highest-scored samples, its highest-scored normal sample (worst false alarm) and "
+                     "its lowest-scored anomalous sample (worst miss). Drag to rotate the 3D views, scroll "
+                     "to zoom, right-drag to pan; the buttons above a view show the ground-truth points.</p>")
+    current = None
     for k, sample in enumerate(samples):
+        if sample.cls != current:
+            current = sample.cls
+            parts.append(f"<h3>class {_e(sample.cls)}</h3>")
         name = f"sample_{k:03d}.png"
         plot_sample(sample, os.path.join(fig_dir, name), seed=seed)
-        extra = "" if sample.multimodal_score is None else f", multimodal score {sample.multimodal_score:.3f}"
-        link = "" if not sample.ply else f' — <a href="{_href(sample.ply)}">coloured PLY</a>'
-        parts.append(f"<h3>{k + 1}. {_e(sample.id)}</h3><p>class <b>{_e(sample.cls)}</b>, "
-                     f"label {'anomalous' if sample.label else 'normal'}, score {sample.score:.3f}{extra}"
-                     f"{link}</p><img src=\"{_href(FIGURES_DIR + '/' + name)}\" alt=\"{_e(sample.id)}\">")
+        label = "anomalous" if sample.label else "normal"
+        facts = [("class", sample.cls), ("label", label), ("object score", f"{sample.score:.3f}")]
+        if sample.multimodal_score is not None:
+            facts.append(("multimodal score", f"{sample.multimodal_score:.3f}"))
+        view = viewer_document(sample.points, sample.point_scores, sample.point_labels, lo=sample.lo, hi=sample.hi,
+                               title=sample.id, facts=facts, max_points=view_points, seed=seed + k,
+                               show_title=False)
+        link = "" if not sample.ply else f'<p><a href="{_href(sample.ply)}">coloured PLY</a></p>'
+        reason = f'<p class="reason">shown as: {_e(sample.reason)}</p>' if sample.reason else ""
+        parts.append(f"<h4>{k + 1}. {_e(sample.id)}</h4>{reason}"
+                     f'<div class="pad-sample">{viewer_block(k, view)}<figure class="pad-views">'
+                     f"<img src=\"{_href(FIGURES_DIR + '/' + name)}\" alt=\"2D score maps and ground truth\">"
+                     f"{link}</figure></div>")
     parts.append("</body></html>\n")
     path = os.path.join(out, "report.html")
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -20,8 +20,15 @@ through :func:`safe_name`, so nothing can be written outside ``<results>``)::
                         the cloud in its original coordinates coloured by score
                         (colour map normalized per class), with float ``anomaly_score``
                         and uint8 ``label`` vertex properties
-    report.html, figures/*.png   (see :mod:`trainer.report`)
+    report.html, figures/*.png, assets/*.js   (see :mod:`trainer.report`)
     score_config.json   the options of the run and the checkpoint's config
+    pad_results.json    the manifest: every file this pad score wrote (relative paths)
+
+A results directory belongs to one run: :func:`prepare_dir` notes what the directory holds and
+:func:`finish_results` then removes every file of a previous pad score there that this run did
+not write again (the files its manifest lists; without a manifest, the entries with pad's names:
+:data:`PAD_FILES` and everything under :data:`PAD_DIRS`), touches nothing else, and writes the
+new manifest.
 """
 from __future__ import annotations
 
@@ -89,13 +96,101 @@ def sample_path(out: str, kind: str, cls: str, sample_id: str, ext: str) -> str:
 
 
 def prepare_dir(out: str) -> None:
-    """Create ``out``; :class:`PadError` when it is a file or cannot be created."""
+    """Create ``out``; :class:`PadError` when it is a file or cannot be created. Also notes what
+    ``out`` holds now (see :func:`finish_results`)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise PadError("the results path exists and is not a directory", out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise PadError(f"cannot create the results directory ({exc.strerror})", out) from None
+    _SNAPSHOTS[os.path.realpath(out)] = (_files(out), previous_results(out))
+
+
+# ---------------------------------------------------------------------------- the manifest
+MANIFEST = "pad_results.json"
+#: Top-level files and folders with pad's names (replaced when a directory has no manifest).
+PAD_FILES = ("metrics.json", "metrics.csv", "scores.csv", "score_config.json", "report.html", MANIFEST)
+PAD_DIRS = ("points", "ply", "figures", "assets")
+_SNAPSHOTS: dict[str, tuple[dict[str, tuple], set[str] | None]] = {}
+
+
+def _files(root: str) -> dict[str, tuple]:
+    """Every file (or link) under ``root``, relative path (``/``-separated) -> its identity (inode,
+    size, mtime and ctime in ns): a file written again, even atomically, gets another identity."""
+    out = {}
+    for folder, dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            out[rel] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+def is_pad_name(relpath: str) -> bool:
+    """Whether a file path relative to a results directory has pad's names."""
+    parts = relpath.split("/")
+    return (len(parts) == 1 and parts[0] in PAD_FILES) or (len(parts) > 1 and parts[0] in PAD_DIRS)
+
+
+def previous_results(out: str) -> set[str] | None:
+    """The files the manifest of a previous pad score in ``out`` lists (relative paths inside
+    ``out``; others are ignored), or None when there is no readable manifest."""
+    try:
+        with open(os.path.join(out, MANIFEST), encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, list):
+        return None
+    kept = set()
+    for rel in files:
+        if isinstance(rel, str) and rel and not rel.startswith("/") and ".." not in rel.split("/"):
+            kept.add(rel)
+    return kept
+
+
+def finish_results(out: str, written_by: str = "pad score") -> list[str]:
+    """End a run in ``out`` (after its last file): remove every file of a previous pad score that
+    this run did not write again — those the previous manifest lists, or without one the files
+    with pad's names (:func:`is_pad_name`) — and the folders that leaves empty; write the new
+    manifest ``pad_results.json`` listing every file written since :func:`prepare_dir`. Files
+    that are neither (the user's) are left alone. Returns the removed paths (relative)."""
+    root = os.path.realpath(out)
+    before, previous = _SNAPSHOTS.pop(root, (None, None))
+    now = _files(root)
+    if before is None:  # prepare_dir was not called in this process: only name what pad names
+        written = sorted(rel for rel in now if is_pad_name(rel) and rel != MANIFEST)
+        stale: list[str] = []
+    else:
+        written = sorted(rel for rel, key in now.items() if before.get(rel) != key and rel != MANIFEST)
+        unchanged = [rel for rel, key in before.items() if now.get(rel) == key and rel != MANIFEST]
+        ours = (lambda rel: rel in previous) if previous is not None else is_pad_name
+        stale = sorted(rel for rel in unchanged if ours(rel))
+    removed = []
+    for rel in stale:
+        path = os.path.join(root, *rel.split("/"))
+        if os.path.commonpath([root, os.path.realpath(os.path.dirname(path))]) != root:
+            continue
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        removed.append(rel)
+        folder = os.path.dirname(path)
+        while folder != root and os.path.commonpath([root, folder]) == root:
+            try:
+                os.rmdir(folder)  # only when empty
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+    write_json(os.path.join(root, MANIFEST), {"pad_results": 1, "written_by": written_by, "files": written})
+    return removed
 
 
 # ---------------------------------------------------------------------------- per-point scores

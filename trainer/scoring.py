@@ -354,6 +354,8 @@ def _check_options(cfg: ScoreConfig) -> None:
         raise PadError(f"--sigma must be 0 or more (got {cfg.sigma})")
     if cfg.report_samples < 0:
         raise PadError(f"--report-samples must be 0 or more (got {cfg.report_samples})")
+    if cfg.view_points < 1:
+        raise PadError(f"--view-points must be at least 1 (got {cfg.view_points})")
     if cfg.fusion not in FUSIONS:
         raise PadError(f"unknown --fusion '{cfg.fusion}' (choices: {', '.join(FUSIONS)})")
     if cfg.protocol not in PROTOCOLS:
@@ -471,8 +473,6 @@ def score_cache(cfg: ScoreConfig, progress: bool = True) -> dict:
 def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from trainer.report import ReportInfo, ReportSample, write_report
-
     res.prepare_dir(cfg.out)
     render, features, model = plan.render, plan.features, plan.model
     image_size = render.image_size
@@ -490,7 +490,6 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
     curves = {}
     ranges: dict[str, tuple[float, float]] = {}
     rows: list[list] = []
-    ranking: list[tuple[float, int, str]] = []
     total = sum(len(v) for v in plan.classes.values())
     bar = tqdm(total=total, desc="pad score", unit="sample", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
@@ -522,7 +521,6 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
                 p_mm.append(evaluated[3])
             row = [sid, cls, sid.split("/")[1], label, result.score]
             rows.append(row + ([result.multimodal_score] if plan.use_rgb else []))
-            ranking.append((result.score, i, cls))
             bar.update(1)
         aupro = "official" if cfg.protocol == "pointad" else "exact"
         per_class[cls], curves[cls] = class_metrics(np.asarray(obj_labels), np.asarray(obj_scores),
@@ -546,31 +544,13 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
                     "multimodal": plan.use_rgb, "notes": plan.notes})
     notes = plan.notes + res.undefined_metrics(doc)
 
-    top = sorted(ranking, key=lambda t: (-t[0], t[1]))[: cfg.report_samples]
-    report_samples = []
-    for score, i, cls in top:
-        sample = render.read_sample(i, SAMPLE_FIELDS)
-        sid = render.sample_ids[i]
-        result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
-                              text=text_for(cls), with_maps=True, protocol=cfg.protocol)
-        report_samples.append(ReportSample(
-            id=sid, cls=cls, label=int(sample["attrs"].get("label", int(np.any(sample["labels"])))),
-            score=result.score, images=render.images(i), view_maps=result.view_maps, points=sample["points"],
-            point_scores=result.point_map, point_labels=sample["labels"], lo=ranges[cls][0], hi=ranges[cls][1],
-            gt2d=render.gt2d(i), view_names=[v.get("name", f"view {k}") for k, v in enumerate(render.views)],
-            multimodal_score=next((r[5] for r in rows if r[0] == sid), None) if plan.use_rgb else None,
-            ply=res.sample_relpath("ply", cls, sid, ".ply")))
-    config = model.config
-    info = ReportInfo(title="pad score", notes=notes, facts=[
-        ("cache", os.path.abspath(cfg.cache)),
-        ("checkpoint", os.path.abspath(cfg.checkpoint) if cfg.checkpoint else "none (CLIP + Rendering baseline)"),
-        ("model", f"{config.get('model')} ({config.get('prompt_style')} prompts)"),
-        ("features", plan.tag), ("trained on", ", ".join(config.get("training_classes", [])) or "nothing"),
-        ("scored", f"{total} samples of {len(plan.classes)} class(es), split(s) {cfg.splits}"),
-        ("smoothing", f"sigma {cfg.sigma:g}"), ("metrics protocol", cfg.protocol),
-        ("RGB fused", f"yes ({cfg.fusion} fusion)" if plan.use_rgb else "no")])
-    write_report(cfg.out, doc, curves, report_samples, info)
-    return dict(doc, notes=notes)
+    from trainer.score_report import write_score_report
+
+    write_score_report(cfg, plan, rows, ranges, doc, curves, notes, text_for, total,
+                       view_points=cfg.view_points)                                  # the last write
+    from trainer.score_report import random_weights_notice
+
+    return dict(doc, notes=notes, warning=random_weights_notice(model.config))
 
 
 def _evaluated_maps(sample: dict, labels: np.ndarray, result: SampleScore):
@@ -607,5 +587,7 @@ def run_score(cfg: ScoreConfig) -> int:
         print(res.format_table(doc, multimodal=True))
     for note in doc["notes"]:
         print(f"note: {note}")
+    if doc.get("warning"):
+        print(f"note: {doc['warning']}")
     print(f"pad score: wrote {cfg.out} (metrics.json, scores.csv, report.html)")
     return 0

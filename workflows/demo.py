@@ -42,7 +42,7 @@ RANDOM_BACKBONE = "pad-tiny"
 STATE_FILE = "demo.json"
 #: Data-defining options: a workdir made with other values is refused.
 SIZE_KEYS = ("n_classes", "per_class", "points", "seed", "image_size", "supersample", "views")
-REPORT_SAMPLES = 4
+REPORT_SAMPLES = 3
 SCORE_SPLITS = "test"
 
 

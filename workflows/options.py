@@ -8,14 +8,29 @@ from data_cache.options import option
 
 @dataclass
 class PredictConfig:
-    """``pad predict FILES... --checkpoint RUN``: render, extract and score your own scans in one go."""
+    """``pad predict FILES... --checkpoint RUN``: render, extract and score your own scans in one go,
+    exactly as pad render / extract-features / score did for the run's cache (same cameras, image
+    size, supersampling, splat size, kNN, backbone and weights), so a file's scores equal what
+    pad score gives the same cloud. Overriding one of those options prints a notice."""
     files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt).", argument=True, nargs=-1)
     checkpoint: str = option(help="Run directory written by pad train.")
-    out: str = option("pad-predictions", "Output directory (a coloured PLY and a JSON per file).")
-    views: str = option("paper", "Camera set (see pad render --help).", metavar="paper|scan|N")
+    out: str = option("pad-predictions", "Output directory (a coloured PLY and a JSON per file, and with "
+                                         "--html an interactive 3D view).")
+    views: str | None = option(None, "Camera set (see pad render --help); default: the cameras the run's "
+                                     "cache was rendered with.", metavar="paper|scan|N")
+    supersample: int | None = option(None, "Render at this multiple of the image size, then downsample; "
+                                           "default: the run's cache's.")
+    point_size: str | None = option(None, "Splat half-size (auto or pixels); default: the run's cache's.",
+                                    metavar="auto|PX")
+    knn: int | None = option(None, "Neighbours per point in the kNN graph (smoothing); default: the run's "
+                                   "cache's.")
     pretrained: str | None = option(None, "Backbone weights; default: those the checkpoint's features used.",
                                     metavar="TAG|PATH")
     sigma: float = option(4.0, "Gaussian smoothing over the kNN graph, in median kNN distances.")
+    html: bool = option(False, "Also write <stem>.html per file: an interactive 3D view of the point scores "
+                               "with the 2D view maps (works offline; its scripts are in <out>/assets/).")
+    view_points: int = option(50000, "At most this many points in a 3D view (larger clouds show their "
+                                     "highest-scored points and an even, seeded sample of the rest).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
 
 

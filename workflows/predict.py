@@ -1,18 +1,29 @@
 """``pad predict FILES... --checkpoint RUN``: score your own point cloud files in one go.
 
 Per file, in the process (no Dask, no cache): read it (:func:`pipeline.ingest.read_cloud`),
-render it (:func:`pipeline.render.render_sample`, at the image size the checkpoint was
-trained on), encode the views with the backbone the checkpoint's features came from
-(:class:`pipeline.extract.Encoder`: same backbone, weights, tapped layers and DPAM depth,
-read from the feature tag), score it (:func:`trainer.scoring.score_sample`, kNN smoothing)
-and write, under ``--out``:
+render it as the run's cache was rendered (:func:`render_choice`: the run's ``config["render"]``
+record, written by ``pad train`` — its image size, supersampling, splat size, kNN and its
+cameras themselves, the stored matrices), encode the views as ``pad extract-features`` did
+(:class:`pipeline.extract.Encoder`: same backbone, weights, tapped layers, DPAM depth and
+preprocessing, float16 output as the feature store keeps), score it with ``pad score``'s own
+function (:func:`trainer.scoring.score_sample`), and write, under ``--out``:
 
 - ``<stem>.ply``: the cloud in its own coordinates, coloured by point score (``jet``,
   fixed range 0..1 so colours compare across files), with ``anomaly_score`` and ``label``
   properties (label: the file's own labels, or 0);
-- ``<stem>.json``: ``{"file", "score", "n_points", "top1pct_mean", "view_probs",
-  "feature_tag", "checkpoint", "point_scores"}`` (point scores in the file's point order,
-  after dropping rows with non-finite coordinates).
+- ``<stem>.json``: ``{"file", "score", "n_points", "n_scored", "n_dropped_nonfinite",
+  "top1pct_mean", "view_probs", "feature_tag", "checkpoint", "render", "point_scores"}``;
+- with ``--html``: ``<stem>.html``, an interactive 3D view (:mod:`data_cache.viewer`) with the 2D
+  view maps, and ``assets/`` (plotly.js and the view's script, one copy for all files).
+
+Every output has one entry per row of the file, in the file's order: a row with a non-finite
+coordinate is not scored (``null`` in the JSON, NaN coordinates and score and a grey colour in
+the PLY) and a line on stderr says how many rows that was.
+
+A run without a render record (trained before runs kept one) is rendered with the defaults of
+``pad render`` (views paper, supersample 2, point size auto, kNN 10) after a one-line notice; an
+option given that differs from the run's (``--views``, ``--supersample``, ``--point-size``,
+``--knn``, ``--pretrained``) prints one notice line saying the scores will not match pad score's.
 
 Stems are sanitized (:func:`trainer.results.safe_name`) and made unique. One line per file
 on stdout (``path  score=0.731  points=12034  top-1% mean=0.802``); a bad file prints one
@@ -29,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_cache.errors import PadError
+from data_cache.viewer import DEFAULT_VIEW_POINTS
 from workflows.options import PredictConfig
 
 TAG_PATTERN = re.compile(r"^(?P<head>.+)_L(?P<layers>\d+(?:-\d+)*)_dpam(?P<dpam>\d+)_(?P<size>\d+)$")
@@ -61,6 +73,86 @@ def feature_spec(config: dict, run_dir: str) -> FeatureSpec:
                        render_size=render_size)
 
 
+#: How ``pad render`` renders by default: what a run without a render record is rendered with.
+RENDER_DEFAULTS = {"views": "paper", "supersample": 2, "point_size": "auto", "knn": 10}
+#: The grey of a row that has no score (non-finite coordinates) in the coloured PLY.
+NO_SCORE_RGB = (128, 128, 128)
+
+
+@dataclass
+class RenderChoice:
+    """How predict renders: ``settings`` (:class:`pipeline.render.RenderSettings`), ``cameras``
+    (list of camera dicts), ``source``: ``run`` (exactly as the run's cache), ``overridden`` (an
+    option differs) or ``defaults`` (the run has no render record), and ``notes``: the lines to
+    print (at most one per kind)."""
+    settings: object
+    cameras: list
+    source: str
+    notes: list[str]
+
+
+def _point_size_px(value: str):
+    from pipeline.render import RenderSettings
+
+    return RenderSettings(point_size=str(value)).point_size_px
+
+
+def render_choice(config: dict, cfg: PredictConfig, render_size: int) -> RenderChoice:
+    """The renderer settings and cameras for a run's ``config`` (see the module docstring).
+
+    ``cfg``'s ``views`` / ``supersample`` / ``point_size`` / ``knn`` are None for "the run's";
+    ``render_size``: the image side the prompts were trained on (used without a record).
+    PadError for an invalid option or a damaged record."""
+    from data_cache.render_record import check_record
+    from pipeline.render import RenderSettings, make_cameras, resolve_views
+    from pipeline.render.settings import NORMALIZATION
+
+    record = config.get("render")
+    if record is None:
+        chosen = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else v) for k, v in RENDER_DEFAULTS.items()}
+        views = resolve_views(str(chosen["views"]), False)
+        settings = RenderSettings(image_size=int(render_size), supersample=int(chosen["supersample"]), views=views,
+                                  point_size=str(chosen["point_size"]), knn=int(chosen["knn"]))
+        note = ("this run does not record how its cache was rendered (trained before runs kept it), so files are "
+                f"rendered with views {views}, supersample {settings.supersample}, point size "
+                f"{settings.point_size}, kNN {settings.knn}: scores may differ from pad score's "
+                "(re-train with this pad to record it)")
+        return RenderChoice(settings, make_cameras(views, settings.image_size), "defaults", [note])
+    record = check_record(record)
+    differ: list[str] = []
+    cameras = [dict(c) for c in record["cameras"]]
+    views = record["views"]
+    if cfg.views is not None:
+        wanted = resolve_views(str(cfg.views), False)
+        if wanted != views:
+            differ.append(f"--views {wanted} (the run's cache: {views or 'cameras of its own'})")
+            views = wanted
+            cameras = make_cameras(wanted, int(record["image_size"]))
+    supersample = int(record["supersample"])
+    if cfg.supersample is not None and int(cfg.supersample) != supersample:
+        differ.append(f"--supersample {cfg.supersample} (the run's cache: {supersample})")
+        supersample = int(cfg.supersample)
+    point_size = str(record["point_size"])
+    if cfg.point_size is not None and _point_size_px(cfg.point_size) != _point_size_px(point_size):
+        differ.append(f"--point-size {cfg.point_size} (the run's cache: {point_size})")
+        point_size = str(cfg.point_size)
+    knn = int(record["knn"])
+    if cfg.knn is not None and int(cfg.knn) != knn:
+        differ.append(f"--knn {cfg.knn} (the run's cache: {knn})")
+        knn = int(cfg.knn)
+    if cfg.pretrained is not None and str(cfg.pretrained) != str(config.get("pretrained")):
+        differ.append(f"--pretrained {cfg.pretrained} (the run's features: {config.get('pretrained')})")
+    settings = RenderSettings(image_size=int(record["image_size"]), supersample=supersample,
+                              views=views or "default", point_size=point_size, knn=knn)
+    notes = []
+    if record["normalization"] != NORMALIZATION:
+        notes.append("the run's cache normalized clouds another way than this pad does: scores may not match "
+                     "pad score's")
+    if differ:
+        notes.append(f"{', '.join(differ)}: scores will not match pad score's on the same cloud")
+    return RenderChoice(settings, cameras, "overridden" if differ else "run", notes)
+
+
 class Predictor:
     """Checkpoint, backbone and renderer settings, built once for all files."""
 
@@ -68,17 +160,20 @@ class Predictor:
         from data_cache import checkpoint as ckpt
         from data_cache.backbones import create_clip, resolve_dpam
         from pipeline.extract import Encoder
-        from pipeline.render import RenderSettings, make_cameras, resolve_views
         from trainer.loop import resolve_device
         from trainer.model import load_model
 
         if not (cfg.sigma >= 0 and math.isfinite(cfg.sigma)):
             raise PadError(f"--sigma must be 0 or more (got {cfg.sigma})")
+        if cfg.view_points < 1:
+            raise PadError(f"--view-points must be at least 1 (got {cfg.view_points})")
         config = ckpt.load_config(cfg.checkpoint)
         self.spec = feature_spec(config, cfg.checkpoint)
+        self.choice = render_choice(config, cfg, self.spec.render_size)
         device = str(resolve_device(cfg.device))
         pretrained = cfg.pretrained or self.spec.pretrained
-        parts = create_clip(self.spec.backbone, pretrained, seed=self.spec.seed, device=device)
+        precision = str(config.get("feature_precision") or "fp32")  # as extract-features --precision
+        parts = create_clip(self.spec.backbone, pretrained, seed=self.spec.seed, device=device, precision=precision)
         if parts.image_size != self.spec.model_size:
             raise PadError(f"backbone '{self.spec.backbone}' takes {parts.image_size} px images but the "
                            f"checkpoint's features ('{config['feature_tag']}') were made at {self.spec.model_size} px",
@@ -92,11 +187,16 @@ class Predictor:
             raise PadError("this checkpoint uses CoOp prompts (with a class name); pad predict scores with "
                            "object-agnostic checkpoints (train with --prompts agnostic)", cfg.checkpoint)
         self.text = self.model.inference_text(None)
-        self.settings = RenderSettings(image_size=self.spec.render_size, views=cfg.views)
-        self.cameras = make_cameras(resolve_views(cfg.views, False), self.settings.image_size)
+        self.settings = self.choice.settings
+        self.cameras = self.choice.cameras
         self.config = config
         self.cfg = cfg
-        self.batch = 8
+        self.batch = 8  # batch composition does not change the float16 features (tested against extract-features)
+
+    @property
+    def notes(self) -> list[str]:
+        """The notice lines to print once before the files (see :func:`render_choice`)."""
+        return list(self.choice.notes)
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(V, H, W, 3) uint8 -> (global (V, D), patch (V, L, G·G, D)) float16, in batches."""
@@ -105,11 +205,14 @@ class Predictor:
             g, p = self.encoder.encode(images[start:start + self.batch])
             gs.append(g)
             ps.append(p)
-        return np.concatenate(gs), np.concatenate(ps)
+        return np.concatenate(gs).astype(np.float16), np.concatenate(ps).astype(np.float16)
 
-    def predict(self, path: str) -> dict:
-        """Score one file; returns the JSON document (see the module docstring) plus ``points``,
-        ``labels`` (arrays, for the PLY). PadError for a bad file."""
+    def predict(self, path: str, with_maps: bool = False) -> dict:
+        """Score one file; returns the JSON document (see the module docstring) plus arrays for the
+        PLY and the view: ``points`` (R, 3) float32 (R rows of the file; NaN on unscored rows),
+        ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
+        with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
+        PadError for a bad file."""
         from pipeline.ingest import read_cloud
         from pipeline.render import render_sample
         from pipeline.sample import Sample
@@ -125,14 +228,27 @@ class Predictor:
         global_, patch = self.encode(rendered.images)
         arrays = dict(rendered.arrays, attrs=rendered.attrs)
         result = score_sample(self.model, global_, patch, arrays, self.settings.image_size, self.cfg.sigma,
-                              text=self.text)
-        scores = result.point_map
+                              text=self.text, with_maps=with_maps)
+        scores = np.asarray(result.point_map, np.float32)
         top = np.sort(scores)[-max(1, int(math.ceil(0.01 * n))):]
-        return {"file": os.path.abspath(path), "score": float(result.score), "n_points": n,
-                "top1pct_mean": float(top.mean()), "view_probs": [float(v) for v in result.view_probs],
-                "n_dropped_nonfinite": int(cloud.n_dropped_nonfinite),
-                "feature_tag": self.config["feature_tag"], "checkpoint": os.path.abspath(self.cfg.checkpoint),
-                "point_scores": scores, "points": cloud.points, "labels": labels}
+        kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
+        rows = int(kept.shape[0])
+        full_scores = np.full(rows, np.nan, np.float32)
+        full_scores[kept] = scores
+        full_points = np.full((rows, 3), np.nan, np.float32)
+        full_points[kept] = cloud.points
+        full_labels = np.zeros(rows, np.uint8)
+        full_labels[kept] = labels
+        doc = {"file": os.path.abspath(path), "score": float(result.score), "n_points": rows, "n_scored": n,
+               "top1pct_mean": float(top.mean()), "view_probs": [float(v) for v in result.view_probs],
+               "n_dropped_nonfinite": int(cloud.n_dropped_nonfinite),
+               "feature_tag": self.config["feature_tag"], "checkpoint": os.path.abspath(self.cfg.checkpoint),
+               "render": self.choice.source,
+               "point_scores": full_scores, "points": full_points, "labels": full_labels, "scored": kept}
+        if with_maps:
+            doc.update(images=rendered.images, view_maps=result.view_maps, gt2d=rendered.gt2d,
+                       view_names=[str(c.get("name", f"view {k}")) for k, c in enumerate(self.cameras)])
+        return doc
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
@@ -147,17 +263,52 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
+_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names")
+
+
 def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
-    """Write ``<out>/<name>.ply`` and ``<out>/<name>.json``; returns their paths."""
-    from trainer.results import inside, write_json, write_scored_ply
+    """Write ``<out>/<name>.ply`` and ``<out>/<name>.json``; returns their paths. Rows without a
+    score (``doc["scored"]`` False, or a NaN score) get NaN coordinates and score and a grey colour
+    in the PLY and ``null`` in the JSON."""
+    from data_cache.plyio import write_ply
+    from trainer.results import inside, score_colors, write_json
 
     ply = inside(out, name + ".ply")
     js = inside(out, name + ".json")
-    write_scored_ply(ply, doc["points"], doc["point_scores"], doc["labels"], 0.0, 1.0)
-    payload = {k: v for k, v in doc.items() if k not in ("points", "labels", "point_scores")}
-    payload["point_scores"] = [round(float(v), 6) for v in doc["point_scores"]]
+    scores = np.asarray(doc["point_scores"], np.float32)
+    scored = np.asarray(doc.get("scored", np.isfinite(scores)), bool) & np.isfinite(scores)
+    colors = score_colors(scores, 0.0, 1.0)
+    colors[~scored] = NO_SCORE_RGB
+    write_ply(ply, np.asarray(doc["points"], np.float32), labels=np.asarray(doc["labels"], np.uint8), colors=colors,
+              scalars={"anomaly_score": np.where(scored, scores, np.float32(np.nan)).astype(np.float32)})
+    payload = {k: v for k, v in doc.items() if k not in _ARRAYS}
+    payload["point_scores"] = [round(float(v), 6) if ok else None for v, ok in zip(scores, scored)]
     write_json(js, payload)
     return ply, js
+
+
+def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFAULT_VIEW_POINTS,
+                          seed: int = 0) -> str:
+    """Write ``<out>/<name>.html``, the standalone 3D view of one prediction (``doc`` from
+    :meth:`Predictor.predict` with maps), and ``<out>/assets/``; returns the page's path."""
+    from data_cache.viewer import png_bytes, view_maps_image, viewer_document, write_viewer_page
+    from trainer.results import inside
+
+    page = inside(out, name + ".html")
+    labels = np.asarray(doc["labels"], np.uint8)
+    facts = [("object score", f"{doc['score']:.3f}"),
+             ("label", ("anomalous points in the file: " + str(int(labels.sum()))) if labels.any()
+              else "no labels in the file"),
+             ("top-1% mean", f"{doc['top1pct_mean']:.3f}")]
+    if doc.get("n_dropped_nonfinite"):
+        facts.append(("rows not scored (non-finite)", str(doc["n_dropped_nonfinite"])))
+    view = viewer_document(doc["points"], doc["point_scores"], labels, lo=0.0, hi=1.0,
+                           title=os.path.basename(str(doc["file"])), facts=facts, max_points=max_points, seed=seed)
+    image = None
+    if doc.get("images") is not None:
+        image = png_bytes(view_maps_image(doc["images"], doc.get("view_maps"), 0.0, 1.0, doc.get("gt2d")))
+    return write_viewer_page(page, view, image, heading="pad predict",
+                             image_caption="2D score maps of the rendered views (range 0..1)")
 
 
 def run_predict(cfg: PredictConfig) -> int:
@@ -168,6 +319,8 @@ def run_predict(cfg: PredictConfig) -> int:
     if not files:
         raise PadError("no files given: pad predict FILE... --checkpoint RUN")
     predictor = Predictor(cfg)  # checkpoint, backbone or weights problems stop here (exit 2)
+    for note in predictor.notes:
+        print(f"pad predict: note: {note}", file=sys.stderr)
     try:
         os.makedirs(cfg.out, exist_ok=True)
     except OSError as exc:
@@ -176,7 +329,7 @@ def run_predict(cfg: PredictConfig) -> int:
     failed = 0
     for path in tqdm(files, desc="pad predict", unit="file", file=sys.stderr, disable=len(files) < 2):
         try:
-            doc = predictor.predict(path)
+            doc = predictor.predict(path, with_maps=cfg.html)
         except PadError as exc:
             failed += 1
             tqdm.write(f"pad predict: {exc}" if os.fspath(path) in str(exc) else f"pad predict: {path}: {exc}",
@@ -184,6 +337,11 @@ def run_predict(cfg: PredictConfig) -> int:
             continue
         name = _unique_name(os.path.splitext(os.path.basename(path))[0], used)
         write_prediction(cfg.out, name, doc)
+        if cfg.html:
+            write_prediction_view(cfg.out, name, doc, cfg.view_points)
+        if doc["n_dropped_nonfinite"]:
+            tqdm.write(f"pad predict: {path}: {doc['n_dropped_nonfinite']} of {doc['n_points']} rows have NaN/Inf "
+                       "coordinates and were not scored (null in the JSON, NaN and grey in the PLY)", file=sys.stderr)
         tqdm.write(f"{path}  score={doc['score']:.3f}  points={doc['n_points']}  "
                    f"top-1% mean={doc['top1pct_mean']:.3f}", file=sys.stdout)
     if failed:

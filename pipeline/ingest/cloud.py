@@ -17,11 +17,14 @@ class Cloud:
     - ``labels``: (N,) uint8 in {0, 1}, or None when the file has no labels
     - ``normals``: (N, 3) float32, or None when the file has none
     - ``n_dropped_nonfinite``: rows dropped because a coordinate was NaN or Inf
+    - ``kept``: (rows of the file,) bool, which rows of the file ``points`` are (in order), or
+      None when no row was dropped
     """
     points: np.ndarray
     labels: np.ndarray | None = None
     normals: np.ndarray | None = None
     n_dropped_nonfinite: int = 0
+    kept: np.ndarray | None = None
 
 
 def fail(path: str | os.PathLike, problem: str) -> PadError:
@@ -97,4 +100,4 @@ def finish_cloud(path: str | os.PathLike, points: np.ndarray, labels: np.ndarray
             normals = None
     return Cloud(points=np.ascontiguousarray(points), labels=labels,
                  normals=None if normals is None else np.ascontiguousarray(normals),
-                 n_dropped_nonfinite=n_dropped)
+                 n_dropped_nonfinite=n_dropped, kept=finite if n_dropped else None)
