@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_cache.render_store import RenderStore
+from data_cache.render_store import RenderStore, name_key
 
 
 def make_render_store(cache: str, n_samples: int = 3, views: int = 2, image_size: int = 56, rgb: bool = False,
@@ -18,7 +18,10 @@ def make_render_store(cache: str, n_samples: int = 3, views: int = 2, image_size
                   "projection": "orthographic"} for v in range(views)]
     attrs = {"image_size": image_size, "supersample": 1, "views": view_list, "normalization": "unit-sphere",
              "point_size_px": 1.0, "knn_k": knn, "source": {"format": "generic", "root": "/nowhere"}}
-    store = RenderStore.create_or_open(cache, attrs, ids, [f"/nowhere/{i}.ply" for i in ids], views, image_size, rgb)
+    paths = [f"/nowhere/{i}.ply" for i in ids]
+    # content identities: these renderings depend on the seed, so do the keys
+    keys = [name_key(i, f"{p}@seed{seed}") for i, p in zip(ids, paths)]
+    store = RenderStore.create_or_open(cache, attrs, ids, paths, views, image_size, rgb, sample_keys=keys)
     for i in range(n_samples if write is None else write):
         n = n_points + i
         arrays = {"points": rng.normal(size=(n, 3)), "normals": rng.normal(size=(n, 3)),
