@@ -1,5 +1,6 @@
 """Dask for ``pad render``: a LocalCluster or a connection to an existing scheduler,
-the worker environment (OpenGL platform, one BLAS/OpenMP thread) and the dashboard link.
+the worker environment (OpenGL platform, one BLAS/OpenMP thread), the dashboard link, and
+:class:`ClusterWatch` (workers present, tasks rescheduled after a lost worker) for the run loop.
 
 Every worker process renders with one offscreen OpenGL context, so
 ``PYOPENGL_PLATFORM`` must be set before that process imports ``OpenGL``:

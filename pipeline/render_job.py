@@ -306,12 +306,15 @@ def _killed_reason(exc: BaseException) -> str:
 
 def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
                    on_result: Callable[[dict], None] | None = None) -> RenderSummary:
-    """Render every discovered sample not yet done into ``<cfg.cache>/render.zarr``.
+    """Render every discovered sample not yet done into ``<cfg.cache>/render.zarr``: samples new
+    to the store are appended, done samples whose files changed are rendered again in place, done
+    and unchanged ones are skipped (:func:`sync_render_store`).
 
     ``client``: an existing ``distributed.Client`` to use (default: one made from
     ``cfg.workers`` / ``cfg.scheduler``, closed at the end). ``on_result`` is called in the
     client with each task's status dict as it completes. Raises :class:`PadError` on an
-    option mismatch with an existing store or, with ``on_error='fail'``, on the first failed
+    option mismatch with an existing store, when the cluster has had no worker for
+    ``cfg.no_worker_timeout`` seconds, or, with ``on_error='fail'``, on the first failed
     sample (outstanding tasks cancelled; the store stays valid).
     """
     from pipeline.dask_cluster import dask_client, default_workers
@@ -385,7 +388,7 @@ def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderS
                                    settings=plan.settings, cameras=plan.cameras, pure=False,
                                    retries=TASK_RETRIES, key=[f"render-{i:06d}-{token}" for i in todo])
             futures.update(zip(submitted, todo))
-            pending = as_completed(submitted)
+            pending = as_completed(submitted, loop=client.loop)  # not default_client(): another may exist
             shown = (0, False)
             with stop:
                 while not pending.is_empty():
@@ -403,6 +406,9 @@ def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderS
                     for fut in batch:
                         i = futures[fut]
                         status = _status_of(fut, i, refs[i], store, KilledWorker)
+                        if status is _LOST:  # its result went with a dead worker: computed again
+                            pending.add(fut)
+                            continue
                         if status is None:
                             continue
                         finished += 1
@@ -457,11 +463,21 @@ def _check_workers(watch, cfg: RenderConfig, store: RenderStore, summary: Render
                    f"{lost}; start workers and re-run the same command: it resumes", store.path)
 
 
-def _status_of(fut, i: int, ref, store: RenderStore, killed_worker: type) -> dict | None:
-    """The status dict of a finished task (None when cancelled); a sample that killed its
+#: Seconds to wait for the result of a task reported finished: when its worker dies meanwhile, the
+#: result is lost and the task computed again, so the loop goes back to watching the cluster.
+RESULT_TIMEOUT = 5.0
+_LOST = object()
+
+
+def _status_of(fut, i: int, ref, store: RenderStore, killed_worker: type,
+               timeout: float = RESULT_TIMEOUT) -> dict | None | object:
+    """The status dict of a finished task (None when cancelled, ``_LOST`` when its result is not
+    there any more: lost with its worker, being computed again); a sample that killed its
     workers becomes a recorded failure; any other task error is raised (see _task_error)."""
     if fut.status == "cancelled":
         return None
+    if fut.status not in ("finished", "error"):
+        return _LOST
     if fut.status == "error":
         exc = fut.exception()
         if not isinstance(exc, killed_worker):
@@ -470,7 +486,11 @@ def _status_of(fut, i: int, ref, store: RenderStore, killed_worker: type) -> dic
                   "error": _killed_reason(exc)}
         store.record_failure(i, ref.id, str(ref.path), status["error"])
     else:
-        status = fut.result()
+        from distributed import TimeoutError as DaskTimeout  # asyncio's before Python 3.11
+        try:
+            status = fut.result(timeout=timeout)
+        except (TimeoutError, DaskTimeout):
+            return _LOST
     fut.release()
     return status
 
