@@ -268,7 +268,8 @@ class RenderStore:
         ``attrs``: the defining attributes (``DEFINING_ATTRS``; ``source`` {format, root});
         ``sample_ids`` (S,) str; ``source_paths`` (S,) main file of each (absolute, stored relative
         to ``source.root``); ``sample_keys`` (S,) non-zero ints from :func:`sample_key` (None:
-        :func:`name_key` of id and path, for stores built without files).
+        :func:`name_key` of id and path, for stores built without files; then the keys already in an
+        existing store are kept, and nothing counts as changed).
         """
         ids = [str(s) for s in sample_ids]
         if len(set(ids)) != len(ids):
@@ -284,7 +285,7 @@ class RenderStore:
             raise ValueError("sample keys must be non-zero (0 means unknown)")
         path = store_path(cache)
         if cls.exists(cache) and not cls._unfinished(path):
-            return cls._update(path, attrs, ids, rel, keys)
+            return cls._update(path, attrs, ids, rel, keys, keys_known=sample_keys is not None)
         if "://" not in path:
             os.makedirs(cache, exist_ok=True)
         if not ids:
@@ -301,8 +302,8 @@ class RenderStore:
         return store, SyncReport(indices=list(range(len(ids))), added=list(ids), created=True)
 
     @classmethod
-    def _update(cls, path: str, attrs: dict, ids: list[str], rel: list[str],
-                keys: np.ndarray) -> tuple["RenderStore", SyncReport]:
+    def _update(cls, path: str, attrs: dict, ids: list[str], rel: list[str], keys: np.ndarray,
+                keys_known: bool = True) -> tuple["RenderStore", SyncReport]:
         root = cls._open_group(path, "r+")
         old = dict(root.attrs)
         schema = old.get("pad_schema")
@@ -338,6 +339,8 @@ class RenderStore:
         idx = np.asarray(report.indices, dtype=np.int64)
         here = idx < n_old
         mine, theirs = idx[here], keys[here]
+        if not keys_known:  # no identities given: keep the ones the store has
+            theirs = np.where(stored[mine] != 0, stored[mine], theirs)
         differs = stored[mine] != theirs
         changed = mine[differs & done[mine] & (stored[mine] != 0)]
         report.adopted = int((differs & done[mine] & (stored[mine] == 0)).sum())
