@@ -295,8 +295,8 @@ def _how_to_supply(name: str, tag: str) -> str:
         url = ""
     names = [f"{name}_{tag}.safetensors"] + ([os.path.basename(url)] if url else [])
     root = os.environ.get(WEIGHTS_ENV, "").strip()
-    where = f"${WEIGHTS_ENV} ({root})" if root else f"a directory and point ${WEIGHTS_ENV} at it"
-    return (f"put the real weights in {where} as {' or '.join(names)}, or pass --pretrained PATH (a checkpoint "
+    where = f"${WEIGHTS_ENV} ({root})" if root else f"a directory named by ${WEIGHTS_ENV} (not set now)"
+    return (f"put the real weights as {' or '.join(names)} in {where}, or pass --pretrained PATH (a checkpoint "
             "file), or run once online to fill open_clip's cache; for a quick run without them use "
             "--backbone pad-tiny (random weights)")
 
