@@ -17,6 +17,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")  # before anything imports 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from _extract_helpers import make_render_store, sync_samples  # noqa: E402
 from _render_job_helpers import REPO, blob, write_dataset  # noqa: E402
 from data_cache.errors import PadError  # noqa: E402
 from data_cache.plyio import write_ply  # noqa: E402
@@ -295,3 +296,19 @@ def test_rows_dropped_for_non_finite_coordinates_are_counted_per_sample(client, 
     attrs = store.sample_attrs(store.index_of("cup/test/good_05"))
     assert (attrs["n_dropped_nonfinite"], attrs["n_points"]) == (5, POINTS - 5)
     assert store.sample_attrs(store.index_of("cup/test/bad_00"))["n_dropped_nonfinite"] == 0
+
+
+def test_sync_keeps_samples_the_dataset_no_longer_lists_and_old_callers_never_clear_done(tmp_path):
+    """No renderer here: stores built directly. A discovery that lists fewer samples (--classes, a
+    removed file) keeps the others as they are; a caller that gives no identities (the schema 1
+    ``create_or_open`` call) keeps the identities the store has, so nothing counts as changed."""
+    store = make_render_store(tmp_path, n_samples=3, views=2, image_size=56)
+    keys = store.sample_keys().tolist()
+    store, report = sync_samples(tmp_path, 2)
+    assert report.unlisted == ["a/test/s002"] and report.changed == [] and report.added == []
+    assert store.n_samples == 3 and store.done().all() and store.sample_keys().tolist() == keys
+    attrs = {k: store.attrs[k] for k in ("image_size", "supersample", "views", "normalization", "point_size_px",
+                                         "knn_k", "source")}
+    again = RenderStore.create_or_open(str(tmp_path), attrs, store.sample_ids, ["/elsewhere/x.ply"] * 3, 2, 56,
+                                       False)
+    assert again.done().all() and again.sample_keys().tolist() == keys
