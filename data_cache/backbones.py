@@ -11,7 +11,9 @@ Weights (``pretrained``):
   present (Hugging Face hub cache, ``~/.cache/clip``, the directory named by ``$PAD_CLIP_WEIGHTS``),
   downloaded otherwise unless ``HF_HUB_OFFLINE=1`` / ``PAD_OFFLINE=1``;
 - a local checkpoint file (``.safetensors``, ``.bin``/``.pt`` state dict, or an OpenAI TorchScript archive);
-- ``random``: seeded random initialization (same seed, same weights).
+- ``random``: seeded random initialization (same seed, same weights);
+- ``auto`` (or None): the entry's default (:func:`default_pretrained`: ``openai`` for the CLIP
+  backbones, ``random`` for pad-tiny, which has no other).
 
 Layer and DPAM numbers follow the reference 24-block ViT-L-14-336 (:func:`resolve_layers`,
 :func:`resolve_dpam` scale them to other depths).
@@ -257,14 +259,25 @@ def _cached_weights(model_name: str, tag: str) -> tuple[str | None, list[str]]:
     return None, looked
 
 
+def default_pretrained(name: str) -> str:
+    """The weights ``--pretrained auto`` stands for: the registry entry's default (``openai`` for the
+    CLIP backbones, ``random`` for pad-tiny, the first tag of any other open_clip model)."""
+    return get_backbone(name).pretrained
+
+
+def _resolve(entry: Backbone, pretrained: str | None) -> str:
+    value = (pretrained or "").strip()
+    return entry.pretrained if value in ("", "auto") else value
+
+
 def weights_available(name: str, pretrained: str | None = None) -> bool:
     """Whether ``create_clip(name, pretrained)`` can get its weights without the network (fast, no I/O
-    beyond a few ``stat`` calls). ``pretrained`` None means the entry's default."""
+    beyond a few ``stat`` calls). ``pretrained`` None or ``auto`` means the entry's default."""
     try:
         entry = get_backbone(name)
     except PadError:
         return False
-    pretrained = pretrained or entry.pretrained
+    pretrained = _resolve(entry, pretrained)
     if pretrained == "random":
         return True
     if _looks_like_path(pretrained) or os.path.isfile(pretrained):
@@ -275,10 +288,17 @@ def weights_available(name: str, pretrained: str | None = None) -> bool:
 
 
 def _how_to_supply(name: str, tag: str) -> str:
-    return (f"supply them with --pretrained PATH (a checkpoint file), put the file in the directory named by "
-            f"${WEIGHTS_ENV} (as {name}_{tag}.safetensors or its download name), pre-populate open_clip's "
-            f"cache once online (open_clip.create_model('{name}', pretrained='{tag}')), "
-            "or use --pretrained random for timing and tests")
+    """The two ways out when weights are missing: where to put the real ones, or the tiny backbone."""
+    try:
+        url = _tag_cfg(name, tag).get("url", "")
+    except Exception:  # an unknown model name: no download name to offer
+        url = ""
+    names = [f"{name}_{tag}.safetensors"] + ([os.path.basename(url)] if url else [])
+    root = os.environ.get(WEIGHTS_ENV, "").strip()
+    where = f"${WEIGHTS_ENV} ({root})" if root else f"a directory named by ${WEIGHTS_ENV} (not set now)"
+    return (f"put the real weights as {' or '.join(names)} in {where}, or pass --pretrained PATH (a checkpoint "
+            "file), or run once online to fill open_clip's cache; for a quick run without them use "
+            "--backbone pad-tiny (random weights)")
 
 
 def _reachable(cfg: dict, timeout: float = 3.0) -> str | None:
@@ -320,6 +340,7 @@ def locate_weights(name: str, pretrained: str) -> str | None:
     :class:`PadError` with one line saying what was looked for and how to supply it.
     """
     entry = get_backbone(name)
+    pretrained = _resolve(entry, pretrained)
     if pretrained == "random":
         return None
     if _looks_like_path(pretrained) or os.path.isfile(pretrained):
@@ -328,8 +349,8 @@ def locate_weights(name: str, pretrained: str) -> str | None:
             raise PadError(f"no weights file {path} for backbone '{name}'; " + _how_to_supply(name, entry.pretrained))
         return path
     if entry.random_only:
-        raise PadError(f"backbone '{name}' has no pretrained weights '{pretrained}' (use --pretrained random "
-                       "or a checkpoint file)")
+        raise PadError(f"backbone '{name}' has no pretrained weights '{pretrained}', only random ones (leave "
+                       "--pretrained out, or use --pretrained random or a checkpoint file)")
     model_name = entry.model_name
     cfg = _tag_cfg(model_name, pretrained)
     found, looked = _cached_weights(model_name, pretrained)
@@ -427,7 +448,7 @@ def _device(device: str) -> str:
 
 def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, device: str = "cpu",
                 precision: str = "fp32", need_visual: bool = True) -> ClipParts:
-    """Build backbone ``name`` with weights ``pretrained`` (None: the entry's default).
+    """Build backbone ``name`` with weights ``pretrained`` (None or ``auto``: the entry's default).
 
     ``pretrained``: an open_clip tag, a checkpoint file, or 'random' (``torch.manual_seed(seed)``
     before creating, in a forked RNG: same seed, same weights, the global RNG untouched).
@@ -443,7 +464,7 @@ def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, devi
         raise PadError(f"unknown precision '{precision}' (choices: {', '.join(PRECISIONS)})")
     entry = get_backbone(name)
     _register_configs()
-    pretrained = pretrained or entry.pretrained
+    pretrained = _resolve(entry, pretrained)
     device = _device(device)
     path = locate_weights(name, pretrained)
     quick_gelu = _quick_gelu_for(entry.model_name, pretrained, path)

@@ -1,22 +1,37 @@
 """The feature store ``<cache>/features/<tag>.h5`` (HDF5). See DESIGN.md.
 
-Attributes: ``pad_schema``, ``tag``, ``backbone``, ``pretrained`` (tag, 'random' or absolute
-checkpoint path), ``weights`` (tag, 'random' or checkpoint file name), ``seed`` (random weights;
-0 otherwise), ``layers`` (1-based block indices of this backbone), ``layers_spec`` (as asked, on the
-24-block reference scale), ``dpam_layers`` (as asked, reference scale), ``dpam_blocks`` (last blocks
-rewired), ``grid`` (patch grid side G), ``dim`` (D), ``image_size`` (model input side),
+Attributes: ``pad_schema`` (2), ``dpam_wiring`` (``"official-dual-path"``: the DPAM computation of
+the official code, see :mod:`pipeline.dpam`), ``tag``, ``backbone``, ``pretrained`` (tag, 'random' or
+absolute checkpoint path), ``weights`` (tag, 'random' or checkpoint file name), ``seed`` (random
+weights; 0 otherwise), ``layers`` (1-based block indices of this backbone), ``layers_spec`` (as asked,
+on the 24-block reference scale), ``dpam_layers`` (as asked, reference scale), ``dpam_blocks`` (last
+blocks rewired), ``grid`` (patch grid side G), ``dim`` (D), ``image_size`` (model input side),
 ``render_image_size``, ``precision``, ``views`` (V), ``has_rgb``, ``mean``/``std`` (input
-normalization), ``render_fingerprint``, ``options`` (JSON of the extract config).
+normalization), ``render_fingerprint`` (the render store's defining attributes, see
+:func:`data_cache.render_store.fingerprint`), ``options`` (JSON of the extract config).
 
-Writing: :class:`FeatureWriter` (one writer at a time, :class:`FeatureLock` on ``<tag>.h5.lock``);
-datasets are allocated in full at creation, so later writes touch raw data only.
-
-Datasets (S samples, V views, L layers):
+Datasets (S rows, one per render-store sample, same index; V views, L layers), all resizable along
+the sample axis (``maxshape`` (None, ...)) and allocated early (at creation and at each growth):
 - ``global``      float16 (S, V, D)          class-token embeddings, L2-normalized
 - ``patch``       float16 (S, V, L, G*G, D)  patch embeddings (DPAM path), one sample per chunk
 - ``rgb_global``  float16 (S, D)             when the render store has ``rgb``
 - ``rgb_patch``   float16 (S, L, G*G, D)     when the render store has ``rgb``
-- ``done``        bool (S,)                  set (and flushed) after the sample's data
+- ``render_key``  uint64 (S,)                the render store's ``sample_key`` of what row i encoded
+- ``done``        bool (S,)                  set (and flushed) after the sample's data and key
+
+A row counts (:meth:`FeatureStore.done`) when it is done, its render sample is done, and its
+``render_key`` equals that sample's key: a sample re-rendered because its source changed makes its
+row stale, and ``pad extract-features`` encodes it again.
+
+Writing: :class:`FeatureWriter` (one writer at a time, :class:`FeatureLock` on ``<tag>.h5.lock``).
+A new store is laid out in ``<tag>.h5.partial`` and renamed. Growing to a larger render store
+resizes every dataset (``done`` last) and fills the new ``render_key``/``done`` rows with zeros
+before one flush: until that flush, HDF5 keeps the change in its metadata cache, so a kill leaves
+the store at its old size (readers take the smallest dataset length as S) and a rerun grows it
+again; later writes touch raw data only.
+
+Stores of schema 1 (DPAM wiring before the official dual path, fixed-size datasets) are refused by
+readers and writers alike, with one line saying to delete them and extract again.
 """
 from __future__ import annotations
 
@@ -29,8 +44,11 @@ import numpy as np
 
 from data_cache.errors import PadError
 
-SCHEMA = 1
+SCHEMA = 2
+DPAM_WIRING = "official-dual-path"
 FEATURES_DIR = "features"
+DATASETS = ("global", "patch", "rgb_global", "rgb_patch")
+FLAG_CHUNK = 1024  # rows per chunk of render_key and done
 
 
 def feature_tag(backbone: str, pretrained: str, layers: Sequence[int], dpam_layers: int, image_size: int) -> str:
@@ -67,16 +85,79 @@ def resolve_tag(cache: str, tag: str | None) -> str:
     return tag
 
 
-class FeatureStore:
-    """Read access to one feature store (open lazily, safe to pass to a worker)."""
+def cache_of(path: str) -> str:
+    """The cache directory of the feature store at ``path`` (``<cache>/features/<tag>.h5``)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(path)))
 
-    def __init__(self, path: str):
+
+def _plain(value):
+    """JSON-comparable form of an attribute value."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, tuple):
+        value = list(value)
+    return value
+
+
+def check_schema(attrs, path: str) -> None:
+    """:class:`PadError` unless ``attrs`` (the file's attributes) are those of a schema 2 store
+    with the official DPAM wiring; an earlier pad's store gets the one line saying what to do."""
+    schema = _plain(attrs.get("pad_schema"))
+    wiring = _plain(attrs.get("dpam_wiring"))
+    if schema == 1 or (schema == SCHEMA and wiring != DPAM_WIRING):
+        raise PadError("this feature store was written by an earlier pad (DPAM wiring before the official dual "
+                       f"path, fixed-size datasets); delete {path} and run 'pad extract-features' again", path)
+    if schema != SCHEMA:
+        raise PadError(f"not a pad feature store of schema {SCHEMA} (found {schema!r})", path)
+
+
+def _rows(f) -> int:
+    """Rows every dataset has (the smallest length: a growth cut short leaves some longer)."""
+    return min(int(f[name].shape[0]) for name in DATASETS + ("render_key", "done") if name in f)
+
+
+def _render_keys_of(render, cache: str, n: int | None = None) -> np.ndarray | None:
+    """(S,) uint64 render keys (0 where the render sample is not done) from ``render`` (a RenderStore,
+    an array, or None: the render store of ``cache`` when there is one)."""
+    if render is None:
+        from data_cache.render_store import RenderStore
+        if not RenderStore.exists(cache):
+            return None
+        render = RenderStore.open(cache)
+    keys = render.render_keys() if hasattr(render, "render_keys") else render
+    return np.asarray(keys, dtype=np.uint64).reshape(-1)
+
+
+def valid_rows(done: np.ndarray, keys: np.ndarray, render_keys: np.ndarray) -> np.ndarray:
+    """(S_render,) bool: rows that are ``done`` (R,) with ``keys`` (R,) equal to a non-zero
+    ``render_keys`` (S_render,) entry; rows the feature store does not have yet are False."""
+    n = render_keys.shape[0]
+    out = np.zeros(n, dtype=bool)
+    m = min(n, done.shape[0])
+    out[:m] = done[:m] & (keys[:m] == render_keys[:m]) & (render_keys[:m] != 0)
+    return out
+
+
+class FeatureStore:
+    """Read access to one feature store (open lazily, safe to pass to a worker).
+
+    ``render``: what :meth:`done` checks the rows against — a
+    :class:`~data_cache.render_store.RenderStore`, its ``render_keys()`` array, or None (the render
+    store of the cache the file lives in, when there is one).
+    """
+
+    def __init__(self, path: str, render=None):
         self.path = path
+        self.render = render
         self._file = None
 
     @classmethod
-    def open(cls, cache: str, tag: str | None = None) -> "FeatureStore":
-        store = cls(os.path.join(features_dir(cache), resolve_tag(cache, tag) + ".h5"))
+    def open(cls, cache: str, tag: str | None = None, render=None) -> "FeatureStore":
+        store = cls(os.path.join(features_dir(cache), resolve_tag(cache, tag) + ".h5"), render)
         store.file  # validate now
         return store
 
@@ -85,11 +166,15 @@ class FeatureStore:
         if self._file is None:
             import h5py
             try:
-                self._file = h5py.File(self.path, "r")
+                f = h5py.File(self.path, "r")
             except OSError as exc:
                 raise PadError(f"cannot open the feature store ({' '.join(str(exc).split())})", self.path) from None
-            if self._file.attrs.get("pad_schema") != SCHEMA:
-                raise PadError(f"not a pad feature store of schema {SCHEMA}", self.path)
+            try:
+                check_schema(f.attrs, self.path)
+            except PadError:
+                f.close()
+                raise
+            self._file = f
         return self._file
 
     def close(self) -> None:
@@ -98,10 +183,10 @@ class FeatureStore:
             self._file = None
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {"path": self.path, "render": self.render}
 
     def __setstate__(self, state):
-        self.__init__(state["path"])
+        self.__init__(state["path"], state.get("render"))
 
     @property
     def tag(self) -> str:
@@ -126,17 +211,48 @@ class FeatureStore:
     def has_rgb(self) -> bool:
         return "rgb_global" in self.file
 
-    def done(self) -> np.ndarray:
-        """(S,) bool."""
-        return np.asarray(self.file["done"][:], dtype=bool)
+    @property
+    def n_rows(self) -> int:
+        """Rows the file holds (it grows to the render store's sample count at extraction)."""
+        return _rows(self.file)
+
+    def stored_done(self) -> np.ndarray:
+        """(R,) bool: the ``done`` flags as written, whatever the render store holds now."""
+        return np.asarray(self.file["done"][: self.n_rows], dtype=bool)
+
+    def stored_keys(self) -> np.ndarray:
+        """(R,) uint64: the render key each row was encoded from (0: never written)."""
+        return np.asarray(self.file["render_key"][: self.n_rows], dtype=np.uint64)
+
+    def done(self, render=None) -> np.ndarray:
+        """(S,) bool, S = the render store's sample count: rows that are done AND were encoded from
+        what the render store holds now (same ``render_key``, render sample done). ``render``
+        overrides the store's own (see the class doc); without any render store: :meth:`stored_done`."""
+        keys = _render_keys_of(render if render is not None else self.render, cache_of(self.path))
+        if keys is None:
+            return self.stored_done()
+        return valid_rows(self.stored_done(), self.stored_keys(), keys)
+
+    def stale(self, render=None) -> np.ndarray:
+        """(S,) bool: rows marked done whose render sample is done but holds other content now
+        (re-rendered after its source changed): :meth:`done` excludes them, extraction redoes them."""
+        keys = _render_keys_of(render if render is not None else self.render, cache_of(self.path))
+        if keys is None:
+            return np.zeros(self.n_rows, dtype=bool)
+        out = np.zeros(keys.shape[0], dtype=bool)
+        done, stored = self.stored_done(), self.stored_keys()
+        m = min(keys.shape[0], done.shape[0])
+        out[:m] = done[:m] & (keys[:m] != 0) & (stored[:m] != keys[:m])
+        return out
 
     def check_render_fingerprint(self, fingerprint: str) -> None:
         found = self.file.attrs.get("render_fingerprint")
         if isinstance(found, bytes):
             found = found.decode()
         if found != fingerprint:
-            raise PadError(f"this feature store was extracted from another render store (fingerprint {found}, "
-                           f"render store {fingerprint}); re-run 'pad extract-features'", self.path)
+            raise PadError(f"this feature store was extracted from another render store, made with other options "
+                           f"(fingerprint {found}, render store {fingerprint}); re-run 'pad extract-features'",
+                           self.path)
 
     def global_(self, i: int) -> np.ndarray:
         """(V, D) float16 global embeddings of sample ``i``."""
@@ -160,19 +276,6 @@ LOCK_SUFFIX = ".lock"
 # Attributes that define a store's content; reopening with other values is refused.
 DEFINING_ATTRS = ("backbone", "pretrained", "weights", "seed", "layers", "dpam_layers", "dpam_blocks", "grid",
                   "dim", "image_size", "precision", "views", "has_rgb")
-
-
-def _plain(value):
-    """JSON-comparable form of an attribute value."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, tuple):
-        value = list(value)
-    return value
 
 
 class FeatureLock:
@@ -214,8 +317,8 @@ class FeatureLock:
 
 
 def _early_dcpl():
-    """Dataset creation properties: space allocated at creation, never filled (so later writes change
-    raw data only, never the file's metadata: a crash cannot corrupt the store)."""
+    """Dataset creation properties: space allocated at creation and at each extension (so writes
+    change raw data only, never the file's metadata: a crash while writing cannot corrupt the store)."""
     import h5py
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
@@ -225,41 +328,57 @@ def _early_dcpl():
 class FeatureWriter:
     """The single writer of one feature store (holds :class:`FeatureLock` while open).
 
-    Datasets are created at full size with space allocated up front; :meth:`write_sample` writes a
-    sample's arrays, flushes, then sets ``done[i]`` and flushes again, so a crash never leaves a
-    sample marked done with partial data.
+    Datasets are created (and grown) with space allocated up front; :meth:`write_sample` writes a
+    sample's arrays and render key, flushes, then sets ``done[i]`` and flushes again, so a crash
+    never leaves a sample marked done with partial data.
+
+    ``render_keys``: (S,) uint64 keys of the render store the rows are encoded from (its
+    ``render_keys()``), used when :meth:`write_sample` is not given a key.
     """
 
-    def __init__(self, path: str, file, lock: FeatureLock):
+    def __init__(self, path: str, file, lock: FeatureLock, render_keys: np.ndarray | None = None):
         self.path = path
         self.file = file
         self._lock = lock
+        self.render_keys = None if render_keys is None else np.asarray(render_keys, dtype=np.uint64)
+        self.grown_from: int | None = None  # rows before this open grew the store (None: not grown)
 
     @classmethod
     def create_or_open(cls, path: str, attrs: dict, n_samples: int, views: int, n_layers: int, grid: int,
-                       dim: int, has_rgb: bool) -> "FeatureWriter":
-        """Open the store at ``path`` for writing (creating it when absent).
+                       dim: int, has_rgb: bool, render_keys: Sequence[int] | None = None) -> "FeatureWriter":
+        """Open the store at ``path`` for writing, creating it when absent and growing it to
+        ``n_samples`` rows when it has fewer.
 
-        ``attrs``: the store attributes (module docstring; ``options`` may be a dict). An existing
-        store must have the same ``render_fingerprint`` and the same :data:`DEFINING_ATTRS`, else
-        :class:`PadError` naming the difference. Another live writer: :class:`PadError`.
+        ``attrs``: the store attributes (module docstring; ``options`` may be a dict; ``pad_schema``
+        and ``dpam_wiring`` are set here). An existing store must be of this schema and wiring, have
+        the same ``render_fingerprint`` and :data:`DEFINING_ATTRS`, and no more rows than
+        ``n_samples``, else :class:`PadError` naming the problem. Another live writer: :class:`PadError`.
+        ``render_keys``: (n_samples,) keys of the render store (None: read from the render store of
+        the cache the file is in, when there is one).
         """
         import h5py
         lock = FeatureLock(path).acquire()
         try:
-            attrs = dict(attrs, pad_schema=SCHEMA)
+            attrs = dict(attrs, pad_schema=SCHEMA, dpam_wiring=DPAM_WIRING)
             if isinstance(attrs.get("options"), dict):
                 attrs["options"] = json.dumps(attrs["options"], sort_keys=True)
+            keys = _render_keys_of(None if render_keys is None else np.asarray(render_keys, np.uint64),
+                                   cache_of(path))
             if os.path.exists(path):
                 try:
                     f = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
                 except OSError as exc:
                     raise PadError(f"cannot open the feature store for writing ({' '.join(str(exc).split())}); "
                                    "delete it to start over", path) from None
-                writer = cls(path, f, lock)
-                writer._check(attrs, n_samples)
+                writer = cls(path, f, lock, keys)
+                try:
+                    writer._check(attrs, n_samples)
+                    writer._grow(n_samples)
+                except BaseException:
+                    f.close()
+                    raise
                 return writer
-            return cls._create(path, attrs, n_samples, views, n_layers, grid, dim, has_rgb, lock)
+            return cls._create(path, attrs, n_samples, views, n_layers, grid, dim, has_rgb, lock, keys)
         except BaseException:
             lock.release()
             raise
@@ -274,24 +393,33 @@ class FeatureWriter:
         except OSError as exc:
             lock.release()
             raise PadError(f"cannot open the feature store for writing ({' '.join(str(exc).split())})", path) from None
+        try:
+            check_schema(f.attrs, path)
+        except PadError:
+            f.close()
+            lock.release()
+            raise
         return cls(path, f, lock)
 
     @classmethod
-    def _create(cls, path, attrs, n_samples, views, n_layers, grid, dim, has_rgb, lock) -> "FeatureWriter":
+    def _create(cls, path, attrs, n_samples, views, n_layers, grid, dim, has_rgb, lock, keys) -> "FeatureWriter":
         import h5py
         tmp = path + ".partial"
         f = h5py.File(tmp, "w", locking=False)
         try:
             gg = int(grid) * int(grid)
-            shapes = {"global": ((n_samples, views, dim), (1, views, dim)),
-                      "patch": ((n_samples, views, n_layers, gg, dim), (1, views, n_layers, gg, dim))}
+            n = int(n_samples)
+            shapes = {"global": (views, dim), "patch": (views, n_layers, gg, dim)}
             if has_rgb:
-                shapes["rgb_global"] = ((n_samples, dim), (1, dim))
-                shapes["rgb_patch"] = ((n_samples, n_layers, gg, dim), (1, n_layers, gg, dim))
-            for name, (shape, chunks) in shapes.items():
-                f.create_dataset(name, shape=shape, chunks=chunks, dtype="float16", dcpl=_early_dcpl(),
-                                 fill_time="never")
-            f.create_dataset("done", shape=(n_samples,), dtype="bool", fillvalue=False, dcpl=_early_dcpl())
+                shapes["rgb_global"] = (dim,)
+                shapes["rgb_patch"] = (n_layers, gg, dim)
+            for name, tail in shapes.items():
+                f.create_dataset(name, shape=(n,) + tail, maxshape=(None,) + tail, chunks=(1,) + tail,
+                                 dtype="float16", dcpl=_early_dcpl(), fill_time="never")
+            f.create_dataset("render_key", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="uint64",
+                             fillvalue=0, dcpl=_early_dcpl())
+            f.create_dataset("done", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="bool",
+                             fillvalue=False, dcpl=_early_dcpl())
             for key, value in attrs.items():
                 f.attrs[key] = value
             f.flush()
@@ -301,35 +429,65 @@ class FeatureWriter:
             raise
         f.close()
         os.replace(tmp, path)  # a store exists only once fully laid out
-        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), lock)
+        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), lock, keys)
 
     def _check(self, attrs: dict, n_samples: int) -> None:
+        check_schema(self.file.attrs, self.path)
         old = {k: _plain(v) for k, v in self.file.attrs.items()}
-        if old.get("pad_schema") != SCHEMA:
-            raise PadError(f"not a pad feature store of schema {SCHEMA}", self.path)
         if old.get("render_fingerprint") != attrs.get("render_fingerprint"):
-            raise PadError(f"this feature store was extracted from another render store (fingerprint "
-                           f"{old.get('render_fingerprint')}, render store {attrs.get('render_fingerprint')}); "
-                           "delete it or use another --cache", self.path)
+            raise PadError(f"this feature store was extracted from another render store, made with other options "
+                           f"(fingerprint {old.get('render_fingerprint')}, render store "
+                           f"{attrs.get('render_fingerprint')}); delete it or use another --cache", self.path)
         for key in DEFINING_ATTRS:
             if key in attrs and _plain(attrs[key]) != old.get(key):
                 raise PadError(f"this feature store was extracted with other options: '{key}' differs (store: "
                                f"{old.get(key)!r}, now: {_plain(attrs[key])!r}); delete it to re-extract", self.path)
-        if self.file["done"].shape[0] != n_samples:
-            raise PadError("the feature store's sample count differs from the render store's; delete it", self.path)
+        if int(self.file["done"].shape[0]) > n_samples:
+            raise PadError(f"the feature store has {self.file['done'].shape[0]} rows but the render store only "
+                           f"{n_samples} samples: it was extracted from another render store; delete it", self.path)
+
+    def _grow(self, n_samples: int) -> None:
+        """Resize every dataset to ``n_samples`` rows (``done`` last), zero the new ``render_key`` and
+        ``done`` rows, then flush once (see the module docstring for a kill meanwhile)."""
+        f = self.file
+        n = int(n_samples)
+        rows = _rows(f)
+        if all(int(f[name].shape[0]) >= n for name in DATASETS + ("render_key", "done") if name in f):
+            return
+        f.flush()
+        for name in DATASETS:
+            if name in f and f[name].shape[0] < n:
+                f[name].resize(n, axis=0)
+        for name, zero in (("render_key", np.uint64(0)), ("done", False)):
+            start = int(f[name].shape[0])
+            if start < n:
+                f[name].resize(n, axis=0)
+            f[name][rows:n] = np.full(n - rows, zero, dtype=f[name].dtype)
+        f.flush()
+        self.grown_from = rows
 
     # ------------------------------------------------------------------ writes
     def done(self) -> np.ndarray:
-        """(S,) bool."""
-        return np.asarray(self.file["done"][:], dtype=bool)
+        """(R,) bool: the ``done`` flags as written."""
+        return np.asarray(self.file["done"][: _rows(self.file)], dtype=bool)
+
+    def keys(self) -> np.ndarray:
+        """(R,) uint64: the render key each row was encoded from."""
+        return np.asarray(self.file["render_key"][: _rows(self.file)], dtype=np.uint64)
 
     def write_sample(self, i: int, global_: np.ndarray, patch: np.ndarray, rgb_global: np.ndarray | None = None,
-                     rgb_patch: np.ndarray | None = None) -> None:
+                     rgb_patch: np.ndarray | None = None, render_key: int | None = None) -> None:
         """Write sample ``i``: ``global_`` (V, D), ``patch`` (V, L, G*G, D), optional ``rgb_global`` (D,) and
-        ``rgb_patch`` (L, G*G, D), stored float16; then mark it done."""
+        ``rgb_patch`` (L, G*G, D), stored float16, and the render key it was encoded from (default: the
+        writer's ``render_keys[i]``); then mark it done."""
         f = self.file
         if "rgb_global" in f and (rgb_global is None or rgb_patch is None):
             raise ValueError("this store holds RGB features: rgb_global and rgb_patch are required")
+        if render_key is None:
+            if self.render_keys is None or i >= self.render_keys.shape[0]:
+                raise ValueError("no render key for sample %d: pass render_key= or open the writer with the "
+                                 "render store's keys" % i)
+            render_key = int(self.render_keys[i])
         try:  # no chunk cache (rdcc_nbytes=0): a failed write raises here, before done is set
             f["done"][i] = False
             f["global"][i] = np.asarray(global_, dtype=np.float16)
@@ -337,6 +495,7 @@ class FeatureWriter:
             if "rgb_global" in f:
                 f["rgb_global"][i] = np.asarray(rgb_global, dtype=np.float16)
                 f["rgb_patch"][i] = np.asarray(rgb_patch, dtype=np.float16)
+            f["render_key"][i] = np.uint64(render_key)
             f.flush()
             f["done"][i] = True
             f.flush()
@@ -353,7 +512,7 @@ class FeatureWriter:
         if indices:
             done = self.done()
             done[indices] = False
-            self.file["done"][:] = done
+            self.file["done"][: done.shape[0]] = done
             self.file.flush()
 
     def close(self) -> None:

@@ -66,14 +66,21 @@ def render_summary(store) -> dict:
 
 
 def feature_summary(fs) -> dict:
-    """JSON-ready description of a :class:`~data_cache.feature_store.FeatureStore`."""
+    """JSON-ready description of a :class:`~data_cache.feature_store.FeatureStore`.
+
+    ``samples``: the render store's sample count (the rows the store grows to; its own row count
+    without a render store); ``done``: rows encoded from what the render store holds now; ``stale``:
+    rows encoded from content the render store no longer holds (re-rendered since; extraction redoes them);
+    ``rows``: rows in the file."""
     attrs = fs.attrs
     f = fs.file
     done = fs.done()
+    stale = fs.stale()
     payload = sum(int(np.prod(f[name].shape[1:])) * f[name].dtype.itemsize
                   for name in ("global", "patch", "rgb_global", "rgb_patch") if name in f)
     return {
         "tag": fs.tag, "path": fs.path, "samples": int(done.shape[0]), "done": int(done.sum()),
+        "stale": int(stale.sum()), "rows": int(fs.n_rows),
         "backbone": attrs.get("backbone"), "pretrained": attrs.get("pretrained"), "layers": attrs.get("layers"),
         "dpam_layers": attrs.get("dpam_layers"), "dpam_blocks": attrs.get("dpam_blocks"), "grid": attrs.get("grid"),
         "dim": attrs.get("dim"), "image_size": attrs.get("image_size"), "precision": attrs.get("precision"),
@@ -193,7 +200,7 @@ def verify(cache: str, repair: bool = False, progress: bool = True) -> dict:
         entry: dict[str, Any] = {"checked": 0, "broken": [], "store_problems": []}
         report["features"][tag] = entry
         try:
-            fs = FeatureStore(path)
+            fs = FeatureStore(path, render)
             done = fs.done()
         except PadError as exc:
             entry["store_problems"].append(str(exc))
@@ -205,8 +212,9 @@ def verify(cache: str, repair: bool = False, progress: bool = True) -> dict:
             except PadError:
                 entry["store_problems"].append("extracted from another render store (fingerprint differs); "
                                                "delete it and re-extract")
-            if done.shape[0] != render.n_samples:
-                entry["store_problems"].append("sample count differs from the render store")
+            if fs.n_rows > render.n_samples:
+                entry["store_problems"].append(f"{fs.n_rows} rows but the render store has {render.n_samples} "
+                                               "samples: extracted from another render store; delete it")
         for i in tqdm(np.flatnonzero(done), desc=f"verify {tag}", unit="sample", file=sys.stderr,
                       disable=not progress):
             i = int(i)
@@ -248,7 +256,10 @@ def collect(cache: str) -> dict:
         raise PadError("no such cache directory", cache)
     out: dict[str, Any] = {"cache": cache, "render": None, "features": []}
     if RenderStore.exists(cache):
-        out["render"] = render_summary(RenderStore.open(cache))
+        try:
+            out["render"] = render_summary(RenderStore.open(cache))
+        except PadError as exc:  # e.g. a schema 1 store, upgraded by the next pad render
+            out["render"] = {"error": str(exc)}
     for tag in list_tags(cache):
         fs = FeatureStore(os.path.join(features_dir(cache), tag + ".h5"))
         try:
@@ -267,6 +278,8 @@ def format_text(info: dict, report: dict | None = None) -> str:
     r = info["render"]
     if r is None:
         lines.append("render store: none")
+    elif "error" in r:
+        lines.append(f"render store: {r['error']}")
     else:
         lines.append(f"render store {os.path.basename(r['path'])}: {r['done']}/{r['samples']} samples done"
                      + (f", {len(r['failures'])} failed" if r["failures"] else "")
@@ -283,7 +296,9 @@ def format_text(info: dict, report: dict | None = None) -> str:
         if "error" in f:
             lines.append(f"feature store {f['tag']}: {f['error']}")
             continue
-        lines.append(f"feature store {f['tag']}: {f['done']}/{f['samples']} samples done; backbone {f['backbone']} "
+        stale = f", {f['stale']} stale (re-rendered since; run 'pad extract-features')" if f.get("stale") else ""
+        lines.append(f"feature store {f['tag']}: {f['done']}/{f['samples']} samples done{stale}; "
+                     f"backbone {f['backbone']} "
                      f"({f['pretrained']}), layers {f['layers']}, dpam {f['dpam_layers']} ({f['dpam_blocks']} blocks), "
                      f"grid {f['grid']}, dim {f['dim']}, {f['precision']}" + (", rgb" if f["has_rgb"] else "")
                      + f"; {human(f['size_bytes'])} on disk, {human(f['bytes_per_sample'])} per sample")

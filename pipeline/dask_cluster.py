@@ -1,5 +1,6 @@
 """Dask for ``pad render``: a LocalCluster or a connection to an existing scheduler,
-the worker environment (OpenGL platform, one BLAS/OpenMP thread) and the dashboard link.
+the worker environment (OpenGL platform, one BLAS/OpenMP thread), the dashboard link, and
+:class:`ClusterWatch` (workers present, tasks rescheduled after a lost worker) for the run loop.
 
 Every worker process renders with one offscreen OpenGL context, so
 ``PYOPENGL_PLATFORM`` must be set before that process imports ``OpenGL``:
@@ -176,3 +177,79 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
             client.register_plugin(PadWorkerPlugin(env, ignore_sigint=True),
                                    name=PadWorkerPlugin.name)
         yield client
+
+
+class ClusterWatch:
+    """Watches a client's cluster during a run: how many workers it has (polled at most every
+    ``interval`` seconds with ``Client.nthreads``), since when it has had none, and which of the
+    run's tasks were running on a worker that left (the scheduler's ``remove-worker`` events on
+    the ``all`` topic, whose ``processing-tasks`` it then reschedules).
+
+    ``token``: a string in the keys of this run's tasks (only those are counted).
+    """
+
+    def __init__(self, client, token: str, interval: float = 1.0, clock=None):
+        import time
+        import threading
+
+        self.client = client
+        self.token = token
+        self.interval = float(interval)
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._rescheduled: set[str] = set()
+        self._last_poll = -float("inf")
+        self._workers = 0
+        self._none_since: float | None = self._clock()  # until the first poll says otherwise
+        self._subscribed = False
+
+    def __enter__(self) -> "ClusterWatch":
+        try:
+            self.client.subscribe_topic("all", self._on_event)
+            self._subscribed = True
+        except Exception:  # an old scheduler without the events broker: no rescheduling counts
+            self._subscribed = False
+        self.poll(force=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._subscribed:
+            try:
+                self.client.unsubscribe_topic("all")
+            except Exception:  # the client may already be closing
+                pass
+            self._subscribed = False
+
+    def _on_event(self, event) -> None:
+        _, msg = event
+        if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+            return
+        keys = {str(k) for k in (msg.get("processing-tasks") or ()) if self.token in str(k)}
+        if keys:
+            with self._lock:
+                self._rescheduled |= keys
+
+    @property
+    def rescheduled(self) -> int:
+        """How many of the run's tasks were rescheduled after a lost worker."""
+        with self._lock:
+            return len(self._rescheduled)
+
+    def poll(self, force: bool = False) -> int:
+        """The number of workers now (asks the scheduler at most every ``interval`` seconds)."""
+        now = self._clock()
+        if force or now - self._last_poll >= self.interval:
+            self._last_poll = now
+            try:
+                self._workers = len(self.client.nthreads())
+            except Exception:  # the scheduler is briefly unreachable: keep the last count
+                pass
+            if self._workers:
+                self._none_since = None
+            elif self._none_since is None:
+                self._none_since = now
+        return self._workers
+
+    def seconds_without_workers(self) -> float:
+        """Seconds since the cluster last had a worker (0 while it has one)."""
+        return 0.0 if self._none_since is None else self._clock() - self._none_since

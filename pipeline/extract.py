@@ -6,6 +6,12 @@ queue; the main thread packs their views (and RGB image) into batches across sam
 preprocesses them on the device (uint8 -> float, resize when the model input differs from the
 rendering, the model's own mean/std) and runs :class:`pipeline.dpam.DpamVisual`; a writer thread
 stores each finished sample and then marks it done. A rerun skips done samples.
+
+The feature store follows the render store: it grows to the render store's sample count, and a
+row counts as done only while it recorded the render key of what the render store holds now
+(:meth:`data_cache.feature_store.FeatureStore.done`), so samples appended to the render store and
+samples re-rendered because their source changed are encoded, and nothing else. After the first
+batch, the time per image and an estimate of the whole run are printed (stderr).
 """
 from __future__ import annotations
 
@@ -107,27 +113,37 @@ class Encoder:
             return self.collect(self.launch(images))
 
 
+def resolved_pretrained(cfg: ExtractConfig) -> str:
+    """``cfg.pretrained`` with ``auto`` (or empty) replaced by the backbone's own default weights
+    (:func:`data_cache.backbones.default_pretrained`: openai for the CLIP backbones, random for pad-tiny)."""
+    from data_cache.backbones import default_pretrained
+    value = (cfg.pretrained or "").strip()
+    return default_pretrained(cfg.backbone) if value in ("", "auto") else value
+
+
 def plan_extract(cfg: ExtractConfig, render_store, parts) -> ExtractPlan:
-    """Resolve layers, DPAM depth, tag and store attributes for ``cfg`` on ``render_store``."""
+    """Resolve weights, layers, DPAM depth, tag and store attributes for ``cfg`` on ``render_store``
+    (the tag names the resolved weights: ``--pretrained auto`` and the default it stands for share it)."""
     from data_cache.backbones import resolve_dpam, resolve_layers
     from data_cache.feature_store import feature_tag, features_dir
+    pretrained = resolved_pretrained(cfg)
     layers = resolve_layers(cfg.layers, parts.n_vision_blocks)
     dpam_blocks = resolve_dpam(cfg.dpam_layers, parts.n_vision_blocks)
-    tag = feature_tag(cfg.backbone, cfg.pretrained, layers, cfg.dpam_layers, parts.image_size)
+    tag = feature_tag(cfg.backbone, pretrained, layers, cfg.dpam_layers, parts.image_size)
     path = os.path.join(features_dir(cfg.cache), tag + ".h5")
-    random = cfg.pretrained == "random"
-    is_file = not random and (os.path.isfile(cfg.pretrained) or os.sep in cfg.pretrained)
-    weights = os.path.basename(parts.weights_path) if is_file else cfg.pretrained  # 'random', a tag or a file name
+    random = pretrained == "random"
+    is_file = not random and (os.path.isfile(pretrained) or os.sep in pretrained)
+    weights = os.path.basename(parts.weights_path) if is_file else pretrained  # 'random', a tag or a file name
     views = len(render_store.views)
     attrs = {
         "tag": tag, "backbone": cfg.backbone, "weights": weights,
-        "pretrained": os.path.abspath(parts.weights_path) if is_file else cfg.pretrained,
+        "pretrained": os.path.abspath(parts.weights_path) if is_file else pretrained,
         "seed": int(cfg.seed) if random else 0, "layers": list(layers), "layers_spec": str(cfg.layers),
         "dpam_layers": int(cfg.dpam_layers), "dpam_blocks": int(dpam_blocks), "grid": int(parts.grid),
         "dim": int(parts.embed_dim), "image_size": int(parts.image_size),
         "render_image_size": int(render_store.image_size), "precision": cfg.precision, "views": views,
         "has_rgb": bool(render_store.has_rgb), "mean": list(parts.mean), "std": list(parts.std),
-        "render_fingerprint": render_store.fingerprint, "options": to_dict(cfg),
+        "render_fingerprint": render_store.fingerprint, "options": dict(to_dict(cfg), pretrained=pretrained),
     }
     return ExtractPlan(tag=tag, path=path, layers=layers, dpam_blocks=dpam_blocks, grid=parts.grid,
                        dim=parts.embed_dim, image_size=parts.image_size, render_size=render_store.image_size,
@@ -203,8 +219,8 @@ def _write_samples(writer, inbox: queue.Queue, stop: threading.Event, written: l
             continue
         if item is _END:
             return
-        i, g, p, rg, rp = item
-        writer.write_sample(i, g, p, rg, rp)
+        i, g, p, rg, rp, key = item
+        writer.write_sample(i, g, p, rg, rp, render_key=key)
         written.append(i)
 
 
@@ -238,15 +254,37 @@ def _batches(items: Iterator, batch_size: int, views: int) -> Iterator[tuple[np.
         yield np.stack(imgs), meta
 
 
-def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
-    """Run the extraction; returns figures {tag, path, samples, images, seconds, images_per_s, skipped}.
+def format_duration(seconds: float) -> str:
+    """``"about 4 h 35 min"``, ``"about 12 min"``, ``"about 40 s"``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h {minutes % 60} min"
 
-    ``parts``: an already created :class:`data_cache.backbones.ClipParts` (else built from ``cfg``).
+
+def estimate_line(n_images: int, seconds_per_image: float, device: str) -> str:
+    """The one line printed after the first batch: images to encode, measured seconds per image,
+    estimated total time on ``device``."""
+    rate = f"{seconds_per_image:.2f}" if seconds_per_image < 10 else f"{seconds_per_image:.1f}"
+    return (f"pad extract-features: {n_images} images; first batch {rate} s/image -> "
+            f"{format_duration(n_images * seconds_per_image)} on {device}")
+
+
+def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
+    """Run the extraction; returns figures {tag, path, samples, images, seconds, images_per_s, skipped,
+    not_rendered, stale, seconds_per_image (first batch, None when nothing was encoded)}.
+
+    Encodes every done render sample whose feature row is not done or is stale (``stale``: encoded from
+    content the render store no longer holds). ``parts``: an already created
+    :class:`data_cache.backbones.ClipParts` (else built from ``cfg``).
     """
     import torch
     from tqdm import tqdm
     from data_cache.backbones import create_clip
-    from data_cache.feature_store import FeatureWriter
+    from data_cache.feature_store import FeatureWriter, valid_rows
     from data_cache.render_store import RenderStore
 
     if cfg.batch_size < 1:
@@ -255,21 +293,27 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
     rendered = store.select()
     if not rendered:
         raise PadError("the render store has no finished sample; run 'pad render' first", store.path)
+    pretrained = resolved_pretrained(cfg)
     if parts is None:
-        parts = create_clip(cfg.backbone, cfg.pretrained, seed=cfg.seed, device=cfg.device, precision=cfg.precision)
-    elif (parts.name, parts.pretrained, parts.precision) != (cfg.backbone, cfg.pretrained, cfg.precision):
+        parts = create_clip(cfg.backbone, pretrained, seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    elif (parts.name, parts.pretrained, parts.precision) != (cfg.backbone, pretrained, cfg.precision):
         raise ValueError("parts were built for another backbone, weights or precision than cfg asks for")
     plan = plan_extract(cfg, store, parts)
+    render_keys = store.render_keys()
     writer = FeatureWriter.create_or_open(plan.path, plan.attrs, store.n_samples, plan.views, len(plan.layers),
-                                          plan.grid, plan.dim, plan.has_rgb)
+                                          plan.grid, plan.dim, plan.has_rgb, render_keys=render_keys)
     t0 = time.perf_counter()
     stop = threading.Event()
     written: list[int] = []
+    first: dict = {}
     reader = writer_t = None
     try:
-        done = writer.done()
-        todo = [i for i in rendered if not done[i]]
+        stored_done, stored_keys = writer.done(), writer.keys()
+        valid = valid_rows(stored_done, stored_keys, render_keys)
+        todo = [i for i in rendered if not valid[i]]
+        stale = sum(1 for i in todo if i < stored_done.shape[0] and stored_done[i])
         per_sample = plan.views + int(plan.has_rgb)
+        n_images = len(todo) * per_sample
         encoder = Encoder(parts, plan.layers, plan.dpam_blocks)
         gg = plan.grid * plan.grid
         # bounded queues: about two batches of read-ahead, a few samples of write-behind
@@ -288,11 +332,18 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
                 yield item
 
         pending: dict[int, _Pending] = {}
-        bar = tqdm(total=len(todo) * per_sample, desc=f"extract {plan.tag}", unit="img", file=sys.stderr,
+        bar = tqdm(total=n_images, desc=f"extract {plan.tag}", unit="img", file=sys.stderr,
                    disable=not progress, smoothing=0.1)
 
-        def deliver(handle, meta) -> None:
+        def deliver(handle, meta, launched: float) -> None:
             g, p = encoder.collect(handle)
+            if not first:  # the first batch, launch to results: what the estimate rests on
+                first["s_per_image"] = (time.perf_counter() - launched) / len(meta)
+                if progress and n_images > len(meta):
+                    bar.clear()
+                    print(estimate_line(n_images, first["s_per_image"], str(parts.device)), file=sys.stderr,
+                          flush=True)
+                    bar.refresh()
             for k, (i, slot) in enumerate(meta):
                 s = pending[i]
                 if slot == plan.views:
@@ -302,7 +353,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
                 s.left -= 1
                 if s.left == 0:
                     del pending[i]
-                    _put(write_q, (i, s.g, s.p, s.rg, s.rp), stop, writer_t)
+                    _put(write_q, (i, s.g, s.p, s.rg, s.rp, int(render_keys[i])), stop, writer_t)
             writer_t.check()
             bar.update(len(meta))
 
@@ -312,10 +363,11 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
                 if images is None:
                     pending[meta[0][0]] = _Pending(plan.views, len(plan.layers), gg, plan.dim, plan.has_rgb)
                     continue
+                launched = time.perf_counter()
                 handle = encoder.launch(images)
                 if in_flight is not None:
                     deliver(*in_flight)
-                in_flight = (handle, meta)
+                in_flight = (handle, meta, launched)
             if in_flight is not None:
                 deliver(*in_flight)
         bar.close()
@@ -332,17 +384,19 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
             writer_t.join(timeout=120)  # it writes what is queued (complete samples), then sees stop
         writer.close()
     seconds = time.perf_counter() - t0
-    n_images = len(written) * (plan.views + int(plan.has_rgb))
-    return {"tag": plan.tag, "path": plan.path, "samples": len(written), "images": n_images,
-            "seconds": seconds, "images_per_s": n_images / seconds if seconds > 0 else 0.0,
-            "skipped": len(rendered) - len(todo),
-            "not_rendered": store.n_samples - len(rendered)}
+    n_written = len(written) * (plan.views + int(plan.has_rgb))
+    return {"tag": plan.tag, "path": plan.path, "samples": len(written), "images": n_written,
+            "seconds": seconds, "images_per_s": n_written / seconds if seconds > 0 else 0.0,
+            "skipped": len(rendered) - len(todo), "stale": stale,
+            "not_rendered": store.n_samples - len(rendered), "seconds_per_image": first.get("s_per_image")}
 
 
 def run_extract(cfg: ExtractConfig) -> int:
     """CLI runner of ``pad extract-features``."""
     stats = extract(cfg)
     note = f", {stats['skipped']} already done" if stats["skipped"] else ""
+    if stats.get("stale"):
+        note += f", {stats['stale']} encoded again (re-rendered since)"
     if stats["not_rendered"]:
         note += f", {stats['not_rendered']} not rendered (skipped)"
     print(f"extracted {stats['samples']} samples ({stats['images']} images, {stats['images_per_s']:.1f} img/s)"

@@ -66,6 +66,9 @@ class RenderConfig:
                                    "(record it and render the rest).", choices=("fail", "skip"))
     backend: str = option("auto", "OpenGL platform: auto (EGL with a GPU, else OSMesa), osmesa or egl.",
                           choices=("auto", "osmesa", "egl"))
+    no_worker_timeout: float = option(120.0, "Seconds to wait while the cluster has no worker (all gone, or "
+                                             "none started yet with --scheduler) before stopping with exit 2; "
+                                             "a rerun resumes.", metavar="SECONDS")
 
 
 @dataclass
@@ -90,9 +93,10 @@ class ExtractConfig:
     over every rendering and cache global and patch embeddings in HDF5."""
     cache: str = option(help="Cache directory holding render.zarr.")
     backbone: str = option("ViT-L-14-336", "Backbone: pad-tiny, ViT-B-16, ViT-L-14-336 (the registry), or any other open_clip ViT name.")
-    pretrained: str = option("openai", "Weights: an open_clip pretrained tag, a local checkpoint file, or "
-                                       "'random' (seeded random weights, for timing and tests).",
-                             metavar="openai|PATH|random")
+    pretrained: str = option("auto", "Weights: auto (the backbone's own default: openai for the CLIP "
+                                     "backbones, random for pad-tiny), an open_clip pretrained tag, a local "
+                                     "checkpoint file, or 'random' (seeded random weights, for timing and tests).",
+                             metavar="auto|openai|PATH|random")
     layers: str = option("24", "Blocks whose patch tokens are stored (comma-separated, 1-based); "
                                "for backbones of other depths, scaled.", metavar="24|6,12,18,24")
     dpam_layers: int = option(20, "DPAM depth as in the reference (DPAM_layer=20 rewires the last 19 of "

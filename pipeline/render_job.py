@@ -6,6 +6,12 @@ into the store, ``done[i]`` last (:meth:`RenderStore.write_sample`); tasks retur
 a small status dict. Writers never share a chunk, so there is no lock, and a re-run
 renders only the samples not done.
 
+Growing and moving: the client identifies every discovered sample by its id and its files'
+content (:func:`data_cache.render_store.sample_key`, no paths) and syncs the store with them
+(:meth:`RenderStore.sync`): new samples are appended and rendered, a done sample whose files
+changed is re-rendered in place, done and unchanged ones are skipped — also when the dataset
+and the cache were copied or mounted elsewhere.
+
 Faults:
 - a worker that dies (killed, out of memory) has its task rescheduled by the scheduler
   (``allowed-failures``); a task that raises is retried (``retries=``); a sample that kills
@@ -13,6 +19,10 @@ Faults:
 - a bad sample (a :class:`PadError` from ``load_sample``, or any exception in the kernel) is
   recorded in the store (``RenderStore.record_failure``) and, with ``--on-error fail``, stops
   the run (outstanding tasks cancelled, exit 2); with ``--on-error skip`` the rest renders;
+- a cluster without any worker for ``--no-worker-timeout`` seconds (every worker gone, or none
+  ever joined the ``--scheduler``) stops the run with a :class:`PadError` saying how many samples
+  are left (a rerun resumes); tasks the scheduler reschedules after a lost worker are counted in
+  the progress line and the summary;
 - Ctrl-C closes the client and cluster and says how many samples are done;
 - a second ``pad render`` on the same cache is refused while the first runs (:func:`cache_lock`).
 """
@@ -43,6 +53,10 @@ class RenderSummary:
 
     ``failed``: one dict per failed sample: ``index``, ``id``, ``source_path``, ``error``
     (one line). ``timings``: mean seconds per stage over the samples rendered in this run.
+    ``total``: samples in the store; ``added``: ids appended to it by this run; ``changed``: ids
+    re-rendered because their source files changed; ``unlisted``: samples in the store the dataset
+    no longer lists (kept); ``rescheduled``: tasks rescheduled after a lost worker; ``dropped``:
+    (id, rows dropped for a non-finite coordinate, rows read) of each rendered sample that had any.
     """
     store: str
     total: int
@@ -53,24 +67,60 @@ class RenderSummary:
     elapsed_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     dashboard: str | None = None
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)
+    upgraded: bool = False
+    moved_from: str | None = None
+    rescheduled: int = 0
+    dropped: list[tuple[str, int, int]] = field(default_factory=list)
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
-        return (f"pad render: {self.rendered} rendered, {self.skipped} skipped (already done), "
+        text = (f"pad render: {self.rendered} rendered, {self.skipped} skipped (already done), "
                 f"{len(self.failed)} failed; {self.done}/{self.total} samples done in {self.store} "
                 f"({self.elapsed_s:.1f} s)")
+        if self.changed:
+            text += f"; {len(self.changed)} re-rendered because the source changed (e.g. {self.changed[0]})"
+        if self.rescheduled:
+            text += f"; {self.rescheduled} task(s) rescheduled after a lost worker"
+        return text
+
+    def notes(self) -> list[str]:
+        """Lines about the store itself (growth, upgrade, move, unlisted samples, dropped rows),
+        printed before the summary line."""
+        out = []
+        if self.upgraded:
+            out.append("pad render: upgraded the store to schema 2 in place (sample identities added; "
+                       "nothing done was rendered again)")
+        if self.moved_from:
+            out.append(f"pad render: the dataset root changed (was {self.moved_from}); samples are matched by id "
+                       "and file content")
+        if self.added and self.total > len(self.added):
+            out.append(f"pad render: {len(self.added)} new sample(s) appended to the store (e.g. {self.added[0]})")
+        if self.unlisted:
+            out.append(f"pad render: {len(self.unlisted)} sample(s) in the store are not in the dataset (or not "
+                       f"selected) and were kept (e.g. {self.unlisted[0]})")
+        if self.dropped:
+            sid, n, rows = max(self.dropped, key=lambda d: d[1])
+            out.append(f"pad render: {len(self.dropped)} sample(s) had non-finite rows dropped "
+                       f"({n} of {rows} in {sid})")
+        return out
 
 
 @dataclass(frozen=True)
 class RenderPlan:
     """What the client decides before rendering: dataset format, the discovered samples
-    (``refs``, sorted by id), kernel settings, cameras, the store's defining attributes."""
+    (``refs``, sorted by id), their content identities (``keys``, one per ref, see
+    :func:`data_cache.render_store.sample_key`), kernel settings, cameras, the store's
+    defining attributes."""
     fmt: str
     refs: list
     settings: Any
     cameras: list
     attrs: dict
     has_rgb: bool
+    keys: list[int] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -88,7 +138,9 @@ def _one_line(exc: BaseException, path: str) -> str:
 
 def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> dict:
     """Dask task: load, render and write sample ``index``; returns a small status dict
-    ``{index, id, status: "rendered"|"failed", error?, timings, pid}``.
+    ``{index, id, source_path, status: "rendered"|"failed", error?, timings, n_dropped_nonfinite,
+    n_rows, pid}`` (``n_rows``: input rows read, ``n_dropped_nonfinite`` of them dropped for a
+    NaN/Inf coordinate).
 
     A reading error (:class:`PadError`) or any exception from the kernel is recorded in the
     store and returned as ``failed``; errors writing the store propagate (the task is retried).
@@ -107,16 +159,20 @@ def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> 
         store.record_failure(index, ref.id, str(ref.path), status["error"])
         return status
     t2 = time.perf_counter()
+    dropped = int(getattr(sample, "n_dropped_nonfinite", 0) or 0)
+    grid = getattr(sample, "grid_shape", None)
+    rows = int(grid[0]) * int(grid[1]) if grid else sample.n_points + dropped
     attrs = {"id": sample.id, "class": sample.cls, "split": sample.split, "label": sample.label,
              "n_points": sample.n_points, "source_path": str(sample.source_path)}
     attrs.update(rendered.attrs or {})
+    attrs["n_dropped_nonfinite"] = dropped
     store.write_sample(index, rendered.arrays, attrs, rendered.images, rendered.gt2d,
                        getattr(rendered, "rgb", None))
     t3 = time.perf_counter()
     timings = {"load": t1 - t0}
     timings.update({k: float(v) for k, v in (getattr(rendered, "timings", None) or {}).items()})
     timings.update(render=t2 - t1, write=t3 - t2, total=t3 - t0)
-    status.update(status="rendered", timings=timings)
+    status.update(status="rendered", timings=timings, n_dropped_nonfinite=dropped, n_rows=rows)
     return status
 
 
@@ -139,7 +195,26 @@ def plan_render(cfg: RenderConfig) -> RenderPlan:
     cameras = make_cameras(resolve_views(cfg.views, one_sided), settings.image_size)
     attrs = store_attrs(settings, fmt, root, one_sided)
     has_rgb = any(ref.extra_path("rgb") for ref in refs)
-    return RenderPlan(fmt, refs, settings, cameras, attrs, has_rgb)
+    return RenderPlan(fmt, refs, settings, cameras, attrs, has_rgb, keys=identify(refs))
+
+
+#: Threads hashing source files (I/O-bound; hashlib releases the GIL).
+IDENTIFY_THREADS = 8
+
+
+def identify(refs: list) -> list[int]:
+    """Content identity of each discovered sample (:func:`data_cache.render_store.sample_key` over
+    its main file and companions), hashed on :data:`IDENTIFY_THREADS` threads; (S,) ints."""
+    from concurrent.futures import ThreadPoolExecutor
+    from data_cache.render_store import sample_key
+
+    def one(ref) -> int:
+        return sample_key(ref.id, [("main", str(ref.path))] + [(r, str(p)) for r, p in ref.extra if p])
+
+    if len(refs) < 2:
+        return [one(ref) for ref in refs]
+    with ThreadPoolExecutor(max_workers=min(IDENTIFY_THREADS, len(refs))) as pool:
+        return list(pool.map(one, refs))
 
 
 @contextmanager
@@ -178,14 +253,21 @@ def _absolute(cfg: RenderConfig) -> RenderConfig:
     return dataclasses.replace(cfg, cache=cache, dataset=dataset)
 
 
-def open_render_store(cfg: RenderConfig, plan: RenderPlan) -> RenderStore:
-    """Create the store for the full discovered sample list, or reopen one made with the
-    same options and samples (else :class:`PadError` naming the difference)."""
+def sync_render_store(cfg: RenderConfig, plan: RenderPlan):
+    """Create the store for the discovered samples, or reopen one made with the same options
+    (else :class:`PadError` naming the difference) and grow it: new samples appended, changed
+    ones cleared for re-rendering (:meth:`RenderStore.sync`). Returns ``(store, SyncReport)``."""
     ids = [ref.id for ref in plan.refs]
     paths = [str(ref.path) for ref in plan.refs]
     size = int(plan.attrs.get("image_size", plan.settings.image_size))
-    return RenderStore.create_or_open(_absolute(cfg).cache, plan.attrs, ids, paths, views=len(plan.cameras),
-                                      image_size=size, has_rgb=plan.has_rgb)
+    return RenderStore.sync(_absolute(cfg).cache, plan.attrs, ids, paths, views=len(plan.cameras),
+                            image_size=size, has_rgb=plan.has_rgb, sample_keys=plan.keys or None)
+
+
+def open_render_store(cfg: RenderConfig, plan: RenderPlan) -> RenderStore:
+    """:func:`sync_render_store` without the report. On a new store, sample ``k`` of ``plan.refs``
+    has index ``k``."""
+    return sync_render_store(cfg, plan)[0]
 
 
 def _check_options(cfg: RenderConfig) -> None:
@@ -197,6 +279,8 @@ def _check_options(cfg: RenderConfig) -> None:
         raise PadError(f"--workers must be 0 (one per core) or more, not {cfg.workers}")
     if cfg.on_error not in ("fail", "skip"):
         raise PadError(f"--on-error must be fail or skip, not '{cfg.on_error}'")
+    if not cfg.no_worker_timeout > 0:
+        raise PadError(f"--no-worker-timeout must be a positive number of seconds, not {cfg.no_worker_timeout}")
 
 
 def _task_error(exc: BaseException, ref, store: RenderStore) -> BaseException:
@@ -222,12 +306,15 @@ def _killed_reason(exc: BaseException) -> str:
 
 def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
                    on_result: Callable[[dict], None] | None = None) -> RenderSummary:
-    """Render every discovered sample not yet done into ``<cfg.cache>/render.zarr``.
+    """Render every discovered sample not yet done into ``<cfg.cache>/render.zarr``: samples new
+    to the store are appended, done samples whose files changed are rendered again in place, done
+    and unchanged ones are skipped (:func:`sync_render_store`).
 
     ``client``: an existing ``distributed.Client`` to use (default: one made from
     ``cfg.workers`` / ``cfg.scheduler``, closed at the end). ``on_result`` is called in the
     client with each task's status dict as it completes. Raises :class:`PadError` on an
-    option mismatch with an existing store or, with ``on_error='fail'``, on the first failed
+    option mismatch with an existing store, when the cluster has had no worker for
+    ``cfg.no_worker_timeout`` seconds, or, with ``on_error='fail'``, on the first failed
     sample (outstanding tasks cancelled; the store stays valid).
     """
     from pipeline.dask_cluster import dask_client, default_workers
@@ -237,14 +324,22 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
     cfg = _absolute(cfg)
     plan = plan_render(cfg)
     with cache_lock(cfg.cache):
-        store = open_render_store(cfg, plan)
+        store, sync = sync_render_store(cfg, plan)
         done = store.done()
-        todo = [i for i in range(len(plan.refs)) if not done[i]]
-        summary = RenderSummary(store=store.path, total=len(plan.refs), skipped=len(plan.refs) - len(todo))
+        refs = {i: ref for i, ref in zip(sync.indices, plan.refs)}
+        todo = [i for i in sync.indices if not done[i]]
+        ids = store.sample_ids
+        summary = RenderSummary(store=store.path, total=store.n_samples, skipped=len(plan.refs) - len(todo),
+                                added=list(sync.added),
+                                changed=[ids[i] for i in sync.changed], unlisted=list(sync.unlisted),
+                                upgraded=sync.upgraded, moved_from=sync.moved_from)
+        if progress and sync.changed:
+            print(f"pad render: {len(sync.changed)} sample(s) changed on disk since they were rendered: "
+                  f"rendering them again (e.g. {summary.changed[0]})", file=sys.stderr)
         if todo:
             try:
                 if client is not None:
-                    _run(client, cfg, plan, store, todo, summary, progress, on_result)
+                    _run(client, cfg, plan, refs, store, todo, summary, progress, on_result)
                 else:
                     workers = 0 if cfg.scheduler else min(cfg.workers or default_workers(), len(todo))
                     if progress:
@@ -252,7 +347,7 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
                             f"starting {workers} local worker process{'es' if workers > 1 else ''}"
                         print(f"pad render: {where} ...", file=sys.stderr)
                     with dask_client(workers, cfg.scheduler, cfg.backend) as own:
-                        _run(own, cfg, plan, store, todo, summary, progress, on_result)
+                        _run(own, cfg, plan, refs, store, todo, summary, progress, on_result)
             except KeyboardInterrupt:  # counted once the cluster is closed: nothing changes after this
                 n_done = int(store.done().sum())
                 print(f"pad render: interrupted; {n_done}/{summary.total} samples done in {store.path}; "
@@ -263,59 +358,78 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
     return summary
 
 
-def _run(client, cfg: RenderConfig, plan: RenderPlan, store: RenderStore, todo: list[int],
+def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderStore, todo: list[int],
          summary: RenderSummary, progress: bool, on_result) -> None:
+    """Submit one task per store index in ``todo`` (``refs``: store index -> SampleRef) and collect
+    the results into ``summary``."""
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
     from tqdm import tqdm
 
-    from pipeline.dask_cluster import dashboard_link
+    from pipeline.dask_cluster import ClusterWatch, dashboard_link
 
     summary.dashboard = dashboard_link(client)
     if progress:
         print(f"pad render: {len(todo)} of {summary.total} samples to render"
               + (f"; Dask dashboard: {summary.dashboard}" if summary.dashboard else ""), file=sys.stderr)
-        if cfg.scheduler and not client.scheduler_info().get("workers"):
-            print(f"pad render: the scheduler {cfg.scheduler} has no workers yet; waiting for them "
-                  "(dask worker, dask-jobqueue, ...)", file=sys.stderr)
     token = uuid.uuid4().hex[:8]
     futures: dict = {}
     bar = tqdm(total=len(todo), desc="render", unit="sample", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     sums: dict[str, float] = {}
     stop = _InterruptFlag()
+    finished = 0
     try:
-        submitted = client.map(render_one, todo, [plan.refs[i] for i in todo], store=store,
-                               settings=plan.settings, cameras=plan.cameras, pure=False,
-                               retries=TASK_RETRIES, key=[f"render-{i:06d}-{token}" for i in todo])
-        futures.update(zip(submitted, todo))
-        pending = as_completed(submitted)
-        with stop:
-            while not pending.is_empty():
-                if stop.is_set():
-                    raise KeyboardInterrupt
-                batch = pending.next_batch(block=False)
-                if not batch:
-                    time.sleep(0.05)
-                    continue
-                for fut in batch:
-                    status = _status_of(fut, futures[fut], plan.refs[futures[fut]], store, KilledWorker)
-                    if status is None:
+        with ClusterWatch(client, token) as watch:
+            if progress and cfg.scheduler and not watch.poll(force=True):
+                print(f"pad render: the scheduler {cfg.scheduler} has no workers yet; waiting for them up to "
+                      f"{cfg.no_worker_timeout:g} s (dask worker, dask-jobqueue, ...)", file=sys.stderr)
+            submitted = client.map(render_one, todo, [refs[i] for i in todo], store=store,
+                                   settings=plan.settings, cameras=plan.cameras, pure=False,
+                                   retries=TASK_RETRIES, key=[f"render-{i:06d}-{token}" for i in todo])
+            futures.update(zip(submitted, todo))
+            pending = as_completed(submitted, loop=client.loop)  # not default_client(): another may exist
+            shown = (0, False)
+            with stop:
+                while not pending.is_empty():
+                    if stop.is_set():
+                        raise KeyboardInterrupt
+                    _check_workers(watch, cfg, store, summary, len(todo) - finished)
+                    now = (watch.rescheduled, watch.seconds_without_workers() >= 1)
+                    if now != shown:
+                        shown = now
+                        bar.set_postfix(_postfix(summary, watch), refresh=True)
+                    batch = pending.next_batch(block=False)
+                    if not batch:
+                        time.sleep(0.05)
                         continue
-                    bar.update(1)
-                    if on_result is not None:
-                        on_result(status)
-                    if status["status"] == "failed":
-                        summary.failed.append({k: status[k] for k in ("index", "id", "source_path", "error")})
-                        bar.set_postfix(failed=len(summary.failed))
-                        if cfg.on_error == "fail":
-                            raise PadError(f"sample {status['id']} failed: {status['error']} (store kept "
-                                           "valid; fix or remove the file, or use --on-error skip)",
-                                           status["source_path"])
-                        continue
-                    summary.rendered += 1
-                    for k, v in status.get("timings", {}).items():
-                        sums[k] = sums.get(k, 0.0) + v
+                    for fut in batch:
+                        i = futures[fut]
+                        status = _status_of(fut, i, refs[i], store, KilledWorker)
+                        if status is _LOST:  # its result went with a dead worker: computed again
+                            pending.add(fut)
+                            continue
+                        if status is None:
+                            continue
+                        finished += 1
+                        bar.update(1)
+                        if on_result is not None:
+                            on_result(status)
+                        if status["status"] == "failed":
+                            summary.failed.append({k: status[k] for k in ("index", "id", "source_path", "error")})
+                            bar.set_postfix(_postfix(summary, watch))
+                            if cfg.on_error == "fail":
+                                raise PadError(f"sample {status['id']} failed: {status['error']} (store kept "
+                                               "valid; fix or remove the file, or use --on-error skip)",
+                                               status["source_path"])
+                            continue
+                        summary.rendered += 1
+                        if status.get("n_dropped_nonfinite"):
+                            summary.dropped.append((status["id"], int(status["n_dropped_nonfinite"]),
+                                                    int(status.get("n_rows", 0))))
+                        for k, v in status.get("timings", {}).items():
+                            sums[k] = sums.get(k, 0.0) + v
+            summary.rescheduled = watch.rescheduled
     except BaseException:
         _cancel(client, futures)
         raise
@@ -324,11 +438,46 @@ def _run(client, cfg: RenderConfig, plan: RenderPlan, store: RenderStore, todo: 
     summary.timings = {k: v / summary.rendered for k, v in sums.items()} if summary.rendered else {}
 
 
-def _status_of(fut, i: int, ref, store: RenderStore, killed_worker: type) -> dict | None:
-    """The status dict of a finished task (None when cancelled); a sample that killed its
+def _postfix(summary: RenderSummary, watch) -> dict:
+    out = {}
+    if summary.failed:
+        out["failed"] = len(summary.failed)
+    if watch.rescheduled:
+        out["rescheduled"] = watch.rescheduled
+    if watch.seconds_without_workers() >= 1:
+        out["workers"] = "none, waiting"
+    return out
+
+
+def _check_workers(watch, cfg: RenderConfig, store: RenderStore, summary: RenderSummary, left: int) -> None:
+    """:class:`PadError` once the cluster has had no worker for ``cfg.no_worker_timeout`` seconds."""
+    watch.poll()
+    waited = watch.seconds_without_workers()
+    if waited < cfg.no_worker_timeout:
+        return
+    summary.rescheduled = watch.rescheduled
+    where = f"the scheduler {cfg.scheduler}" if cfg.scheduler else "the cluster"
+    lost = f"; {watch.rescheduled} task(s) were on a worker that was lost" if watch.rescheduled else ""
+    raise PadError(f"{where} has had no worker for {waited:.0f} s (--no-worker-timeout {cfg.no_worker_timeout:g}); "
+                   f"{left} sample(s) of this run left to render, {int(store.done().sum())}/{store.n_samples} done"
+                   f"{lost}; start workers and re-run the same command: it resumes", store.path)
+
+
+#: Seconds to wait for the result of a task reported finished: when its worker dies meanwhile, the
+#: result is lost and the task computed again, so the loop goes back to watching the cluster.
+RESULT_TIMEOUT = 5.0
+_LOST = object()
+
+
+def _status_of(fut, i: int, ref, store: RenderStore, killed_worker: type,
+               timeout: float = RESULT_TIMEOUT) -> dict | None | object:
+    """The status dict of a finished task (None when cancelled, ``_LOST`` when its result is not
+    there any more: lost with its worker, being computed again); a sample that killed its
     workers becomes a recorded failure; any other task error is raised (see _task_error)."""
     if fut.status == "cancelled":
         return None
+    if fut.status not in ("finished", "error"):
+        return _LOST
     if fut.status == "error":
         exc = fut.exception()
         if not isinstance(exc, killed_worker):
@@ -337,7 +486,11 @@ def _status_of(fut, i: int, ref, store: RenderStore, killed_worker: type) -> dic
                   "error": _killed_reason(exc)}
         store.record_failure(i, ref.id, str(ref.path), status["error"])
     else:
-        status = fut.result()
+        from distributed import TimeoutError as DaskTimeout  # asyncio's before Python 3.11
+        try:
+            status = fut.result(timeout=timeout)
+        except (TimeoutError, DaskTimeout):
+            return _LOST
     fut.release()
     return status
 
@@ -392,5 +545,7 @@ def run_render(cfg: RenderConfig) -> int:
         print(f"pad render: mean seconds per sample: {stages}", file=sys.stderr)
     for failure in summary.failed:
         print(f"pad render: failed {failure['id']} ({failure['source_path']}): {failure['error']}")
+    for note in summary.notes():
+        print(note)
     print(summary.line())
     return 0

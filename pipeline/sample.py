@@ -36,6 +36,8 @@ class Sample:
     - ``rgb``: (H, W, 3) uint8 or None, with ``grid_index`` (N,) int32: flat index of each
       point in the organized H×W grid (``grid_shape`` = (H, W)).
     - ``label``: object label, 1 when any point is anomalous.
+    - ``n_dropped_nonfinite``: input rows dropped because a coordinate was NaN or Inf
+      (``n_points + n_dropped_nonfinite`` rows were read).
     """
     id: str
     cls: str
@@ -48,6 +50,7 @@ class Sample:
     grid_index: np.ndarray | None = None
     grid_shape: tuple[int, int] | None = None
     warnings: list[str] = field(default_factory=list)
+    n_dropped_nonfinite: int = 0
 
     @property
     def label(self) -> int:

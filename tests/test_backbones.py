@@ -144,6 +144,29 @@ def test_uncached_tag_offline_fails_fast_and_names_where_it_looked(offline):
     assert "offline" in text and "ViT-L-14-336px.pt" in text and "--pretrained PATH" in text
 
 
+def test_offline_weights_error_names_both_ways_out_in_one_line(offline, monkeypatch):
+    """Where the real weights go ($PAD_CLIP_WEIGHTS and the file names, or --pretrained PATH), and
+    the tiny backbone for a quick run."""
+    with pytest.raises(PadError) as err:
+        create_clip("ViT-L-14-336")  # the default weights, openai
+    text = _one_line(err.value)
+    assert "$PAD_CLIP_WEIGHTS" in text and "ViT-L-14-336_openai.safetensors or ViT-L-14-336px.pt" in text
+    assert "--pretrained PATH" in text and "--backbone pad-tiny" in text
+    monkeypatch.setenv("PAD_CLIP_WEIGHTS", str(offline / "w"))
+    with pytest.raises(PadError) as err:
+        create_clip("ViT-B-16", "openai")
+    text = _one_line(err.value)
+    assert f"as ViT-B-16_openai.safetensors or ViT-B-16.pt in $PAD_CLIP_WEIGHTS ({offline / 'w'})" in text
+    assert "--backbone pad-tiny" in text
+
+
+def test_pad_tiny_defaults_to_its_random_weights():
+    assert backbones.default_pretrained("pad-tiny") == "random"
+    assert backbones.default_pretrained("ViT-L-14-336") == "openai"
+    parts = create_clip("pad-tiny", "auto", seed=3)
+    assert parts.pretrained == "random" and weights_available("pad-tiny", "auto")
+
+
 def test_weights_under_pad_clip_weights_are_found(offline, monkeypatch):
     folder = offline / "weights"
     folder.mkdir()

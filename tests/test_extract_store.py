@@ -17,6 +17,7 @@ from _extract_helpers import make_render_store
 from data_cache.backbones import create_clip
 from data_cache.errors import PadError
 from data_cache.feature_store import FeatureLock, FeatureStore
+from data_cache.render_store import RenderStore
 from pipeline.extract import extract
 from pipeline.options import ExtractConfig
 
@@ -86,13 +87,13 @@ CRASH = textwrap.dedent("""
     from pipeline.options import ExtractConfig
     calls = []
     original = FeatureWriter.write_sample
-    def crashing(self, i, g, p, rg=None, rp=None):
+    def crashing(self, i, g, p, rg=None, rp=None, **kw):
         if len(calls) == {k}:                  # half-write the next sample, then die without closing
             self.file["global"][i] = g
             self.file.flush()
             os._exit(17)
         calls.append(i)
-        original(self, i, g, p, rg, rp)
+        original(self, i, g, p, rg, rp, **kw)
     FeatureWriter.write_sample = crashing
     extract(ExtractConfig(cache={cache!r}, backbone="pad-tiny", pretrained="random", layers="12,24",
                           batch_size=3, device="cpu"), progress=False)
@@ -122,15 +123,37 @@ def test_a_crash_keeps_finished_samples_and_a_rerun_completes_the_store(tmp_path
     assert extract(_cfg(clean), progress=False, parts=tiny)["samples"] == 0  # nothing left to do
 
 
-def test_a_store_from_another_render_store_is_refused(tmp_path, tiny):
+def test_a_store_from_a_render_store_with_other_options_is_refused(tmp_path, tiny):
     make_render_store(tmp_path / "a", n_samples=2, views=2, image_size=56)
     extract(_cfg(tmp_path / "a"), progress=False, parts=tiny)
-    make_render_store(tmp_path / "b", n_samples=3, views=2, image_size=56)  # other sample list
+    make_render_store(tmp_path / "b", n_samples=2, views=2, image_size=56, knn=6)  # other rendering options
     os.makedirs(tmp_path / "b" / "features")
     tag = "pad-tiny_random_L3-6_dpam20_336.h5"
     os.replace(tmp_path / "a" / "features" / tag, tmp_path / "b" / "features" / tag)
-    with pytest.raises(PadError, match="another render store"):
+    with pytest.raises(PadError, match="extracted from another render store.*fingerprint"):
         extract(_cfg(tmp_path / "b"), progress=False, parts=tiny)
+    with pytest.raises(PadError, match="extracted from another render store"):  # what train and score check
+        FeatureStore.open(str(tmp_path / "b")).check_render_fingerprint(RenderStore.open(str(tmp_path / "b")).fingerprint)
+
+
+def test_a_store_moved_onto_other_renderings_counts_nothing_done_and_is_encoded_again(tmp_path, tiny):
+    """Same options, other content (other seed: other images, other keys): no row of the moved
+    store counts, and extraction encodes every sample again."""
+    make_render_store(tmp_path / "a", n_samples=2, views=2, image_size=56, seed=0)
+    extract(_cfg(tmp_path / "a"), progress=False, parts=tiny)
+    store_b = make_render_store(tmp_path / "b", n_samples=3, views=2, image_size=56, seed=1)
+    os.makedirs(tmp_path / "b" / "features")
+    tag = "pad-tiny_random_L3-6_dpam20_336.h5"
+    os.replace(tmp_path / "a" / "features" / tag, tmp_path / "b" / "features" / tag)
+    fs = FeatureStore.open(str(tmp_path / "b"))
+    assert fs.stored_done().tolist() == [True, True] and fs.done().tolist() == [False, False, False]
+    fs.close()
+    stats = extract(_cfg(tmp_path / "b"), progress=False, parts=tiny)
+    assert (stats["samples"], stats["skipped"], stats["stale"]) == (3, 0, 2)
+    fs = FeatureStore.open(str(tmp_path / "b"))
+    assert fs.done().all() and fs.n_rows == 3
+    assert fs.stored_keys().tolist() == store_b.render_keys().tolist()
+    fs.close()
 
 
 def test_other_options_under_the_same_tag_are_refused(tmp_path, tiny):

@@ -104,6 +104,7 @@ def _one_line_error(result, needle: str) -> None:
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     lines = [line for line in lines if not line.rsplit("\r", 1)[-1].startswith("extract ")]  # progress bar
+    lines = [line for line in lines if not line.startswith("pad extract-features: ")]  # the time estimate
     assert len(lines) == 1 and lines[0].startswith("pad: error: "), result.stderr[-2000:]
     assert needle.lower() in lines[0].lower(), lines[0]
 

@@ -36,7 +36,8 @@ def _warnings(cloud: Cloud, path: str) -> list[str]:
 def _from_cloud(ref: SampleRef, cloud: Cloud, warnings: list[str]) -> Sample:
     labels = cloud.labels if cloud.labels is not None else np.zeros(cloud.points.shape[0], dtype=np.uint8)
     return Sample(id=ref.id, cls=ref.cls, split=ref.split, points=cloud.points, point_labels=labels,
-                  source_path=ref.path, normals=cloud.normals, warnings=warnings)
+                  source_path=ref.path, normals=cloud.normals, warnings=warnings,
+                  n_dropped_nonfinite=int(cloud.n_dropped_nonfinite))
 
 
 def gt_matches_points(gt_points: np.ndarray, points: np.ndarray) -> tuple[bool, bool, float]:
@@ -85,7 +86,8 @@ def _load_pcd_with_gt(ref: SampleRef) -> Sample:
     if not match:
         raise fail(gt_path, f"points do not match {os.path.basename(ref.path)}: only {100 * fraction:.1f}% "
                             "agree (same points, in any order, expected)")
-    return _from_cloud(ref, Cloud(gt.points, gt.labels, cloud.normals if in_order else None), warnings)
+    return _from_cloud(ref, Cloud(gt.points, gt.labels, cloud.normals if in_order else None,
+                                  gt.n_dropped_nonfinite), warnings)  # the gt file is the point set
 
 
 def _load_generic(ref: SampleRef) -> Sample:

@@ -113,4 +113,5 @@ def read_organized(ref: SampleRef) -> Sample:
     rgb = read_image(rgb_path, (h, w), "RGB") if rgb_path is not None else None
     return Sample(id=ref.id, cls=ref.cls, split=ref.split, points=np.ascontiguousarray(points, dtype=np.float32),
                   point_labels=point_labels, source_path=path, rgb=rgb,
-                  grid_index=grid_index.astype(np.int32), grid_shape=(int(h), int(w)), warnings=warnings)
+                  grid_index=grid_index.astype(np.int32), grid_shape=(int(h), int(w)), warnings=warnings,
+                  n_dropped_nonfinite=n_nonfinite)
