@@ -378,7 +378,6 @@ def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderS
                dynamic_ncols=True)
     sums: dict[str, float] = {}
     stop = _InterruptFlag()
-    finished = 0
     try:
         with ClusterWatch(client, token) as watch:
             if progress and cfg.scheduler and not watch.poll(force=True):
@@ -394,7 +393,7 @@ def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderS
                 while not pending.is_empty():
                     if stop.is_set():
                         raise KeyboardInterrupt
-                    _check_workers(watch, cfg, store, summary, len(todo) - finished)
+                    _check_workers(watch, cfg, store, summary, todo)
                     now = (watch.rescheduled, watch.seconds_without_workers() >= 1)
                     if now != shown:
                         shown = now
@@ -411,7 +410,6 @@ def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderS
                             continue
                         if status is None:
                             continue
-                        finished += 1
                         bar.update(1)
                         if on_result is not None:
                             on_result(status)
@@ -449,8 +447,9 @@ def _postfix(summary: RenderSummary, watch) -> dict:
     return out
 
 
-def _check_workers(watch, cfg: RenderConfig, store: RenderStore, summary: RenderSummary, left: int) -> None:
-    """:class:`PadError` once the cluster has had no worker for ``cfg.no_worker_timeout`` seconds."""
+def _check_workers(watch, cfg: RenderConfig, store: RenderStore, summary: RenderSummary, todo: list[int]) -> None:
+    """:class:`PadError` once the cluster has had no worker for ``cfg.no_worker_timeout`` seconds;
+    ``todo``: the store indices this run set out to render (those not done now are left)."""
     watch.poll()
     waited = watch.seconds_without_workers()
     if waited < cfg.no_worker_timeout:
@@ -458,8 +457,10 @@ def _check_workers(watch, cfg: RenderConfig, store: RenderStore, summary: Render
     summary.rescheduled = watch.rescheduled
     where = f"the scheduler {cfg.scheduler}" if cfg.scheduler else "the cluster"
     lost = f"; {watch.rescheduled} task(s) were on a worker that was lost" if watch.rescheduled else ""
+    done = store.done()
+    left = int((~done[todo]).sum()) if todo else 0  # a sample written by a worker that died counts as done
     raise PadError(f"{where} has had no worker for {waited:.0f} s (--no-worker-timeout {cfg.no_worker_timeout:g}); "
-                   f"{left} sample(s) of this run left to render, {int(store.done().sum())}/{store.n_samples} done"
+                   f"{left} sample(s) of this run left to render, {int(done.sum())}/{store.n_samples} done"
                    f"{lost}; start workers and re-run the same command: it resumes", store.path)
 
 
