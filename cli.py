@@ -124,8 +124,9 @@ def invoke(runner_spec: str, config) -> int:
     except PadError as exc:
         click.echo(f"pad: error: {exc}", err=True)
         return 2
-    except KeyboardInterrupt:
-        click.echo("pad: interrupted; completed work is kept in the cache, re-run to continue.", err=True)
+    except KeyboardInterrupt as exc:  # one line: the command's own account when it gives one
+        text = " ".join(str(exc).split())
+        click.echo(text or "pad: interrupted; completed work is kept in the cache, re-run to continue.", err=True)
         return 130
     except Exception as exc:  # a bug: keep the traceback, print one line
         path = _log_bug(exc)

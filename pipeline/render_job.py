@@ -350,9 +350,8 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
                         _run(own, cfg, plan, refs, store, todo, summary, progress, on_result)
             except KeyboardInterrupt:  # counted once the cluster is closed: nothing changes after this
                 n_done = int(store.done().sum())
-                print(f"pad render: interrupted; {n_done}/{summary.total} samples done in {store.path}; "
-                      "re-run the same command to render the rest.", file=sys.stderr)
-                raise
+                raise KeyboardInterrupt(f"pad render: interrupted; {n_done}/{summary.total} samples done in "
+                                        f"{store.path}; re-run the same command to render the rest") from None
         summary.done = int(store.done().sum())
     summary.elapsed_s = time.perf_counter() - start
     return summary

@@ -136,6 +136,7 @@ def test_interrupted_and_killed_runs_resume(tmp_path):
     n_done = int(RenderStore.open(str(cache)).done().sum())
     assert proc.returncode == 130, output
     assert f"interrupted; {n_done}/{len(ids)} samples done" in output and "Traceback" not in output, output
+    assert sum("interrupted" in line for line in output.splitlines()) == 1, output   # one line
     assert 2 <= n_done < len(ids), "the run was not interrupted mid-way"
 
     # SIGKILL of everything (client, scheduler, workers) mid-run
