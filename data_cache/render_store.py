@@ -211,8 +211,11 @@ class RenderStore:
         import zarr
         try:
             return zarr.open_group(path, mode=mode)
-        except (FileNotFoundError, KeyError, ValueError) as exc:
-            raise PadError(f"no render store here ({type(exc).__name__}); run 'pad render' first", path) from None
+        except (FileNotFoundError, KeyError, ValueError):
+            cache = path[: -len(STORE_NAME) - 1] if path.endswith(STORE_NAME) else path
+            what = "no such directory" if "://" not in cache and not os.path.isdir(cache) else "no render.zarr in it"
+            raise PadError(f"there is no pad cache here ({what}); make one with 'pad render DATASET_DIR --cache "
+                           f"{cache}' (then 'pad extract-features --cache {cache}')", cache) from None
 
     def __getstate__(self):
         return {"path": self.path, "mode": self.mode}

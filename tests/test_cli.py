@@ -110,3 +110,16 @@ def test_one_name_per_meaning_across_commands():
                                                "--help"], terminal_width=200)
         for name in shared:
             assert f"--{name.replace('_', '-')}" in result.output, name
+
+
+@pytest.mark.parametrize("args", [["train", "--train-classes", "a", "--out", "{tmp}/run"],
+                                  ["score", "--prompts", "clip", "--out", "{tmp}/res"],
+                                  ["extract-features", "--backbone", "pad-tiny"]])
+def test_a_missing_cache_says_there_is_no_pad_cache_and_what_to_run(tmp_path, args):
+    cache = tmp_path / "nowhere"
+    result = CliRunner().invoke(cli.main, [a.format(tmp=tmp_path) for a in args] + ["--cache", str(cache)],
+                                terminal_width=200)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"pad: error: {cache}: there is no pad cache here (no such directory); make one "
+                                     f"with 'pad render DATASET_DIR --cache {cache}' (then 'pad extract-features "
+                                     f"--cache {cache}')")
