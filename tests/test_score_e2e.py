@@ -162,6 +162,8 @@ def test_protocol_pointad_scores_organized_scans_on_the_official_grid(trained, t
         rows[protocol] = {r["id"]: float(r["score"]) for r in csv.DictReader(open(out / "scores.csv"))}
         saved = json.loads((out / "metrics.json").read_text())
         assert saved["protocol"] == protocol
+        assert {r["protocol"] for r in csv.DictReader(open(out / "metrics.csv"))} == {protocol}
+        assert f"<td>{protocol}</td>" in (out / "report.html").read_text()
         assert all(_valid(v) for v in saved["per_class"]["cookie"].values())
         assert "multimodal" in saved
     # other maps, other object scores (the 336 x 336 map with background, smoothed there)

@@ -295,7 +295,9 @@ def write_metrics(out: str, doc: dict) -> None:
     """``metrics.json`` and ``metrics.csv`` from a :func:`metrics_document`."""
     write_json(os.path.join(out, "metrics.json"), doc)
     mm = doc.get("multimodal")
-    header = ["class", *METRIC_NAMES] + ([f"multimodal {m}" for m in METRIC_NAMES] if mm else [])
+    protocol = doc.get("protocol")
+    header = ["class", *METRIC_NAMES] + ([f"multimodal {m}" for m in METRIC_NAMES] if mm else []) \
+        + (["protocol"] if protocol else [])
     rows = []
     for cls in list(doc["per_class"]) + ["mean"]:
         source = doc["mean"] if cls == "mean" else doc["per_class"][cls]
@@ -303,7 +305,7 @@ def write_metrics(out: str, doc: dict) -> None:
         if mm:
             msrc = mm["mean"] if cls == "mean" else mm["per_class"][cls]
             row += [_fmt(msrc[m]) for m in METRIC_NAMES]
-        rows.append(row)
+        rows.append(row + ([protocol] if protocol else []))
     write_csv(os.path.join(out, "metrics.csv"), header, rows)
 
 

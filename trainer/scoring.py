@@ -447,7 +447,8 @@ def plan_score(cfg: ScoreConfig) -> _Plan:
         from trainer.model import load_model
 
         model = load_model(cfg.checkpoint, device=_resolve_device(cfg.device))
-    ordered = {c: by_class[c] for c in sorted(by_class)}
+    ids = render.sample_ids   # a grown cache appends samples: list each class in id order
+    ordered = {c: sorted(by_class[c], key=lambda i: ids[i]) for c in sorted(by_class)}
     return _Plan(render, features, model, tag, ordered, use_rgb, notes)
 
 
