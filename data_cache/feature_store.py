@@ -194,15 +194,7 @@ class FeatureStore:
 
     @property
     def attrs(self) -> dict:
-        out = {}
-        for k, v in self.file.attrs.items():
-            if isinstance(v, bytes):
-                v = v.decode()
-            if isinstance(v, np.ndarray):
-                v = v.tolist()
-            elif isinstance(v, np.generic):
-                v = v.item()
-            out[k] = v
+        out = {k: _plain(v) for k, v in self.file.attrs.items()}
         if isinstance(out.get("options"), str):
             out["options"] = json.loads(out["options"])
         return out

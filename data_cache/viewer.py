@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from data_cache.errors import PadError
+from data_cache.jsonsafe import null_nonfinite
 
 ASSETS_DIR = "assets"
 PLOTLY_JS = "plotly.min.js"
@@ -179,21 +180,11 @@ def script_json(doc) -> str:
     """``doc`` as JSON text safe inside a ``<script type="application/json">`` element: ``<``,
     ``>``, ``&`` and the JavaScript line separators are written as ``\\uXXXX`` escapes, so no
     value (a sample id ``</script><script>...``) can end the element. NaN/inf -> null."""
-    text = json.dumps(_finite(doc), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = json.dumps(null_nonfinite(doc), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(raw, escaped)
     return text
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def json_block(element_id: str, doc) -> str:

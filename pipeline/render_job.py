@@ -290,7 +290,7 @@ def _task_error(exc: BaseException, ref, store: RenderStore) -> BaseException:
     if isinstance(exc, ModuleNotFoundError):
         return PadError(f"the Dask workers cannot import '{exc.name}': install pad (and its dependencies) "
                         "in the workers' environment")
-    if isinstance(exc, PadError) and "no render store here" in str(exc):
+    if isinstance(exc, PadError) and "there is no pad cache here" in str(exc):
         return PadError(f"a worker cannot open the render store ({exc}); with --scheduler the cache must be "
                         "a shared path or an fsspec URL every worker can write", store.path)
     if isinstance(exc, (OSError, PadError)):

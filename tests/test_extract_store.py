@@ -192,7 +192,7 @@ def test_cli_extracts_and_reports_errors_in_one_line(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli.main, ["extract-features", "--cache", str(tmp_path), "--backbone", "pad-tiny",
                                       "--pretrained", "random"])
-    assert result.exit_code == 2 and "run 'pad render' first" in result.output
+    assert result.exit_code == 2 and "there is no pad cache here" in result.output
     make_render_store(tmp_path, n_samples=1, views=1, image_size=56)
     result = runner.invoke(cli.main, ["extract-features", "--cache", str(tmp_path), "--backbone", "pad-tiny",
                                       "--pretrained", "random", "--layers", "24", "--dpam-layers", "0"])

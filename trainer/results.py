@@ -43,6 +43,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from data_cache.errors import PadError
+from data_cache.jsonsafe import null_nonfinite
 
 METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO@0.3")
 MAX_NAME = 100
@@ -268,21 +269,11 @@ def metrics_document(per_class: Mapping[str, Mapping[str, float]],
     return doc
 
 
-def _null_nan(value):
-    if isinstance(value, dict):
-        return {k: _null_nan(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_null_nan(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_json(path: str, obj) -> None:
     """Strict JSON (NaN/inf -> null), written atomically."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_null_nan(obj), fh, indent=2, allow_nan=False)
+        json.dump(null_nonfinite(obj), fh, indent=2, allow_nan=False)
         fh.write("\n")
     os.replace(tmp, path)
 
