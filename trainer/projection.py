@@ -32,6 +32,9 @@ from trainer.knn_graph import as_numpy, median_spacing, neighbour_mask
 ALPHA = 0.5
 #: G-aggregation Gaussian width (the paper's sigma = 1), in the unit-ball coordinates of the render store.
 G_SIGMA = 1.0
+#: Points per block when a sparse operator is built for many points (rows are independent, so the
+#: result does not depend on it; it bounds the temporaries).
+ROW_CHUNK = 1 << 16
 
 
 def aggregation_sigma(g_sigma: float) -> float | None:
@@ -125,41 +128,91 @@ def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
     C = 2 normal/anomalous maps); ``pixel``: (N, V, 2) int (row, col); ``visible``: (N, V)
     bool; ``knn`` (N, k) int and ``points`` (N, 3) float, optional, choose the source of
     points seen nowhere (see :func:`nearest_seen_source`; ``source`` (N,) int64 passes a
-    precomputed one). Returns (N,) or (N, C) tensor, dtype and device of ``view_maps``,
-    differentiable with respect to ``view_maps``.
+    precomputed one). ``pixel``, ``visible`` and ``source`` may be numpy arrays or torch
+    tensors; tensors already on the device of ``view_maps`` are used there (no host copy).
+    Returns (N,) or (N, C) tensor, dtype and device of ``view_maps``, differentiable with
+    respect to ``view_maps``.
     """
     squeeze = view_maps.ndim == 3
     maps = view_maps.unsqueeze(1) if squeeze else view_maps
     if maps.ndim != 4:
         raise ValueError(f"back_project: view_maps must be (V, H, W) or (V, C, H, W), got {tuple(view_maps.shape)}")
     v, c, h, w = maps.shape
-    pixel = as_numpy(pixel)
-    if pixel.ndim != 3 or pixel.shape[1:] != (v, 2):
-        raise ValueError(f"back_project: pixel must be (N, {v}, 2), got {pixel.shape}")
-    counts = counted_views(pixel, visible, h, w)                                   # (N, V)
-    rows = np.clip(pixel[..., 0].astype(np.int64), 0, h - 1)
-    cols = np.clip(pixel[..., 1].astype(np.int64), 0, w - 1)
-    flat = (np.arange(v, dtype=np.int64)[None, :] * h + rows) * w + cols            # (N, V)
     device = maps.device
+    if tuple(pixel.shape[1:]) != (v, 2) or len(pixel.shape) != 3:
+        raise ValueError(f"back_project: pixel must be (N, {v}, 2), got {tuple(pixel.shape)}")
+    if _on(pixel, device) and _on(visible, device):
+        counts, flat = _view_index_torch(pixel, visible, h, w)                      # (N, V) bool, int
+        seen_t = counts.any(dim=1)
+        seen = None
+    else:
+        counts_np, flat_np = _view_index(as_numpy(pixel), as_numpy(visible), h, w)
+        counts, flat = torch.from_numpy(counts_np).to(device), torch.from_numpy(flat_np).to(device)
+        seen = counts_np.any(axis=1)
+        seen_t = None
     table = maps.permute(0, 2, 3, 1).reshape(v * h * w, c)                          # (V·H·W, C)
-    weight = torch.as_tensor(counts, device=device, dtype=maps.dtype)               # (N, V)
-    values = table[torch.as_tensor(flat, device=device)]                             # (N, V, C)
+    weight = counts.to(maps.dtype)                                                  # (N, V)
+    index = flat.reshape(-1, 1).expand(-1, c)
+    values = table.gather(0, index).reshape(*flat.shape, c)                         # (N, V, C)
     n_views = weight.sum(dim=1, keepdim=True)
     direct = (values * weight[..., None]).sum(dim=1) / n_views.clamp(min=1.0)        # (N, C)
-    seen = counts.any(axis=1)
     if source is None:
+        if seen is None:
+            seen = seen_t.cpu().numpy()
         source = nearest_seen_source(seen, knn, points)
-    out = _fill(direct, np.asarray(source, dtype=np.int64), seen)
+    out = _fill(direct, source, seen if seen is not None else seen_t)
     return out[:, 0] if squeeze else out
 
 
-def _fill(direct: torch.Tensor, source: np.ndarray, seen: np.ndarray) -> torch.Tensor:
-    """Rows of ``direct`` (N, ...) taken from their source rows; -1 rows get the mean of seen rows."""
+def _on(array, device: torch.device) -> bool:
+    """Whether ``array`` is a torch tensor on ``device``."""
+    return isinstance(array, torch.Tensor) and array.device == device
+
+
+def _view_index(pixel: np.ndarray, visible: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(counts (N, V) bool, flat (N, V) int64): which (point, view) pairs count and the index of
+    the (clipped) pixel in the flattened (V, H, W) maps."""
+    v = pixel.shape[1]
+    counts = counted_views(pixel, visible, h, w)
+    rows = np.clip(pixel[..., 0].astype(np.int64), 0, h - 1)
+    cols = np.clip(pixel[..., 1].astype(np.int64), 0, w - 1)
+    rows += (np.arange(v, dtype=np.int64) * h)[None, :]
+    rows *= w
+    rows += cols
+    return counts, rows
+
+
+def _view_index_torch(pixel: torch.Tensor, visible: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_view_index` on torch tensors, on their device."""
+    v = pixel.shape[1]
+    p = pixel.to(torch.int64)
+    rows, cols = p[..., 0], p[..., 1]
+    counts = visible.to(torch.bool) & (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    base = torch.arange(v, device=p.device, dtype=torch.int64)[None, :] * h
+    flat = ((base + rows.clamp(0, h - 1)) * w + cols.clamp(0, w - 1))
+    return counts, flat
+
+
+def _fill(direct: torch.Tensor, source, seen) -> torch.Tensor:
+    """Rows of ``direct`` (N, ...) taken from their source rows; -1 rows get the mean of seen rows.
+    ``source`` (N,) int and ``seen`` (N,) bool: numpy arrays or tensors."""
     device = direct.device
-    out = direct[torch.as_tensor(np.maximum(source, 0), device=device)]
+    if isinstance(source, torch.Tensor):
+        src = source.to(device=device, dtype=torch.int64)
+        orphan = src < 0
+        out = direct.index_select(0, src.clamp(min=0))
+        if bool(orphan.any()):
+            seen_t = seen if isinstance(seen, torch.Tensor) else torch.from_numpy(np.asarray(seen, bool))
+            mean = direct[torch.nonzero(seen_t.to(device)).reshape(-1)].mean(dim=0)
+            mask = orphan.reshape((-1,) + (1,) * (direct.ndim - 1))
+            out = torch.where(mask, mean.expand_as(out), out)
+        return out
+    source = np.asarray(source, dtype=np.int64)
+    out = direct.index_select(0, torch.from_numpy(np.maximum(source, 0)).to(device))
     orphan = source < 0
     if orphan.any():
-        mean = direct[torch.as_tensor(np.flatnonzero(seen), device=device)].mean(dim=0)
+        seen_np = seen.cpu().numpy() if isinstance(seen, torch.Tensor) else np.asarray(seen, bool)
+        mean = direct[torch.as_tensor(np.flatnonzero(seen_np), device=device)].mean(dim=0)
         mask = torch.as_tensor(orphan, device=device).reshape((-1,) + (1,) * (direct.ndim - 1))
         out = torch.where(mask, mean.expand_as(out), out)
     return out
@@ -176,6 +229,15 @@ def projection_matrix(pixel, visible, image_size: int, grid: int) -> sp.csr_matr
     Returns (n, V·G²) float32 CSR; rows of points that count in no view are empty.
     """
     pixel = as_numpy(pixel)
+    visible = as_numpy(visible)
+    n = pixel.shape[0]
+    if n > ROW_CHUNK:  # rows are independent: build in chunks to bound the temporaries (~100 B per entry)
+        return sp.vstack([_projection_rows(pixel[a:a + ROW_CHUNK], visible[a:a + ROW_CHUNK], image_size, grid)
+                          for a in range(0, n, ROW_CHUNK)], format="csr")
+    return _projection_rows(pixel, visible, image_size, grid)
+
+
+def _projection_rows(pixel: np.ndarray, visible: np.ndarray, image_size: int, grid: int) -> sp.csr_matrix:
     n, v = pixel.shape[:2]
     counts = counted_views(pixel, visible, image_size, image_size)                 # (n, V)
     scale = grid / float(image_size)
@@ -262,8 +324,20 @@ def g_aggregate(features: torch.Tensor, knn, knn_dist, alpha: float = ALPHA,
     return _sparse_apply(mat, features.reshape(n, -1)).reshape(features.shape)
 
 
-def _source_rows(pixel, visible, source: np.ndarray, image_size: int, grid: int) -> sp.csr_matrix:
-    """Projection rows for points given by their source indices (-1 = mean over seen points)."""
+def orphan_row(pixel, visible, image_size: int, grid: int) -> sp.csr_matrix:
+    """(1, V·G²) float32 CSR: the projection row of a point seen in no view whose graph component
+    has no seen point (source -1): the mean of the projection rows of all seen points."""
+    pixel = as_numpy(pixel)
+    visible = as_numpy(visible)
+    seen = np.flatnonzero(counted_views(pixel, visible, image_size, image_size).any(axis=1))
+    mean = projection_matrix(pixel[seen], visible[seen], image_size, grid).mean(axis=0)
+    return sp.csr_matrix(np.asarray(mean, dtype=np.float32))
+
+
+def _source_rows(pixel, visible, source: np.ndarray, image_size: int, grid: int,
+                 orphan: sp.csr_matrix | None = None) -> sp.csr_matrix:
+    """Projection rows for points given by their source indices (-1 = mean over seen points,
+    :func:`orphan_row`, computed here unless given). Row r depends on ``source[r]`` only."""
     pixel = as_numpy(pixel)
     visible = as_numpy(visible)
     wanted = source[source >= 0]
@@ -272,9 +346,7 @@ def _source_rows(pixel, visible, source: np.ndarray, image_size: int, grid: int)
     col = np.empty(source.shape[0], dtype=np.int64)
     col[source >= 0] = inverse
     if (source < 0).any():
-        seen = np.flatnonzero(counted_views(pixel, visible, image_size, image_size).any(axis=1))
-        mean = projection_matrix(pixel[seen], visible[seen], image_size, grid).mean(axis=0)
-        blocks.append(sp.csr_matrix(np.asarray(mean, dtype=np.float32)))
+        blocks.append(orphan if orphan is not None else orphan_row(pixel, visible, image_size, grid))
         col[source < 0] = uniq.shape[0]
     stacked = sp.vstack(blocks).tocsr()
     pick = sp.csr_matrix((np.ones(source.shape[0], dtype=np.float32), (np.arange(source.shape[0]), col)),
