@@ -91,12 +91,17 @@ def test_cache_budget_admits_and_never_evicts():
     geom = sample_geometry(s, 40, 5)
     per_point = geometry_cache.bytes_per_point(3, k=6)
     assert geom.nbytes <= 900 * per_point                    # the bound used before building holds
-    cache = GeometryCache(budget=int(1.5 * geom.nbytes))
-    assert cache.admits(900, 3, k=6) == (900 * per_point <= cache.budget)
-    assert cache.admits(900, 3, k=6, geometry=False) and not cache.admits(0, 3)
-    assert cache.put(1, geom) and not cache.put(2, geom)     # the second does not fit
-    assert cache.get(1) is geom and cache.get(2) is None and 1 in cache and len(cache) == 1
-    assert cache.stats() == {"samples": 1, "bytes": geom.nbytes, "budget": cache.budget}
+    share = geometry_cache.SHARE
+    roomy = GeometryCache(budget=900 * per_point * share)
+    assert roomy.admits(900, 3, k=6) and roomy.admits(900, 3, k=6, geometry=False) and not roomy.admits(0, 3)
+    assert not GeometryCache(budget=900 * per_point * share - 1).admits(900, 3, k=6)   # more than its share
+    roomy.used = roomy.budget - 900 * per_point + 1
+    assert not roomy.admits(900, 3, k=6)                     # no room left
+    cache = GeometryCache(budget=share * geom.nbytes + geom.nbytes // 2)
+    for key in range(share + 1):
+        assert cache.put(key, geom) == (key < share)         # the budget holds `share` of them, not more
+    assert cache.get(0) is geom and cache.get(share) is None and 0 in cache and len(cache) == share
+    assert cache.stats() == {"samples": share, "bytes": share * geom.nbytes, "budget": cache.budget}
     assert not GeometryCache(budget=0).put(1, geom)
 
 

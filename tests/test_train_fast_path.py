@@ -110,6 +110,7 @@ def test_loader_workers_budget_and_thread_do_not_change_the_run(tiny, reference,
         monkeypatch.setattr(loop, "background_loading", lambda device: True)
         monkeypatch.setattr(projection, "ROW_CHUNK", 64)
         monkeypatch.setattr(geometry_cache, "GEOMETRY_BUDGET", 300 * geometry_cache.bytes_per_point(3, 8))
+        monkeypatch.setattr(geometry_cache, "SHARE", 1)
     else:
         monkeypatch.setattr(geometry_cache, "GEOMETRY_BUDGET", 0)
     steps = spied_training(tiny, tmp_path / how, monkeypatch, **overrides)

@@ -39,6 +39,9 @@ from trainer.projection import (ALPHA, ROW_CHUNK, _apply_to_patch, _check_patch,
 
 #: Default byte budget of a :class:`GeometryCache` (per process: DataLoader workers share it out).
 GEOMETRY_BUDGET = 512 * 2 ** 20
+#: A sample may take at most this fraction (1/SHARE) of the budget: with the default budget, clouds
+#: of up to ~290k points (9 views, 10 neighbours) are cached.
+SHARE = 4
 
 
 def bytes_per_point(views: int, k: int = 10) -> int:
@@ -196,9 +199,12 @@ class GeometryCache:
     def admits(self, n_points: int, views: int, k: int = 10, geometry: bool = True) -> bool:
         """Whether a sample of ``n_points`` points, ``views`` views and ``k`` neighbours fits the
         remaining budget (:func:`bytes_per_point`; without the geometry layer: pixel, visible,
-        source and labels only)."""
+        source and labels only) and at most 1/:data:`SHARE` of the whole budget (one huge cloud
+        does not take the room of many small ones, and a class of 800k-point clouds, which no
+        budget of a few hundred MB could hold, is streamed at no extra memory)."""
         per_point = bytes_per_point(views, k) if geometry else 5 * views + 9
-        return int(n_points) > 0 and self.used + int(n_points) * per_point <= self.budget
+        size = int(n_points) * per_point
+        return int(n_points) > 0 and size <= self.budget // SHARE and self.used + size <= self.budget
 
     def put(self, key: int, geom: SampleGeometry) -> bool:
         """Keep ``geom`` if it fits the remaining budget; True when kept."""

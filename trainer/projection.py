@@ -131,7 +131,8 @@ def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
     precomputed one). ``pixel``, ``visible`` and ``source`` may be numpy arrays or torch
     tensors; tensors already on the device of ``view_maps`` are used there (no host copy).
     Returns (N,) or (N, C) tensor, dtype and device of ``view_maps``, differentiable with
-    respect to ``view_maps``.
+    respect to ``view_maps``. Views where a point does not count contribute exact zeros (a NaN
+    or -0.0 there does not reach the point).
     """
     squeeze = view_maps.ndim == 3
     maps = view_maps.unsqueeze(1) if squeeze else view_maps
@@ -151,11 +152,15 @@ def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
         seen = counts_np.any(axis=1)
         seen_t = None
     table = maps.permute(0, 2, 3, 1).reshape(v * h * w, c)                          # (V·H·W, C)
-    weight = counts.to(maps.dtype)                                                  # (N, V)
-    index = flat.reshape(-1, 1).expand(-1, c)
-    values = table.gather(0, index).reshape(*flat.shape, c)                         # (N, V, C)
-    n_views = weight.sum(dim=1, keepdim=True)
-    direct = (values * weight[..., None]).sum(dim=1) / n_views.clamp(min=1.0)        # (N, C)
+    if c == 1:  # 1-D index_select: the fastest gather whose backward (index_add_) is the same sum
+        values = table[:, 0].index_select(0, flat.reshape(-1)).reshape(*flat.shape, 1)
+    else:
+        values = table.gather(0, flat.reshape(-1, 1).to(torch.int64).expand(-1, c)).reshape(*flat.shape, c)
+    # values · [counts] as a select: the same numbers for maps >= 0 (x·1 = x, x·0 = 0), and only the
+    # (N, V) bool mask is kept for backward instead of a float weight
+    n_views = counts.sum(dim=1, keepdim=True).to(maps.dtype)
+    zero = torch.zeros((), dtype=maps.dtype, device=device)
+    direct = torch.where(counts[..., None], values, zero).sum(dim=1) / n_views.clamp(min=1.0)   # (N, C)
     if source is None:
         if seen is None:
             seen = seen_t.cpu().numpy()
@@ -170,13 +175,14 @@ def _on(array, device: torch.device) -> bool:
 
 
 def _view_index(pixel: np.ndarray, visible: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """(counts (N, V) bool, flat (N, V) int64): which (point, view) pairs count and the index of
-    the (clipped) pixel in the flattened (V, H, W) maps."""
+    """(counts (N, V) bool, flat (N, V) int32, int64 for maps of 2³¹ pixels or more): which
+    (point, view) pairs count and the index of the (clipped) pixel in the flattened (V, H, W) maps."""
     v = pixel.shape[1]
     counts = counted_views(pixel, visible, h, w)
-    rows = np.clip(pixel[..., 0].astype(np.int64), 0, h - 1)
-    cols = np.clip(pixel[..., 1].astype(np.int64), 0, w - 1)
-    rows += (np.arange(v, dtype=np.int64) * h)[None, :]
+    dtype = np.int32 if v * h * w < 2 ** 31 else np.int64
+    rows = np.clip(pixel[..., 0].astype(dtype), 0, h - 1)
+    cols = np.clip(pixel[..., 1].astype(dtype), 0, w - 1)
+    rows += (np.arange(v, dtype=dtype) * h)[None, :]
     rows *= w
     rows += cols
     return counts, rows
