@@ -152,6 +152,14 @@ def test_back_project_equals_the_plain_version_with_its_gradient(channels):
     tensors = projection.back_project(maps, torch.from_numpy(s["pixel"]), torch.from_numpy(s["visible"]),
                                       source=torch.from_numpy(source))
     assert torch.equal(tensors, results[0][0])
+    # with the sample's precomputed view index: the same
+    index = projection.view_index(s["pixel"], s["visible"], 24, 24)
+    m = maps.clone().requires_grad_(True)
+    out = projection.back_project(m, s["pixel"], s["visible"], source=source, index=index)
+    (out * weights).sum().backward()
+    assert torch.equal(out.detach(), results[0][0]) and torch.equal(m.grad, results[0][1])
+    with pytest.raises(ValueError, match="view index for 24x24"):
+        projection.back_project(torch.rand(3, 12, 12), s["pixel"], s["visible"], source=source, index=index)
     # without a source: found from the graph, as before
     assert torch.equal(projection.back_project(maps, s["pixel"], s["visible"], knn=s["knn"]), results[0][0])
     assert torch.equal(projection.back_project(maps, torch.from_numpy(s["pixel"]), torch.from_numpy(s["visible"]),

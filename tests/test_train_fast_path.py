@@ -21,6 +21,7 @@ from trainer.loop import ADAM_BETAS, train
 from trainer.model import build_model
 from trainer.objective import batch_losses
 from trainer.options import TrainConfig
+from trainer.projection import ViewIndex
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 OPTIONS = dict(train_classes="ring", device="cpu", prompt_length=4, deep_depth=3, deep_length=2,
@@ -133,7 +134,10 @@ def test_cached_items_equal_straightforward_items(tiny):
                 assert fast.keys() == ref.keys()
                 for key, value in ref.items():
                     got = fast[key]
-                    if isinstance(value, torch.Tensor):
+                    if isinstance(value, ViewIndex):
+                        assert (got.height, got.width) == (value.height, value.width)
+                        assert torch.equal(got.counts, value.counts) and torch.equal(got.flat, value.flat)
+                    elif isinstance(value, torch.Tensor):
                         assert got.dtype == value.dtype and torch.equal(got, value), key
                     elif isinstance(value, np.ndarray):
                         assert got.dtype == value.dtype and np.array_equal(got, value), key
@@ -177,6 +181,7 @@ def test_batches_move_to_a_device_as_tensors(tiny):
         for got, was in zip(getattr(moved, field), getattr(batch, field)):
             assert isinstance(got, torch.Tensor) and got.is_meta and tuple(got.shape) == tuple(was.shape), field
     assert moved.patch.is_meta and moved.patch.dtype == torch.float16 and moved.label.is_meta
+    assert all(v.counts.is_meta and v.flat.is_meta for v in moved.view_index)
 
 
 def test_epoch_batches_are_the_dataloader_batches():

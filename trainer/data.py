@@ -34,7 +34,7 @@ from data_cache.errors import PadError
 from data_cache.feature_store import FeatureStore
 from data_cache.render_store import RenderStore
 from trainer.geometry_cache import GEOMETRY_BUDGET, GeometryCache, SampleGeometry, sample_geometry
-from trainer.projection import ALPHA, G_SIGMA, aggregation_sigma, geometry_features, point_sources
+from trainer.projection import ALPHA, G_SIGMA, ViewIndex, aggregation_sigma, geometry_features, point_sources, view_index
 
 SAMPLE_FIELDS = ("points", "labels", "pixel", "visible", "knn", "knn_dist")
 
@@ -145,7 +145,8 @@ class TrainDataset(torch.utils.data.Dataset):
     An item is a dict: ``index`` (store index), ``class`` str, ``label`` int, ``global`` (V, D)
     float16, ``patch`` (V, L, G·G, D) float16, ``gt2d`` (V, H, W) uint8, ``pixel`` (N, V, 2)
     int16, ``visible`` (N, V) bool, ``source`` (N,) int64 (whose value each point takes, see
-    :func:`trainer.projection.nearest_seen_source`), ``labels`` (N,) uint8 and, with
+    :func:`trainer.projection.nearest_seen_source`), ``labels`` (N,) uint8, ``view_index`` (the
+    :class:`~trainer.projection.ViewIndex` of ``pixel``/``visible`` for H×W maps) and, with
     ``geometry_points`` > 0, ``geo_features`` (M, L, D) float32 (G-aggregated features of M
     random points, M = min(geometry_points, N)) and ``geo_labels`` (M,) uint8.
 
@@ -251,7 +252,8 @@ def build_item(index: int, sample: dict, gt2d: np.ndarray, global_: np.ndarray, 
     source = point_sources(pixel, visible, image_size, sample["knn"], sample.get("points"))
     item = _embeddings(index, attrs, default_class, gt2d, global_, patch)
     item.update(pixel=pixel, visible=visible, source=source,
-                labels=torch.from_numpy(np.asarray(sample["labels"], dtype=np.uint8)))
+                labels=torch.from_numpy(np.asarray(sample["labels"], dtype=np.uint8)),
+                view_index=view_index(pixel, visible, image_size, image_size))
     if geometry_points > 0:
         subset = point_subset(pixel.shape[0], geometry_points, seed, epoch, index)
         grid = int(round(item["patch"].shape[2] ** 0.5))
@@ -271,7 +273,8 @@ def build_item_cached(index: int, geom: SampleGeometry, gt2d: np.ndarray, global
     if geom.image_size != int(image_size):
         raise ValueError(f"geometry built for {geom.image_size} px images, not {image_size}")
     item = _embeddings(index, geom.attrs or {}, default_class, gt2d, global_, patch)
-    item.update(pixel=geom.pixel, visible=geom.visible, source=geom.source, labels=geom.labels)
+    item.update(pixel=geom.pixel, visible=geom.visible, source=geom.source, labels=geom.labels,
+                view_index=geom.view_index)
     if geometry_points > 0:
         subset = point_subset(geom.n_points, geometry_points, seed, epoch, index)
         item["geo_features"] = geom.features(item["patch"].float(), subset)
@@ -308,6 +311,7 @@ class Batch:
     labels: list[torch.Tensor]     # (N_b,) uint8
     geo_features: list[torch.Tensor] | None = None  # (M_b, L, D) float32
     geo_labels: list[torch.Tensor] | None = None    # (M_b,) uint8
+    view_index: list[ViewIndex] | None = None       # for trainer.projection.back_project(..., index=)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -318,12 +322,12 @@ class Batch:
         return Batch(indices=self.indices, classes=self.classes, label=fn(self.label), global_=fn(self.global_),
                      patch=fn(self.patch), gt2d=fn(self.gt2d), pixel=each(self.pixel), visible=each(self.visible),
                      source=each(self.source), labels=each(self.labels), geo_features=each(self.geo_features),
-                     geo_labels=each(self.geo_labels))
+                     geo_labels=each(self.geo_labels), view_index=each(self.view_index))
 
     def pin_memory(self) -> "Batch":
         """The batch in page-locked host memory (numpy arrays become tensors), for asynchronous
         copies to a CUDA device (DataLoader's ``pin_memory`` calls this)."""
-        return self._map(lambda v: _tensor(v).pin_memory())
+        return self._map(lambda v: v.pin_memory() if isinstance(v, ViewIndex) else _tensor(v).pin_memory())
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         """The batch on ``device``: itself on the CPU; on a CUDA device every array becomes a
@@ -331,7 +335,8 @@ class Batch:
         device = torch.device(device)
         if device.type == "cpu":
             return self
-        return self._map(lambda v: _tensor(v).to(device, non_blocking=non_blocking))
+        return self._map(lambda v: (v if isinstance(v, ViewIndex) else _tensor(v)).to(device,
+                                                                                       non_blocking=non_blocking))
 
 
 def _tensor(value) -> torch.Tensor:
@@ -349,7 +354,8 @@ def collate(items: list[dict]) -> Batch:
                  pixel=[it["pixel"] for it in items], visible=[it["visible"] for it in items],
                  source=[it["source"] for it in items], labels=[it["labels"] for it in items],
                  geo_features=[it["geo_features"] for it in items] if geo else None,
-                 geo_labels=[it["geo_labels"] for it in items] if geo else None)
+                 geo_labels=[it["geo_labels"] for it in items] if geo else None,
+                 view_index=[it["view_index"] for it in items] if "view_index" in items[0] else None)
 
 
 # ---------------------------------------------------------------------------- loading ahead

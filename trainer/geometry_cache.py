@@ -5,6 +5,7 @@ Everything the trainer derives from a sample's render-store arrays, except the r
 subset of a step, is a fixed function of the frozen cache (:mod:`trainer.projection`):
 
 - ``source`` (N,) int64: whose value each point takes (:func:`~trainer.projection.point_sources`);
+- ``view_index``: where each point reads the per-view maps (:func:`~trainer.projection.view_index`);
 - ``projection`` P, (N, V·G²) float32 CSR: row j samples the patch tokens at the pixels of
   ``source[j]`` (row ``j`` of :func:`~trainer.projection._source_rows` over all points);
 - ``aggregation`` A, (N, N) float32 CSR: G-aggregation with the run's α and σ
@@ -34,8 +35,8 @@ import torch
 
 from trainer.knn_graph import median_spacing
 from trainer import projection as _projection
-from trainer.projection import (ALPHA, ROW_CHUNK, _apply_to_patch, _check_patch, _source_rows, aggregation_matrix,
-                                orphan_row, point_sources)
+from trainer.projection import (ALPHA, ROW_CHUNK, ViewIndex, _apply_to_patch, _check_patch, _source_rows,
+                                aggregation_matrix, orphan_row, point_sources, view_index)
 
 #: Default byte budget of a :class:`GeometryCache` (per process: DataLoader workers share it out).
 GEOMETRY_BUDGET = 512 * 2 ** 20
@@ -46,9 +47,9 @@ SHARE = 4
 
 def bytes_per_point(views: int, k: int = 10) -> int:
     """Upper bound of :attr:`SampleGeometry.nbytes` per point, known before building: pixel
-    (4·V), visible (V), P (at most 4 entries of 8 bytes per view), source (8), labels (1), A
-    (k + 1 entries of 8 bytes) and the two row pointers (8)."""
-    return views * 4 + views + views * 4 * 8 + 8 + 1 + (k + 1) * 8 + 8
+    (4·V), visible (V), view index (5·V), P (at most 4 entries of 8 bytes per view), source (8),
+    labels (1), A (k + 1 entries of 8 bytes) and the two row pointers (8)."""
+    return views * 4 + views + views * 5 + views * 4 * 8 + 8 + 1 + (k + 1) * 8 + 8
 
 
 @dataclass
@@ -56,7 +57,8 @@ class SampleGeometry:
     """The fixed geometry of one sample (see the module docstring).
 
     ``pixel`` (N, V, 2) int16, ``visible`` (N, V) bool, ``labels`` (N,) uint8 tensor or None, ``source``
-    (N,) int64; ``projection`` and ``aggregation``: the row blocks (``block`` rows each, the last
+    (N,) int64, ``view_index`` (:class:`~trainer.projection.ViewIndex` for image_size² maps);
+    ``projection`` and ``aggregation``: the row blocks (``block`` rows each, the last
     one shorter) of P (N, V·G²) and A (N, N), float32 CSR, or None when built without the
     geometry layer; ``attrs``: the sample's attributes (class, label, ...).
     """
@@ -66,6 +68,7 @@ class SampleGeometry:
     visible: np.ndarray
     labels: torch.Tensor | None
     source: np.ndarray
+    view_index: ViewIndex | None = None
     projection: list[sp.csr_matrix] | None = None
     aggregation: list[sp.csr_matrix] | None = None
     attrs: dict | None = None
@@ -80,6 +83,8 @@ class SampleGeometry:
         """Memory held by the arrays (bytes)."""
         total = self.pixel.nbytes + self.visible.nbytes + self.source.nbytes
         total += 0 if self.labels is None else self.labels.numel()
+        if self.view_index is not None:
+            total += self.view_index.counts.numel() + self.view_index.flat.numel() * self.view_index.flat.element_size()
         for blocks in (self.projection, self.aggregation):
             for mat in blocks or ():
                 total += mat.data.nbytes + mat.indices.nbytes + mat.indptr.nbytes
@@ -143,7 +148,8 @@ def sample_geometry(sample: dict, image_size: int, grid: int, *, alpha: float = 
     labels = sample.get("labels")
     labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8))
     geom = SampleGeometry(image_size=int(image_size), grid=int(grid), pixel=pixel, visible=visible, labels=labels,
-                          source=source, attrs=dict(attrs if attrs is not None else sample.get("attrs") or {}))
+                          source=source, view_index=view_index(pixel, visible, image_size, image_size),
+                          attrs=dict(attrs if attrs is not None else sample.get("attrs") or {}))
     if geometry:
         if knn is None or sample.get("knn_dist") is None:
             raise ValueError("the geometry layer needs the sample's kNN graph (knn, knn_dist)")
@@ -202,7 +208,7 @@ class GeometryCache:
         source and labels only) and at most 1/:data:`SHARE` of the whole budget (one huge cloud
         does not take the room of many small ones, and a class of 800k-point clouds, which no
         budget of a few hundred MB could hold, is streamed at no extra memory)."""
-        per_point = bytes_per_point(views, k) if geometry else 5 * views + 9
+        per_point = bytes_per_point(views, k) if geometry else 10 * views + 9
         size = int(n_points) * per_point
         return int(n_points) > 0 and size <= self.budget // SHARE and self.used + size <= self.budget
 

@@ -20,6 +20,8 @@ q̂ for any subset of points without materializing q for the whole cloud.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -119,8 +121,34 @@ def _adopt(src: np.ndarray, pending: np.ndarray, safe: np.ndarray, valid: np.nda
     return True
 
 
+@dataclass
+class ViewIndex:
+    """What :func:`back_project` derives from ``pixel`` and ``visible`` for H×W maps, computed once
+    (by the data loader: it depends on the sample only): ``counts`` (N, V) bool tensor (the
+    point counts in the view) and ``flat`` (N, V) int32 tensor (int64 from 2³¹ map pixels), the
+    index of the point's clipped pixel in the flattened (V, H, W) maps."""
+    counts: torch.Tensor
+    flat: torch.Tensor
+    height: int
+    width: int
+
+    def to(self, device, non_blocking: bool = False) -> "ViewIndex":
+        return ViewIndex(self.counts.to(device, non_blocking=non_blocking),
+                         self.flat.to(device, non_blocking=non_blocking), self.height, self.width)
+
+    def pin_memory(self) -> "ViewIndex":
+        return ViewIndex(self.counts.pin_memory(), self.flat.pin_memory(), self.height, self.width)
+
+
+def view_index(pixel, visible, height: int, width: int) -> ViewIndex:
+    """The :class:`ViewIndex` of a sample for ``height`` × ``width`` maps (``pixel`` (N, V, 2) int,
+    ``visible`` (N, V) bool, numpy arrays)."""
+    counts, flat = _view_index(as_numpy(pixel), as_numpy(visible), int(height), int(width))
+    return ViewIndex(torch.from_numpy(counts), torch.from_numpy(flat), int(height), int(width))
+
+
 def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
-                 source: np.ndarray | None = None) -> torch.Tensor:
+                 source: np.ndarray | None = None, index: ViewIndex | None = None) -> torch.Tensor:
     """Point scores from per-view maps: S3d(j) = mean over the views where j counts of the
     map at j's pixel.
 
@@ -130,9 +158,10 @@ def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
     points seen nowhere (see :func:`nearest_seen_source`; ``source`` (N,) int64 passes a
     precomputed one). ``pixel``, ``visible`` and ``source`` may be numpy arrays or torch
     tensors; tensors already on the device of ``view_maps`` are used there (no host copy).
-    Returns (N,) or (N, C) tensor, dtype and device of ``view_maps``, differentiable with
-    respect to ``view_maps``. Views where a point does not count contribute exact zeros (a NaN
-    or -0.0 there does not reach the point).
+    ``index``: the sample's precomputed :func:`view_index` for these maps (then ``pixel`` and
+    ``visible`` are not read again; the result is the same). Returns (N,) or (N, C) tensor, dtype
+    and device of ``view_maps``, differentiable with respect to ``view_maps``. Views where a
+    point does not count contribute exact zeros (a NaN or -0.0 there does not reach the point).
     """
     squeeze = view_maps.ndim == 3
     maps = view_maps.unsqueeze(1) if squeeze else view_maps
@@ -142,7 +171,14 @@ def back_project(view_maps: torch.Tensor, pixel, visible, knn=None, points=None,
     device = maps.device
     if tuple(pixel.shape[1:]) != (v, 2) or len(pixel.shape) != 3:
         raise ValueError(f"back_project: pixel must be (N, {v}, 2), got {tuple(pixel.shape)}")
-    if _on(pixel, device) and _on(visible, device):
+    if index is not None:
+        if (index.height, index.width) != (h, w) or tuple(index.flat.shape) != (pixel.shape[0], v):
+            raise ValueError(f"back_project: a view index for {index.height}x{index.width} maps and "
+                             f"{tuple(index.flat.shape)} points x views, not {h}x{w} and {(pixel.shape[0], v)}")
+        counts, flat = index.counts.to(device), index.flat.to(device)
+        seen_t = counts.any(dim=1)
+        seen = None
+    elif _on(pixel, device) and _on(visible, device):
         counts, flat = _view_index_torch(pixel, visible, h, w)                      # (N, V) bool, int
         seen_t = counts.any(dim=1)
         seen = None
