@@ -34,7 +34,7 @@ from data_cache.errors import PadError
 from data_cache.feature_store import FeatureStore
 from data_cache.render_store import RenderStore
 from trainer.geometry_cache import GEOMETRY_BUDGET, GeometryCache, SampleGeometry, sample_geometry
-from trainer.projection import ALPHA, G_SIGMA, ViewIndex, aggregation_sigma, geometry_features, point_sources, view_index
+from trainer.projection import ALPHA, G_SIGMA, ViewIndex, aggregation_sigma, geometry_features, point_sources
 
 SAMPLE_FIELDS = ("points", "labels", "pixel", "visible", "knn", "knn_dist")
 
@@ -146,7 +146,9 @@ class TrainDataset(torch.utils.data.Dataset):
     float16, ``patch`` (V, L, G·G, D) float16, ``gt2d`` (V, H, W) uint8, ``pixel`` (N, V, 2)
     int16, ``visible`` (N, V) bool, ``source`` (N,) int64 (whose value each point takes, see
     :func:`trainer.projection.nearest_seen_source`), ``labels`` (N,) uint8, ``view_index`` (the
-    :class:`~trainer.projection.ViewIndex` of ``pixel``/``visible`` for H×W maps) and, with
+    :class:`~trainer.projection.ViewIndex` of ``pixel``/``visible`` for H×W maps when the sample's
+    geometry is cached, else None: back_project then derives it, without holding it in the
+    batch) and, with
     ``geometry_points`` > 0, ``geo_features`` (M, L, D) float32 (G-aggregated features of M
     random points, M = min(geometry_points, N)) and ``geo_labels`` (M,) uint8.
 
@@ -252,8 +254,7 @@ def build_item(index: int, sample: dict, gt2d: np.ndarray, global_: np.ndarray, 
     source = point_sources(pixel, visible, image_size, sample["knn"], sample.get("points"))
     item = _embeddings(index, attrs, default_class, gt2d, global_, patch)
     item.update(pixel=pixel, visible=visible, source=source,
-                labels=torch.from_numpy(np.asarray(sample["labels"], dtype=np.uint8)),
-                view_index=view_index(pixel, visible, image_size, image_size))
+                labels=torch.from_numpy(np.asarray(sample["labels"], dtype=np.uint8)), view_index=None)
     if geometry_points > 0:
         subset = point_subset(pixel.shape[0], geometry_points, seed, epoch, index)
         grid = int(round(item["patch"].shape[2] ** 0.5))
@@ -311,7 +312,7 @@ class Batch:
     labels: list[torch.Tensor]     # (N_b,) uint8
     geo_features: list[torch.Tensor] | None = None  # (M_b, L, D) float32
     geo_labels: list[torch.Tensor] | None = None    # (M_b,) uint8
-    view_index: list[ViewIndex] | None = None       # for trainer.projection.back_project(..., index=)
+    view_index: list[ViewIndex | None] | None = None  # for trainer.projection.back_project(..., index=)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -327,7 +328,8 @@ class Batch:
     def pin_memory(self) -> "Batch":
         """The batch in page-locked host memory (numpy arrays become tensors), for asynchronous
         copies to a CUDA device (DataLoader's ``pin_memory`` calls this)."""
-        return self._map(lambda v: v.pin_memory() if isinstance(v, ViewIndex) else _tensor(v).pin_memory())
+        return self._map(lambda v: v if v is None else v.pin_memory() if isinstance(v, ViewIndex)
+                         else _tensor(v).pin_memory())
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         """The batch on ``device``: itself on the CPU; on a CUDA device every array becomes a
@@ -335,8 +337,8 @@ class Batch:
         device = torch.device(device)
         if device.type == "cpu":
             return self
-        return self._map(lambda v: (v if isinstance(v, ViewIndex) else _tensor(v)).to(device,
-                                                                                       non_blocking=non_blocking))
+        return self._map(lambda v: v if v is None else (v if isinstance(v, ViewIndex) else _tensor(v)).to(
+            device, non_blocking=non_blocking))
 
 
 def _tensor(value) -> torch.Tensor:
