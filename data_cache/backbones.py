@@ -20,11 +20,13 @@ Layer and DPAM numbers follow the reference 24-block ViT-L-14-336 (:func:`resolv
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import socket
+import threading
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -399,23 +401,60 @@ def _is_torchscript(path: str) -> bool:
         return False
 
 
-def _load_state_dict(path: str) -> dict:
+def is_vision_key(key: str) -> bool:
+    """Whether a state-dict key belongs to the vision tower (``visual.*``, open_clip and OpenAI layouts)."""
+    return key.startswith("visual.")
+
+
+def _unwrap(sd) -> dict:
+    """The state dict inside a checkpoint object (``{"state_dict": ...}`` wrappers, ``module.`` prefixes)."""
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if isinstance(sd, dict) and sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _load_state_dict(path: str, text_only: bool = False) -> dict:
+    """The state dict of a checkpoint file, every tensor on the CPU. ``text_only``: only the keys
+    outside the vision tower are read into memory (safetensors: only those tensors are read;
+    a zip-format torch file: memory-mapped, the vision tensors never touched; an OpenAI
+    TorchScript archive: ``torch.jit.load`` reads the whole archive, the vision tensors are
+    released before this returns)."""
     import torch
+    keep = (lambda k: not is_vision_key(k)) if text_only else (lambda k: True)
     if _is_torchscript(path):  # OpenAI's original .pt archives
-        sd = torch.jit.load(path, map_location="cpu").state_dict()
+        archive = torch.jit.load(path, map_location="cpu")
+        sd = {k: v for k, v in archive.state_dict().items() if keep(k)}
+        del archive  # the vision tensors go with it: only the kept tensors hold their storages
         for key in ("input_resolution", "context_length", "vocab_size"):
             sd.pop(key, None)
         return sd
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(path, framework="pt", device="cpu") as fh:
+            names = [k[len("module."):] if k.startswith("module.") else k for k in fh.keys()]
+            return {name: fh.get_tensor(key) for key, name in zip(fh.keys(), names) if keep(name)}
+    if text_only and zipfile.is_zipfile(path):
+        try:  # memory-mapped: the vision tensors are never read
+            sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        except (RuntimeError, ValueError):
+            sd = None
+        if isinstance(sd, dict):
+            return {k: v for k, v in sd.items() if keep(k)}
     from open_clip.factory import load_state_dict
-    return load_state_dict(path, device="cpu", weights_only=True)
+    sd = load_state_dict(path, device="cpu", weights_only=True)
+    return {k: v for k, v in sd.items() if keep(k)} if text_only else sd
 
 
 def _load_weights(model, path: str, name: str) -> None:
-    """Load a checkpoint into ``model`` (strict); :class:`PadError` for unreadable or mismatched files."""
+    """Load a checkpoint into ``model`` (strict); :class:`PadError` for unreadable or mismatched files.
+    A text-only model (``model.visual`` None) reads the text tower's tensors only."""
     from open_clip.factory import resize_pos_embed, resize_text_pos_embed
     from open_clip.convert import convert_state_dict
+    text_only = getattr(model, "visual", None) is None
     try:
-        sd = _load_state_dict(path)
+        sd = _load_state_dict(path, text_only=text_only)
         if not isinstance(sd, dict) or not sd:
             raise ValueError("no state dict inside")
     except Exception as exc:
@@ -428,7 +467,8 @@ def _load_weights(model, path: str, name: str) -> None:
             sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
         if getattr(model, "logit_bias", None) is None:
             sd.pop("logit_bias", None)
-        resize_pos_embed(sd, model)
+        if not text_only:
+            resize_pos_embed(sd, model)
         resize_text_pos_embed(sd, model)
         model.load_state_dict(sd, strict=True)
     except Exception as exc:
@@ -446,6 +486,98 @@ def _device(device: str) -> str:
     return device
 
 
+_BUILD_LOCK = threading.Lock()  # _text_only_clip swaps an open_clip function for the length of one build
+
+
+def _random_replay_mode():
+    """A torch dispatch mode under which every random op on ``meta`` tensors also runs once on CPU
+    tensors of the same sizes, strides and dtypes, so that the CPU generator advances exactly as if
+    those tensors lived on the CPU. Building a module on ``meta`` under it allocates no weight and
+    leaves the RNG where a real build would. The CPU stand-ins are views of one scratch buffer,
+    grown to the largest tensor (many freed blocks of a few MB would stay in the C heap)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten, tree_map
+
+    meta = torch.device("meta")
+
+    def nbytes(t) -> int:
+        span = 1 + sum((n - 1) * st for n, st in zip(t.size(), t.stride())) if t.numel() else 0
+        return -(-span * t.element_size() // 64) * 64  # each stand-in starts 64-byte aligned
+
+    class RandomReplay(TorchDispatchMode):
+        buffer = None
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if torch.Tag.nondeterministic_seeded in func.tags:
+                metas = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.is_meta]
+                total = sum(nbytes(t) for t in metas)
+                if self.buffer is None or self.buffer.numel() < total:
+                    self.buffer = None
+                    self.buffer = torch.empty(max(total, 1 << 20), dtype=torch.uint8)
+                offset = 0
+
+                def stand_in(value):
+                    nonlocal offset
+                    if isinstance(value, torch.device) and value == meta:
+                        return torch.device("cpu")
+                    if not (isinstance(value, torch.Tensor) and value.is_meta):
+                        return value
+                    size = nbytes(value)
+                    flat = self.buffer[offset:offset + size].view(value.dtype)
+                    offset += size
+                    return flat.as_strided(value.size(), value.stride())
+
+                cpu_args, cpu_kwargs = tree_map(stand_in, (args, kwargs))
+                func(*cpu_args, **cpu_kwargs)
+            return func(*args, **kwargs)
+
+        def __exit__(self, *exc):
+            self.buffer = None
+            return super().__exit__(*exc)
+
+    return RandomReplay()
+
+
+def _text_only_clip(model_name: str, quick_gelu: bool, same_random: bool = True):
+    """An ``open_clip.CLIP`` of ``model_name`` whose vision tower is never materialized.
+
+    open_clip's own ``CLIP.__init__`` runs with the vision tower built on the ``meta`` device: no
+    vision weight is allocated. With ``same_random`` (random weights), it is built under
+    :func:`_random_replay_mode`, so the text tower (built next, on the CPU) draws the same random
+    numbers as in a full build: seeded random weights equal ``open_clip.create_model``'s. Without
+    (weights are loaded next) the vision initialization is skipped. Returns (model with ``visual``
+    None, the meta vision tower: shapes and attributes only).
+    """
+    import copy
+    import torch
+    import open_clip
+    import open_clip.model as oc_model
+
+    cfg = copy.deepcopy(open_clip.get_model_config(model_name))
+    if cfg is None:
+        raise PadError(f"unknown backbone '{model_name}'")
+    if quick_gelu:
+        cfg["quick_gelu"] = True
+    if cfg.pop("custom_text", False) or "multimodal_cfg" in cfg:
+        raise PadError(f"backbone '{model_name}' is not a plain open_clip CLIP ViT")
+    build_vision = oc_model._build_vision_tower
+
+    def vision_on_meta(*args, **kwargs):
+        with torch.device("meta"), (_random_replay_mode() if same_random else contextlib.nullcontext()):
+            return build_vision(*args, **kwargs)
+
+    with _BUILD_LOCK:
+        oc_model._build_vision_tower = vision_on_meta
+        try:
+            model = open_clip.CLIP(**cfg, cast_dtype=None)
+        finally:
+            oc_model._build_vision_tower = build_vision
+    visual, model.visual = model.visual, None
+    return model, visual
+
+
 def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, device: str = "cpu",
                 precision: str = "fp32", need_visual: bool = True) -> ClipParts:
     """Build backbone ``name`` with weights ``pretrained`` (None or ``auto``: the entry's default).
@@ -453,9 +585,11 @@ def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, devi
     ``pretrained``: an open_clip tag, a checkpoint file, or 'random' (``torch.manual_seed(seed)``
     before creating, in a forked RNG: same seed, same weights, the global RNG untouched).
     ``device``: cpu, cuda or auto. ``precision``: fp32, fp16 or bf16 (open_clip's mixed precision:
-    linear/conv weights in low precision, layer norms in fp32). ``need_visual=False`` drops the
-    vision tower (``model.visual = None``) for text-only use. Unavailable or unfit weights raise
-    :class:`PadError`.
+    linear/conv weights in low precision, layer norms in fp32). ``need_visual=False`` builds the
+    text tower only (``model.visual`` None; the vision tower is never allocated, see
+    :func:`_text_only_clip`) and reads only the text tower's tensors from the weights file; its
+    text weights are those of the full build, random ones included. Unavailable or unfit weights
+    raise :class:`PadError`.
     """
     import torch
     import open_clip
@@ -472,22 +606,27 @@ def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, devi
         torch.manual_seed(int(seed))
         logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": we load weights next
         try:
-            model = open_clip.create_model(entry.model_name, pretrained=None, precision="fp32", device="cpu",
-                                           force_quick_gelu=quick_gelu, pretrained_text=False)
+            if need_visual:
+                model = open_clip.create_model(entry.model_name, pretrained=None, precision="fp32", device="cpu",
+                                               force_quick_gelu=quick_gelu, pretrained_text=False)
+                visual = model.visual
+            else:
+                model, visual = _text_only_clip(entry.model_name, quick_gelu, same_random=path is None)
+        except PadError:
+            raise
         except Exception as exc:  # bad config
             raise PadError(f"cannot build backbone '{name}': {' '.join(str(exc).split())[:200]}") from None
         finally:
             logging.disable(logging.NOTSET)
-    if not isinstance(model, open_clip.CLIP) or not isinstance(model.visual, open_clip.transformer.VisionTransformer):
+    if not isinstance(model, open_clip.CLIP) or not isinstance(visual, open_clip.transformer.VisionTransformer):
         raise PadError(f"backbone '{name}' is not a plain open_clip CLIP ViT")
     if path is not None:
         _load_weights(model, path, name)
-    visual = model.visual
     grid = int(visual.grid_size[0])
     image_size = int(visual.image_size[0])
     n_vision = len(visual.transformer.resblocks)
-    if not need_visual:
-        model.visual = None
+    output_dim = int(visual.output_dim)
+    del visual
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -501,7 +640,7 @@ def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, devi
     return ClipParts(name=name, pretrained=pretrained, model=model, tokenizer=tokenizer, mean=mean, std=std,
                      image_size=image_size, grid=grid, embed_dim=int(model.text_projection.shape[1]
                                                                      if model.text_projection is not None
-                                                                     else visual.output_dim),
+                                                                     else output_dim),
                      n_vision_blocks=n_vision, n_text_blocks=len(model.transformer.resblocks),
                      device=device, precision=precision, weights_path=path)
 

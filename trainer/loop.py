@@ -1,9 +1,13 @@
 """``pad train``: learn the text prompts of PointAD / PointAD+ from cached tensors.
 
-The vision encoder never runs: each step reads one batch of cached features and geometry
-(:mod:`trainer.data`, streamed, one sample per read), runs the frozen text tower with the
-learnable prompts, and sums the loss terms (:mod:`trainer.objective`). Adam updates the
-prompts only.
+The vision encoder never runs (only the text tower is built, :func:`data_cache.backbones.create_clip`
+with ``need_visual=False``): each step takes one batch of cached features and geometry
+(:mod:`trainer.data`: streamed one sample per read, each sample's geometry operators built once
+per run and kept within :data:`trainer.geometry_cache.GEOMETRY_BUDGET`, batches made by
+:class:`~trainer.data.EpochLoader` — ahead in a background thread on a GPU, in ``--loader-workers``
+persistent processes if asked — and copied to the device), runs the frozen text tower with the
+learnable prompts, and sums the loss terms (:mod:`trainer.objective`). Adam updates the prompts
+only. None of this changes the numbers: every way of loading gives the same batches.
 
 Run directory ``RUN/``:
 
@@ -31,7 +35,9 @@ from data_cache import checkpoint as ckpt
 from data_cache.errors import PadError
 from data_cache.options import split_csv, to_dict
 from data_cache.render_record import render_record
-from trainer.data import TrainDataset, TrainingData, collate, epoch_order, open_training_data
+from trainer import geometry_cache
+from trainer.data import EpochLoader, TrainDataset, TrainingData, open_training_data
+from trainer.memory import fix_mmap_threshold
 from trainer.model import PointADModel, build_model, model_config_fields
 from trainer.objective import batch_losses, loss_terms, resolve_losses
 from trainer.options import TrainConfig
@@ -54,6 +60,15 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PadError("--device cuda asked for but torch sees no CUDA device (use --device cpu or auto)")
     return torch.device(device)
+
+
+def background_loading(device: torch.device) -> bool:
+    """Whether batches are made in a background thread while the step runs (with
+    ``--loader-workers 0``): on a GPU, where the CPU is otherwise idle during the step. Not on a
+    CPU device: on 2 cores the thread competed with the step's own threads and made steps
+    slower or no faster (ViT-L-14-336: 2.16 vs 1.33 s with 2 torch threads, 1.81 vs 1.86 s
+    with 1, on a loaded machine; notes/helper-D.md)."""
+    return device.type == "cuda"
 
 
 def _check_options(cfg: TrainConfig) -> None:
@@ -188,6 +203,7 @@ def _format(epoch: int, epochs: int, means: dict[str, float]) -> str:
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) and write the run directory; returns {"config", "log"} (epoch means)."""
     _check_options(cfg)
+    fix_mmap_threshold()
     classes = split_csv(cfg.train_classes)
     data = open_training_data(cfg.cache, cfg.features, classes, split_csv(cfg.train_splits))
     device = resolve_device(cfg.device)
@@ -224,44 +240,43 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     losses = config["losses"]
     dataset = TrainDataset(data.cache, data.tag, data.indices,
                            geometry_points=cfg.geometry_points if "geometry" in losses else 0, seed=cfg.seed,
-                           g_sigma=cfg.g_sigma)
+                           g_sigma=cfg.g_sigma, geometry_budget=geometry_cache.GEOMETRY_BUDGET)
     terms = loss_terms(cfg.model, losses)
     history: list[dict] = []
     if start >= cfg.epochs:
         print(f"pad train: {cfg.out} already completed {start} epochs (asked for {cfg.epochs}); nothing to do")
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
-                                             sampler=epoch_order(len(dataset), cfg.seed, epoch),
-                                             collate_fn=collate, num_workers=cfg.loader_workers)
-        sums = {k: 0.0 for k in terms}
-        count = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", file=sys.stderr,
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        for batch in bar:
-            step = batch_losses(model, batch, device, loss_size=config["loss_size"], losses=losses,
-                                cross_form=cfg.cross_loss)
-            opt.zero_grad(set_to_none=True)
-            step["total"].backward()
-            opt.step()
-            for k in terms:
-                sums[k] += float(step[k].detach()) * len(batch)
-            count += len(batch)
-            bar.set_postfix(loss=f"{float(step['total'].detach()):.4f}")
-        bar.close()
-        means = {k: sums[k] / max(count, 1) for k in terms}
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), means.values())):
-            raise PadError(f"training diverged at epoch {epoch + 1} (loss {means['total']}); try a smaller --lr",
-                           cfg.out)
-        record = {"epoch": epoch + 1, **means, "samples": count, "seconds": round(time.perf_counter() - t0, 3)}
-        history.append(record)
-        with open(log_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        tqdm.write(_format(epoch + 1, cfg.epochs, means), file=sys.stdout)
-        config["epochs_completed"] = epoch + 1
-        tensors, meta = _train_state(opt)
-        ckpt.save_checkpoint(cfg.out, model.learner.tensors(), config, tensors, meta)
+    with EpochLoader(dataset, cfg.batch_size, cfg.seed, epochs=range(start, cfg.epochs),
+                     workers=cfg.loader_workers, device=device, background=background_loading(device)) as loader:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            sums = {k: 0.0 for k in terms}
+            count = 0
+            bar = tqdm(loader.epoch(epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", file=sys.stderr,
+                       disable=not progress, leave=False, dynamic_ncols=True,
+                       total=-(-len(dataset) // cfg.batch_size))
+            for batch in bar:
+                step = batch_losses(model, batch, device, loss_size=config["loss_size"], losses=losses,
+                                    cross_form=cfg.cross_loss)
+                opt.zero_grad(set_to_none=True)
+                step["total"].backward()
+                opt.step()
+                for k in terms:
+                    sums[k] += float(step[k].detach()) * len(batch)
+                count += len(batch)
+                bar.set_postfix(loss=f"{float(step['total'].detach()):.4f}")
+            bar.close()
+            means = {k: sums[k] / max(count, 1) for k in terms}
+            if not all(map(lambda v: v == v and abs(v) != float("inf"), means.values())):
+                raise PadError(f"training diverged at epoch {epoch + 1} (loss {means['total']}); try a smaller --lr",
+                               cfg.out)
+            record = {"epoch": epoch + 1, **means, "samples": count, "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(record)
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            tqdm.write(_format(epoch + 1, cfg.epochs, means), file=sys.stdout)
+            config["epochs_completed"] = epoch + 1
+            tensors, meta = _train_state(opt)
+            ckpt.save_checkpoint(cfg.out, model.learner.tensors(), config, tensors, meta)
     return {"config": config, "log": history}
 
 

@@ -110,8 +110,9 @@ def batch_losses(model: PointADModel, batch: Batch, device: torch.device | str |
                 out["local_2d"] = local_2d_loss(upsample_maps(probs, loss_size), small_gt)
             anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)
         if "local_3d" in wanted:
+            index = batch.view_index or [None] * len(batch)   # cached per sample by the loader
             local = [local_3d_loss(back_project(anomalous[b], batch.pixel[b], batch.visible[b],
-                                                source=batch.source[b]), batch.labels[b].to(device))
+                                                source=batch.source[b], index=index[b]), batch.labels[b].to(device))
                      for b in range(len(batch))]
             out["local_3d"] = torch.stack(local).mean()
 

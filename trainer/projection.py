@@ -21,6 +21,8 @@ q̂ for any subset of points without materializing q for the whole cloud.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -32,6 +34,9 @@ from trainer.knn_graph import as_numpy, median_spacing, neighbour_mask
 ALPHA = 0.5
 #: G-aggregation Gaussian width (the paper's sigma = 1), in the unit-ball coordinates of the render store.
 G_SIGMA = 1.0
+#: Points per block when a sparse operator is built for many points (rows are independent, so the
+#: result does not depend on it; it bounds the temporaries).
+ROW_CHUNK = 1 << 16
 
 
 def aggregation_sigma(g_sigma: float) -> float | None:
@@ -104,37 +109,121 @@ def view_donors(seen) -> np.ndarray:
     return donor
 
 
-def back_project(view_maps: torch.Tensor, pixel, visible, source: np.ndarray | None = None) -> torch.Tensor:
+@dataclass
+class ViewIndex:
+    """What :func:`back_project` derives from ``pixel`` and ``visible`` for H×W maps, computed once
+    (by the data loader: it depends on the sample only): ``counts`` (N, V) bool tensor (the
+    views the point is read in: where it counts, or where its donor counts for a point seen
+    nowhere, :func:`view_donors`) and ``flat`` (N, V) int32 tensor (int64 from 2³¹ map pixels),
+    the index of the point's own clipped pixel in the flattened (V, H, W) maps."""
+    counts: torch.Tensor
+    flat: torch.Tensor
+    height: int
+    width: int
+
+    def to(self, device, non_blocking: bool = False) -> "ViewIndex":
+        return ViewIndex(self.counts.to(device, non_blocking=non_blocking),
+                         self.flat.to(device, non_blocking=non_blocking), self.height, self.width)
+
+    def pin_memory(self) -> "ViewIndex":
+        return ViewIndex(self.counts.pin_memory(), self.flat.pin_memory(), self.height, self.width)
+
+
+def view_index(pixel, visible, height: int, width: int, source: np.ndarray | None = None) -> ViewIndex:
+    """The :class:`ViewIndex` of a sample for ``height`` × ``width`` maps (``pixel`` (N, V, 2) int,
+    ``visible`` (N, V) bool, numpy arrays; ``source``: its :func:`view_donors`, computed when None)."""
+    counts, flat = _view_index(as_numpy(pixel), as_numpy(visible), int(height), int(width))
+    counts = counts[_donors(counts, source)]
+    return ViewIndex(torch.from_numpy(counts), torch.from_numpy(flat), int(height), int(width))
+
+
+def _donors(counts: np.ndarray, source) -> np.ndarray:
+    """(N,) int64 donors: ``source`` as given, or :func:`view_donors` of the points that count."""
+    if source is None:
+        return view_donors(counts.any(axis=1))
+    return as_numpy(source).astype(np.int64, copy=False)
+
+
+def back_project(view_maps: torch.Tensor, pixel, visible, source: np.ndarray | None = None,
+                 index: ViewIndex | None = None) -> torch.Tensor:
     """Point scores from per-view maps: S3d(j) = mean over the views where j counts of the
     map at j's pixel (the official ``back_to_3d``).
 
     ``view_maps``: (V, H, W) or (V, C, H, W) float tensor (e.g. anomaly probability, or
     C = 2 normal/anomalous maps); ``pixel``: (N, V, 2) int (row, col); ``visible``: (N, V)
     bool; ``source``: (N,) int64 :func:`view_donors` (computed when None): a point seen nowhere
-    is read at its own pixels in the views where its donor counts. Returns (N,) or (N, C)
-    tensor, dtype and device of ``view_maps``, differentiable with respect to ``view_maps``.
+    is read at its own pixels in the views where its donor counts. ``pixel``, ``visible`` and
+    ``source`` may be numpy arrays or torch tensors; tensors already on the device of
+    ``view_maps`` are used there (no host copy).
+    ``index``: the sample's precomputed :func:`view_index` for these maps (then ``pixel`` and
+    ``visible`` are not read again; the result is the same). Returns (N,) or (N, C) tensor, dtype
+    and device of ``view_maps``, differentiable with respect to ``view_maps``. Views where a
+    point does not count contribute exact zeros (a NaN or -0.0 there does not reach the point).
     """
     squeeze = view_maps.ndim == 3
     maps = view_maps.unsqueeze(1) if squeeze else view_maps
     if maps.ndim != 4:
         raise ValueError(f"back_project: view_maps must be (V, H, W) or (V, C, H, W), got {tuple(view_maps.shape)}")
     v, c, h, w = maps.shape
-    pixel = as_numpy(pixel)
-    if pixel.ndim != 3 or pixel.shape[1:] != (v, 2):
-        raise ValueError(f"back_project: pixel must be (N, {v}, 2), got {pixel.shape}")
-    counts = counted_views(pixel, visible, h, w)                                   # (N, V)
-    if source is None:
-        source = view_donors(counts.any(axis=1))
-    counts = counts[np.asarray(source, dtype=np.int64)]                           # borrowed views
-    rows = np.clip(pixel[..., 0].astype(np.int64), 0, h - 1)
-    cols = np.clip(pixel[..., 1].astype(np.int64), 0, w - 1)
-    flat = (np.arange(v, dtype=np.int64)[None, :] * h + rows) * w + cols            # (N, V)
     device = maps.device
+    if tuple(pixel.shape[1:]) != (v, 2) or len(pixel.shape) != 3:
+        raise ValueError(f"back_project: pixel must be (N, {v}, 2), got {tuple(pixel.shape)}")
+    if index is not None:
+        if (index.height, index.width) != (h, w) or tuple(index.flat.shape) != (pixel.shape[0], v):
+            raise ValueError(f"back_project: a view index for {index.height}x{index.width} maps and "
+                             f"{tuple(index.flat.shape)} points x views, not {h}x{w} and {(pixel.shape[0], v)}")
+        counts, flat = index.counts.to(device), index.flat.to(device)   # donors' views already
+    elif _on(pixel, device) and _on(visible, device):
+        counts, flat = _view_index_torch(pixel, visible, h, w)                      # (N, V) bool, int
+        if source is None:
+            source = view_donors(counts.any(dim=1).cpu().numpy())
+        src = source if isinstance(source, torch.Tensor) else torch.from_numpy(np.asarray(source, np.int64))
+        counts = counts.index_select(0, src.to(device=device, dtype=torch.int64))
+    else:
+        counts_np, flat_np = _view_index(as_numpy(pixel), as_numpy(visible), h, w)
+        counts_np = counts_np[_donors(counts_np, source)]
+        counts, flat = torch.from_numpy(counts_np).to(device), torch.from_numpy(flat_np).to(device)
     table = maps.permute(0, 2, 3, 1).reshape(v * h * w, c)                          # (V·H·W, C)
-    weight = torch.as_tensor(counts, device=device, dtype=maps.dtype)               # (N, V)
-    values = table[torch.as_tensor(flat, device=device)]                             # (N, V, C)
-    out = (values * weight[..., None]).sum(dim=1) / weight.sum(dim=1, keepdim=True)  # every row has a view
+    if c == 1:  # 1-D index_select: the fastest gather whose backward (index_add_) is the same sum
+        values = table[:, 0].index_select(0, flat.reshape(-1)).reshape(*flat.shape, 1)
+    else:
+        values = table.gather(0, flat.reshape(-1, 1).to(torch.int64).expand(-1, c)).reshape(*flat.shape, c)
+    # values · [counts] as a select: the same numbers for maps >= 0 (x·1 = x, x·0 = 0), and only the
+    # (N, V) bool mask is kept for backward instead of a float weight
+    n_views = counts.sum(dim=1, keepdim=True).to(maps.dtype)
+    zero = torch.zeros((), dtype=maps.dtype, device=device)
+    out = torch.where(counts[..., None], values, zero).sum(dim=1) / n_views.clamp(min=1.0)   # (N, C)
     return out[:, 0] if squeeze else out
+
+
+def _on(array, device: torch.device) -> bool:
+    """Whether ``array`` is a torch tensor on ``device``."""
+    return isinstance(array, torch.Tensor) and array.device == device
+
+
+def _view_index(pixel: np.ndarray, visible: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(counts (N, V) bool, flat (N, V) int32, int64 for maps of 2³¹ pixels or more): which
+    (point, view) pairs count and the index of the (clipped) pixel in the flattened (V, H, W) maps."""
+    v = pixel.shape[1]
+    counts = counted_views(pixel, visible, h, w)
+    dtype = np.int32 if v * h * w < 2 ** 31 else np.int64
+    rows = np.clip(pixel[..., 0].astype(dtype), 0, h - 1)
+    cols = np.clip(pixel[..., 1].astype(dtype), 0, w - 1)
+    rows += (np.arange(v, dtype=dtype) * h)[None, :]
+    rows *= w
+    rows += cols
+    return counts, rows
+
+
+def _view_index_torch(pixel: torch.Tensor, visible: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_view_index` on torch tensors, on their device."""
+    v = pixel.shape[1]
+    p = pixel.to(torch.int64)
+    rows, cols = p[..., 0], p[..., 1]
+    counts = visible.to(torch.bool) & (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    base = torch.arange(v, device=p.device, dtype=torch.int64)[None, :] * h
+    flat = ((base + rows.clamp(0, h - 1)) * w + cols.clamp(0, w - 1))
+    return counts, flat
 
 
 def projection_matrix(pixel, visible, image_size: int, grid: int, views: np.ndarray | None = None) -> sp.csr_matrix:
@@ -150,8 +239,16 @@ def projection_matrix(pixel, visible, image_size: int, grid: int, views: np.ndar
     are empty.
     """
     pixel = as_numpy(pixel)
-    n, v = pixel.shape[:2]
     counts = counted_views(pixel, visible, image_size, image_size) if views is None else as_numpy(views)
+    n = pixel.shape[0]
+    if n > ROW_CHUNK:  # rows are independent: build in chunks to bound the temporaries (~100 B per entry)
+        return sp.vstack([_projection_rows(pixel[a:a + ROW_CHUNK], counts[a:a + ROW_CHUNK], image_size, grid)
+                          for a in range(0, n, ROW_CHUNK)], format="csr")
+    return _projection_rows(pixel, counts, image_size, grid)
+
+
+def _projection_rows(pixel: np.ndarray, counts: np.ndarray, image_size: int, grid: int) -> sp.csr_matrix:
+    n, v = pixel.shape[:2]
     scale = grid / float(image_size)
     coord = (pixel.astype(np.float64) + 0.5) * scale - 0.5                          # (n, V, 2)
     low = np.floor(coord)
