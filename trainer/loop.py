@@ -67,7 +67,7 @@ def background_loading(device: torch.device) -> bool:
     ``--loader-workers 0``): on a GPU, where the CPU is otherwise idle during the step. Not on a
     CPU device: on 2 cores the thread competed with the step's own threads and made steps
     slower or no faster (ViT-L-14-336: 2.16 vs 1.33 s with 2 torch threads, 1.81 vs 1.86 s
-    with 1, on a loaded machine; notes/helper-D.md)."""
+    with 1, on a loaded machine; BENCHMARKS.md, "Training")."""
     return device.type == "cuda"
 
 

@@ -99,17 +99,16 @@ def batch_losses(model: PointADModel, batch: Batch, device: torch.device | str |
         gt2d = batch.gt2d.to(device)
         size = gt2d.shape[-1]
         probs = patch_probabilities(batch.patch.to(device), t_render)          # (B, V, L, 2, G, G)
-        if not loss_size or loss_size >= size:
-            maps = upsample_maps(probs, size)                                    # (B, V, L, 2, H, W)
-            if "local_2d" in wanted:
-                out["local_2d"] = local_2d_loss(maps, gt2d)
-            anomalous = maps[:, :, :, 1].mean(dim=2)                             # (B, V, H, W)
-        else:
-            if "local_2d" in wanted:
+        if "local_2d" in wanted:
+            if not loss_size or loss_size >= size:
+                out["local_2d"] = local_2d_loss(upsample_maps(probs, size), gt2d)  # maps (B, V, L, 2, H, W)
+            else:
                 small_gt = F.adaptive_max_pool2d(gt2d.float(), loss_size) > 0   # (B, V, S, S)
                 out["local_2d"] = local_2d_loss(upsample_maps(probs, loss_size), small_gt)
-            anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)
         if "local_3d" in wanted:
+            # the upsampling is linear: upsampling the layer mean of the anomalous patch probabilities
+            # equals the layer mean of the upsampled maps, and its gradient needs no (B, V, L, 2, H, W) zeros
+            anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)     # (B, V, H, W)
             index = batch.view_index or [None] * len(batch)   # cached per sample by the loader
             local = [local_3d_loss(back_project(anomalous[b], batch.pixel[b], batch.visible[b],
                                                 source=batch.source[b], index=index[b]), batch.labels[b].to(device))
