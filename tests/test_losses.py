@@ -101,7 +101,7 @@ def test_local_2d_loss_gradient_equals_the_composed_formula():
     (want,) = torch.autograd.grad(plain, maps)
     fused = local_2d_loss(maps, gt)
     (got,) = torch.autograd.grad(fused, maps)
-    assert abs(float(fused) - float(plain)) < 1e-12
+    assert abs(fused.item() - plain.item()) < 1e-12
     assert torch.allclose(got, want, atol=1e-12, rtol=1e-10)
     assert torch.autograd.gradcheck(lambda m: local_2d_loss(m, gt), (maps,))
     # float32 on a realistic size: within float rounding of the composed terms
