@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from trainer.losses import (contrastive_loss, dice_loss, focal_loss, geometry_loss, local_2d_loss,
-                            local_3d_loss, mil_global_loss, view_global_loss)
+from trainer.losses import (binary_local_2d_loss, contrastive_loss, dice_loss, focal_loss, geometry_loss,
+                            local_2d_loss, local_3d_loss, mil_global_loss, view_global_loss)
 
 
 def close(a, b, tol=1e-6):
@@ -108,7 +109,53 @@ def test_local_2d_loss_gradient_equals_the_composed_formula():
     m32 = maps.detach().float().requires_grad_(True)
     plain32 = (focal_loss(m32.reshape(6, 2, 42), y.float()) + dice_loss(m32.reshape(6, 2, 42)[:, 1], y.float())
                + dice_loss(m32.reshape(6, 2, 42)[:, 0], 1 - y.float()))
-    assert abs(float(local_2d_loss(m32, gt.float())) - float(plain32)) < 1e-6
+    assert abs(local_2d_loss(m32, gt.float()).item() - plain32.item()) < 1e-6
+
+
+def _official_2d_local_loss(pa: torch.Tensor, gt: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """The official 2D local loss written out (loss.py FocalLoss with smooth 1e-5, BinaryDiceLoss with
+    smooth 1): maps (I, 2, P) = [1 - pa, pa], the one-hot target clamped to [1e-5, 1 - 1e-5],
+    p_t = sum(onehot * p) + 1e-5, focal = mean(-(1 - p_t)^gamma log p_t); Dice per view of each channel."""
+    s = 1e-5
+    p = torch.stack([1 - pa, pa], dim=1)
+    onehot = torch.stack([1 - gt, gt], dim=1).clamp(s, 1 - s)
+    pt = (onehot * p).sum(dim=1) + s
+    focal = (-torch.pow(1 - pt, gamma) * torch.log(pt)).mean()
+
+    def dice(x, t):
+        return (1 - (2 * (x * t).sum(-1) + 1) / (x.sum(-1) + t.sum(-1) + 1)).mean()
+    return focal + dice(pa, gt) + dice(1 - pa, 1 - gt)
+
+
+@pytest.mark.parametrize("gamma", [2.0, 1.5, 3.0])
+def test_binary_local_2d_loss_is_the_official_loss_of_maps_whose_channels_sum_to_one(gamma):
+    """The loss pad trains with (the anomalous channel only, normal = 1 - it) against the official
+    formula written out: value and gradient in float64, gradcheck, and float32 on upsampled softmax maps."""
+    g = torch.Generator().manual_seed(2)
+    pa = torch.rand(2, 3, 6, 7, generator=g, dtype=torch.float64).requires_grad_(True)
+    gt = torch.rand(2, 3, 6, 7, generator=g) > 0.6
+    gt[0, 0] = False                                                                   # a view with no anomaly
+    want = _official_2d_local_loss(pa.reshape(6, 42), gt.reshape(6, 42).double(), gamma)
+    (want_grad,) = torch.autograd.grad(want, pa)
+    got = binary_local_2d_loss(pa, gt, gamma)
+    (got_grad,) = torch.autograd.grad(got, pa)
+    assert abs(got.item() - want.item()) < 1e-12
+    assert torch.allclose(got_grad, want_grad, atol=1e-14, rtol=1e-10)
+    assert torch.autograd.gradcheck(lambda m: binary_local_2d_loss(m, gt, gamma), (pa,))
+    # per tapped layer: the sum over layers
+    layered = torch.stack([pa, pa.flip(-1)], dim=2).detach()                           # (B, V, L, H, W)
+    assert close(binary_local_2d_loss(layered, gt, gamma),
+                 binary_local_2d_loss(pa.detach(), gt, gamma) + binary_local_2d_loss(pa.detach().flip(-1), gt, gamma))
+    # the maps of training: a softmax of two prompts, bilinearly upsampled; both channels sum to 1, and
+    # the two-channel loss gives the same value within float32 rounding
+    logits = torch.randn(2, 3, 2, 4, 4, generator=g)
+    up = F.interpolate(logits.softmax(dim=2).reshape(6, 2, 4, 4), size=(24, 24), mode="bilinear",
+                       align_corners=False).reshape(2, 3, 2, 24, 24)
+    assert torch.allclose(up.sum(dim=2), torch.ones(()), atol=1e-6)
+    big_gt = torch.rand(2, 3, 24, 24, generator=g) > 0.8
+    assert abs(binary_local_2d_loss(up[:, :, 1], big_gt, gamma).item() - local_2d_loss(up, big_gt, gamma).item()) < 1e-5
+    with pytest.raises(ValueError):
+        binary_local_2d_loss(up[:, :, 1, :12], big_gt)
 
 
 def test_local_3d_and_geometry_losses():

@@ -1,7 +1,7 @@
 """The 3D views in a real browser: headless Chromium (Debian's ``chromium``, driven by playwright
 without a browser of its own) opens a report and a standalone view from local disk, waits for the
 views to draw, and checks that the 3D canvas is not blank, that a scripted drag rotates the
-picture, that the ground-truth button shows the red points, and that the page logged no error
+picture, that the ground-truth button shows the magenta points, and that the page logged no error
 and requested nothing but its own local files (no network).
 
 Skipped, with the command to install it, where Chromium or playwright is missing; ``make test``

@@ -176,6 +176,72 @@ class _LocalLoss2D(torch.autograd.Function):
         return out.mul_(grad), None, None, None, None
 
 
+def binary_local_2d_loss(anomalous: torch.Tensor, gt: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """:func:`local_2d_loss` of two-class maps given by their anomalous channel alone.
+
+    ``anomalous``: (B, V, H, W) float, S_k,a, or (B, V, L, H, W) one map per tapped layer
+    (summed over layers); the normal channel is ``1 - anomalous``, as it is for the softmax
+    of two prompts and for its bilinear upsampling (the interpolation weights of a pixel sum
+    to 1). ``gt``: (B, V, H, W) 0/1. Equal to ``local_2d_loss(stack([1 - a, a]), gt)`` (within
+    float rounding), for half the memory traffic: computed by :class:`_BinaryLocalLoss2D`.
+    """
+    if anomalous.ndim == 5:
+        return sum(binary_local_2d_loss(layer, gt, gamma) for layer in anomalous.unbind(2))
+    if anomalous.shape != gt.shape or anomalous.ndim != 4:
+        raise ValueError(f"binary_local_2d_loss: expected maps and gt (B, V, H, W), got "
+                         f"{tuple(anomalous.shape)} and {tuple(gt.shape)}")
+    b, v, h, w = anomalous.shape
+    flat = anomalous.reshape(b * v, h * w)
+    target = gt.reshape(b * v, h * w) > 0
+    if gamma >= 1.0:
+        return _BinaryLocalLoss2D.apply(flat, target, float(gamma), FOCAL_SMOOTH, DICE_EPS)
+    return local_2d_loss(torch.stack([1.0 - anomalous, anomalous], dim=2), gt, gamma)
+
+
+class _BinaryLocalLoss2D(torch.autograd.Function):
+    """:class:`_LocalLoss2D` with the normal channel ``1 - a``: ``a`` (I, P) float, ``target``
+    (I, P) bool. Then ``p_y = a`` where y else ``1 - a``, ``p_t = (1 - 2s)·p_y + 2s``, and every
+    Dice sum of the normal channel follows from ``Σ a``, ``Σ y`` and ``Σ a·y`` per instance:
+    ``Σ n = P - Σ a``, ``Σ n (1 - y) = P - Σ a - Σ y + Σ a·y``. Gradient with respect to ``a``:
+    ``±(1 - 2s) · u^(gamma-1) (gamma log p_t - u / p_t) / (I·P)`` (+ where y) plus, per
+    instance, ``(-2 y / M_a + N_a / M_a² + 2 (1 - y) / M_n - N_n / M_n²) / I``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, target: torch.Tensor, gamma: float, s: float, e: float) -> torch.Tensor:
+        inst, n_pix = a.shape
+        y = target.to(a.dtype)
+        pt = torch.where(target, a, 1.0 - a).mul_(1.0 - 2.0 * s).add_(2.0 * s)   # (I, P)
+        log_pt = pt.log()
+        u = (1.0 - pt).clamp_(min=0.0)
+        w = u * log_pt if gamma == 2.0 else u.pow(gamma - 1.0).mul_(log_pt)      # u^(gamma-1) log p_t
+        focal = -torch.dot(w.reshape(-1), u.reshape(-1)) / (inst * n_pix)
+        del w
+        sum_a = a.sum(dim=-1)
+        sum_y = y.sum(dim=-1)
+        sum_ay = torch.linalg.vecdot(a, y)                                      # Σ a·y per instance
+        num_a, den_a = 2.0 * sum_ay + e, sum_a + sum_y + e
+        num_n = 2.0 * (n_pix - sum_a - sum_y + sum_ay) + e
+        den_n = (n_pix - sum_a) + (n_pix - sum_y) + e
+        ctx.save_for_backward(target, y, pt, log_pt, u, num_a, den_a, num_n, den_n)
+        ctx.gamma, ctx.s = gamma, s
+        return focal + (1.0 - num_a / den_a).mean() + (1.0 - num_n / den_n).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        target, y, pt, log_pt, u, num_a, den_a, num_n, den_n = ctx.saved_tensors
+        gamma, s = ctx.gamma, ctx.s
+        inst, n_pix = pt.shape
+        d = torch.div(u, pt).sub_(log_pt, alpha=gamma).neg_()                    # gamma log p_t - u / p_t
+        d.mul_(u if gamma == 2.0 else u.pow(gamma - 1.0))
+        k = torch.tensor((1.0 - 2.0 * s) / (inst * n_pix), dtype=d.dtype, device=d.device)
+        d.mul_(torch.where(target, k, -k))                                      # (python scalars: float32)
+        c1 = (-2.0 / den_a - 2.0 / den_n) / inst                                 # (I,) coefficient of y
+        c0 = (num_a / den_a ** 2 + 2.0 / den_n - num_n / den_n ** 2) / inst
+        d.add_(c0[:, None]).addcmul_(y, c1[:, None].expand_as(d))
+        return d.mul_(grad), None, None, None, None
+
+
 def _two_class_dice(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``Dice(P_a, y) + Dice(P_n, 1 - y)`` over the point axis; see :func:`local_3d_loss`."""
     if probs.shape == labels.shape:               # anomalous probability only

@@ -7,9 +7,11 @@ Rendering layer (PointAD), from :mod:`trainer.losses`:
   averaged over the batch (clouds differ in size);
 - ``global_2d``: mean over views of CE(view logits, any anomalous pixel in gt2d of the view);
 - ``local_2d``: Focal + Dice on the per-view patch probability maps upsampled to H×W against
-  gt2d (summed over tapped layers). By default at the full rendering size, as the paper; each
-  B·V·L·2·H·W map is 33 MB for 4×9×1 views of 336² and the loss keeps about a dozen such
-  tensors for backward (≈ 0.4 GB). ``loss_size`` S < H computes this term on S×S maps instead
+  gt2d (summed over tapped layers). By default at the full rendering size, as the paper. The
+  maps are carried by their anomalous channel (the normal one is 1 − it, exactly so for a
+  two-class softmax and its bilinear upsampling): a B·V·L·H·W map is 16 MB for 4×9×1 views
+  of 336², and the fused loss keeps five such tensors for backward (≈ 0.1 GB, two of them
+  bool / float copies of gt2d). ``loss_size`` S < H computes this term on S×S maps instead
   (the maps upsampled to S, gt2d max-pooled to S: a pixel is anomalous if any pixel it covers
   is), about (H/S)² less memory and time; the other terms are unaffected.
 
@@ -30,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import Batch
-from trainer.losses import (contrastive_loss, geometry_loss, local_2d_loss, local_3d_loss, mil_global_loss,
-                            view_global_loss)
+from trainer.losses import (binary_local_2d_loss, contrastive_loss, geometry_loss, local_3d_loss,
+                            mil_global_loss, view_global_loss)
 from trainer.model import PointADModel, explicit_scores, patch_probabilities, upsample_maps, view_logits
 from trainer.projection import back_project
 
@@ -99,16 +101,23 @@ def batch_losses(model: PointADModel, batch: Batch, device: torch.device | str |
         gt2d = batch.gt2d.to(device)
         size = gt2d.shape[-1]
         probs = patch_probabilities(batch.patch.to(device), t_render)          # (B, V, L, 2, G, G)
+        # The maps are two-class softmaxes and bilinear upsampling keeps a pixel's two values summing
+        # to 1: the anomalous channel alone carries them (normal = 1 - anomalous).
+        full = None
         if "local_2d" in wanted:
             if not loss_size or loss_size >= size:
-                out["local_2d"] = local_2d_loss(upsample_maps(probs, size), gt2d)  # maps (B, V, L, 2, H, W)
+                full = upsample_maps(probs[:, :, :, 1], size)                   # (B, V, L, H, W)
+                out["local_2d"] = binary_local_2d_loss(full, gt2d)
             else:
                 small_gt = F.adaptive_max_pool2d(gt2d.float(), loss_size) > 0   # (B, V, S, S)
-                out["local_2d"] = local_2d_loss(upsample_maps(probs, loss_size), small_gt)
+                out["local_2d"] = binary_local_2d_loss(upsample_maps(probs[:, :, :, 1], loss_size), small_gt)
         if "local_3d" in wanted:
-            # the upsampling is linear: upsampling the layer mean of the anomalous patch probabilities
-            # equals the layer mean of the upsampled maps, and its gradient needs no (B, V, L, 2, H, W) zeros
-            anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)     # (B, V, H, W)
+            # the upsampling is linear: the layer mean of the upsampled maps is the upsampling of the
+            # layer mean (computed that way when the local 2D loss did not upsample already)
+            if full is None:
+                anomalous = upsample_maps(probs[:, :, :, 1].mean(dim=2), size)  # (B, V, H, W)
+            else:
+                anomalous = full[:, :, 0] if full.shape[2] == 1 else full.mean(dim=2)
             index = batch.view_index or [None] * len(batch)   # cached per sample by the loader
             local = [local_3d_loss(back_project(anomalous[b], batch.pixel[b], batch.visible[b],
                                                 source=batch.source[b], index=index[b]), batch.labels[b].to(device))

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from data_cache.errors import PadError
@@ -35,6 +36,30 @@ def _text_parts(clip_model: nn.Module) -> nn.Module:
         return text
     raise PadError(f"{type(clip_model).__name__}: only open_clip models with a CLIP text transformer "
                    "are supported (no Hugging Face text towers)")
+
+
+def _is_plain_block(block: nn.Module) -> bool:
+    """Whether ``block`` is open_clip's ``ResidualAttentionBlock`` for self-attention with a
+    standard ``nn.MultiheadAttention`` (what :func:`_sequence_first_block` computes)."""
+    attn = getattr(block, "attn", None)
+    return (type(block).__name__ == "ResidualAttentionBlock" and not hasattr(block, "ln_1_kv")
+            and type(attn) is nn.MultiheadAttention and attn._qkv_same_embed_dim
+            and attn.bias_k is None and not attn.add_zero_attn
+            and all(hasattr(block, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")))
+
+
+def _sequence_first_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """open_clip's ``ResidualAttentionBlock.forward`` on (C, P, W) tokens, contiguous:
+    ``x + ls_1(attn(ln_1(x)))``, then ``+ ls_2(mlp(ln_2(·)))``; the attention in eval mode
+    (no dropout), without weights, with the additive ``mask``."""
+    attn = block.attn
+    h = block.ln_1(x)
+    a = F.multi_head_attention_forward(
+        h, h, h, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False,
+        0.0, attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False,
+        attn_mask=None if mask is None else mask.to(x.dtype))[0]
+    x = x + block.ls_1(a)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 class FrozenTextTower(nn.Module):
@@ -123,15 +148,21 @@ class FrozenTextTower(nn.Module):
             raise ValueError(f"{n_deep} deep prompts for a text tower of depth {self.depth}")
         batch_first = getattr(self.transformer, "batch_first", True)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length].to(cast)
+        # The blocks run on (C, P, W) tokens, contiguous: nn.MultiheadAttention built batch-first
+        # transposes its input, and the in-projection of that non-contiguous view ran as a batched
+        # product with the weight repeated per token, 3x slower than one matrix product.
+        x = x.transpose(0, 1).contiguous()
         for i, block in enumerate(self.transformer.resblocks):
             if 1 <= i <= n_deep:
-                d = deep[:, i - 1].to(cast)
-                x = torch.cat([x[:, :1], d, x[:, 1 + d.shape[1]:]], dim=1)
-            if batch_first:
-                x = block(x, attn_mask=mask)
-            else:  # blocks built for (C, P, W)
+                d = deep[:, i - 1].to(cast).transpose(0, 1)
+                x = torch.cat([x[:1], d, x[1 + d.shape[0]:]], dim=0)
+            if _is_plain_block(block):
+                x = _sequence_first_block(block, x, mask)
+            elif batch_first:
                 x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
-        x = self.ln_final(x)
+            else:  # blocks built for (C, P, W)
+                x = block(x, attn_mask=mask)
+        x = self.ln_final(x.transpose(0, 1))
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         proj = self.text_projection
         if proj is not None:
