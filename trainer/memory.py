@@ -6,9 +6,9 @@ when freed, but it raises that threshold to the size of every such block freed (
 after the first step these tensors come from the heap, whose freed middle parts stay resident:
 the peak RSS of ``pad train`` with ViT-L-14-336 grew by ~0.2 GB per epoch over the first epochs.
 Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``) at 4 MiB stops that: peak RSS of a
-ViT-L-14-336 run 1.84 GB instead of 2.06–2.14 GB (50k-point clouds), at the price of the page
-faults of fresh mappings, ~0.1 s more per step on 2 CPU cores (0.70–0.90 s instead of
-0.58–0.70 s; BENCHMARKS.md, "Training"). Setting ``MALLOC_MMAP_THRESHOLD_`` in the environment overrides
+ViT-L-14-336 run 1706 MB instead of 1821 MB (50k-point clouds, 3 epochs), at the price of the
+page faults of fresh mappings, ~0.08 s more per step on 2 CPU cores (BENCHMARKS.md, "Training").
+Setting ``MALLOC_MMAP_THRESHOLD_`` in the environment overrides
 it (e.g. ``MALLOC_MMAP_THRESHOLD_=33554432``: glibc's largest dynamic value, for speed over
 memory). Other C libraries: nothing is done.
 """
