@@ -164,3 +164,28 @@ def test_score_loads_the_checkpoint_without_unpickling(trained, tmp_path, monkey
                                        "--out", str(out), "--device", "cpu", "--report-samples", "1"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert (out / "metrics.json").exists()
+
+
+def test_pad_predict_on_unreadable_files_says_why_per_file_and_exits_2(trained, tmp_path):
+    """One empty file: its own line only. A good file beside it: the count and where the good results are."""
+    empty = tmp_path / "empty.ply"
+    empty.write_bytes(b"")
+    result = CliRunner().invoke(main, ["predict", str(empty), "--checkpoint", trained["run"], "--out",
+                                       str(tmp_path / "one"), "--views", "2", "--device", "cpu"])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("pad predict: note:")]
+    assert lines == [f"pad predict: {empty}: empty file"]   # (the notes: this fixture's run renders differently)
+    good = tmp_path / "scan.ply"
+    write_ply(good, np.random.default_rng(0).normal(size=(200, 3)))
+    result = CliRunner().invoke(main, ["predict", str(empty), str(good), "--checkpoint", trained["run"], "--out",
+                                       str(tmp_path / "two"), "--views", "2", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert f"pad predict: {empty}: empty file" in result.output
+    assert f"1 of 2 file(s) failed; results of the others are in {tmp_path / 'two'}" in result.output
+    assert (tmp_path / "two" / "scan.json").exists()
+    other = tmp_path / "also_empty.ply"
+    other.write_bytes(b"")
+    result = CliRunner().invoke(main, ["predict", str(empty), str(other), "--checkpoint", trained["run"], "--out",
+                                       str(tmp_path / "none"), "--views", "2", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.output.rstrip().endswith("pad predict: none of the 2 files could be scored")

@@ -36,7 +36,8 @@ from data_cache.render_store import RenderStore
 from trainer.geometry_cache import GEOMETRY_BUDGET, GeometryCache, SampleGeometry, sample_geometry
 from trainer.projection import ALPHA, G_SIGMA, ViewIndex, aggregation_sigma, geometry_features, point_sources
 
-SAMPLE_FIELDS = ("points", "labels", "pixel", "visible", "knn", "knn_dist")
+#: What training reads of a sample (the coordinates are not needed: the kNN graph is stored).
+SAMPLE_FIELDS = ("labels", "pixel", "visible", "knn", "knn_dist")
 
 
 @dataclass
@@ -228,7 +229,7 @@ class TrainDataset(torch.utils.data.Dataset):
         if not cache.admits(n_points, len(render.views), k, geometry=need_geometry):
             self._streamed.add(i)
             return None
-        fields = SAMPLE_FIELDS if need_geometry else ("points", "labels", "pixel", "visible", "knn")
+        fields = SAMPLE_FIELDS if need_geometry else ("labels", "pixel", "visible")
         sample = render.read_sample(i, fields)
         patch_tokens = int(self._stores()[1].file["patch"].shape[3])                 # G·G
         geom = sample_geometry(sample, render.image_size, int(round(patch_tokens ** 0.5)), alpha=self.alpha,
@@ -244,7 +245,7 @@ def build_item(index: int, sample: dict, gt2d: np.ndarray, global_: np.ndarray, 
     """One training item (see :class:`TrainDataset`) from a sample's arrays and its embeddings,
     everything recomputed (the reference for :func:`build_item_cached`).
 
-    sample: render-store arrays (``points``, ``labels``, ``pixel``, ``visible``, ``knn``,
+    sample: render-store arrays (``labels``, ``pixel``, ``visible``, ``knn``,
     ``knn_dist``, ``attrs``); gt2d: (V, H, W) uint8; global_: (V, D); patch: (V, L, G·G, D);
     ``g_sigma``: G-aggregation width in normalized coordinates (0: the cloud's median kNN spacing).
     """

@@ -24,14 +24,18 @@ def as_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
-def neighbour_mask(knn: np.ndarray, knn_dist: np.ndarray | None = None) -> np.ndarray:
+def neighbour_mask(knn: np.ndarray, knn_dist: np.ndarray | None = None, *, rows: np.ndarray | None = None,
+                   n_points: int | None = None) -> np.ndarray:
     """Which entries of the graph are real neighbours (not the point itself, not padding).
 
-    ``knn``: (N, k) int; ``knn_dist``: (N, k) float or None. Returns (N, k) bool.
+    ``knn``: (N, k) int; ``knn_dist``: (N, k) float or None. Returns (N, k) bool. With ``rows``
+    (n,) int and ``n_points`` N: ``knn`` and ``knn_dist`` are those rows of a graph of N points
+    (``knn[rows]``), and the result is ``neighbour_mask(full)[rows]`` without touching the rest.
     """
     knn = as_numpy(knn)
-    n = knn.shape[0]
-    mask = (knn >= 0) & (knn < n) & (knn != np.arange(n)[:, None])
+    n = knn.shape[0] if n_points is None else int(n_points)
+    own = np.arange(n)[:, None] if rows is None else np.asarray(rows)[:, None]
+    mask = (knn >= 0) & (knn < n) & (knn != own)
     if knn_dist is not None:
         mask &= np.isfinite(as_numpy(knn_dist))
     return mask

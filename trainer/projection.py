@@ -280,16 +280,21 @@ def aggregation_matrix(knn, knn_dist, alpha: float = ALPHA, sigma: float | None 
     (:func:`trainer.knn_graph.median_spacing`). ``knn``: (N, k) int; ``knn_dist``: (N, k)
     float; ``rows``: (n,) int subset of points (default all). Returns (n, N) float32 CSR.
     """
-    knn = as_numpy(knn).astype(np.int64)
-    dist = as_numpy(knn_dist).astype(np.float64)
+    knn, knn_dist = as_numpy(knn), as_numpy(knn_dist)
     n_all = knn.shape[0]
     if sigma is None:
-        sigma = median_spacing(knn, dist)
+        sigma = median_spacing(knn, knn_dist)
     if not sigma > 0:
         raise ValueError(f"G-aggregation sigma must be positive, got {sigma}")
-    rows = np.arange(n_all, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    mask = neighbour_mask(knn, dist)[rows]
-    d2 = np.where(mask, dist[rows], 0.0) ** 2
+    # only the asked rows are read and converted (an 800k-point graph in int64/float64 is 128 MB)
+    if rows is None:
+        rows = np.arange(n_all, dtype=np.int64)
+        knn_r, dist = knn.astype(np.int64), knn_dist.astype(np.float64)
+    else:
+        rows = np.asarray(rows, dtype=np.int64)
+        knn_r, dist = knn[rows].astype(np.int64), knn_dist[rows].astype(np.float64)
+    mask = neighbour_mask(knn_r, dist, rows=rows, n_points=n_all)
+    d2 = np.where(mask, dist, 0.0) ** 2
     nearest = np.min(d2, axis=1, keepdims=True, initial=np.inf, where=mask)
     d2 = np.where(mask, d2 - np.where(np.isfinite(nearest), nearest, 0.0), 0.0)     # shift: no underflow
     wts = np.where(mask, np.exp(-d2 / (2.0 * sigma * sigma)), 0.0)
@@ -301,7 +306,7 @@ def aggregation_matrix(knn, knn_dist, alpha: float = ALPHA, sigma: float | None 
     local = np.arange(n, dtype=np.int64)
     data = np.concatenate([wts[mask], self_w])
     r = np.concatenate([np.broadcast_to(local[:, None], mask.shape)[mask], local])
-    c = np.concatenate([knn[rows][mask], rows])
+    c = np.concatenate([knn_r[mask], rows])
     return sp.coo_matrix((data.astype(np.float32), (r, c)), shape=(n, n_all)).tocsr()
 
 

@@ -214,9 +214,9 @@ def plot_sample(sample: ReportSample, path: str, seed: int = 0) -> None:
     ax.scatter(pts[normal, 0], pts[normal, 1], pts[normal, 2], color="0.78", s=size, linewidths=0,
                depthshade=False, zorder=1)
     if anomalous.size:
-        ax.scatter(pts[anomalous, 0], pts[anomalous, 1], pts[anomalous, 2], color="red", s=max(2.5 * size, 2.0),
+        ax.scatter(pts[anomalous, 0], pts[anomalous, 1], pts[anomalous, 2], color="magenta", s=max(2.5 * size, 2.0),
                    linewidths=0, depthshade=False, zorder=2)
-    title = (f"ground truth: {anomalous.size} anomalous points (red)" if anomalous.size
+    title = (f"ground truth: {anomalous.size} anomalous points (magenta, as in the 3D view)" if anomalous.size
              else "ground truth: no anomalous point")
     ax.set_title(title, fontsize=9)
     if pts.size:
