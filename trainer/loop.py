@@ -286,6 +286,8 @@ def run_train(cfg: TrainConfig) -> int:
     if result["log"]:
         first, last = result["log"][0], result["log"][-1]
         span = f"epoch {first['epoch']}" if first is last else f"epochs {first['epoch']}-{last['epoch']}"
-        print(f"pad train: wrote {cfg.out} ({result['config']['epochs_completed']} epochs done; loss over "
-              f"{span}: {first['total']:.4f} -> {last['total']:.4f})")
+        done = result['config']['epochs_completed']
+        loss = (f"loss in {span}: {first['total']:.4f}" if first is last
+                else f"loss over {span}: {first['total']:.4f} -> {last['total']:.4f}")
+        print(f"pad train: wrote {cfg.out} ({done} epoch{'s' if done != 1 else ''} done; {loss})")
     return 0
