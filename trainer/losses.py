@@ -102,10 +102,9 @@ def local_2d_loss(maps: torch.Tensor, gt: torch.Tensor, gamma: float = 2.0) -> t
     Focal is the mean over all pixels of all views, Dice the mean over views (each view
     one instance), which equals the mean over views of the per-view sum.
 
-    The value is :func:`focal_loss` + two :func:`dice_loss` of the two channels; it is computed
-    by :class:`_LocalLoss2D` in one pass with its gradient written by hand (the maps are
-    B·V·H·W pixels, the largest tensors of a step: the composed autograd graph of the three
-    terms takes about twice the time; equal within float rounding, see tests/test_losses.py).
+    The value is :func:`focal_loss` + two :func:`dice_loss` of the two channels, for any two
+    channels (they need not sum to 1). Training uses :func:`binary_local_2d_loss`, the same loss
+    of maps whose channels sum to 1 computed in one pass from the anomalous channel.
     """
     if maps.ndim == 6:
         return sum(local_2d_loss(layer, gt, gamma) for layer in maps.unbind(2))
@@ -114,66 +113,10 @@ def local_2d_loss(maps: torch.Tensor, gt: torch.Tensor, gamma: float = 2.0) -> t
                          f"{tuple(maps.shape)} and {tuple(gt.shape)}")
     b, v, _, h, w = maps.shape
     flat = maps.reshape(b * v, 2, h * w)
-    target = gt.reshape(b * v, h * w) > 0
-    if gamma >= 1.0:
-        return _LocalLoss2D.apply(flat, target, float(gamma), FOCAL_SMOOTH, DICE_EPS)
-    y = target.to(maps.dtype)                        # gamma < 1: (1 - p_t)^(gamma - 1) is unbounded
+    y = (gt.reshape(b * v, h * w) > 0).to(maps.dtype)
     loss = focal_loss(flat, y, gamma=gamma)
     loss = loss + dice_loss(flat[:, 1], y)
     return loss + dice_loss(flat[:, 0], 1.0 - y)
-
-
-class _LocalLoss2D(torch.autograd.Function):
-    """Focal (label smoothing ``s``, exponent ``gamma`` ≥ 1) + Dice(anomalous, y) + Dice(normal, 1 - y).
-
-    ``maps``: (I, 2, P) float, channel 0 normal, 1 anomalous; ``target``: (I, P) bool. With
-    ``p_t = (1 - s)·p_y + s·p_other + s`` (the one-hot target clamped to [s, 1 - s], as
-    :func:`focal_loss`), ``u = max(0, 1 - p_t)``, and per instance ``D = 1 - (2 Σ p·t + e) / (Σ p + Σ t + e)``:
-
-    - forward: ``mean(-u^gamma · log p_t) + mean_i D(p_a, y) + mean_i D(p_n, 1 - y)``;
-    - backward: ``∂/∂p_t = (gamma · u^(gamma-1) · log p_t - u^gamma / p_t) / (I·P)``, times
-      ``1 - s`` for the true class and ``s`` for the other; ``∂D_i/∂p_j = -(2 t_j M_i - N_i) / M_i²``
-      (``N_i``, ``M_i`` the numerator and denominator of the instance), divided by I.
-    """
-
-    @staticmethod
-    def forward(ctx, maps: torch.Tensor, target: torch.Tensor, gamma: float, s: float, e: float) -> torch.Tensor:
-        normal, anomalous = maps[:, 0], maps[:, 1]
-        y = target.to(maps.dtype)
-        true = torch.where(target, anomalous, normal)
-        other = torch.where(target, normal, anomalous)
-        pt = true.mul_(1.0 - s).add_(other, alpha=s).add_(s)                 # (I, P)
-        del other
-        log_pt = pt.log()
-        u = (1.0 - pt).clamp_(min=0.0)
-        focal = -(u.pow(gamma) * log_pt).mean()
-        t_sum = y.sum(dim=-1)                                                # Σ y per instance
-        n_pix = y.shape[-1]
-        num_a = 2.0 * (anomalous * y).sum(dim=-1) + e
-        den_a = anomalous.sum(dim=-1) + t_sum + e
-        num_n = 2.0 * (normal.sum(dim=-1) - (normal * y).sum(dim=-1)) + e    # 2 Σ p_n (1 - y) + e
-        den_n = normal.sum(dim=-1) + (n_pix - t_sum) + e
-        ctx.save_for_backward(target, pt, log_pt, u, num_a, den_a, num_n, den_n)
-        ctx.gamma, ctx.s = gamma, s
-        dice = (1.0 - num_a / den_a).mean() + (1.0 - num_n / den_n).mean()
-        return focal + dice
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        target, pt, log_pt, u, num_a, den_a, num_n, den_n = ctx.saved_tensors
-        gamma, s = ctx.gamma, ctx.s
-        inst, n_pix = pt.shape
-        d_pt = u.pow(gamma - 1.0).mul_(log_pt).mul_(gamma).sub_(u.pow(gamma).div_(pt)).div_(inst * n_pix)
-        y = target.to(pt.dtype)
-        out = torch.empty((inst, 2, n_pix), dtype=pt.dtype, device=pt.device)
-        # focal: the true class gets (1 - s)·d_pt, the other s·d_pt
-        w_a = y * (1.0 - 2.0 * s) + s                                        # 1 - s where y, else s
-        out[:, 1] = d_pt * w_a
-        out[:, 0] = d_pt * (1.0 - w_a)
-        # dice: -(2 t M - N) / M² / I, with t = y for the anomalous channel and 1 - y for the normal one
-        out[:, 1] -= (2.0 * y * den_a[:, None] - num_a[:, None]) / (den_a[:, None] ** 2 * inst)
-        out[:, 0] -= (2.0 * (1.0 - y) * den_n[:, None] - num_n[:, None]) / (den_n[:, None] ** 2 * inst)
-        return out.mul_(grad), None, None, None, None
 
 
 def binary_local_2d_loss(anomalous: torch.Tensor, gt: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -199,8 +142,10 @@ def binary_local_2d_loss(anomalous: torch.Tensor, gt: torch.Tensor, gamma: float
 
 
 class _BinaryLocalLoss2D(torch.autograd.Function):
-    """:class:`_LocalLoss2D` with the normal channel ``1 - a``: ``a`` (I, P) float, ``target``
-    (I, P) bool. Then ``p_y = a`` where y else ``1 - a``, ``p_t = (1 - 2s)·p_y + 2s``, and every
+    """Focal (label smoothing ``s``, exponent ``gamma`` ≥ 1) + Dice(a, y) + Dice(1 - a, 1 - y),
+    as :func:`focal_loss` + :func:`dice_loss` with the normal channel ``1 - a``: ``a`` (I, P) float,
+    ``target`` (I, P) bool, ``u = max(0, 1 - p_t)``, per instance ``D = 1 - (N + e) / (M + e)``
+    (``N = 2 Σ p·t``, ``M = Σ p + Σ t``). Then ``p_y = a`` where y else ``1 - a``, ``p_t = (1 - 2s)·p_y + 2s``, and every
     Dice sum of the normal channel follows from ``Σ a``, ``Σ y`` and ``Σ a·y`` per instance:
     ``Σ n = P - Σ a``, ``Σ n (1 - y) = P - Σ a - Σ y + Σ a·y``. Gradient with respect to ``a``:
     ``±(1 - 2s) · u^(gamma-1) (gamma log p_t - u / p_t) / (I·P)`` (+ where y) plus, per

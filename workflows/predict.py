@@ -344,14 +344,12 @@ def run_predict(cfg: PredictConfig) -> int:
                        "coordinates and were not scored (null in the JSON, NaN and grey in the PLY)", file=sys.stderr)
         tqdm.write(f"{path}  score={doc['score']:.3f}  points={doc['n_points']}  "
                    f"top-1% mean={doc['top1pct_mean']:.3f}", file=sys.stdout)
-    if failed == len(files) and failed > 1:
-        print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
-        return 2
-    if failed == len(files):   # the one file's own line said why
-        return 2
-    if failed:
-        print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in {cfg.out}",
-              file=sys.stderr)
+    if failed:   # each failed file's own line said why
+        if failed < len(files):
+            print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in {cfg.out}",
+                  file=sys.stderr)
+        elif failed > 1:
+            print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
         return 2
     print(f"pad predict: wrote {len(files)} result(s) to {cfg.out}", file=sys.stderr)
     return 0
