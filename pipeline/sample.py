@@ -38,6 +38,9 @@ class Sample:
     - ``label``: object label, 1 when any point is anomalous.
     - ``n_dropped_nonfinite``: input rows dropped because a coordinate was NaN or Inf
       (``n_points + n_dropped_nonfinite`` rows were read).
+    - ``script_labels``: (N,) uint8 or None: ``--style pointad`` only, the labels the official
+      script colours its ground-truth render with, where they come from another resize of the
+      mask than ``point_labels`` (:mod:`pipeline.ingest.pointad`).
     """
     id: str
     cls: str
@@ -51,6 +54,7 @@ class Sample:
     grid_shape: tuple[int, int] | None = None
     warnings: list[str] = field(default_factory=list)
     n_dropped_nonfinite: int = 0
+    script_labels: np.ndarray | None = None
 
     @property
     def label(self) -> int:
