@@ -344,9 +344,18 @@ def _grid_sample(ref: SampleRef, grid: np.ndarray, keep: np.ndarray, point_label
                   script_labels=script_labels.reshape(-1)[index].astype(np.uint8))
 
 
+def _load_organized(ref: SampleRef, layout: str, xyz: np.ndarray, rgb: np.ndarray | None,
+                    mask: np.ndarray | None, seed: int) -> Sample:
+    return (_mvtec_sample if layout == "mvtec3d" else _eyecandies_sample)(ref, xyz, rgb, mask, seed)
+
+
 def load_mvtec(ref: SampleRef, seed: int) -> Sample:
     """One MVTec 3D-AD sample as ``multiview_mvtec.py`` reads it after the preprocessing."""
-    xyz, rgb, mask = _organized_files(ref)
+    return _mvtec_sample(ref, *_organized_files(ref), seed)
+
+
+def _mvtec_sample(ref: SampleRef, xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray | None,
+                  seed: int) -> Sample:
     grid, rgb, mask, notes = preprocess_mvtec(xyz, rgb, mask, seed)
     small = resize_nearest(grid)
     keep = small[..., 2].reshape(-1) != 0
@@ -375,7 +384,11 @@ def eyecandies_background(points: np.ndarray) -> np.ndarray:
 
 def load_eyecandies(ref: SampleRef, seed: int) -> Sample:
     """One Eyecandies sample as ``multiview_eyecandies.py`` reads it (module doc)."""
-    xyz, rgb, mask = _organized_files(ref)
+    return _eyecandies_sample(ref, *_organized_files(ref), seed)
+
+
+def _eyecandies_sample(ref: SampleRef, xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray | None,
+                       seed: int) -> Sample:
     small = resize_nearest(xyz)
     keep = eyecandies_background(small.reshape(-1, 3))
     if mask is None:
@@ -474,3 +487,75 @@ def load_pointad_sample(ref: SampleRef, seed: int) -> Sample:
     raise PadError(f"--style pointad has no official script for the '{ref.format}' layout", ref.path)
 
 
+
+
+# ----------------------------------------------------------------------- single files (predict)
+ORGANIZED_LAYOUTS = ("mvtec3d", "eyecandies")
+
+
+def organized_ref(path: str, layout: str) -> SampleRef:
+    """A :class:`SampleRef` for one organized xyz ``.tiff`` given on its own, with the companions
+    MVTec 3D-AD keeps beside it (``../rgb/<stem>.png``, ``../gt/<stem>.png``) when they exist.
+    Inside a dataset tree (``<class>/<split>/<defect>/xyz/<stem>.tiff``) its class is that
+    directory's name (the scripts size points per class), else ``predict``."""
+    import os
+
+    full = os.path.abspath(path)
+    stem = os.path.splitext(os.path.basename(full))[0]
+    group = os.path.dirname(os.path.dirname(full))
+    extra = tuple((role, p) for role, p in (("rgb", os.path.join(group, "rgb", stem + ".png")),
+                                             ("gt", os.path.join(group, "gt", stem + ".png"))) if os.path.isfile(p))
+    parts = full.split(os.sep)
+    in_tree = len(parts) >= 6 and parts[-2] == "xyz" and parts[-4] in ("train", "validation", "test")
+    cls = parts[-5] if in_tree else "predict"
+    return SampleRef(id=f"{cls}/predict/{stem}", cls=cls, split="train", path=full, format=layout, extra=extra)
+
+
+def load_for_prediction(path: str, layout: str, seed: int) -> tuple[Sample, np.ndarray, np.ndarray, int]:
+    """One file read as the official script of ``layout`` reads a sample (``pad predict`` on a run
+    rendered with ``--style pointad``), and how its points map back to the file's rows.
+
+    Returns the :class:`Sample`, (R,) int64 for each row of the file the point that stands for it
+    (−1: none), (R, 3) float32 coordinates of the rows (NaN where the file has no valid one) and
+    the number of rows dropped as non-finite. Organized layouts read an xyz ``.tiff`` (rows: its
+    pixels, row-major; a pixel takes the point of the 336×336 cell it falls in, after the
+    official padding for MVTec 3D-AD, if that cell holds one). Unorganized layouts read any point
+    file (rows: its points; a row takes the nearest of the resampled points, itself when kept)."""
+    import os
+
+    if layout in ORGANIZED_LAYOUTS:
+        if os.path.splitext(path)[1].lower() not in (".tiff", ".tif"):
+            raise PadError(f"this run was rendered with --style pointad from {layout} scans: its official script "
+                           "reads organized scans, so pad predict needs an xyz .tiff grid (as in the dataset)", path)
+        ref = organized_ref(path, layout)
+        xyz, rgb, mask = _organized_files(ref)
+        sample = _load_organized(ref, layout, xyz, rgb, mask, seed)
+        h, w = xyz.shape[:2]
+        side = max(int(math.ceil(h / PAD_MULTIPLE)), int(math.ceil(w / PAD_MULTIPLE))) * PAD_MULTIPLE
+        top, left, full_h, full_w = ((side - h) // 2, (side - w) // 2, side, side) if layout == "mvtec3d" \
+            else (0, 0, h, w)
+        cell_row = np.searchsorted(nearest_indices(full_h, GRID), np.arange(h) + top, side="right") - 1
+        cell_col = np.searchsorted(nearest_indices(full_w, GRID), np.arange(w) + left, side="right") - 1
+        owner = np.full(GRID * GRID, -1, np.int64)
+        owner[np.asarray(sample.grid_index, np.int64)] = np.arange(sample.n_points)
+        back = owner[(cell_row[:, None] * GRID + cell_col[None, :]).reshape(-1)]
+        rows = xyz.reshape(-1, 3).astype(np.float32)
+        measured = (rows != 0).any(axis=1)
+        rows[~measured] = np.nan
+        return sample, np.where(measured, back, -1), rows, 0
+    from .pointfiles import read_cloud
+
+    cloud = read_cloud(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    labels = cloud.labels if cloud.labels is not None else np.zeros(len(cloud.points), np.uint8)
+    raw = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points, point_labels=labels,
+                 source_path=os.path.abspath(path), n_dropped_nonfinite=cloud.n_dropped_nonfinite)
+    sample = load_real3d(raw, seed)
+    _, nearest = cKDTree(np.asarray(sample.points, np.float64)).query(np.asarray(cloud.points, np.float64), k=1,
+                                                                       workers=1)
+    kept = cloud.kept if cloud.kept is not None else np.ones(len(cloud.points), bool)
+    back = np.full(len(kept), -1, np.int64)
+    back[kept] = nearest
+    rows = np.full((len(kept), 3), np.nan, np.float32)
+    rows[kept] = cloud.points
+    return sample, back, rows, int(cloud.n_dropped_nonfinite)
