@@ -84,6 +84,76 @@ def write_scans(data: str, seed: int, fps: bool) -> list[dict]:
     return jobs
 
 
+def fixture_scans(data: str, seed: int) -> list[dict]:
+    """One small scan per layout, for the fixture of ``tests/test_pointad_fixture.py`` (coordinates
+    rounded, the Eyecandies support left out but for the rows the script's rule reads, a Real3D-AD
+    cloud of 2500 points): a few hundred kB per layout with the official outputs."""
+    import pointad_scans as scans
+    from pipeline.render.pointad import SCRIPTS
+
+    mvtec, eye, real = (os.path.join(data, name) for name in ("mvtec", "eyecandies", "real3d"))
+    scan = scans.mvtec_scan(seed, True, size_px=(200, 230), quantum=2.0 ** -15)
+    tiff = scans.write_mvtec(mvtec, "cookie", "000", scan)
+    base = os.path.dirname(os.path.dirname(tiff))
+    eye_scan = scans.eyecandies_scan(seed + 100, True, sparse=True, quantum=2.0 ** -12)
+    _, ply = scans.write_eyecandies(eye, "Confetto", "000", eye_scan)
+    pts, labels = scans.blob_cloud(seed + 200, 2500, True)
+    pcd = scans.write_real3d(real, "blob", "000", pts, labels)
+    return [
+        {"layout": "mvtec3d", "root": mvtec, "id": "cookie/test/defect_000", "tiff": tiff,
+         "rgb": os.path.join(base, "rgb", "000.png"), "gt": os.path.join(base, "gt", "000.png"),
+         "point_size": SCRIPTS["mvtec3d"].point_sizes["cookie"], "shape": scan["shape"]},
+        {"layout": "eyecandies", "root": eye, "id": "Confetto/test/defect_000", "ply": ply,
+         "gt": os.path.join(eye + "-ply", "Confetto", "test", "mask", "000.png"),
+         "point_size": SCRIPTS["eyecandies"].default_point_size, "shape": eye_scan["shape"]},
+        {"layout": "real3d", "root": real, "id": "blob/test/000", "pcd": pcd,
+         "txt": pcd.replace("test", "GT").replace(".pcd", ".txt"), "seed": seed,
+         "point_size": SCRIPTS["real3d"].default_point_size, "shape": "blob 2500"},
+    ]
+
+
+def write_fixture(jobs: list[dict], out: str, seed: int, command: str) -> None:
+    """The scans (as pad reads them) and what the official scripts made of them, under ``out``:
+    ``input/<layout>/...``, ``official/<layout>/view_K.png`` and ``view_K_gt.png`` (grey, lossless:
+    the official images have three equal channels), ``official/<layout>.npz`` (``points`` float64,
+    ``cor`` (V, N, 3) int16), ``official/meta.json`` and a README with ``command``."""
+    from PIL import Image
+
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    meta = {"seed": seed, "samples": {}}
+    for job in jobs:
+        layout = job["layout"]
+        shutil.copytree(job["root"], os.path.join(out, "input", layout))
+        views = os.path.join(job["official_out"], "views")
+        dest = os.path.join(out, "official", layout)
+        os.makedirs(dest)
+        cors = []
+        for v in range(9):
+            img = np.asarray(Image.open(os.path.join(views, "img", f"view_{v}.png")).convert("RGB"))
+            assert (img == img[..., :1]).all(), "the official image is not grey"
+            Image.fromarray(img[..., 0]).save(os.path.join(dest, f"view_{v}.png"), optimize=True)
+            gt = np.asarray(Image.open(os.path.join(views, "gt", f"view_{v}_gt.png")).convert("L"))
+            Image.fromarray(gt).save(os.path.join(dest, f"view_{v}_gt.png"), optimize=True)
+            cors.append(np.load(os.path.join(views, "cor", f"view_{v}_cor.npy")).astype(np.int16))
+        np.savez_compressed(os.path.join(out, "official", f"{layout}.npz"),
+                            points=np.load(os.path.join(job["official_out"], "points.npy")), cor=np.stack(cors))
+        meta["samples"][layout] = {"id": job["id"], "point_size": job["point_size"], "shape": job["shape"]}
+    with open(os.path.join(out, "official", "meta.json"), "w") as fh:
+        json.dump(meta, fh, indent=1)
+    with open(os.path.join(out, "README.md"), "w") as fh:
+        fh.write("# Official PointAD renderings of three small scans\n\n"
+                 "Made by the official scripts of https://github.com/zqhang/PointAD "
+                 "(`multi_view/preprocess_mvtec3d.py`, `multiview_mvtec.py`, `multiview_eyecandies.py`, "
+                 "`multiview_real3d.py`) run with Open3D 0.20 (legacy Visualizer, EGL offscreen on Mesa), "
+                 "by this command:\n\n    " + command + "\n\n"
+                 "`input/` holds the scans as pad reads them (the Eyecandies scan as the MVTec-format tiff; the "
+                 "official script read the same grid as a PLY), `official/` what the scripts wrote: each view's "
+                 "rendering and 2D ground truth (grey PNG) and `<layout>.npz` with the points they rendered and "
+                 "the point-pixel correspondences (`view_K_cor.npy`, stacked). `tests/test_pointad_fixture.py` "
+                 "renders `input/` with `--style pointad` and compares.\n")
+
+
 def run_official(jobs: list[dict], work: str, official: str, python: str) -> None:
     """Copy the datasets (the MVTec preprocessing works in place), point the jobs at the copies and run
     the driver."""
@@ -188,10 +258,21 @@ def main() -> None:
     parser.add_argument("--fps", action="store_true", help="add a Real3D-AD cloud of 130k points (farthest "
                                                             "point sampling; minutes on the official side)")
     parser.add_argument("--work", default=None, help="work directory (default: a temporary one, removed)")
+    parser.add_argument("--write-fixture", default=None, metavar="DIR",
+                        help="instead: render the small scans of the test fixture and write it to DIR "
+                             "(tests/fixtures/pointad)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="pad-render-parity-")
     os.makedirs(work, exist_ok=True)
     try:
+        if args.write_fixture:
+            jobs = fixture_scans(os.path.join(work, "data"), args.seed)
+            run_official(jobs, work, os.path.abspath(args.official), args.python)
+            command = ("python benchmarks/official_render_parity.py --official PointAD --python /opt/o3d/bin/python "
+                       f"--seed {args.seed} --write-fixture {args.write_fixture}")
+            write_fixture(jobs, args.write_fixture, args.seed, command)
+            print(f"official_render_parity: wrote the fixture to {args.write_fixture}")
+            return
         jobs = write_scans(os.path.join(work, "data"), args.seed, args.fps)
         run_official(jobs, work, os.path.abspath(args.official), args.python)
         pad = run_pad(jobs, work, args.seed)

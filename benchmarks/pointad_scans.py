@@ -59,11 +59,19 @@ def _defect(u: np.ndarray, v: np.ndarray, h: np.ndarray, size: float, kind: str,
     return h + depth * fall, mask
 
 
-def mvtec_scan(seed: int, defect: bool) -> dict:
+def _quantize(xyz: np.ndarray, quantum: float | None) -> np.ndarray:
+    """Coordinates rounded to multiples of ``quantum`` (small fixtures compress), zeros kept."""
+    return xyz if quantum is None else (np.round(xyz / quantum) * quantum).astype(np.float32)
+
+
+def mvtec_scan(seed: int, defect: bool, size_px: tuple[int, int] | None = None, quantum: float | None = None) -> dict:
     """One MVTec 3D-AD-like scan: ``xyz`` (H, W, 3) float32, ``rgb`` (H, W, 3) uint8, ``mask``
-    (H, W) uint8 (255 = anomalous) or None, ``shape``."""
+    (H, W) uint8 (255 = anomalous) or None, ``shape``. ``size_px``: (H, W) instead of a random
+    size; ``quantum``: round the coordinates (see :func:`_quantize`)."""
     rng = np.random.default_rng(seed)
     h_px, w_px = int(rng.integers(300, 420)), int(rng.integers(300, 420))
+    if size_px is not None:
+        h_px, w_px = size_px
     pitch = rng.uniform(1.6e-4, 2.2e-4)
     rows, cols = np.mgrid[0:h_px, 0:w_px].astype(np.float64)
     u, v = (cols - w_px / 2) * pitch, (rows - h_px / 2) * pitch
@@ -79,7 +87,7 @@ def mvtec_scan(seed: int, defect: bool) -> dict:
     support = base + tilt[0] * u + tilt[1] * v
     z = support - np.where(np.isfinite(h), h, 0.0)
     z = z + rng.normal(0, 2e-5, z.shape)
-    xyz = np.stack([u, v, z], axis=-1).astype(np.float32)
+    xyz = _quantize(np.stack([u, v, z], axis=-1).astype(np.float32), quantum)
     missing = rng.random((h_px, w_px)) < 0.01
     xyz[missing] = 0
     shade = np.clip(0.5 + 0.4 * np.cos(u * 80) * np.sin(v * 60), 0, 1)
@@ -97,7 +105,7 @@ def write_mvtec(root: str, cls: str, name: str, scan: dict) -> str:
     for sub in ("xyz", "rgb", "gt"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     tiff = os.path.join(base, "xyz", f"{name}.tiff")
-    tifffile.imwrite(tiff, scan["xyz"])
+    tifffile.imwrite(tiff, scan["xyz"], compression="zlib")
     Image.fromarray(scan["rgb"]).save(os.path.join(base, "rgb", f"{name}.png"))
     if scan["mask"] is not None:
         Image.fromarray(scan["mask"]).save(os.path.join(base, "gt", f"{name}.png"))
@@ -105,8 +113,10 @@ def write_mvtec(root: str, cls: str, name: str, scan: dict) -> str:
     return tiff
 
 
-def eyecandies_scan(seed: int, defect: bool) -> dict:
-    """One Eyecandies-like 512 × 512 scan (see the module doc): ``xyz``, ``rgb``, ``mask``."""
+def eyecandies_scan(seed: int, defect: bool, sparse: bool = False, quantum: float | None = None) -> dict:
+    """One Eyecandies-like 512 × 512 scan (see the module doc): ``xyz``, ``rgb``, ``mask``.
+    ``sparse``: the support is left out (zeros: dropped by the script's rule anyway) except on the
+    two rows the rule reads its direction from, so that a fixture compresses."""
     rng = np.random.default_rng(seed)
     n = 512
     rows, cols = np.mgrid[0:n, 0:n].astype(np.float64)
@@ -128,7 +138,13 @@ def eyecandies_scan(seed: int, defect: bool) -> dict:
     start = np.array([0.0, rng.uniform(-0.2, 0.2), rng.uniform(0.1, 0.3)])
     y = c * yp + s * zp + start[1]                      # raw = Rᵀ · primed + start
     z = -s * yp + c * zp + start[2]
-    xyz = np.stack([xp, y, z], axis=-1).astype(np.float32)
+    xyz = _quantize(np.stack([xp, y, z], axis=-1).astype(np.float32), quantum)
+    if sparse:
+        from pipeline.ingest.pointad import nearest_indices
+        keep = np.isfinite(h)
+        ref_rows = nearest_indices(n, 336)[[0, 335]]       # rows 256 and -256 of the flattened 336² grid
+        keep[ref_rows] = True
+        xyz[~keep] = 0
     shade = np.clip(0.5 + 0.4 * np.cos(u * 8) * np.sin(v * 6), 0, 1)
     rgb = (np.stack([shade, 0.7 + 0 * shade, 0.5 * shade], axis=-1) * 255).astype(np.uint8)
     return {"xyz": xyz, "rgb": rgb, "mask": mask if defect else None, "shape": shape}

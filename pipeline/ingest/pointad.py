@@ -470,7 +470,10 @@ def load_real3d(sample: Sample, seed: int) -> Sample:
         points, labels = p[pick], lab[pick].astype(np.uint8)
     else:
         points, labels = interpolate_points(p, lab, target, seed)
-    return Sample(id=sample.id, cls=sample.cls, split=sample.split, points=points.astype(np.float32),
+    # float64: the interpolated points are rendered (and their normals estimated) unrounded, as the
+    # script does; rounding them to float32 here would break the exact ties of equidistant
+    # neighbours differently
+    return Sample(id=sample.id, cls=sample.cls, split=sample.split, points=points,
                   point_labels=labels, source_path=sample.source_path, warnings=list(sample.warnings),
                   n_dropped_nonfinite=sample.n_dropped_nonfinite)
 
