@@ -42,7 +42,8 @@ def _height(shape: str, u: np.ndarray, v: np.ndarray, size: float, rng: np.rando
         ring = np.abs(r - 0.65 * size)
         h = np.where(ring < 0.3 * size, np.sqrt(np.clip((0.3 * size) ** 2 - ring ** 2, 0, None)) + 0.3 * size,
                      np.nan)
-    return h + 0.0004 * np.sin(u * 500 + v * 300)
+    # objects stand at least 6 mm above their support (the preprocessing drops everything within 5 mm)
+    return h + 0.006 + 0.0004 * np.sin(u * 500 + v * 300)
 
 
 def _defect(u: np.ndarray, v: np.ndarray, h: np.ndarray, size: float, kind: str, rng: np.random.Generator
@@ -64,10 +65,12 @@ def _quantize(xyz: np.ndarray, quantum: float | None) -> np.ndarray:
     return xyz if quantum is None else (np.round(xyz / quantum) * quantum).astype(np.float32)
 
 
-def mvtec_scan(seed: int, defect: bool, size_px: tuple[int, int] | None = None, quantum: float | None = None) -> dict:
+def mvtec_scan(seed: int, defect: bool, size_px: tuple[int, int] | None = None, quantum: float | None = None,
+               kind: str | None = None) -> dict:
     """One MVTec 3D-AD-like scan: ``xyz`` (H, W, 3) float32, ``rgb`` (H, W, 3) uint8, ``mask``
     (H, W) uint8 (255 = anomalous) or None, ``shape``. ``size_px``: (H, W) instead of a random
-    size; ``quantum``: round the coordinates (see :func:`_quantize`)."""
+    size; ``quantum``: round the coordinates (see :func:`_quantize`); ``kind``: the defect
+    (bump, dent or crater) instead of a random one."""
     rng = np.random.default_rng(seed)
     h_px, w_px = int(rng.integers(300, 420)), int(rng.integers(300, 420))
     if size_px is not None:
@@ -80,7 +83,8 @@ def mvtec_scan(seed: int, defect: bool, size_px: tuple[int, int] | None = None, 
     h = _height(shape, u, v, size, rng)
     mask = np.zeros((h_px, w_px), dtype=np.uint8)
     if defect:
-        h, m = _defect(u, v, h, size, ("bump", "dent", "crater")[int(rng.integers(3))], rng)
+        drawn = ("bump", "dent", "crater")[int(rng.integers(3))]
+        h, m = _defect(u, v, h, size, kind or drawn, rng)
         mask[m] = 255
     tilt = rng.uniform(-0.15, 0.15, size=2)
     base = rng.uniform(0.30, 0.42)
@@ -105,7 +109,7 @@ def write_mvtec(root: str, cls: str, name: str, scan: dict) -> str:
     for sub in ("xyz", "rgb", "gt"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     tiff = os.path.join(base, "xyz", f"{name}.tiff")
-    tifffile.imwrite(tiff, scan["xyz"], compression="zlib")
+    tifffile.imwrite(tiff, scan["xyz"], compression="zlib", photometric="rgb")
     Image.fromarray(scan["rgb"]).save(os.path.join(base, "rgb", f"{name}.png"))
     if scan["mask"] is not None:
         Image.fromarray(scan["mask"]).save(os.path.join(base, "gt", f"{name}.png"))
