@@ -58,6 +58,7 @@ def render_summary(store) -> dict:
         "image_size": attrs.get("image_size"), "views": len(attrs.get("views", [])),
         "view_names": [v.get("name") for v in attrs.get("views", [])], "supersample": attrs.get("supersample"),
         "knn": attrs.get("knn_k"), "format": (attrs.get("source") or {}).get("format"),
+        "style": (attrs.get("style") or {}).get("name", "pad") if isinstance(attrs.get("style"), dict) else "pad",
         "point_size_px": attrs.get("point_size_px"), "has_rgb": bool(attrs.get("has_rgb", False)),
         "fingerprint": attrs.get("fingerprint"), "classes": store.classes(),
         "size_bytes": size, "bytes_per_sample": (size / n_done) if size is not None and n_done else None,
@@ -284,7 +285,7 @@ def format_text(info: dict, report: dict | None = None) -> str:
         lines.append(f"render store {os.path.basename(r['path'])}: {r['done']}/{r['samples']} samples done"
                      + (f", {len(r['failures'])} failed" if r["failures"] else "")
                      + f"; {r['image_size']} px, {r['views']} views, supersample {r['supersample']}, "
-                       f"knn {r['knn']}, format {r['format']}" + (", rgb" if r["has_rgb"] else "")
+                       f"knn {r['knn']}, format {r['format']}, style {r['style']}" + (", rgb" if r["has_rgb"] else "")
                      + f"; {human(r['size_bytes'])} on disk, {human(r['bytes_per_sample'])} per sample")
         for fail in r["failures"][:10]:
             lines.append(f"  failed {fail['id']}: {fail['error']}")

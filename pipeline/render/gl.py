@@ -235,25 +235,36 @@ class PointRenderer:
         node = self.scene.add(pr.Mesh(primitives=[prim]))
         try:
             self._camera.matrix = np.asarray(mvp, dtype=np.float32).astype(np.float64)
-            color = self._draw({node: (0, 0, 0)})
+            grey_image, marker = self._draw({node: (0, 0, 0)})
         finally:
             self.scene.remove_node(node)
-        return np.where(color[..., 2] == 255, color[..., 0], np.uint8(background))
+        return np.where(marker == 255, grey_image, np.uint8(background))
 
-    def _draw(self, seg_node_map: dict) -> np.ndarray:
-        """pyrender's segmentation pass; returns the (height, width, 3) uint8 colour buffer.
-        Where the platform has no framebuffer objects (OSMesa), the colour buffer is read alone:
-        ``OffscreenRenderer.render`` would also read back and linearize the depth buffer, a
-        sixth of a 1024² point render's time, which the blue marker makes unnecessary."""
+    def _draw(self, seg_node_map: dict) -> tuple[np.ndarray, np.ndarray]:
+        """pyrender's segmentation pass; returns the red and blue channels, (height, width) uint8
+        each, row 0 at the top. Where the platform has no framebuffer objects (OSMesa) only these
+        two channels are read, into arrays: ``OffscreenRenderer.render`` would also read back and
+        linearize the depth buffer and copy the colour buffer through bytes, which took two
+        thirds of a 1024² render."""
         off, flags = self._offscreen, self._pyrender.RenderFlags.SEG
         if off._platform.supports_framebuffers():
-            return off.render(self.scene, flags=flags, seg_node_map=seg_node_map)[0]
+            color = off.render(self.scene, flags=flags, seg_node_map=seg_node_map)[0]
+            return color[..., 0], color[..., 2]
+        from OpenGL import GL
+
         off._platform.make_current()
         try:
             renderer = off._renderer
             renderer.viewport_width, renderer.viewport_height = self.width, self.height
             renderer.render(self.scene, flags, seg_node_map)
-            return renderer.read_color_buf()
+            GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
+            GL.glReadBuffer(GL.GL_FRONT)
+            GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
+            red = np.empty((self.height, self.width), dtype=np.uint8)
+            blue = np.empty((self.height, self.width), dtype=np.uint8)
+            GL.glReadPixels(0, 0, self.width, self.height, GL.GL_RED, GL.GL_UNSIGNED_BYTE, red)
+            GL.glReadPixels(0, 0, self.width, self.height, GL.GL_BLUE, GL.GL_UNSIGNED_BYTE, blue)
+            return red[::-1], blue[::-1]
         finally:
             off._platform.make_uncurrent()
 
