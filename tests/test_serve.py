@@ -214,14 +214,15 @@ def _assert_same_answer(answer: dict, reference: dict, name: str) -> None:
 
 def test_answers_equal_pad_predict_for_forms_and_raw_bodies(world):
     service = world["service"]
-    for k, path in enumerate(world["good"]):
+    for k in (0, 1, 5, 6):                    # (every file and format: the concurrent test below)
+        path = world["good"][k]
         status, answer, _ = _predict(service, path, raw=bool(k % 2))
         assert status == 200, answer
         _assert_same_answer(answer, world["expected"][path.name], path.name)
         assert set(answer["seconds"]) == {"upload", "queue", "read", "render", "encode", "score", "total"}
         assert all(v >= 0 for v in answer["seconds"].values())
         assert answer["seconds"]["total"] >= answer["seconds"]["render"] + answer["seconds"]["encode"]
-    assert sum(v is None for v in answer["point_scores"]) == 0
+    assert sum(v is None for v in answer["point_scores"]) == 3           # scan6's NaN rows
     status, answer, _ = _predict(service, world["good"][6], points=False)     # without ?points=1: no point scores
     assert status == 200 and "point_scores" not in answer
     assert abs(answer["score"] - world["expected"]["scan6.ply"]["score"]) <= TOL
