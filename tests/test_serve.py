@@ -266,18 +266,25 @@ def test_malformed_uploads_are_400_with_one_line(world):
     assert not (service.root / "outside.ply").exists() and not (service.tmp / "outside.ply").exists()
 
 
-def _reply(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or 10 s pass)."""
-    data, deadline = b"", time.monotonic() + 10
-    while time.monotonic() < deadline and select.select([sock], [], [], 1)[0]:
+def _reply(sock: socket.socket, timeout: float = 120.0) -> bytes:
+    """One HTTP response read from ``sock``: its head and the Content-Length bytes of its body (or
+    whatever came before the server closed the connection or ``timeout`` passed)."""
+    data, deadline = b"", time.monotonic() + timeout
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if sep and length and len(body) >= int(length.group(1)):
+            return data
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return data
         try:
             part = sock.recv(65536)
         except ConnectionResetError:
-            break
+            return data
         if not part:
-            break
+            return data
         data += part
-    return data
 
 
 def test_an_upload_over_the_limit_is_refused_before_it_is_read_whole(world):

@@ -199,6 +199,10 @@ class Service:
                 name, path = await receive_upload(chunks, content_type, filename, directory, self.limit)
             except UploadError as exc:
                 return exc.status, {"error": f"pad serve: {exc.message}"}, {}
+            except OSError as exc:    # the private directory's disk is full, or similar
+                line = f"pad serve: cannot store the upload in {self.private_dir} ({exc.strerror or exc})"
+                print(line, file=sys.stderr, flush=True)
+                return 507 if exc.errno == errno.ENOSPC else 500, {"error": line}, {}
             t1 = time.perf_counter()
             try:
                 doc, start, end = await asyncio.get_running_loop().run_in_executor(self.executor, self._score, path)

@@ -15,7 +15,7 @@ from typing import AsyncIterable
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-MAX_NAME = 200  # characters of an uploaded file's name
+MAX_NAME = 200  # bytes (UTF-8) of an uploaded file's name
 
 
 class UploadError(Exception):
@@ -34,8 +34,8 @@ def upload_name(raw: str) -> str:
     base = "".join(c for c in base if c.isprintable())
     if base in ("", ".", ".."):
         raise UploadError(400, f"the upload's file name '{raw}' names no file (give it a name such as scan.ply)")
-    if len(base) > MAX_NAME:
-        raise UploadError(400, f"the upload's file name is longer than {MAX_NAME} characters")
+    if len(base.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        raise UploadError(400, f"the upload's file name is longer than {MAX_NAME} bytes")
     return base
 
 
