@@ -30,8 +30,9 @@ made at start, one subdirectory per request, removed when its answer is sent; th
 directory is removed at exit. SIGTERM or Ctrl-C: the port is closed, the requests already
 taken are answered, and the process exits 0 (a second Ctrl-C stops at once).
 
-Other errors: 400 for a malformed upload, 500 (one line; the traceback goes to a log file, see
-:func:`data_cache.errors.log_bug`) for a bug; the service keeps serving after either.
+Other errors: 400 for a malformed upload, 507 for an upload that cannot be stored for lack of
+space (500 for another storage error), 500 (one line; the traceback goes to a log file, see
+:func:`data_cache.errors.log_bug`) for a bug; the service keeps serving after any of them.
 """
 from __future__ import annotations
 
