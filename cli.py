@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import sys
-import tempfile
-import time
-import traceback
 import typing
 
 import click
@@ -39,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                           "Turn an official PointAD checkpoint (.pth) into a pad run for score and predict."),
     "predict": ("workflows.options:PredictConfig", "workflows.predict:run_predict",
                 "Score your own point cloud files with a trained checkpoint, in one go."),
+    "serve": ("workflows.options:ServeConfig", "workflows.serve:run_serve",
+              "Score scans sent over HTTP with a trained checkpoint, model kept warm (an inspection line)."),
     "demo": ("workflows.options:DemoConfig", "workflows.demo:run_demo",
              "Run the whole pipeline end to end on the built-in synthetic dataset."),
 }
@@ -101,22 +99,9 @@ def _params(config_cls) -> list[click.Parameter]:
     return params
 
 
-def _log_bug(exc: BaseException) -> str:
-    log_dir = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pad", "logs")
-    try:
-        os.makedirs(log_dir, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), suffix=".log", dir=log_dir)
-    except OSError:
-        fd, path = tempfile.mkstemp(prefix="pad-", suffix=".log")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(" ".join(sys.argv) + "\n")
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=fh)
-    return path
-
-
 def invoke(runner_spec: str, config) -> int:
     """Run one command; map errors to exit codes (PadError: 2, interrupted: 130, bug: 1)."""
-    from data_cache.errors import PadError
+    from data_cache.errors import PadError, log_bug
 
     try:
         code = _load(runner_spec)(config)
@@ -129,7 +114,7 @@ def invoke(runner_spec: str, config) -> int:
         click.echo(text or "pad: interrupted; completed work is kept in the cache, re-run to continue.", err=True)
         return 130
     except Exception as exc:  # a bug: keep the traceback, print one line
-        path = _log_bug(exc)
+        path = log_bug(exc)
         click.echo(f"pad: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
                    f"(traceback in {path})", err=True)
         return 1

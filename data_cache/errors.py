@@ -18,3 +18,23 @@ class PadError(Exception):
             message = f"{os.fspath(path)}: {message}"
         super().__init__(message)
         self.path = None if path is None else os.fspath(path)
+
+
+def log_bug(exc: BaseException) -> str:
+    """Write the traceback of an unexpected exception (a bug) to a new log file under
+    ``$XDG_CACHE_HOME/pad/logs`` (else the temporary directory), with the command line; returns its path."""
+    import sys
+    import tempfile
+    import time
+    import traceback
+
+    log_dir = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pad", "logs")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), suffix=".log", dir=log_dir)
+    except OSError:
+        fd, path = tempfile.mkstemp(prefix="pad-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(" ".join(sys.argv) + "\n")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=fh)
+    return path

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh: one line and exit 0 without CUDA; its pipeline logic (every command,
-the parsing of their outputs, the fp16/fp32 comparison) on the CPU with pad-tiny and OSMesa."""
+the parsing of their outputs, the fp16/fp32 comparison, pad serve against pad predict) on the CPU
+with pad-tiny and OSMesa."""
 from __future__ import annotations
 
 import os
@@ -43,3 +44,4 @@ def test_the_pipeline_runs_end_to_end_when_forced_on_the_cpu(tmp_path):
                 "scores_max_diff"):
         assert float(fields[key]) >= 0, key
     assert os.listdir(tmp_path / "work" / "predictions")
+    assert float(fields["serve_diff"]) <= 1e-5 and float(fields["serve_warm_s"]) > 0   # pad serve answered as predict

@@ -58,3 +58,22 @@ class DemoConfig:
     device: str = option("auto", "Torch device for extraction, training and scoring.",
                          choices=("auto", "cpu", "cuda"))
     seed: int = option(0, "Random seed (data, weights of a random backbone, training).")
+
+
+@dataclass
+class ServeConfig:
+    """``pad serve --checkpoint RUN``: a warm scoring service for an inspection line. The backbone,
+    the prompts' text features and the renderer are made once at start-up; each POST /predict scores
+    one scan exactly as pad predict does (same rendering, same answer), one scan at a time on the
+    model. GET /health says whether it is ready, GET /metrics gives Prometheus figures. Stop it with
+    Ctrl-C or SIGTERM: it stops taking requests, answers those in flight, and exits."""
+    checkpoint: str = option(help="Run directory written by pad train.")
+    host: str = option("127.0.0.1", "Address to listen on (the default: this machine only).")
+    port: int = option(8000, "Port to listen on; 0 picks a free one (printed at start).")
+    device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    max_upload_mb: float = option(200.0, "Largest upload in MiB; a larger one is refused (413) before it is "
+                                         "read whole.")
+    queue: int = option(16, "Scans that may wait for the model beyond the one it is scoring (uploading ones "
+                            "included); one more is refused (503, with Retry-After).")
+    token_file: str | None = option(None, "File holding a token: every request but GET /health must then send "
+                                          "'Authorization: Bearer <token>' (401 otherwise).", metavar="FILE")

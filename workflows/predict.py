@@ -12,7 +12,8 @@ function (:func:`trainer.scoring.score_sample`), and write, under ``--out``:
   fixed range 0..1 so colours compare across files), with ``anomaly_score`` and ``label``
   properties (label: the file's own labels, or 0);
 - ``<stem>.json``: ``{"file", "score", "n_points", "n_scored", "n_dropped_nonfinite",
-  "top1pct_mean", "view_probs", "feature_tag", "checkpoint", "render", "point_scores"}``;
+  "top1pct_mean", "view_probs", "feature_tag", "checkpoint", "render", "seconds", "point_scores"}``
+  (``seconds``: wall time of each stage, ``read``, ``render``, ``encode``, ``score``);
 - with ``--html``: ``<stem>.html``, an interactive 3D view (:mod:`data_cache.viewer`) with the 2D
   view maps, and ``assets/`` (plotly.js and the view's script, one copy for all files).
 
@@ -35,6 +36,7 @@ import math
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,6 +221,7 @@ class Predictor:
         self.text = self.model.inference_text(None)
         self.settings = self.choice.settings
         self.cameras = self.choice.cameras
+        self.device = device
         self.config = config
         self.cfg = cfg
         self.batch = 8  # batch composition does not change the float16 features (tested against extract-features)
@@ -271,13 +274,18 @@ class Predictor:
         from pipeline.render import render_sample
         from trainer.scoring import score_sample
 
+        t0 = time.perf_counter()
         sample, back, row_points, dropped = self._read(path)
+        t1 = time.perf_counter()
         n = sample.n_points
         rendered = render_sample(sample, self.settings, self.cameras)
+        t2 = time.perf_counter()
         global_, patch = self.encode(rendered.images)
+        t3 = time.perf_counter()
         arrays = dict(rendered.arrays, attrs=rendered.attrs)
         result = score_sample(self.model, global_, patch, arrays, self.settings.image_size, self.cfg.sigma,
                               text=self.text, with_maps=with_maps)
+        t4 = time.perf_counter()
         scores = np.asarray(result.point_map, np.float32)
         top = np.sort(scores)[-max(1, int(math.ceil(0.01 * n))):]
         kept = back >= 0
@@ -291,6 +299,8 @@ class Predictor:
                "n_dropped_nonfinite": int(dropped),
                "feature_tag": self.config["feature_tag"], "checkpoint": os.path.abspath(self.cfg.checkpoint),
                "render": self.choice.source,
+               "seconds": {"read": round(t1 - t0, 6), "render": round(t2 - t1, 6), "encode": round(t3 - t2, 6),
+                           "score": round(t4 - t3, 6)},
                "point_scores": full_scores, "points": row_points, "labels": full_labels, "scored": kept}
         if with_maps:
             doc.update(images=rendered.images, view_maps=result.view_maps, gt2d=rendered.gt2d,
@@ -328,10 +338,25 @@ def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
     colors[~scored] = NO_SCORE_RGB
     write_ply(ply, np.asarray(doc["points"], np.float32), labels=np.asarray(doc["labels"], np.uint8), colors=colors,
               scalars={"anomaly_score": np.where(scored, scores, np.float32(np.nan)).astype(np.float32)})
-    payload = {k: v for k, v in doc.items() if k not in _ARRAYS}
-    payload["point_scores"] = [round(float(v), 6) if ok else None for v, ok in zip(scores, scored)]
-    write_json(js, payload)
+    write_json(js, prediction_json(doc))
     return ply, js
+
+
+def prediction_json(doc: dict, points: bool = True) -> dict:
+    """The JSON document of one prediction (``doc`` from :meth:`Predictor.predict`): every entry
+    but the arrays, and with ``points`` ``point_scores``, one per row of the file (6 decimals;
+    ``null`` where a row has no score)."""
+    payload = {k: v for k, v in doc.items() if k not in _ARRAYS}
+    if points:
+        scores = np.asarray(doc["point_scores"], np.float32)
+        scored = np.asarray(doc.get("scored", np.isfinite(scores)), bool) & np.isfinite(scores)
+        payload["point_scores"] = [round(float(v), 6) if ok else None for v, ok in zip(scores, scored)]
+    return payload
+
+
+def failure_line(path: str, exc: PadError) -> str:
+    """The one line ``pad predict`` prints for a file it cannot score."""
+    return f"pad predict: {exc}" if os.fspath(path) in str(exc) else f"pad predict: {path}: {exc}"
 
 
 def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFAULT_VIEW_POINTS,
@@ -379,8 +404,7 @@ def run_predict(cfg: PredictConfig) -> int:
             doc = predictor.predict(path, with_maps=cfg.html)
         except PadError as exc:
             failed += 1
-            tqdm.write(f"pad predict: {exc}" if os.fspath(path) in str(exc) else f"pad predict: {path}: {exc}",
-                       file=sys.stderr)
+            tqdm.write(failure_line(path, exc), file=sys.stderr)
             continue
         name = _unique_name(os.path.splitext(os.path.basename(path))[0], used)
         write_prediction(cfg.out, name, doc)

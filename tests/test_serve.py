@@ -1,0 +1,489 @@
+"""``pad serve``: the real service (``pad serve --port 0`` in a subprocess, on 127.0.0.1) driven by a
+real HTTP client, checked against ``pad predict`` on the same files.
+
+One service for the module, on a small trained pad-tiny run, with a token, uploads up to 1 MiB and
+``--queue 7`` (eight scans at most: the one being scored and seven waiting, so the eight concurrent
+clients fit and a ninth is turned away). Slow requests are slow uploads: a client that sent half
+its file holds its place in the queue. The module ends with SIGTERM while such an upload is in
+flight.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from _cache_fixtures import make_cache
+from cli import main
+from data_cache.plyio import write_ply
+from trainer.loop import train
+from trainer.options import TrainConfig
+
+pytestmark = pytest.mark.slow
+TAG = "pad-tiny_random_L6_dpam20_336"     # the tag extract-features gives pad-tiny
+TOKEN = "s3cret-token-for-tests"
+TOL = 1e-5
+MIB = 1 << 20
+PAD = os.path.join(os.path.dirname(sys.executable), "pad")
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback: never through a proxy
+
+
+def _bumpy_sphere(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pts = rng.normal(size=(n, 3))
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    pts[pts @ rng.normal(size=3) > 1.2] *= 1.1
+    return pts * rng.uniform(5, 50) + rng.normal(size=3) * 10
+
+
+def _write_good_files(folder) -> list:
+    """Eight scans in every format pad predict reads, one with NaN rows; returns their paths."""
+    paths = []
+    for k in range(8):
+        pts = _bumpy_sphere(600 + 150 * k, seed=k)
+        ext = (".ply", ".pcd", ".npy", ".xyz", ".txt", ".npz", ".ply", ".npy")[k]
+        path = folder / f"scan{k}{ext}"
+        if k == 6:
+            pts[[3, 10, 11]] = np.nan                    # rows that are not scored keep their place
+        if ext == ".ply":
+            write_ply(path, pts)
+        elif ext == ".pcd":
+            with open(path, "w") as fh:
+                fh.write("# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\n"
+                         f"WIDTH {len(pts)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(pts)}\nDATA ascii\n")
+                np.savetxt(fh, pts, fmt="%.6f")
+        elif ext == ".npy":
+            np.save(path, pts.astype(np.float32))
+        elif ext == ".npz":
+            np.savez(path, points=pts.astype(np.float32))
+        else:
+            np.savetxt(path, pts, fmt="%.6f")
+        paths.append(path)
+    return paths
+
+
+def _write_bad_files(folder) -> list:
+    """Empty, truncated, all-NaN, not a point cloud, too few points."""
+    (folder / "empty.ply").write_bytes(b"")
+    write_ply(folder / "whole.ply", _bumpy_sphere(500, 99))
+    data = (folder / "whole.ply").read_bytes()
+    (folder / "truncated.ply").write_bytes(data[: len(data) // 2])
+    (folder / "whole.ply").unlink()
+    np.save(folder / "nan.npy", np.full((400, 3), np.nan, np.float32))
+    (folder / "not_a_cloud.ply").write_text("hello, I am a text file and not a point cloud\n")
+    np.save(folder / "few.npy", _bumpy_sphere(5, 7).astype(np.float32))
+    return [folder / n for n in ("empty.ply", "truncated.ply", "nan.npy", "not_a_cloud.ply", "few.npy")]
+
+
+class Service:
+    """A ``pad serve`` subprocess: its URL, its own TMPDIR (where its private directory lives), logs."""
+
+    def __init__(self, run: str, root, *extra: str):
+        root.mkdir()
+        self.root, self.tmp = root, root / "tmp"
+        self.tmp.mkdir()
+        env = dict(os.environ, PYOPENGL_PLATFORM="osmesa", OMP_NUM_THREADS="1", TMPDIR=str(self.tmp))
+        self.out, self.err = root / "stdout.txt", root / "stderr.txt"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen([PAD, "serve", "--checkpoint", run, "--port", "0", "--device", "cpu", *extra],
+                                         stdout=out, stderr=err, env=env)
+        self.url = None
+
+    def wait_ready(self, timeout: float = 240.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"http://127\.0\.0\.1:\d+", self.out.read_text())
+            if found:
+                self.url = found.group(0)
+                return self.url
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pad serve exited with {self.proc.returncode}: {self.err.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise AssertionError("pad serve did not print its URL in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+    def private_dirs(self) -> list:
+        return sorted(p for p in self.tmp.iterdir() if p.name.startswith("pad-serve-"))
+
+
+def _lines_of(stderr: str, path) -> list[str]:
+    """pad predict's lines on stderr about ``path`` (progress bars removed)."""
+    return [ln.strip() for ln in re.split(r"[\r\n]", stderr)
+            if ln.strip().startswith("pad predict: ") and f"{path}:" in ln]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    tiny = make_cache(str(root / "cache"), {"ring": (1, 2)}, tag=TAG, image_size=40, points=(150, 250))
+    run = str(root / "run")
+    train(TrainConfig(cache=tiny.cache, train_classes="ring", out=run, epochs=1, batch_size=4, device="cpu",
+                      prompt_length=4, deep_depth=3, deep_length=2, geometry_points=128), progress=False)
+    (root / "token.txt").write_text(TOKEN + "\n")
+    service = Service(run, root / "service", "--token-file", str(root / "token.txt"), "--max-upload-mb", "1",
+                      "--queue", "7")
+    try:
+        scans = root / "scans"
+        scans.mkdir()
+        good, bad = _write_good_files(scans), _write_bad_files(scans)
+        # the reference: pad predict itself (the CLI, in this process) on the very files
+        out = root / "predicted"
+        result = CliRunner().invoke(main, ["predict", *map(str, good + bad), "--checkpoint", run, "--out", str(out),
+                                           "--device", "cpu"])
+        assert result.exit_code == 2, result.output                  # the bad files failed, the good ones not
+        expected = {p.name: json.loads((out / (p.stem + ".json")).read_text()) for p in good}
+        refusals = {}
+        for p in bad:
+            lines = _lines_of(result.stderr, p)
+            assert len(lines) == 1, (p, result.stderr)
+            refusals[p.name] = lines[0].replace(f"{scans}/", "")       # the service knows the file by its name
+        service.wait_ready()
+        yield {"run": run, "good": good, "bad": bad, "expected": expected, "refusals": refusals, "service": service}
+    finally:
+        service.stop()
+
+
+def _call(url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None,
+          timeout: float = 60.0) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with OPENER.open(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _form(name: str, content: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nline 4\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _predict(service: Service, path, *, raw: bool = False, points: bool = True, token: str | None = TOKEN,
+             name: str | None = None) -> tuple[int, dict, dict]:
+    """POST one file: a multipart form, or with ``raw`` the body with ?filename=; (status, JSON, headers)."""
+    content, name = path.read_bytes(), name or path.name
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    query = f"?points={int(points)}"
+    if raw:
+        query += "&filename=" + urllib.request.quote(name)
+        headers["Content-Type"] = "application/octet-stream"
+    else:
+        content, headers["Content-Type"] = _form(name, content)
+    status, hdrs, body = _call(service.url + "/predict" + query, "POST", content, headers)
+    return status, json.loads(body), hdrs
+
+
+def _assert_same_answer(answer: dict, reference: dict, name: str) -> None:
+    assert answer["file"] == name
+    for key in ("n_points", "n_scored", "n_dropped_nonfinite", "feature_tag", "render"):
+        assert answer[key] == reference[key], key
+    for key in ("score", "top1pct_mean"):
+        assert abs(answer[key] - reference[key]) <= TOL, (key, answer[key], reference[key])
+    np.testing.assert_allclose(answer["view_probs"], reference["view_probs"], rtol=0, atol=TOL)
+    got, want = answer["point_scores"], reference["point_scores"]
+    assert len(got) == len(want) == reference["n_points"]
+    assert [v is None for v in got] == [v is None for v in want]
+    np.testing.assert_allclose([v for v in got if v is not None], [v for v in want if v is not None], rtol=0, atol=TOL)
+
+
+def test_answers_equal_pad_predict_for_forms_and_raw_bodies(world):
+    service = world["service"]
+    for k in (0, 1, 5, 6):                    # (every file and format: the concurrent test below)
+        path = world["good"][k]
+        status, answer, _ = _predict(service, path, raw=bool(k % 2))
+        assert status == 200, answer
+        _assert_same_answer(answer, world["expected"][path.name], path.name)
+        assert set(answer["seconds"]) == {"upload", "queue", "read", "render", "encode", "score", "total"}
+        assert all(v >= 0 for v in answer["seconds"].values())
+        assert answer["seconds"]["total"] >= answer["seconds"]["render"] + answer["seconds"]["encode"]
+    assert sum(v is None for v in answer["point_scores"]) == 3           # scan6's NaN rows
+    status, answer, _ = _predict(service, world["good"][6], points=False)     # without ?points=1: no point scores
+    assert status == 200 and "point_scores" not in answer
+    assert abs(answer["score"] - world["expected"]["scan6.ply"]["score"]) <= TOL
+
+
+def test_every_field_the_predictor_returns_is_in_the_answer(world):
+    """The answer is pad predict's JSON document (so the verdict fields of a calibrated run pass through)."""
+    status, answer, _ = _predict(world["service"], world["good"][0])
+    assert status == 200
+    reference = world["expected"]["scan0.ply"]
+    assert set(answer) == set(reference)
+
+
+def test_each_bad_file_gets_pad_predicts_line_and_the_service_keeps_serving(world):
+    service = world["service"]
+    for path in world["bad"]:
+        for raw in (False, True):
+            status, answer, _ = _predict(service, path, raw=raw)
+            assert status == 400, (path.name, answer)
+            assert answer == {"error": world["refusals"][path.name]}
+    status, answer, _ = _predict(service, world["good"][1])
+    assert status == 200 and abs(answer["score"] - world["expected"]["scan1.pcd"]["score"]) <= TOL
+
+
+def test_malformed_uploads_are_400_with_one_line(world):
+    service, auth = world["service"], {"Authorization": f"Bearer {TOKEN}"}
+    content = world["good"][0].read_bytes()
+    form, ctype = _form("scan0.ply", content)
+    cases = {"no name": (content, {"Content-Type": "application/octet-stream"}),
+             "cut short": (form[: len(form) // 2], {"Content-Type": ctype}),
+             "no file part": (form.split(b"\r\n--")[0] + b"\r\n--" + ctype.split("=")[1].encode() + b"--\r\n",
+                              {"Content-Type": ctype}),
+             "no boundary": (form, {"Content-Type": "multipart/form-data"})}
+    for what, (body, headers) in cases.items():
+        status, _, raw = _call(service.url + "/predict", "POST", body, {**auth, **headers})
+        answer = json.loads(raw)
+        assert status == 400 and answer["error"].startswith("pad serve: "), (what, answer)
+        assert "\n" not in answer["error"]
+    status, answer, _ = _predict(service, world["good"][0], name="../../outside.ply")  # a hostile name stays a name
+    assert status == 200 and answer["file"] == "outside.ply"
+    assert not (service.root / "outside.ply").exists() and not (service.tmp / "outside.ply").exists()
+
+
+def _reply(sock: socket.socket, timeout: float = 120.0) -> bytes:
+    """One HTTP response read from ``sock``: its head and the Content-Length bytes of its body (or
+    whatever came before the server closed the connection or ``timeout`` passed)."""
+    data, deadline = b"", time.monotonic() + timeout
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if sep and length and len(body) >= int(length.group(1)):
+            return data
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return data
+        try:
+            part = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not part:
+            return data
+        data += part
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_read_whole(world):
+    service = world["service"]
+    host, port = service.url.split("//")[1].split(":")
+    head = f"POST /predict?filename=big.ply HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+    # 1. a declared length over 1 MiB: the answer comes before a byte of the body is sent
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall((head + f"Content-Length: {2 * MIB}\r\n\r\n").encode())
+        reply = _reply(sock)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"--max-upload-mb" in reply
+    # 2. no declared length (chunked): refused once more than 1 MiB arrived, long before 16 MiB were sent
+    total, sent = 16 * MIB, 0
+    chunk = b"x" * 65536
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+        try:
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = _reply(sock)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert MIB < sent < total
+    status, answer, _ = _predict(service, world["good"][2])
+    assert status == 200 and abs(answer["score"] - world["expected"]["scan2.npy"]["score"]) <= TOL
+
+
+def test_eight_concurrent_clients_each_get_their_own_answer(world):
+    service, results = world["service"], {}
+    barrier = threading.Barrier(8)
+
+    def client(k: int) -> None:
+        barrier.wait(timeout=30)
+        results[k] = _predict(service, world["good"][k], raw=bool(k % 2))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == list(range(8))
+    for k, (status, answer, _) in results.items():
+        path = world["good"][k]
+        assert status == 200, answer
+        _assert_same_answer(answer, world["expected"][path.name], path.name)
+    waits = sorted(answer["seconds"]["queue"] for _, answer, _ in results.values())
+    assert waits[-1] > waits[0]              # they took turns on the one model thread
+
+
+def test_the_token_is_needed_everywhere_but_health(world):
+    service = world["service"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}):
+        for path, method in (("/predict?filename=a.ply", "POST"), ("/metrics", "GET"), ("/elsewhere", "GET")):
+            status, hdrs, body = _call(service.url + path, method, b"" if method == "POST" else None, headers)
+            assert status == 401, (headers, path)
+            assert hdrs.get("www-authenticate", hdrs.get("WWW-Authenticate", "")).startswith("Bearer")
+            assert "Bearer <token>" in json.loads(body)["error"]
+    status, _, body = _call(service.url + "/health")
+    health = json.loads(body)
+    assert status == 200 and health["ready"] is True
+    assert (health["backbone"], health["pretrained"], health["random_weights"], health["device"]) == \
+        ("pad-tiny", "random", True, "cpu")
+    assert health["run"] == os.path.abspath(world["run"]) and health["queue"] == {"length": 0, "capacity": 7}
+    status, _, _ = _call(service.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200
+
+
+def _metrics(service: Service) -> tuple[dict, str]:
+    status, hdrs, body = _call(service.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and hdrs["content-type"].startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP|TYPE) pad_serve_\w+ .+", line), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        assert re.fullmatch(r'[a-z_]+(\{([a-z]+="[^"]*",?)+\})?', name), line
+        values[name] = float(value)
+    return values, text
+
+
+def test_metrics_count_requests_by_status_and_time_each_stage(world):
+    service = world["service"]
+    before, _ = _metrics(service)
+    assert _predict(service, world["good"][3])[0] == 200
+    assert _predict(service, world["bad"][0])[0] == 400
+    assert _predict(service, world["good"][3], token=None)[0] == 401
+    after, text = _metrics(service)
+
+    def delta(key):
+        return after.get(key, 0) - before.get(key, 0)
+
+    for status, n in (("200", 1), ("400", 1), ("401", 1)):
+        assert delta(f'pad_serve_requests_total{{path="/predict",status="{status}"}}') == n
+    assert delta('pad_serve_requests_total{path="/metrics",status="200"}') == 1
+    for stage in ("upload", "queue", "read", "render", "encode", "score", "total"):
+        buckets = [v for k, v in after.items() if k.startswith(f'pad_serve_stage_seconds_bucket{{stage="{stage}"')]
+        assert buckets == sorted(buckets) and len(buckets) >= 2          # cumulative
+        assert buckets[-1] == after[f'pad_serve_stage_seconds_count{{stage="{stage}"}}']
+        assert f'pad_serve_stage_seconds_bucket{{stage="{stage}",le="+Inf"}}' in text
+        assert delta(f'pad_serve_stage_seconds_count{{stage="{stage}"}}') == 1
+        assert delta(f'pad_serve_stage_seconds_sum{{stage="{stage}"}}') >= 0
+    assert after["pad_serve_queue_length"] == 0 and after["pad_serve_queue_capacity"] == 7
+    assert after["pad_serve_scoring"] == 0
+
+
+def test_uploads_stay_in_a_private_directory_that_is_emptied_after_each_request(world):
+    service = world["service"]
+    assert _predict(service, world["good"][4])[0] == 200
+    (private,) = service.private_dirs()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert list(private.iterdir()) == []
+    assert [p.name for p in service.tmp.iterdir() if not p.name.startswith("pad-shaders-")] == [private.name]
+
+
+def test_bad_start_up_input_is_one_line_and_exit_2(world, tmp_path):
+    runner = CliRunner()
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cases = {"no such run": (["--checkpoint", str(tmp_path / "no-run")], "no-run"),
+                 "empty token file": (["--checkpoint", world["run"], "--token-file", str(empty)], "empty-token"),
+                 "port in use": (["--checkpoint", world["run"], "--port", str(port)], f"port {port}")}
+        for what, (args, needle) in cases.items():
+            result = runner.invoke(main, ["serve", "--device", "cpu", *args])
+            assert result.exit_code == 2, (what, result.output)
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("pad: error: ") and needle in lines[0], (what, lines)
+
+
+def _start_upload(service: Service, path, part: float) -> socket.socket:
+    """A raw upload of ``path`` of which only the fraction ``part`` is sent (the rest is not, yet)."""
+    host, port = service.url.split("//")[1].split(":")
+    content = path.read_bytes()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall((f"POST /predict?filename={path.name}&points=1 HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/octet-stream\r\n"
+                  f"Content-Length: {len(content)}\r\n\r\n").encode() + content[: int(len(content) * part)])
+    return sock
+
+
+def _wait_for_metric(service: Service, line: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if line in _metrics(service)[1].splitlines():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"/metrics never said {line!r}")
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_recovers(world):
+    """Eight slow uploads fill the queue (--queue 7 plus the model's place); a ninth scan is turned away
+    at once; when the slow clients go away, the service serves again."""
+    service = world["service"]
+    stalled = [_start_upload(service, world["good"][k], 0.5) for k in range(8)]
+    try:
+        _wait_for_metric(service, "pad_serve_queue_length 8")
+        t0 = time.monotonic()
+        status, answer, headers = _predict(service, world["good"][0])
+        assert time.monotonic() - t0 < 5
+        assert status == 503 and "busy" in answer["error"], answer
+        assert int({k.lower(): v for k, v in headers.items()}["retry-after"]) >= 1
+    finally:
+        for sock in stalled:
+            sock.close()
+    _wait_for_metric(service, "pad_serve_queue_length 0")
+    status, answer, _ = _predict(service, world["good"][0])
+    assert status == 200
+    _assert_same_answer(answer, world["expected"]["scan0.ply"], "scan0.ply")
+
+
+def test_sigterm_answers_the_upload_in_flight_then_exits_0(world):
+    service = world["service"]
+    path = world["good"][5]
+    content = path.read_bytes()
+    sock = _start_upload(service, path, 0.5)
+    with sock:
+        _wait_for_metric(service, "pad_serve_queue_length 1")
+        (private,) = service.private_dirs()
+        (upload_dir,) = list(private.iterdir())                 # the upload, inside the private directory
+        assert [p.name for p in upload_dir.iterdir()] == [path.name]
+        service.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        host, port = service.url.split("//")[1].split(":")
+        with pytest.raises(ConnectionRefusedError):             # no new requests while it drains
+            socket.create_connection((host, int(port)), timeout=5).close()
+        sock.sendall(content[int(len(content) * 0.5):])         # the rest of the file: it is scored and answered
+        reply = _reply(sock)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), reply[:300]
+    _assert_same_answer(json.loads(body), world["expected"][path.name], path.name)
+    assert service.proc.wait(timeout=60) == 0
+    assert service.private_dirs() == []                     # removed at exit
+    assert "stopped;" in service.err.read_text()
