@@ -354,3 +354,25 @@ def test_mask_labels_use_the_official_resizes():
     bicubic = transforms.Resize((336, 336), interpolation=transforms.InterpolationMode.BICUBIC)
     expected = np.array(bicubic(Image.fromarray(mask))) / 255.0 > 0.5
     np.testing.assert_array_equal(prep.mask_labels(mask, "bicubic"), expected)
+
+
+def test_eyecandies_camera_moves_back_until_the_cloud_fits():
+    rng = np.random.default_rng(14)
+    counts = []
+    for k in range(5):
+        pts = rng.uniform(-1, 1, size=(800, 3)) * [1.0, 0.8 - 0.1 * k, 0.2 + 0.2 * k]  # deep: the near corners spill
+        camera = cam.legacy_camera(pts, 1036, 1036)
+        # multiview_eyecandies.adjust_view_to_fit_screen: 5 mm back per step until all project inside
+        steps = 0
+        while True:
+            steps += 1
+            eye = camera.eye + camera.front * 0.005 * steps
+            ext = camera.extrinsic()
+            ext[:3, 3] = -ext[:3, :3] @ eye
+            xy = cam.project_pinhole(pts, camera.intrinsic(), ext)
+            if ((xy >= 0) & (xy < 1036)).all():
+                break
+        fitted = pointad.fit_camera(pts, camera)
+        np.testing.assert_allclose(fitted.eye, eye, atol=1e-12)
+        counts.append(steps)
+    assert min(counts) == 1 and max(counts) > 40          # fitting at once, and after many steps

@@ -132,17 +132,40 @@ def script_frame(points: np.ndarray, script: Script, k: int = 0
     return q, n, m, query
 
 
+def _moved(camera: LegacyCamera, steps: int) -> LegacyCamera:
+    """``camera`` moved back along its front axis by ``steps`` × 5 mm."""
+    d = FIT_STEP * steps
+    eye = camera.eye + camera.front * d
+    return LegacyCamera(camera.width, camera.height, eye, eye - camera.front * (camera.distance + d), camera.front,
+                        camera.up, camera.right, camera.max_extent, camera.distance + d)
+
+
+def _fits(points: np.ndarray, camera: LegacyCamera) -> bool:
+    xy = project_pinhole(points, camera.intrinsic(), camera.extrinsic())
+    return bool(((xy[:, 0] >= 0) & (xy[:, 0] < camera.width) & (xy[:, 1] >= 0) & (xy[:, 1] < camera.height)).all())
+
+
 def fit_camera(points: np.ndarray, camera: LegacyCamera) -> LegacyCamera:
     """Eyecandies' ``adjust_view_to_fit_screen``: the camera moved back along its front axis in
-    steps of 5 mm (at least one) until every point projects inside the window."""
+    steps of 5 mm (at least one) until every point projects inside the window.
+
+    Moving back only shrinks a point's offset from the principal point, so the number of steps
+    follows from the point that needs the most room (computed, then checked with the projection
+    itself, as the script checks, around that number)."""
     k = camera.intrinsic()
-    w, h = camera.width, camera.height
-    for step in range(1, MAX_FIT_STEPS + 1):
-        eye = camera.eye + camera.front * (FIT_STEP * step)
-        moved = LegacyCamera(w, h, eye, eye - camera.front * (camera.distance + FIT_STEP * step), camera.front,
-                             camera.up, camera.right, camera.max_extent, camera.distance + FIT_STEP * step)
-        xy = project_pinhole(points, k, moved.extrinsic())
-        if ((xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)).all():
+    ext = camera.extrinsic()
+    cam = np.asarray(points, np.float64) @ ext[:3, :3].T + ext[:3, 3]          # x right, y down, z forward
+    need = 0.0
+    for axis, f, c, size in ((0, k[0, 0], k[0, 2], camera.width), (1, k[1, 1], k[1, 2], camera.height)):
+        v = cam[:, axis]
+        room = np.where(v > 0, f * v / (size - c), f * -v / c)                  # depth at which it fits
+        need = max(need, float((room - cam[:, 2]).max()))
+    steps = max(1, int(math.ceil(need / FIT_STEP)) - 1)
+    while steps > 1 and _fits(points, _moved(camera, steps - 1)):
+        steps -= 1
+    for steps in range(steps, MAX_FIT_STEPS + 1):
+        moved = _moved(camera, steps)
+        if _fits(points, moved):
             return moved
     raise PadError("the cloud does not fit the window however far the camera moves back")
 
