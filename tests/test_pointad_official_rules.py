@@ -262,7 +262,7 @@ def test_farthest_point_sampling_equals_the_plain_loop():
 def _official_dbscan(points, eps, min_points):
     """Open3D PointCloud::ClusterDBSCAN, as written there (neighbour lists include the point)."""
     nbs = cKDTree(points).query_ball_point(points, eps)
-    nbs = [[j for j in nb if np.linalg.norm(points[j] - points[i]) < eps] for i, nb in enumerate(nbs)]
+    nbs = [np.asarray(nb)[np.linalg.norm(points[nb] - points[i], axis=1) < eps].tolist() for i, nb in enumerate(nbs)]
     labels = [-2] * len(points)
     cluster = 0
     for idx in range(len(points)):
@@ -376,3 +376,22 @@ def test_eyecandies_camera_moves_back_until_the_cloud_fits():
         np.testing.assert_allclose(fitted.eye, eye, atol=1e-12)
         counts.append(steps)
     assert min(counts) == 1 and max(counts) > 40          # fitting at once, and after many steps
+
+
+def test_dbscan_on_an_organized_grid_equals_the_point_list_rule():
+    # an organized scan: a sheet, a second sheet 9 mm away, sparse specks and holes; the grid
+    # window shortcut must give Open3D's labels exactly
+    rng = np.random.default_rng(15)
+    h, w = 90, 110
+    rows, cols = np.mgrid[0:h, 0:w]
+    grid = np.stack([cols * 1.2e-3, rows * 1.2e-3, np.where(cols < 50, 0.3, 0.309)], -1)
+    valid = (rng.random((h, w)) < 0.8) & ~((cols > 48) & (cols < 53))
+    valid |= (rng.random((h, w)) < 0.02) & (cols > 48) & (cols < 53)       # a few points in the gap
+    specks = rng.random((h, w)) < 0.01
+    grid[specks, 2] += 0.05                                                  # isolated: noise
+    index = np.flatnonzero(valid.ravel())
+    pts = grid.reshape(-1, 3)[index]
+    got = prep.dbscan_labels(pts, eps=0.006, min_points=30, grid_index=index, grid_shape=(h, w))
+    expected = _official_dbscan(pts, 0.006, 30)
+    np.testing.assert_array_equal(got, expected)
+    assert len(set(expected.tolist())) >= 2 and (expected == -1).any()

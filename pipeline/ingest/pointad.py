@@ -155,16 +155,73 @@ def pad_to_square(array: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarray
     return np.pad(array, width, mode="constant")
 
 
-def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int = DBSCAN_MIN_POINTS) -> np.ndarray:
+GRID_WINDOW = 3    # grid DBSCAN: neighbours counted in a (2·3 + 1)² pixel window (49 ≥ 30 points)
+
+
+def _core_and_links_kd(p: np.ndarray, eps: float, min_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Core flags (M,) and links (rows, cols) between core points closer than ``eps`` from one
+    query of the ``min_points`` nearest points of every point."""
+    m = len(p)
+    k = min(min_points, m)
+    dist, idx = cKDTree(p).query(p, k=k, workers=1)
+    dist, idx = dist.reshape(m, k), idx.reshape(m, k)
+    core = (k >= min_points) & (dist[:, -1] < eps)
+    link = core[idx] & (dist < eps) & core[:, None]
+    return core, np.repeat(np.arange(m), k)[link.ravel()], idx.ravel()[link.ravel()]
+
+
+def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tuple[int, int], eps: float,
+                         min_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same for the points of an organized scan (``grid_index``: flat pixel of each point):
+    neighbours closer than ``eps`` counted among the pixels of a window around each point are a
+    lower bound of its count, enough to make most points core at once; the others are counted
+    exactly with a KD-tree. Links join core points closer than ``eps`` in the window."""
+    h, w = grid_shape
+    owner = np.full(h * w, -1, np.int64)
+    owner[grid_index] = np.arange(len(p))
+    owner = owner.reshape(h, w)
+    grid = np.zeros((h, w, 3))
+    grid.reshape(-1, 3)[grid_index] = p
+    valid = owner >= 0
+    count = valid.astype(np.int64)
+    pairs = []
+    r = GRID_WINDOW
+    for dr in range(-r, r + 1):
+        for dc in range(-r, r + 1):
+            if (dr, dc) == (0, 0):
+                continue
+            r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
+            diff = grid[r0:r1, c0:c1] - grid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            close = (np.einsum("ijk,ijk->ij", diff, diff) < eps * eps) & valid[r0:r1, c0:c1] \
+                & valid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            count[r0:r1, c0:c1] += close
+            if (dr, dc) > (0, 0):                                # each pair once
+                pairs.append((owner[r0:r1, c0:c1][close], owner[r0 + dr:r1 + dr, c0 + dc:c1 + dc][close]))
+    n_count = count.reshape(-1)[grid_index]
+    core = n_count >= min_points
+    unsure = np.flatnonzero(~core)
+    if unsure.size and len(p) >= min_points:
+        dist, _ = cKDTree(p).query(p[unsure], k=min_points, workers=1)
+        core[unsure] = dist.reshape(len(unsure), -1)[:, -1] < eps
+    rows = np.concatenate([a for a, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    cols = np.concatenate([b for _, b in pairs]) if pairs else np.zeros(0, np.int64)
+    both = core[rows] & core[cols]
+    return core, rows[both], cols[both]
+
+
+def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int = DBSCAN_MIN_POINTS,
+                  grid_index: np.ndarray | None = None, grid_shape: tuple[int, int] | None = None) -> np.ndarray:
     """(M,) int64 DBSCAN labels of (M, 3) ``points`` as Open3D's ``cluster_dbscan`` numbers them:
     a point is core with at least ``min_points`` points (itself included) closer than ``eps``;
     clusters are the connected groups of core points, numbered in the order of their first
     point; a non-core point within ``eps`` of a core point joins the lowest-numbered such
     cluster; the others are noise (−1).
 
-    Computed without listing every neighbourhood: core points link to their ``min_points``
-    nearest core points within ``eps``, and the groups that leaves apart are joined when any two
-    of their points are closer than ``eps`` (exactly the DBSCAN clusters)."""
+    Computed without listing every neighbourhood: core points are linked to some of their
+    neighbours closer than ``eps`` (their ``min_points`` nearest; for an organized scan, given by
+    ``grid_index`` (M,) into ``grid_shape``, those in a pixel window), and the groups that leaves
+    apart are joined when any two of their points are closer than ``eps``: exactly the DBSCAN
+    clusters."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -173,22 +230,17 @@ def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int =
     labels = np.full(m, -1, dtype=np.int64)
     if m == 0:
         return labels
-    tree = cKDTree(p)
-    k = min(min_points, m)
-    dist, idx = tree.query(p, k=k, workers=1)
-    dist, idx = dist.reshape(m, k), idx.reshape(m, k)
-    core = (k >= min_points) & (dist[:, -1] < eps)
+    if grid_index is not None:
+        core, rows, cols = _core_and_links_grid(p, np.asarray(grid_index, np.int64), grid_shape, eps, min_points)
+    else:
+        core, rows, cols = _core_and_links_kd(p, eps, min_points)
     core_ids = np.flatnonzero(core)
     if core_ids.size == 0:
         return labels
-    # 1. components of the core points' links to core neighbours within eps
-    link = core[idx] & (dist < eps) & core[:, None]
-    rows = np.repeat(np.arange(m), k)[link.ravel()]
-    cols = idx.ravel()[link.ravel()]
+    # 1. components of the links
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(m, m))
     _, comp = connected_components(graph, directed=False)
-    comp_core = comp[core_ids]
-    groups, group_of = np.unique(comp_core, return_inverse=True)
+    groups, group_of = np.unique(comp[core_ids], return_inverse=True)
     parent = np.arange(len(groups))
 
     def find(a: int) -> int:
@@ -210,29 +262,30 @@ def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int =
                 if np.any(d < eps):
                     parent[find(a)] = find(b)
     root = np.array([find(g) for g in range(len(groups))])[group_of]
-    # 3. number clusters by their first core point, as Open3D's scan in point order does
-    first = {}
-    for i, r in zip(core_ids, root):
-        first.setdefault(int(r), int(i))
-    order = sorted(first, key=first.get)
-    number = {r: n for n, r in enumerate(order)}
-    labels[core_ids] = [number[int(r)] for r in root]
-    # 4. border points: the lowest-numbered cluster with a core point within eps
+    # 3. clusters numbered by their first core point, as Open3D's scan in point order does
+    roots, first = np.unique(root, return_index=True)            # core_ids ascend: first = lowest index
+    rank = np.empty(len(roots), np.int64)
+    rank[np.argsort(first)] = np.arange(len(roots))
+    labels[core_ids] = rank[np.searchsorted(roots, root)]
+    # 4. border points: the lowest-numbered cluster with a core point within eps (a non-core point
+    # has fewer than min_points neighbours: its min_points nearest core points include them all)
     others = np.flatnonzero(~core)
     if others.size:
-        core_tree = cKDTree(p[core_ids])
-        for i, near in zip(others, core_tree.query_ball_point(p[others], eps, workers=1)):
-            near = [j for j in near if np.linalg.norm(p[core_ids[j]] - p[i]) < eps]
-            if near:
-                labels[i] = int(labels[core_ids[near]].min())
+        k = min(min_points, core_ids.size)
+        dist, near = cKDTree(p[core_ids]).query(p[others], k=k, workers=1)
+        dist, near = dist.reshape(len(others), k), near.reshape(len(others), k)
+        cand = np.where(dist < eps, labels[core_ids[np.minimum(near, core_ids.size - 1)]], np.iinfo(np.int64).max)
+        best = cand.min(axis=1)
+        labels[others] = np.where(best < np.iinfo(np.int64).max, best, -1)
     return labels
 
 
-def largest_cluster(points: np.ndarray) -> np.ndarray:
+def largest_cluster(points: np.ndarray, grid_index: np.ndarray | None = None,
+                    grid_shape: tuple[int, int] | None = None) -> np.ndarray:
     """(M,) bool: the points of the largest DBSCAN label of (M, 3) ``points``, noise counted as a
     label of its own, the lowest label on a tie (``np.unique`` + ``argmax`` in the official
-    ``connected_components_cleaning``)."""
-    labels = dbscan_labels(points)
+    ``connected_components_cleaning``); ``grid_index``/``grid_shape``: see :func:`dbscan_labels`."""
+    labels = dbscan_labels(points, grid_index=grid_index, grid_shape=grid_shape)
     values, counts = np.unique(labels, return_counts=True)
     return labels == values[int(np.argmax(counts))]
 
@@ -266,7 +319,7 @@ def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray |
     flat = grid.reshape(-1, 3)
     valid = np.flatnonzero((flat != 0).all(axis=1))
     if valid.size:
-        drop = valid[~largest_cluster(flat[valid])]
+        drop = valid[~largest_cluster(flat[valid], valid, grid.shape[:2])]
         flat[drop] = 0
         if image is not None:
             image.reshape(-1, 3)[drop] = 0
