@@ -12,12 +12,14 @@
 #   4. pad train: one epoch on the first class, from the fp32 features;
 #   5. pad score of the other classes from the fp16 and from the fp32 features with that checkpoint;
 #   6. pad predict of one PLY file;
-#   7. pad serve: the service started once and the same file sent to it (benchmarks/serve_bench.py --check).
+#   7. pad serve: the service started once and the same file sent to it (benchmarks/serve_bench.py --check);
+#   8. --style pointad on this backend: tests/test_pointad_fixture.py (renderings of the official scripts).
 # Every command runs with --device auto; nothing names the CPU. Printed, one line:
 #   render_s_per_sample (wall time of pad render, one worker per core, over the samples), extract_fp16_images_s, extract_fp32_images_s, train_s_per_step, peak_gpu_mb
 #   (nvidia-smi, sampled every 200 ms), scores_max_diff (fp16 vs fp32 object scores),
 #   fp16_fp32_agree (yes when that difference is <= 1e-2), and serve_startup_s, serve_warm_s (one warm
-#   POST /predict) and serve_diff (its scores against pad predict's; the step fails above 1e-5).
+#   POST /predict) and serve_diff (its scores against pad predict's; the step fails above 1e-5), and
+#   pointad_fixture (N_passed: the fixture's tests on this backend; the step fails otherwise).
 # Exit status: 0 when every step ran and the scores agree; 1 otherwise (the failing step is named on stderr).
 # Without CUDA it says so in one line and exits 0.
 # Environment: PY (python, default .venv/bin/python), PAD (the pad command, default .venv/bin/pad),
@@ -117,6 +119,12 @@ run predict "$PAD" predict "$PLY" --checkpoint "$WORK/run" --out "$WORK/predicti
 [ -n "$(find "$WORK/predictions" -name '*.json' | head -n 1)" ] || fail "pad predict (no JSON written)" predict
 SERVE=$(PAD="$PAD" "$PY" benchmarks/serve_bench.py --check --checkpoint "$WORK/run" --file "$PLY" --reference "$(find "$WORK/predictions" -name '*.json' | head -n 1)" 2> "$WORK/serve.log") || fail "pad serve" serve
 
+# --style pointad on this backend against the official renderings of tests/fixtures/pointad (Open3D):
+# pyrender's EGL path draws through a multisampled framebuffer, whose multisampling the point renderer
+# turns off; the fixture's test checks images, maps and ground truth to the issue's targets
+run pointad "$PY" -m pytest -q -p no:cacheprovider tests/test_pointad_fixture.py || fail "the pointad fixture on $BACKEND" pointad
+POINTAD=$(grep -Eo '[0-9]+ passed' "$WORK/pointad.log" | head -n 1 | tr ' ' '_')
+
 PEAK=none
 if [ -n "$POLL_PID" ]; then
     kill "$POLL_PID" 2>/dev/null; POLL_PID=
@@ -126,6 +134,6 @@ AGREE=$("$PY" -c "print('yes' if float('$DIFF') <= 1e-2 else 'no')")
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr ' ' '_')
 echo "gpu=${GPU:-unknown} samples=$N_SAMPLES points=$POINTS images=$N_IMAGES render_s_per_sample=$RENDER_S" \
      "extract_fp16_images_s=$IPS16 extract_fp32_images_s=$IPS32 train_s_per_step=$STEP_S peak_gpu_mb=$PEAK" \
-     "scores_max_diff=$DIFF fp16_fp32_agree=$AGREE $SERVE"
+     "scores_max_diff=$DIFF fp16_fp32_agree=$AGREE pointad_fixture=$POINTAD $SERVE"
 [ "$AGREE" = yes ] || { echo "gpu_check: fp16 and fp32 scores differ by $DIFF (> 1e-2)" >&2; exit 1; }
 exit 0

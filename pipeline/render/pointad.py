@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -39,6 +40,9 @@ from data_cache.errors import PadError
 from pipeline.render.open3d_camera import LegacyCamera, legacy_camera, project_pinhole
 from pipeline.render.open3d_normals import estimate_normals
 from pipeline.render.open3d_shading import phong_grey
+
+if TYPE_CHECKING:  # the kernel imports this module when it renders --style pointad
+    from pipeline.render.kernel import RenderedSample
 
 OUTPUT_SIZE = 336           # the scripts resize every rendering to 336×336
 GREY = 0.7                  # the colour of every point in the image render
