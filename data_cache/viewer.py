@@ -14,7 +14,7 @@ Large clouds are decimated for display (:func:`decimate`): at most ``max_points`
 The page draws a view when it scrolls into sight and releases it (its WebGL context) when it
 leaves, so a report of many samples stays within the browser's WebGL context limit.
 
-It lives in ``data_cache`` because both the pipeline (``pad show``) and the trainer (the report)
+It lives in ``data_cache`` because both the pipeline (``pad show``) and scoring (the report)
 use it, and ``data_cache`` is the one package both may import.
 """
 from __future__ import annotations

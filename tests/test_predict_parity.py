@@ -25,8 +25,9 @@ from pipeline.extract import extract  # noqa: E402
 from pipeline.options import ExtractConfig, RenderConfig  # noqa: E402
 from pipeline.render_job import open_render_store, plan_render, render_one  # noqa: E402
 from trainer.loop import train  # noqa: E402
-from trainer.options import ScoreConfig, TrainConfig  # noqa: E402
-from trainer.scoring import score_cache  # noqa: E402
+from scoring.options import ScoreConfig  # noqa: E402
+from trainer.options import TrainConfig  # noqa: E402
+from scoring.score import score_cache  # noqa: E402
 from workflows.options import PredictConfig  # noqa: E402
 from workflows.predict import NO_SCORE_RGB, Predictor  # noqa: E402
 

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from data_cache.viewer import viewer_document, write_viewer_page
-from trainer.report import ClassCurves, ReportInfo, ReportSample, write_report
-from trainer.results import METRIC_NAMES, metrics_document
+from scoring.report import ClassCurves, ReportInfo, ReportSample, write_report
+from scoring.results import METRIC_NAMES, metrics_document
 
 CHROMIUM = next((p for p in (os.environ.get("PAD_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium")
                  if p and os.path.isfile(p) and os.access(p, os.X_OK)), None)

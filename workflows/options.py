@@ -1,9 +1,11 @@
-"""Options of the end-to-end commands (predict, demo)."""
+"""Options of the end-to-end commands (predict, demo, evaluate)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from data_cache.options import option
+from scoring.options import ScoringOptions
+from trainer.options import TrainingOptions
 
 
 @dataclass
@@ -58,3 +60,22 @@ class DemoConfig:
     device: str = option("auto", "Torch device for extraction, training and scoring.",
                          choices=("auto", "cpu", "cuda"))
     seed: int = option(0, "Random seed (data, weights of a random backbone, training).")
+
+
+@dataclass(kw_only=True)
+class OneVsRestConfig(TrainingOptions, ScoringOptions):
+    """``pad evaluate one-vs-rest``: train on each class in turn, score the others, report mean ± std.
+    Takes every option of pad train and pad score."""
+    cache: str = option(help="Cache directory.")
+    train_classes: str = option(help="Training classes, one run each (comma-separated).", metavar="a,b,c")
+    out: str = option(help="Output directory (one run and one result per training class, plus a summary).")
+
+
+@dataclass(kw_only=True)
+class CrossDatasetConfig(TrainingOptions, ScoringOptions):
+    """``pad evaluate cross-dataset``: train on classes of one cache, score every class of another.
+    Takes every option of pad train and pad score."""
+    source: str = option(help="Cache to train on.")
+    train_classes: str = option(help="Training classes of --source, one run each.", metavar="a[,b]")
+    target: str = option(help="Cache to score.")
+    out: str = option(help="Output directory.")

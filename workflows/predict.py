@@ -6,7 +6,7 @@ record, written by ``pad train`` — its image size, supersampling, splat size, 
 cameras themselves, the stored matrices), encode the views as ``pad extract-features`` did
 (:class:`pipeline.extract.Encoder`: same backbone, weights, tapped layers, DPAM depth and
 preprocessing, float16 output as the feature store keeps), score it with ``pad score``'s own
-function (:func:`trainer.scoring.score_sample`), and write, under ``--out``:
+function (:func:`scoring.sample_score.score_sample`), and write, under ``--out``:
 
 - ``<stem>.ply``: the cloud in its own coordinates, coloured by point score (``jet``,
   fixed range 0..1 so colours compare across files), with ``anomaly_score`` and ``label``
@@ -25,7 +25,7 @@ A run without a render record (trained before runs kept one) is rendered with th
 option given that differs from the run's (``--views``, ``--supersample``, ``--point-size``,
 ``--knn``, ``--pretrained``) prints one notice line saying the scores will not match pad score's.
 
-Stems are sanitized (:func:`trainer.results.safe_name`) and made unique. One line per file
+Stems are sanitized (:func:`scoring.results.safe_name`) and made unique. One line per file
 on stdout (``path  score=0.731  points=12034  top-1% mean=0.802``); a bad file prints one
 line on stderr, the others are still processed, and the exit code is 2 at the end.
 """
@@ -216,7 +216,7 @@ class Predictor:
         from pipeline.ingest import read_cloud
         from pipeline.render import render_sample
         from pipeline.sample import Sample
-        from trainer.scoring import score_sample
+        from scoring.sample_score import score_sample
 
         cloud = read_cloud(path)
         n = int(cloud.points.shape[0])
@@ -252,7 +252,7 @@ class Predictor:
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
-    from trainer.results import safe_name
+    from scoring.results import safe_name
 
     base = safe_name(stem or "cloud")
     name, k = base, 1
@@ -271,7 +271,7 @@ def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
     score (``doc["scored"]`` False, or a NaN score) get NaN coordinates and score and a grey colour
     in the PLY and ``null`` in the JSON."""
     from data_cache.plyio import write_ply
-    from trainer.results import inside, score_colors, write_json
+    from scoring.results import inside, score_colors, write_json
 
     ply = inside(out, name + ".ply")
     js = inside(out, name + ".json")
@@ -292,7 +292,7 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
     """Write ``<out>/<name>.html``, the standalone 3D view of one prediction (``doc`` from
     :meth:`Predictor.predict` with maps), and ``<out>/assets/``; returns the page's path."""
     from data_cache.viewer import png_bytes, view_maps_image, viewer_document, write_viewer_page
-    from trainer.results import inside
+    from scoring.results import inside
 
     page = inside(out, name + ".html")
     labels = np.asarray(doc["labels"], np.uint8)

@@ -1,6 +1,6 @@
 """The end of ``pad score``: choose the samples the report shows (per class, with the reason),
-score them once more with their 2D maps, write ``report.html`` (:mod:`trainer.report`), then
-close the results directory (:func:`trainer.results.finish_results`: files of a previous run
+score them once more with their 2D maps, write ``report.html`` (:mod:`scoring.report`), then
+close the results directory (:func:`scoring.results.finish_results`: files of a previous run
 that this one did not write again are removed, the manifest is written)."""
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def write_score_report(cfg, plan, rows: Sequence[Sequence], ranges: Mapping[str,
     point scores; ``doc``/``curves``: metrics document and per-class curves; ``notes``: lines shown
     under the header; ``text_for(cls)``: the text embeddings to score a class with; ``total``: the
     number of samples scored; ``view_points``: at most this many points per 3D view."""
-    from trainer import results as res
-    from trainer.report import ReportInfo, ReportSample, write_report
-    from trainer.report_selection import select_report_samples
-    from trainer.scoring import SAMPLE_FIELDS, score_sample
+    from scoring import results as res
+    from scoring.report import ReportInfo, ReportSample, write_report
+    from scoring.report_selection import select_report_samples
+    from scoring.sample_score import SAMPLE_FIELDS, score_sample
 
     render, features, model = plan.render, plan.features, plan.model
     by_id = {str(r[0]): r for r in rows}

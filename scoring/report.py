@@ -9,7 +9,7 @@ Figures (under ``<results>/figures/``):
   (2D ground truth outlined in white) next to the point cloud's ground truth (anomalous points
   in red, drawn over the normal ones so they stay visible)
 
-Each sample shown (chosen per class by :func:`trainer.report_selection.select_report_samples`,
+Each sample shown (chosen per class by :func:`scoring.report_selection.select_report_samples`,
 with the reason it is shown) also has an interactive 3D view (:mod:`data_cache.viewer`: rotate,
 zoom, pan; coloured by point score with a colour bar; buttons show the ground-truth points),
 drawn by plotly.js from ``assets/`` beside the page: the page opens from local disk with no
@@ -31,7 +31,7 @@ from urllib.parse import quote
 import numpy as np
 
 from data_cache.viewer import DEFAULT_VIEW_POINTS
-from trainer.results import METRIC_NAMES
+from scoring.results import METRIC_NAMES
 
 FIGURES_DIR = "figures"
 MAX_SCATTER_POINTS = 30000
@@ -274,9 +274,9 @@ def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples
     """Write ``<out>/report.html`` with its figures (and, when samples are shown, ``assets/``
     for their 3D views); returns the page's path.
 
-    ``doc``: the metrics document (:func:`trainer.results.metrics_document`), values in [0,1]
+    ``doc``: the metrics document (:func:`scoring.results.metrics_document`), values in [0,1]
     or NaN; ``curves``: per-class curves; ``samples``: the samples to show, in order (grouped
-    by class, see :func:`trainer.report_selection.select_report_samples`); ``view_points``: at
+    by class, see :func:`scoring.report_selection.select_report_samples`); ``view_points``: at
     most this many points per 3D view."""
     from data_cache.viewer import head_scripts, viewer_block, viewer_document, write_assets
 

@@ -20,7 +20,7 @@ through :func:`safe_name`, so nothing can be written outside ``<results>``)::
                         the cloud in its original coordinates coloured by score
                         (colour map normalized per class), with float ``anomaly_score``
                         and uint8 ``label`` vertex properties
-    report.html, figures/*.png, assets/*.js   (see :mod:`trainer.report`)
+    report.html, figures/*.png, assets/*.js   (see :mod:`scoring.report`)
     score_config.json   the options of the run and the checkpoint's config
     pad_results.json    the manifest: every file this pad score wrote (relative paths)
 
