@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Learn the text prompts (PointAD / PointAD+) from cached features."),
     "score": ("scoring.options:ScoreConfig", "scoring.score:run_score",
               "Anomaly maps, object scores, metrics and an HTML report from cached tensors."),
+    "calibrate": ("scoring.options:CalibrateConfig", "scoring.calibrate:run_calibrate",
+                  "Set pass/fail thresholds from normal scans: a guaranteed false-alarm rate, defect regions."),
     "import-checkpoint": ("trainer.options:ImportCheckpointConfig", "trainer.import_checkpoint:run_import_checkpoint",
                           "Turn an official PointAD checkpoint (.pth) into a pad run for score and predict."),
     "predict": ("workflows.options:PredictConfig", "workflows.predict:run_predict",
@@ -202,7 +204,7 @@ def _version() -> str:
 def main():
     """pad: zero-shot 3D anomaly detection on point clouds (PointAD, PointAD+).
 
-    Pipeline: synth/inspect -> render -> extract-features -> train -> score.
+    Pipeline: synth/inspect -> render -> extract-features -> train -> score (calibrate: pass/fail).
     """
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -122,7 +122,11 @@ def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_la
 
 # ---------------------------------------------------------------------------- the command
 @dataclass
-class _Plan:
+class ScorePlan:
+    """What a scoring run works on (:func:`plan_score`): the stores, the model (a trained
+    checkpoint or the CLIP baseline), the feature tag, the samples of each class and whether RGB
+    is fused; ``notes``: lines to print about what was left out; ``calibration``: the calibration
+    that judges the samples (checked to apply to this checkpoint, features and options)."""
     render: Any
     features: Any
     model: Any
@@ -130,6 +134,7 @@ class _Plan:
     classes: dict[str, list[int]]  # class -> store indices, in store order
     use_rgb: bool
     notes: list[str]
+    calibration: Any = None        # the scoring.calibration.Calibration applied (--calibration), or None
 
 
 def _resolve_device(device: str) -> str:
@@ -171,7 +176,7 @@ def open_feature_store_for(cache: str, model_config: dict, checkpoint: str):
     return FeatureStore.open(cache, tag), tag
 
 
-def plan_score(cfg: ScoreConfig) -> _Plan:
+def plan_score(cfg: ScoreConfig) -> ScorePlan:
     """Open the stores and the checkpoint, check they fit, select the samples to score."""
     from data_cache import checkpoint as ckpt
     from data_cache.render_store import RenderStore
@@ -232,16 +237,17 @@ def plan_score(cfg: ScoreConfig) -> _Plan:
     use_rgb = bool(cfg.rgb and features.has_rgb and render.has_rgb)
     if cfg.rgb and render.has_rgb and not features.has_rgb:
         notes.append("the render store has RGB but the feature store has no RGB features; scoring point clouds only")
+    calibration = _calibration(cfg, tag, use_rgb)   # one that does not apply stops here, before the model loads
     if cfg.prompts != "clip":
         from trainer.model import load_model
 
         model = load_model(cfg.checkpoint, device=_resolve_device(cfg.device))
     ids = render.sample_ids   # a grown cache appends samples: list each class in id order
     ordered = {c: sorted(by_class[c], key=lambda i: ids[i]) for c in sorted(by_class)}
-    return _Plan(render, features, model, tag, ordered, use_rgb, notes)
+    return ScorePlan(render, features, model, tag, ordered, use_rgb, notes, calibration)
 
 
-def _original_points(sample: dict) -> np.ndarray:
+def original_points(sample: dict) -> np.ndarray:
     """(N, 3) float32 points in the dataset's coordinates (undoing the render normalization)."""
     attrs = sample.get("attrs") or {}
     pts = np.asarray(sample["points"], np.float64)
@@ -260,21 +266,15 @@ def score_cache(cfg: ScoreConfig, progress: bool = True) -> dict:
         plan.features.close()
 
 
-def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
+def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
     from tqdm import tqdm
 
+    cal = plan.calibration
     res.prepare_dir(cfg.out)
-    render, features, model = plan.render, plan.features, plan.model
-    image_size = render.image_size
-    texts: dict[str | None, dict] = {}
-
-    def text_for(cls: str) -> dict:
-        """Text embeddings for a class (one pair for every class with object-agnostic prompts)."""
-        key = cls if model.style == "coop" else None
-        if key not in texts:
-            texts[key] = model.inference_text(key)
-        return texts[key]
-
+    render, model = plan.render, plan.model
+    text_for = class_texts(model)
+    decisions: dict[str, dict] = {}       # sample id -> Decision.fields() (no per-point arrays)
+    judged: dict[str, list[tuple[int, bool, bool]]] = {}   # class -> (label, anomalous, calibration scan)
     per_class: dict[str, dict] = {}
     per_class_mm: dict[str, dict] = {}
     curves = {}
@@ -290,15 +290,17 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
         for i in indices:
             sample = render.read_sample(i, SAMPLE_FIELDS)
             sid = render.sample_ids[i]
-            rgb = (features.rgb_global(i), features.rgb_patch(i)) if plan.use_rgb else None
-            if rgb is not None and sample.get("grid_index") is None:
-                raise PadError(f"sample '{sid}' has RGB features but no grid_index to map them to its points",
-                               render.path)
-            result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
-                                  text=text, rgb=rgb, fusion=cfg.fusion, protocol=cfg.protocol)
+            result = score_stored(plan, i, sample, cfg, text)
             labels = np.asarray(sample["labels"], np.uint8)
             label = int(sample["attrs"].get("label", int(labels.any())))
-            res.write_point_scores(cfg.out, cls, sid, result.point_map, labels, result.multimodal_map)
+            decision = None
+            if cal is not None and cls in cal.classes:
+                score, point_map = decision_score(result, plan.use_rgb)
+                decision = cal.judge(cls, score, point_map, original_points(sample), sample["knn"], sample["knn_dist"])
+                decisions[sid] = decision.fields()
+                judged.setdefault(cls, []).append((label, decision.anomalous, sid in cal.classes[cls].scans))
+            res.write_point_scores(cfg.out, cls, sid, result.point_map, labels, result.multimodal_map,
+                                   decision=decision)
             obj_labels.append(label)
             obj_scores.append(result.score)
             evaluated = _evaluated_maps(sample, labels, result)
@@ -327,20 +329,109 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
 
     doc = res.metrics_document(per_class, per_class_mm if plan.use_rgb else None)
     doc["protocol"] = cfg.protocol
+    notes = list(plan.notes)
+    if cal is not None:
+        doc["operating_point"] = {cls: operating_point(judged[cls], cal.false_alarm) for cls in judged}
+        doc["calibration"] = {"file": os.path.abspath(cal.path), "false_alarm": cal.false_alarm,
+                              "score": "multimodal score" if plan.use_rgb else "object score"}
+        missing = [c for c in plan.classes if c not in cal.classes]
+        if missing:
+            notes.append(f"class(es) {', '.join(missing)} have no calibration in {cal.path}: scores only "
+                         f"(pad calibrate --classes {','.join(missing)} adds them)")
+        notes += _in_sample_notes(doc["operating_point"])
     res.write_metrics(cfg.out, doc)
-    res.write_scores_csv(cfg.out, rows, plan.use_rgb)
+    res.write_scores_csv(cfg.out, rows, plan.use_rgb, decisions if cal is not None else None)
     res.write_json(os.path.join(cfg.out, "score_config.json"),
                    {"options": to_dict(cfg), "feature_tag": plan.tag, "checkpoint": model.config,
-                    "multimodal": plan.use_rgb, "notes": plan.notes})
-    notes = plan.notes + res.undefined_metrics(doc)
+                    "multimodal": plan.use_rgb, "notes": plan.notes,
+                    "calibration": None if cal is None else os.path.abspath(cal.path)})
+    notes += res.undefined_metrics(doc)
 
     from scoring.score_report import write_score_report
 
     write_score_report(cfg, plan, rows, ranges, doc, curves, notes, text_for, total,
-                       view_points=cfg.view_points)                                  # the last write
+                       view_points=cfg.view_points, decisions=decisions)             # the last write
     from scoring.score_report import random_weights_notice
 
     return dict(doc, notes=notes, warning=random_weights_notice(model.config))
+
+
+def class_texts(model) -> Callable[[str], dict]:
+    """``text_for(cls)``: the model's text embeddings for a class, computed once (one pair for every
+    class with object-agnostic prompts)."""
+    texts: dict[str | None, dict] = {}
+
+    def text_for(cls: str) -> dict:
+        key = cls if model.style == "coop" else None
+        if key not in texts:
+            texts[key] = model.inference_text(key)
+        return texts[key]
+
+    return text_for
+
+
+def score_stored(plan: ScorePlan, i: int, sample: dict, opts, text: dict) -> SampleScore:
+    """Score sample ``i`` of the plan's cache from its cached features (with its RGB features when
+    the plan fuses RGB). ``sample``: its render-store arrays (:data:`SAMPLE_FIELDS`) and attrs;
+    ``opts``: the map options (``sigma``, ``fusion``, ``protocol``); ``text``: the class's text
+    embeddings (:func:`class_texts`)."""
+    features = plan.features
+    rgb = (features.rgb_global(i), features.rgb_patch(i)) if plan.use_rgb else None
+    if rgb is not None and sample.get("grid_index") is None:
+        raise PadError(f"sample '{plan.render.sample_ids[i]}' has RGB features but no grid_index to map them to "
+                       "its points", plan.render.path)
+    return score_sample(plan.model, features.global_(i), features.patch(i), sample, plan.render.image_size,
+                        opts.sigma, text=text, rgb=rgb, fusion=opts.fusion, protocol=opts.protocol)
+
+
+def decision_score(result: SampleScore, multimodal: bool) -> tuple[float, np.ndarray]:
+    """The score and point map decisions are made on: the fused (multimodal) ones when RGB is
+    fused, else the point cloud's. Returns (score, (N,) float32 map)."""
+    if multimodal:
+        return float(result.multimodal_score), result.multimodal_map
+    return float(result.score), result.point_map
+
+
+def _calibration(cfg: ScoreConfig, tag: str, use_rgb: bool):
+    """The calibration this run applies (``--calibration``), checked against the run's checkpoint,
+    features and scoring options; None for scores only."""
+    from scoring.calibration import AUTO, NONE, check_applies, checkpoint_digest, resolve_calibration, \
+        scoring_signature
+
+    if cfg.prompts == "clip":
+        if str(cfg.calibration) not in (AUTO, NONE):
+            raise PadError("--prompts clip has no checkpoint for a calibration to belong to: leave out --calibration")
+        return None
+    cal = resolve_calibration(cfg.calibration, cfg.checkpoint)
+    if cal is not None:
+        check_applies(cal, prompts_sha256=checkpoint_digest(cfg.checkpoint), feature_tag=tag,
+                      scoring=scoring_signature(cfg.sigma, cfg.protocol, use_rgb, cfg.fusion))
+    return cal
+
+
+def operating_point(judged: Sequence[tuple[int, bool, bool]], alpha: float) -> dict:
+    """The realized rates of one class at the calibrated threshold. ``judged``: per sample (label
+    0/1, verdict anomalous, whether it was one of the calibration scans). Calibration scans are
+    left out (their false-alarm rate is not an honest estimate). Returns ``{"false_alarm": α asked,
+    "n_normal", "false_alarms", "false_alarm_rate", "n_anomalous", "misses", "miss_rate",
+    "n_calibration_scans_left_out"}``; a rate is NaN without samples of its kind."""
+    kept = [(label, flagged) for label, flagged, used in judged if not used]
+    normal = [flagged for label, flagged in kept if not label]
+    anomalous = [flagged for label, flagged in kept if label]
+    fa, miss = sum(normal), sum(1 for f in anomalous if not f)
+    return {"false_alarm": float(alpha), "n_normal": len(normal), "false_alarms": int(fa),
+            "false_alarm_rate": fa / len(normal) if normal else math.nan, "n_anomalous": len(anomalous),
+            "misses": int(miss), "miss_rate": miss / len(anomalous) if anomalous else math.nan,
+            "n_calibration_scans_left_out": len(judged) - len(kept)}
+
+
+def _in_sample_notes(points: dict) -> list[str]:
+    out = []
+    for cls, op in points.items():
+        if op["n_calibration_scans_left_out"]:
+            out.append(f"class '{cls}': {op['n_calibration_scans_left_out']} scored sample(s) calibrated the "
+                       "threshold and are left out of its realized false-alarm rate")
+    return out
 
 
 def _evaluated_maps(sample: dict, labels: np.ndarray, result: SampleScore):
@@ -363,18 +454,21 @@ def _write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: fl
         sid = render.sample_ids[i]
         sample = render.read_sample(i, ("points", "normals"))
         scores = res.read_point_scores(res.sample_path(out, "points", cls, sid, ".npz"))
-        res.write_scored_ply(res.sample_path(out, "ply", cls, sid, ".ply"), _original_points(sample),
+        res.write_scored_ply(res.sample_path(out, "ply", cls, sid, ".ply"), original_points(sample),
                              scores["scores"], scores["labels"], lo, hi, normals=sample.get("normals"),
-                             multimodal=scores.get("multimodal"))
+                             multimodal=scores.get("multimodal"), region=scores.get("region"))
 
 
 def run_score(cfg: ScoreConfig) -> int:
-    """CLI runner of ``pad score`` (see :class:`trainer.options.ScoreConfig`)."""
+    """CLI runner of ``pad score`` (see :class:`scoring.options.ScoreConfig`)."""
     doc = score_cache(cfg)
     print(res.format_table(doc))
     if doc.get("multimodal"):
         print("\nmultimodal (RGB fused)")
         print(res.format_table(doc, multimodal=True))
+    if doc.get("operating_point"):
+        print("")
+        print(res.format_operating_points(doc))
     for note in doc["notes"]:
         print(f"note: {note}")
     if doc.get("warning"):

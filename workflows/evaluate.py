@@ -74,7 +74,7 @@ def _train_and_score(cfg, train_cache: str, score_cache_dir: str, train_class: s
     print(f"pad evaluate: run '{train_class}': scoring {score_cache_dir}", flush=True)
     return score_cache(ScoreConfig(cache=score_cache_dir, checkpoint=run_dir, out=results_dir,
                                    include_train_classes=include_train_classes, features=cfg.features,
-                                   device=cfg.device, **_option_values(cfg, ScoringOptions)))
+                                   device=cfg.device, calibration="none", **_option_values(cfg, ScoringOptions)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

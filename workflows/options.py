@@ -34,6 +34,11 @@ class PredictConfig:
     view_points: int = option(50000, "At most this many points in a 3D view (larger clouds show their "
                                      "highest-scored points and an even, seeded sample of the rest).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    calibration: str = option("auto", "Pass/fail decisions: auto (the run's calibration.json when pad calibrate "
+                                      "wrote one: p-value, verdict and defect regions per file), none (scores "
+                                      "only), or the path of a calibration.json.", metavar="auto|none|PATH")
+    cls: str | None = option(None, "Class (product) of the files, whose calibration judges them (default: the "
+                                   "calibration's only class).", metavar="NAME", flag="class")
 
 
 @dataclass
