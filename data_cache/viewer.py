@@ -134,7 +134,8 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
     label, object score) are shown as text above the view (the title only with ``show_title``: a
     page that already heads the view with the name). ``boxes``: defect regions to outline, each
     (low (3,), high (3,), name) in the coordinates of ``points``, drawn as dark boxes with their
-    name at the upper corner. The axes span the whole shown cloud whichever traces are visible. Returns ``{"figure": plotly figure
+    name at the upper corner (the ground-truth buttons leave them shown). The axes span the whole
+    shown cloud and the boxes whichever traces are visible. Returns ``{"figure": plotly figure
     (dict), "caption": {"title", "facts"}, "shown": M, "total": N}``."""
     go, pio = _plotly()
     pts = np.asarray(points, np.float32).reshape(-1, 3)
@@ -166,19 +167,21 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
         buttons = [dict(label="scores", method="restyle", args=[{"visible": [True, False]}, [0, 1]]),
                    dict(label="scores + ground truth", method="restyle", args=[{"visible": [True, True]}, [0, 1]]),
                    dict(label="ground truth only", method="restyle", args=[{"visible": [False, True]}, [0, 1]])]
+    box_low = np.array([b[0] for b in boxes or ()], np.float64).reshape(-1, 3)
+    box_high = np.array([b[1] for b in boxes or ()], np.float64).reshape(-1, 3)
     if boxes:
-        low = np.array([b[0] for b in boxes], np.float64).reshape(-1, 3)
-        high = np.array([b[1] for b in boxes], np.float64).reshape(-1, 3)
-        edges = box_edges(low, high)
+        edges = box_edges(box_low, box_high)
         traces.append(go.Scatter3d(x=edges[:, 0], y=edges[:, 1], z=edges[:, 2], mode="lines", name="defect regions",
                                    line=dict(color=BOX_COLOR, width=4), hoverinfo="skip", connectgaps=False))
-        traces.append(go.Scatter3d(x=high[:, 0], y=high[:, 1], z=high[:, 2], mode="text",
+        traces.append(go.Scatter3d(x=box_high[:, 0], y=box_high[:, 1], z=box_high[:, 2], mode="text",
                                    text=[str(b[2]) for b in boxes], textposition="top center",
                                    textfont=dict(color=BOX_COLOR, size=12), name="region names", hoverinfo="skip"))
     if keep.size:
         low, high = pts[keep].min(axis=0).astype(np.float64), pts[keep].max(axis=0).astype(np.float64)
     else:
         low, high = np.full(3, -1.0), np.full(3, 1.0)
+    if box_low.size:
+        low, high = np.minimum(low, box_low.min(axis=0)), np.maximum(high, box_high.max(axis=0))
     margin = 0.03 * max(float((high - low).max()), 1e-9)
     low, high = low - margin, high + margin
     span = high - low

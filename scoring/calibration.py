@@ -127,6 +127,14 @@ class Calibration:
     feature_tag: str
     scoring: dict
     classes: dict[str, ClassCalibration]
+    cache: str = ""          # the cache whose scans calibrated (their ids are in ``ClassCalibration.scans``)
+
+    def used_scans(self, cache: str, cls: str) -> set[str]:
+        """Ids of the scans of ``cls`` that made this calibration, when ``cache`` is the cache they
+        came from (else none)."""
+        if not self.cache or os.path.realpath(self.cache) != os.path.realpath(cache) or cls not in self.classes:
+            return set()
+        return set(self.classes[cls].scans)
 
     def judge(self, cls: str, score: float, point_map, points, knn, knn_dist) -> Decision:
         """The decision on one scan of class ``cls``: ``score`` its decision score (object, or
@@ -258,7 +266,8 @@ def read_calibration(path: str) -> Calibration:
         classes[str(cls)] = ClassCalibration(n, t, u, scores, peaks, list(scans))
     return Calibration(path=os.fspath(path), false_alarm=alpha, min_region_points=int(min_points),
                        prompts_sha256=ckpt["prompts_sha256"], run=ckpt["run"], feature_tag=doc["feature_tag"],
-                       scoring=signature, classes=classes)
+                       scoring=signature, classes=classes,
+                       cache=doc["cache"] if isinstance(doc.get("cache"), str) else "")
 
 
 def resolve_calibration(option: str | None, run_dir: str | None) -> Calibration | None:

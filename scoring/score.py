@@ -285,6 +285,7 @@ def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
                dynamic_ncols=True)
     for cls, indices in plan.classes.items():
         text = text_for(cls)
+        used = cal.used_scans(cfg.cache, cls) if cal is not None else set()
         obj_labels, obj_scores, obj_mm = [], [], []
         p_labels, p_scores, p_mm, regions, ranged = [], [], [], [], []
         for i in indices:
@@ -298,7 +299,7 @@ def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
                 score, point_map = decision_score(result, plan.use_rgb)
                 decision = cal.judge(cls, score, point_map, original_points(sample), sample["knn"], sample["knn_dist"])
                 decisions[sid] = decision.fields()
-                judged.setdefault(cls, []).append((label, decision.anomalous, sid in cal.classes[cls].scans))
+                judged.setdefault(cls, []).append((label, decision.anomalous, sid in used))
             res.write_point_scores(cfg.out, cls, sid, result.point_map, labels, result.multimodal_map,
                                    decision=decision)
             obj_labels.append(label)

@@ -246,3 +246,36 @@ def test_a_calibration_applies_only_to_its_checkpoint_features_and_options(tmp_p
         with pytest.raises(PadError, match=re.escape(message)) as err:
             check_applies(cal, **dict(same, **change))
         assert "--calibration none" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- regions in the 3D view
+def test_a_view_outlines_each_region_with_its_twelve_box_edges():
+    from data_cache.viewer import box_edges, viewer_document
+
+    low, high = np.array([[0.0, 1.0, 2.0], [5.0, 5.0, 5.0]]), np.array([[1.0, 3.0, 6.0], [6.0, 7.0, 9.0]])
+    rows = box_edges(low, high).reshape(2, 12, 3, 3)            # box, edge, (start, end, gap)
+    assert np.isnan(rows[:, :, 2]).all()
+    for b in range(2):
+        seen = set()
+        for e in range(12):
+            start, end = rows[b, e, 0], rows[b, e, 1]
+            moved = np.flatnonzero(start != end)
+            assert moved.size == 1                               # axis-aligned
+            a = int(moved[0])
+            assert {start[a], end[a]} == {low[b, a], high[b, a]}
+            for corner in (start, end):                          # every end is a corner of the box
+                assert all(corner[k] in (low[b, k], high[b, k]) for k in range(3))
+            seen.add((tuple(np.minimum(start, end)), tuple(np.maximum(start, end))))
+        assert len(seen) == 12
+    rng = np.random.default_rng(0)
+    pts = rng.random((500, 3))
+    doc = viewer_document(pts, pts[:, 0], (pts[:, 0] > 0.9).astype(np.uint8), lo=0, hi=1, title="t",
+                          max_points=100, boxes=[(low[0], high[0], "region 1"), (low[1], high[1], "region 2")])
+    data, layout = doc["figure"]["data"], doc["figure"]["layout"]
+    assert [d.get("mode") for d in data] == ["markers", "markers", "lines", "text"] and data[3]["text"] == [
+        "region 1", "region 2"]
+    assert all(b["args"][1] == [0, 1] for b in layout["updatemenus"][0]["buttons"])   # boxes stay shown
+    for k, axis in enumerate("xyz"):
+        span = layout["scene"][f"{axis}axis"]["range"]
+        assert span[0] <= low[:, k].min() and span[1] >= high[:, k].max()
+    assert doc["caption"]["regions"] == 2
