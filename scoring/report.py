@@ -308,9 +308,10 @@ def _regions_table(decision: dict) -> str:
 
     rows = "".join(f"<tr><td>{r['region']}</td><td>{r['n_points']}</td><td>{_e(vec(r['centroid']))}</td>"
                    f"<td>{_e(vec(r['box_min']))}</td><td>{_e(vec(r['box_max']))}</td><td>{r['extent']:.4g}</td>"
-                   f"<td>{r['max_score']:.3f}</td><td>{r['mean_score']:.3f}</td></tr>" for r in regions[:MAX_REGION_ROWS])
-    more = (f"<p>… and {len(regions) - MAX_REGION_ROWS} more region(s) (all of them in the sample's points/ file).</p>"
-            if len(regions) > MAX_REGION_ROWS else "")
+                   f"<td>{r['max_score']:.3f}</td><td>{r['mean_score']:.3f}</td></tr>"
+                   for r in regions[:MAX_REGION_ROWS])
+    more = (f"<p>… and {len(regions) - MAX_REGION_ROWS} more region(s) (all of them in the sample's points/ "
+            "file).</p>" if len(regions) > MAX_REGION_ROWS else "")
     return (f"<p>Defect regions{_e(tail)}, in the file's own coordinates and units:</p><table><tr><th>region</th>"
             "<th>points</th><th>centroid</th><th>box min</th><th>box max</th><th>largest extent</th>"
             "<th>max score</th><th>mean score</th></tr>" + rows + "</table>" + more)
