@@ -29,8 +29,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "List the stores in a cache with sizes; --verify checks them."),
     "train": ("trainer.options:TrainConfig", "trainer.loop:run_train",
               "Learn the text prompts (PointAD / PointAD+) from cached features."),
-    "score": ("trainer.options:ScoreConfig", "trainer.scoring:run_score",
+    "score": ("scoring.options:ScoreConfig", "scoring.score:run_score",
               "Anomaly maps, object scores, metrics and an HTML report from cached tensors."),
+    "calibrate": ("scoring.options:CalibrateConfig", "scoring.calibrate:run_calibrate",
+                  "Set pass/fail thresholds from normal scans: a guaranteed false-alarm rate, defect regions."),
     "import-checkpoint": ("trainer.options:ImportCheckpointConfig", "trainer.import_checkpoint:run_import_checkpoint",
                           "Turn an official PointAD checkpoint (.pth) into a pad run for score and predict."),
     "predict": ("workflows.options:PredictConfig", "workflows.predict:run_predict",
@@ -41,9 +43,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "Run the whole pipeline end to end on the built-in synthetic dataset."),
 }
 EVALUATE: dict[str, tuple[str, str, str]] = {
-    "one-vs-rest": ("trainer.options:OneVsRestConfig", "trainer.evaluate:run_one_vs_rest",
+    "one-vs-rest": ("workflows.options:OneVsRestConfig", "workflows.evaluate:run_one_vs_rest",
                     "Train on each class in turn and score the others; mean ± std."),
-    "cross-dataset": ("trainer.options:CrossDatasetConfig", "trainer.evaluate:run_cross_dataset",
+    "cross-dataset": ("workflows.options:CrossDatasetConfig", "workflows.evaluate:run_cross_dataset",
                       "Train on classes of one cache and score every class of another."),
 }
 
@@ -187,7 +189,7 @@ def _version() -> str:
 def main():
     """pad: zero-shot 3D anomaly detection on point clouds (PointAD, PointAD+).
 
-    Pipeline: synth/inspect -> render -> extract-features -> train -> score.
+    Pipeline: synth/inspect -> render -> extract-features -> train -> score (calibrate: pass/fail).
     """
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score  # noqa: E402
 
-from trainer.metrics import (aupro, aupro_points, aupro_regions, auroc, average_precision,  # noqa: E402
+from scoring.metrics import (aupro, aupro_points, aupro_regions, auroc, average_precision,  # noqa: E402
                              binary_metrics, f1_max, mask_regions, point_regions)
 
 NAIVE_THRESHOLDS = 200
@@ -132,8 +132,8 @@ def main() -> None:
     fig["aupro2d_speedup_vs_naive200"] = fig["aupro2d_naive200_s"] / fig["aupro2d_s"]
     fig["aupro2d_naive200_abs_err"] = abs(exact2d - approx2d)
     # --protocol pointad: the official 200-threshold AUPRO, vectorized vs the official loop
-    from trainer.metrics.aupro_thresholds import official_aupro
-    from trainer.official_grid import grid_regions_2d
+    from scoring.metrics.aupro_thresholds import official_aupro
+    from scoring.official_grid import grid_regions_2d
 
     pointad_regions = np.concatenate([grid_regions_2d(mk, offset=10_000 * i) for i, mk in enumerate(masks)])
     fast, fig["aupro_pointad_s"] = timed(official_aupro, maps.reshape(-1), pointad_regions)

@@ -5,9 +5,9 @@ Builds a small cache through the real pipeline (``pad synth`` -> ``pad render`` 
 LocalCluster -> ``pad extract-features`` with the random pad-tiny backbone -> one epoch of
 ``pad train`` on the first class), then times, over the test samples of the other classes:
 
-- ``score_s_per_sample``: :func:`trainer.scoring.score_cache` end to end (maps, smoothing,
+- ``score_s_per_sample``: :func:`scoring.score.score_cache` end to end (maps, smoothing,
   metrics, per-point files, coloured PLYs, report) divided by the samples scored;
-- ``core_s_per_sample``: :func:`trainer.scoring.score_sample` alone (model + back-projection
+- ``core_s_per_sample``: :func:`scoring.sample_score.score_sample` alone (model + back-projection
   + geometry layer + smoothing), and its points per second;
 - ``backproject_s`` / ``naive_backproject_s``: S3d(j) = mean over the views where point j is
   visible of the view map at its pixel, by :func:`trainer.projection.back_project` (gathers)
@@ -91,9 +91,10 @@ def main() -> None:
     from data_cache.feature_store import FeatureStore
     from data_cache.render_store import RenderStore
     from trainer.model import load_model, predict_views
-    from trainer.options import ScoreConfig
+    from scoring.options import ScoreConfig
     from trainer.projection import back_project, counted_views, view_donors
-    from trainer.scoring import SAMPLE_FIELDS, score_cache, score_sample
+    from scoring.sample_score import SAMPLE_FIELDS, score_sample
+    from scoring.score import score_cache
 
     root = args.keep or tempfile.mkdtemp(prefix="pad-score-bench-")
     os.makedirs(root, exist_ok=True)

@@ -12,7 +12,8 @@ import numpy as np
 
 def write_ply(path: str | os.PathLike, points: np.ndarray, *, normals: np.ndarray | None = None,
               labels: np.ndarray | None = None, colors: np.ndarray | None = None,
-              scalars: dict[str, np.ndarray] | None = None) -> None:
+              scalars: dict[str, np.ndarray] | None = None,
+              integers: dict[str, np.ndarray] | None = None) -> None:
     """Write a binary little-endian PLY of vertices, atomically (temp file + rename).
 
     - ``points``: (N, 3) float, stored as float32 ``x y z``
@@ -20,6 +21,7 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, *, normals: np.ndarra
     - ``labels``: (N,) int in {0, 1} -> ``label`` uint8
     - ``colors``: (N, 3) uint8 -> ``red green blue`` (shown by CloudCompare/MeshLab)
     - ``scalars``: name -> (N,) float, each stored as a float32 property (e.g. ``anomaly_score``)
+    - ``integers``: name -> (N,) int, each stored as an int32 property (e.g. ``region``)
     """
     from plyfile import PlyData, PlyElement
 
@@ -36,6 +38,8 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, *, normals: np.ndarra
         fields.append(("label", np.asarray(labels, dtype=np.uint8).reshape(n)))
     for name, values in (scalars or {}).items():
         fields.append((name, np.asarray(values, dtype=np.float32).reshape(n)))
+    for name, values in (integers or {}).items():
+        fields.append((name, np.asarray(values, dtype=np.int32).reshape(n)))
     vertex = np.empty(n, dtype=[(name, values.dtype) for name, values in fields])
     for name, values in fields:
         vertex[name] = values

@@ -14,7 +14,7 @@ Large clouds are decimated for display (:func:`decimate`): at most ``max_points`
 The page draws a view when it scrolls into sight and releases it (its WebGL context) when it
 leaves, so a report of many samples stays within the browser's WebGL context limit.
 
-It lives in ``data_cache`` because both the pipeline (``pad show``) and the trainer (the report)
+It lives in ``data_cache`` because both the pipeline (``pad show``) and scoring (the report)
 use it, and ``data_cache`` is the one package both may import.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ DEFAULT_VIEW_POINTS = 50000
 TOP_FRACTION = 0.25          # of a decimated view: the highest-valued points, the rest evenly sampled
 GROUND_TRUTH_FRACTION = 0.2  # of the budget at most for the ground-truth trace
 GT_COLOR = "rgb(255,0,255)"  # magenta: not a colour of the score maps (jet, viridis)
+BOX_COLOR = "rgb(20,20,20)"  # defect-region boxes: near black, apart from the jet colours
 ID_PREFIX = "pad-view-"
 
 _CSS = """
@@ -108,18 +109,33 @@ def _marker_size(n: int) -> float:
     return float(np.clip(9.0 - 1.5 * math.log10(max(n, 10)), 1.5, 5.0))
 
 
+def box_edges(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The 12 edges of each axis-aligned box as one polyline with gaps: ``low``/``high`` (R, 3)
+    float corners -> (R·12·3, 3) float64 rows (start, end, NaN gap) for a plotly line trace."""
+    low = np.asarray(low, np.float64).reshape(-1, 3)
+    high = np.asarray(high, np.float64).reshape(-1, 3)
+    bits = np.array([[(c >> a) & 1 for a in range(3)] for c in range(8)], bool)          # (8, 3) corner choice
+    corners = np.where(bits[None], high[:, None], low[:, None])                          # (R, 8, 3)
+    pairs = np.array([(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1])
+    seg = np.concatenate([corners[:, pairs[:, 0]], corners[:, pairs[:, 1]],
+                          np.full((low.shape[0], 12, 3), np.nan)], axis=2)              # (R, 12, 9)
+    return seg.reshape(-1, 3)
+
+
 def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray | None, *, lo: float, hi: float,
                     title: str, facts: Sequence[tuple[str, str]] = (), color_title: str = "point score",
                     colorscale: str = "Jet", max_points: int = DEFAULT_VIEW_POINTS, seed: int = 0,
-                    show_title: bool = True) -> dict:
+                    show_title: bool = True, boxes: Sequence[tuple] | None = None) -> dict:
     """The JSON document of one view.
 
     ``points``: (N, 3) float; ``values``: (N,) float, the colour (e.g. point scores), mapped to
     [``lo``, ``hi``]; ``labels``: (N,) {0, 1} ground truth or None. Rows with a non-finite
     coordinate or value are not shown. ``title`` and ``facts`` ((name, value) pairs, e.g. class,
     label, object score) are shown as text above the view (the title only with ``show_title``: a
-    page that already heads the view with the name). The axes span the whole shown cloud whichever
-    traces are visible. Returns ``{"figure": plotly figure
+    page that already heads the view with the name). ``boxes``: defect regions to outline, each
+    (low (3,), high (3,), name) in the coordinates of ``points``, drawn as dark boxes with their
+    name at the upper corner (the ground-truth buttons leave them shown). The axes span the whole
+    shown cloud and the boxes whichever traces are visible. Returns ``{"figure": plotly figure
     (dict), "caption": {"title", "facts"}, "shown": M, "total": N}``."""
     go, pio = _plotly()
     pts = np.asarray(points, np.float32).reshape(-1, 3)
@@ -148,13 +164,24 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
                                    name="ground truth (magenta)", visible=False,
                                    marker=dict(size=size + 1.5, color=GT_COLOR),
                                    hovertemplate="anomalous (ground truth)<extra></extra>"))
-        buttons = [dict(label="scores", method="restyle", args=[{"visible": [True, False]}]),
-                   dict(label="scores + ground truth", method="restyle", args=[{"visible": [True, True]}]),
-                   dict(label="ground truth only", method="restyle", args=[{"visible": [False, True]}])]
+        buttons = [dict(label="scores", method="restyle", args=[{"visible": [True, False]}, [0, 1]]),
+                   dict(label="scores + ground truth", method="restyle", args=[{"visible": [True, True]}, [0, 1]]),
+                   dict(label="ground truth only", method="restyle", args=[{"visible": [False, True]}, [0, 1]])]
+    box_low = np.array([b[0] for b in boxes or ()], np.float64).reshape(-1, 3)
+    box_high = np.array([b[1] for b in boxes or ()], np.float64).reshape(-1, 3)
+    if boxes:
+        edges = box_edges(box_low, box_high)
+        traces.append(go.Scatter3d(x=edges[:, 0], y=edges[:, 1], z=edges[:, 2], mode="lines", name="defect regions",
+                                   line=dict(color=BOX_COLOR, width=4), hoverinfo="skip", connectgaps=False))
+        traces.append(go.Scatter3d(x=box_high[:, 0], y=box_high[:, 1], z=box_high[:, 2], mode="text",
+                                   text=[str(b[2]) for b in boxes], textposition="top center",
+                                   textfont=dict(color=BOX_COLOR, size=12), name="region names", hoverinfo="skip"))
     if keep.size:
         low, high = pts[keep].min(axis=0).astype(np.float64), pts[keep].max(axis=0).astype(np.float64)
     else:
         low, high = np.full(3, -1.0), np.full(3, 1.0)
+    if box_low.size:
+        low, high = np.minimum(low, box_low.min(axis=0)), np.maximum(high, box_high.max(axis=0))
     margin = 0.03 * max(float((high - low).max()), 1e-9)
     low, high = low - margin, high + margin
     span = high - low
@@ -171,7 +198,8 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
                                    pad=dict(t=2, b=2), showactive=True, active=0, buttons=buttons)]
     figure = json.loads(pio.to_json(go.Figure(data=traces, layout=layout), validate=True))
     caption = {"title": str(title), "show_title": bool(show_title), "facts": [[str(k), str(v)] for k, v in facts],
-               "shown": int(keep.size), "total": total, "ground_truth": int(anomalous.size)}
+               "shown": int(keep.size), "total": total, "ground_truth": int(anomalous.size),
+               "regions": len(boxes or ())}
     return {"figure": figure, "caption": caption, "shown": int(keep.size), "total": total}
 
 

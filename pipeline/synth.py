@@ -234,7 +234,7 @@ def _safe_name(text: str) -> str:
     """A file-name-safe version of ``text``: only ``[A-Za-z0-9._-]``, no leading dot or dash,
     never empty; when anything had to change, a short hash of the original is appended so that
     two different names never collide (``"a b"`` -> ``"a_b-<hash>"``). The rule of
-    :func:`trainer.results.safe_name` (which ``pipeline`` may not import), and a leading ``-``
+    :func:`scoring.results.safe_name` (which ``pipeline`` may not import), and a leading ``-``
     is dropped too, so that no product or file name reads as a command-line option."""
     text = str(text)
     cleaned = _UNSAFE.sub("_", text).lstrip("._-").rstrip("_") or "_"

@@ -150,11 +150,14 @@ def write_feature_store(path: str, glob: np.ndarray, patch: np.ndarray, done: np
 def make_cache(root: str, classes: dict[str, tuple[int, int]], *, views: int = 3, image_size: int = 48,
                grid: int = 6, dim: int = TINY_DIM, layers: int = 1, points: tuple[int, int] = (300, 500),
                seed: int = 0, tag: str = "pad-tiny_random_L24_dpam20_336", features: bool = True,
-               feature_done: bool = True) -> TinyCache:
+               feature_done: bool = True, held_out: dict[str, int] | None = None,
+               center: tuple[float, float, float] = (0.0, 0.0, 0.0), scale: float = 1.0) -> TinyCache:
     """Build ``root/render.zarr`` and (``features``) ``root/features/<tag>.h5``.
 
     ``classes``: {name: (normal count, anomalous count)}; normal samples go to the train split,
-    anomalous ones to test. Points per cloud vary in ``points`` (N differs per sample).
+    anomalous ones to test. ``held_out``: {name: count} more normal samples in the test split
+    (``<name>/test/h<j>``). Points per cloud vary in ``points`` (N differs per sample). ``center``
+    and ``scale`` are recorded as each sample's normalization (original = points · scale + center).
     """
     rng = np.random.default_rng(seed)
     w2c = view_matrices(views)
@@ -166,6 +169,9 @@ def make_cache(root: str, classes: dict[str, tuple[int, int]], *, views: int = 3
         for j in range(n_anom):
             ids.append(f"{name}/test/a{j:03d}")
             labels.append(1)
+        for j in range((held_out or {}).get(name, 0)):
+            ids.append(f"{name}/test/h{j:03d}")
+            labels.append(0)
     f = image_size / 2.5
     intr = [[f, 0, image_size / 2], [0, f, image_size / 2], [0, 0, 1]]
     attrs = {"image_size": image_size, "supersample": 1,
@@ -185,7 +191,8 @@ def make_cache(root: str, classes: dict[str, tuple[int, int]], *, views: int = 3
         arrays = {k: sample[k] for k in ("points", "normals", "labels", "pixel", "visible", "knn", "knn_dist")}
         images = np.full((views, image_size, image_size, 3), 255, np.uint8)
         store.write_sample(i, arrays, {"id": sid, "class": cls, "split": split, "label": label, "n_points": n,
-                                       "source_path": f"/tiny/{sid}", "center": [0, 0, 0], "scale": 1.0},
+                                       "source_path": f"/tiny/{sid}", "center": [float(v) for v in center],
+                                       "scale": float(scale)},
                            images=images, gt2d=sample["gt2d"])
         normal_dir = rng.normal(size=dim)
         normal_dir /= np.linalg.norm(normal_dir)

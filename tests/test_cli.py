@@ -78,10 +78,50 @@ def _imports(package: str) -> set[tuple[str, str]]:
 
 
 def test_stages_talk_only_through_data_cache():
-    bad = [(f, m) for f, m in _imports("trainer") if m.split(".")[0] in ("pipeline", "workflows")]
-    bad += [(f, m) for f, m in _imports("pipeline") if m.split(".")[0] in ("trainer", "workflows")]
-    bad += [(f, m) for f, m in _imports("data_cache") if m.split(".")[0] in ("pipeline", "trainer", "workflows")]
+    bad = [(f, m) for f, m in _imports("trainer") if m.split(".")[0] in ("pipeline", "scoring", "workflows")]
+    bad += [(f, m) for f, m in _imports("scoring") if m.split(".")[0] in ("pipeline", "workflows")]
+    bad += [(f, m) for f, m in _imports("pipeline") if m.split(".")[0] in ("trainer", "scoring", "workflows")]
+    bad += [(f, m) for f, m in _imports("data_cache") if m.split(".")[0] in ("pipeline", "trainer", "scoring",
+                                                                            "workflows")]
     assert not bad, f"imports crossing stage boundaries: {bad}"
+
+
+def test_no_two_modules_import_each_other():
+    """Imports run one way: no module of pad imports a module that imports it back (any depth)."""
+    packages = ("pipeline", "trainer", "scoring", "data_cache", "workflows")
+    modules = {}
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            found = []
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            targets |= {m for m in found if m in modules and m != name and not name.startswith(m + ".")}
+        graph[name] = targets
+
+    def reaches(start, goal, seen):
+        for nxt in graph[start]:
+            if nxt == goal:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                if reaches(nxt, goal, seen):
+                    return True
+        return False
+
+    cycles = sorted((a, b) for a in graph for b in graph[a] if a < b and reaches(b, a, {b}))
+    cycles += sorted((a, b) for a in graph for b in graph[a] if a > b and (b, a) not in cycles
+                     and reaches(b, a, {b}))
+    assert not cycles, f"modules importing each other (directly or through others): {cycles}"
 
 
 def test_one_name_per_meaning_across_commands():
@@ -90,8 +130,9 @@ def test_one_name_per_meaning_across_commands():
     import dataclasses
 
     from pipeline.options import RenderConfig, SynthConfig
-    from trainer.options import (CrossDatasetConfig, OneVsRestConfig, ScoreConfig, ScoringOptions, TrainConfig,
-                                 TrainingOptions)
+    from scoring.options import ScoreConfig, ScoringOptions
+    from trainer.options import TrainConfig, TrainingOptions
+    from workflows.options import CrossDatasetConfig, OneVsRestConfig
     from workflows.options import DemoConfig
 
     def names(cls):

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from _cache_fixtures import make_cache
 from _score_helpers import make_organized_cache
 from cli import main
-from trainer.evaluate import format_summary, summarize
-from trainer.results import METRIC_NAMES
+from workflows.evaluate import format_summary, summarize
+from scoring.results import METRIC_NAMES
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,10 @@ from data_cache.backbones import create_clip
 from data_cache.feature_store import FeatureStore
 from data_cache.render_store import RenderStore
 from trainer.model import load_model
-from trainer.options import ImportCheckpointConfig, ScoreConfig
+from scoring.options import ScoreConfig
+from trainer.options import ImportCheckpointConfig
 from trainer.import_checkpoint import import_checkpoint
-from trainer.scoring import score_cache
+from scoring.score import score_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 E, N_DEEP, DL, W = 6, 3, 2, 128          # context tokens, deep prompts, deep length, pad-tiny's text width

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from trainer.metrics import (aupro, aupro_points, aupro_regions, auroc, average_precision, binary_metrics,
+from scoring.metrics import (aupro, aupro_points, aupro_regions, auroc, average_precision, binary_metrics,
                              f1_max, grid_regions, mask_regions, object_metrics, point_metrics, point_regions,
                              pro_curve)
 

@@ -23,8 +23,8 @@ from pipeline.contact_sheet import run_show  # noqa: E402
 from pipeline.ingest import discover  # noqa: E402
 from pipeline.options import RenderConfig, ShowConfig  # noqa: E402
 from pipeline.render_job import open_render_store, plan_render, render_one  # noqa: E402
-from trainer import results as res  # noqa: E402
-from trainer.report import ClassCurves, ReportInfo, ReportSample, write_report  # noqa: E402
+from scoring import results as res  # noqa: E402
+from scoring.report import ClassCurves, ReportInfo, ReportSample, write_report  # noqa: E402
 
 # names a directory or file can really have on Linux (no "/" and no NUL)
 HOSTILE_CLASSES = ("..x", "<script>alert(1)<", 'a"b', "a;rm -rf ~", "$(touch pwned)", "new\nline")

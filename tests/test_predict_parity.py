@@ -25,8 +25,9 @@ from pipeline.extract import extract  # noqa: E402
 from pipeline.options import ExtractConfig, RenderConfig  # noqa: E402
 from pipeline.render_job import open_render_store, plan_render, render_one  # noqa: E402
 from trainer.loop import train  # noqa: E402
-from trainer.options import ScoreConfig, TrainConfig  # noqa: E402
-from trainer.scoring import score_cache  # noqa: E402
+from scoring.options import ScoreConfig  # noqa: E402
+from trainer.options import TrainConfig  # noqa: E402
+from scoring.score import score_cache  # noqa: E402
 from workflows.options import PredictConfig  # noqa: E402
 from workflows.predict import NO_SCORE_RGB, Predictor  # noqa: E402
 
@@ -182,3 +183,73 @@ def test_overrides_and_old_runs_print_one_notice():
     assert (old.settings.image_size, old.settings.supersample, old.settings.knn, len(old.cameras)) == (224, 2, 10, 9)
     with pytest.raises(Exception, match="render record"):
         render_choice({"render": {"image_size": 64}}, PredictConfig(files=(), checkpoint="run"), 336)
+
+
+# ---------------------------------------------------------------------------- decisions
+def test_predict_gives_the_decisions_pad_score_gives(pipeline_run, tmp_path):
+    """A calibrated run: pad score and pad predict (the same Calibration.judge) give every file the
+    same p-value, verdict and regions, the regions in the file's own coordinates."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(pipeline_run["run"], run)
+    result = CliRunner().invoke(main, ["calibrate", "--cache", pipeline_run["cache"], "--checkpoint", run,
+                                       "--classes", "ring", "--calibration-splits", "test", "--false-alarm", "0.5",
+                                       "--min-region-points", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output                    # 1 normal scan is enough for alpha 0.5
+    # random weights: lower the point threshold (consistently: a normal peak at the 80th percentile of the
+    # point scores of ring/test/bad_00) so that regions appear to compare
+    from scoring.calibration import write_calibration
+
+    cal = json.loads(open(os.path.join(run, "calibration.json")).read())
+    scores = np.load(pipeline_run["results"] / "points" / "ring" / "test__bad_00.npz")["scores"]
+    peak = float(np.quantile(scores, 0.8))
+    cal["classes"]["ring"].update(normal_peaks=[peak], point_threshold=peak)
+    write_calibration(os.path.join(run, "calibration.json"), cal)
+    results = tmp_path / "results"
+    score_cache(ScoreConfig(cache=pipeline_run["cache"], checkpoint=run, out=str(results), device="cpu",
+                            report_samples=0), progress=False)
+    rows = {r["id"]: r for r in csv.DictReader(open(results / "scores.csv"))}
+    store = RenderStore.open(pipeline_run["cache"])
+    predictor = Predictor(PredictConfig(files=(), checkpoint=run, device="cpu"))
+    assert predictor.calibration_class == "ring"
+    n_regions = 0
+    for sid, row in rows.items():
+        cls, split, stem = sid.split("/")
+        path = pipeline_run["data"] / cls / split / f"{stem}.ply"
+        doc = predictor.predict(str(path))
+        stored = np.load(results / "points" / cls / f"{split}__{stem}.npz")
+        assert (doc["verdict"], doc["p_value"]) == (row["verdict"], float(row["p_value"])), sid
+        file_points = PlyData.read(str(path))["vertex"]
+        xyz = np.stack([file_points["x"], file_points["y"], file_points["z"]], axis=1)
+        order = _file_to_store_rows(store, store.index_of(sid), xyz)
+        np.testing.assert_array_equal(doc["region"], stored["region"][order], err_msg=sid)
+        assert doc["n_regions"] == int(row["n_regions"]) == stored["region_n_points"].size
+        for r, region in enumerate(doc["regions"]):
+            inside = xyz[doc["region"] == r + 1]
+            np.testing.assert_allclose(region["box_min"], inside.min(axis=0), rtol=1e-6)
+            np.testing.assert_allclose(region["box_max"], stored["region_box_max"][r], atol=1e-4)
+        n_regions += doc["n_regions"]
+    assert n_regions > 0
+
+    out = tmp_path / "pred"                                         # the CLI: one line per file, outputs
+    bad = pipeline_run["data"] / "ring" / "test" / "bad_00.ply"
+    result = CliRunner().invoke(main, ["predict", str(bad), "--checkpoint", run, "--out", str(out), "--device", "cpu",
+                                       "--html"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "bad_00.json").read_text())
+    (line,) = result.stdout.splitlines()
+    assert line.endswith(f"  verdict={doc['verdict']}  p={doc['p_value']:.3g}  regions={doc['n_regions']}"
+                         + (f"  largest={max(doc['regions'], key=lambda r: r['n_points'])['extent']:.4g}"
+                            if doc["regions"] else ""))
+    assert doc["class"] == "ring" and doc["false_alarm"] == 0.5
+    assert PlyData.read(str(out / "bad_00.ply"))["vertex"]["region"].max() == doc["n_regions"]
+    (view,) = json_blocks((out / "bad_00.html").read_text())
+    assert view["caption"]["regions"] == doc["n_regions"]
+    result = CliRunner().invoke(main, ["predict", str(bad), "--checkpoint", run, "--out", str(out), "--device", "cpu",
+                                       "--class", "cup"])
+    assert result.exit_code == 0 and "class 'cup' has no calibration" in result.stderr
+    assert json.loads((out / "bad_00.json").read_text())["verdict"] is None
+    result = CliRunner().invoke(main, ["predict", str(bad), "--checkpoint", run, "--out", str(out), "--device", "cpu",
+                                       "--views", "paper"])
+    assert result.exit_code == 2 and "are not judged by its calibration" in result.output

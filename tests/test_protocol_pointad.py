@@ -12,9 +12,10 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import auc, roc_auc_score
 
-from trainer.metrics.aupro_thresholds import official_aupro
-from trainer.official_grid import grid_lookup, grid_regions_2d, mask_to_grid, nearest_source, official_smooth, to_grid
-from trainer.scoring import SampleScore, class_metrics, official_grid_scores
+from scoring.metrics.aupro_thresholds import official_aupro
+from scoring.official_grid import grid_lookup, grid_regions_2d, mask_to_grid, nearest_source, official_smooth, to_grid
+from scoring.sample_score import SampleScore, official_grid_scores
+from scoring.score import class_metrics
 
 
 def _cal_pro_score(masks, amaps, max_step=200, expect_fpr=0.3):

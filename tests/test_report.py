@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from _page_checks import json_blocks, without_our_scripts
-from trainer.report import ClassCurves, ReportInfo, ReportSample, write_report
-from trainer.results import METRIC_NAMES, metrics_document
+from scoring.report import ClassCurves, ReportInfo, ReportSample, write_report
+from scoring.results import METRIC_NAMES, metrics_document
 
 EVIL = '<script>alert("x")</script>'
 
@@ -69,7 +69,7 @@ def test_report_without_curves_or_samples_still_has_the_table(tmp_path):
 
 
 def test_random_backbone_weights_put_a_banner_on_the_report(tmp_path):
-    from trainer.score_report import random_weights_notice
+    from scoring.score_report import random_weights_notice
 
     assert random_weights_notice({"pretrained": "openai"}) is None
     text = random_weights_notice({"pretrained": "random", "backbone": "pad-tiny"})

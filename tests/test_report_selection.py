@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from trainer.report_selection import WORST_ANOMALOUS, WORST_NORMAL, select_report_samples
+from scoring.report_selection import WORST_ANOMALOUS, WORST_NORMAL, select_report_samples
 
 
 def _rows():

@@ -8,10 +8,11 @@ import os
 import pytest
 
 from _cache_fixtures import make_cache
-from trainer import results as res
+from scoring import results as res
 from trainer.loop import train
-from trainer.options import ScoreConfig, TrainConfig
-from trainer.scoring import score_cache
+from scoring.options import ScoreConfig
+from trainer.options import TrainConfig
+from scoring.score import score_cache
 
 
 def _tree(path) -> set[str]:

@@ -18,9 +18,10 @@ from _score_helpers import make_organized_cache
 from cli import main
 from data_cache.render_store import RenderStore
 from trainer.loop import train
-from trainer.options import ScoreConfig, TrainConfig
-from trainer.results import METRIC_NAMES
-from trainer.scoring import run_score, score_cache
+from scoring.options import ScoreConfig
+from trainer.options import TrainConfig
+from scoring.results import METRIC_NAMES
+from scoring.score import run_score, score_cache
 
 pytestmark = pytest.mark.slow
 

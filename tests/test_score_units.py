@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from trainer import results as res
-from trainer.scoring import class_metrics, combine, fuse_rgb, grid_pixels, regions_of, smooth
-from trainer.smoothing import smooth_grid, smooth_knn
+from scoring import results as res
+from scoring.sample_score import combine, fuse_rgb, grid_pixels, smooth
+from scoring.score import class_metrics, regions_of
+from scoring.smoothing import smooth_grid, smooth_knn
 
 
 def _cloud(n=400, seed=0):

@@ -6,7 +6,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from trainer.smoothing import smooth_grid, smooth_knn
+from scoring.smoothing import smooth_grid, smooth_knn
 
 
 def plane(h=41, w=41, k=9, spacing=1.0, seed=None):

@@ -10,8 +10,8 @@ import pytest
 from _page_checks import json_blocks, without_our_scripts
 from data_cache.viewer import (ASSETS_DIR, GROUND_TRUTH_FRACTION, PLOTLY_JS, VIEWER_JS, decimate, json_block,
                                script_json, shown_points, viewer_document, write_viewer_page)
-from trainer.report import ClassCurves, ReportSample, write_report
-from trainer.results import METRIC_NAMES, metrics_document
+from scoring.report import ClassCurves, ReportSample, write_report
+from scoring.results import METRIC_NAMES, metrics_document
 
 
 def test_decimate_keeps_the_top_points_and_an_even_seeded_sample():

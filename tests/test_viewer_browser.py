@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from data_cache.viewer import viewer_document, write_viewer_page
-from trainer.report import ClassCurves, ReportInfo, ReportSample, write_report
-from trainer.results import METRIC_NAMES, metrics_document
+from scoring.report import ClassCurves, ReportInfo, ReportSample, write_report
+from scoring.results import METRIC_NAMES, metrics_document
 
 CHROMIUM = next((p for p in (os.environ.get("PAD_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium")
                  if p and os.path.isfile(p) and os.access(p, os.X_OK)), None)
@@ -180,5 +180,38 @@ def test_standalone_view_draws_rotates_and_stays_offline(browser, pages):
         caption = page.locator("[data-pad-caption]").text_content()
         assert "scan </script> 01.ply" in caption and "showing 5000 of 8000 points" in caption
         _save(pages["shots"], "standalone-page.png", page.screenshot())
+    finally:
+        page.close()
+
+
+def test_defect_region_boxes_are_drawn_and_stay_when_the_buttons_switch(browser, tmp_path):
+    """A view with a defect region: its box is drawn (dark edges, gone when the box traces are hidden)
+    and the ground-truth buttons switch only the scores and the ground truth, never the box."""
+    pts, scores, labels = _cloud(3000, 3)
+    cap = labels.astype(bool)
+    low, high = pts[cap].min(axis=0), pts[cap].max(axis=0)
+    view = viewer_document(pts, scores, labels, lo=0.0, hi=1.0, title="boxed.ply", max_points=3000,
+                           boxes=[(low, high, "region 1")])
+    page, log = _open(browser, write_viewer_page(str(tmp_path / "boxed.html"), view, None, heading="pad predict"))
+    try:
+        viewer = page.locator("[data-pad-viewer]")
+        viewer.scroll_into_view_if_needed()
+        handle = viewer.element_handle()
+        page.wait_for_function("el => el.getAttribute('data-state') === 'drawn'", arg=handle, timeout=30000)
+        page.evaluate(FRAMES)
+
+        def dark() -> float:
+            img = _png(viewer.screenshot())
+            return float((img.max(axis=2) < 60).mean())
+
+        boxed = dark()
+        viewer.locator(".updatemenu-button").nth(2).click()          # "ground truth only"
+        page.wait_for_function("el => el._fullData.length === 4 && el._fullData[0].visible === false "
+                               "&& el._fullData[2].visible === true", arg=handle, timeout=30000)
+        page.evaluate("el => Plotly.restyle(el, {visible: false}, [2, 3])", handle)
+        page.wait_for_function("el => el._fullData[2].visible === false", arg=handle, timeout=30000)
+        page.evaluate(FRAMES)
+        assert boxed > 0.002 and dark() < 0.5 * boxed, "the region's box is not drawn"
+        assert not log["errors"], log["errors"]
     finally:
         page.close()

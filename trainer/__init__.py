@@ -1,1 +1,2 @@
-"""Prompt learning from cached tensors: prompts, text encoder, losses, loop, scoring, metrics."""
+"""Prompt learning from cached tensors: prompts, text encoder, model, losses, training loop (and
+the CLIP + Rendering baseline's untrained prompts). Never imports :mod:`scoring`."""

@@ -226,7 +226,7 @@ def explicit_scores(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Prediction:
-    """Scores of one sample (before smoothing / fusion, which :mod:`trainer.scoring` does).
+    """Scores of one sample (before smoothing / fusion, which :mod:`scoring.sample_score` does).
 
     - ``implicit``: (N,) float32, S3d_a, implicit point scores in [0, 1];
     - ``explicit``: (N,) float32, T_a (PointAD+), or None (PointAD);

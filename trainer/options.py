@@ -1,10 +1,10 @@
-"""Options of the trainer commands (train, score, evaluate, import-checkpoint). One dataclass per command.
+"""Options of the trainer commands (train, import-checkpoint). One dataclass per command.
 
-The training and scoring options are defined once (:class:`TrainingOptions`,
-:class:`ScoringOptions`) and shared: ``pad train`` and both ``pad evaluate`` protocols take
-every training option, ``pad score`` and ``pad evaluate`` every scoring option, under the
+The training options are defined once (:class:`TrainingOptions`) and shared: ``pad train`` and
+both ``pad evaluate`` protocols (:mod:`workflows.options`) take every training option under the
 same names. Names mean one thing across commands: ``--train-classes`` / ``--train-splits``
-select what the prompts learn from, ``--classes`` / ``--splits`` what is scored.
+select what the prompts learn from, ``--classes`` / ``--splits`` what is scored
+(:mod:`scoring.options`).
 """
 from __future__ import annotations
 
@@ -56,74 +56,12 @@ class TrainingOptions:
 
 
 @dataclass(kw_only=True)
-class ScoringOptions:
-    """How maps and scores are formed and measured (shared by ``pad score`` and ``pad evaluate``)."""
-    splits: str = option("test", "Splits to score (comma-separated).", metavar="test[,train]")
-    rgb: bool = option(True, "Fuse cached RGB features when the cache has them.")
-    sigma: float = option(4.0, "Gaussian smoothing of point maps: pixels of the 336x336 grid the official "
-                               "code resizes organized scans to (sigma x max(H, W) / 336 native pixels); "
-                               "for unorganized clouds, multiples of the median kNN distance (0 disables).")
-    fusion: str = option("official", "RGB fusion: official (test.py: the RGB map smoothed before fusing; "
-                                     "score = max(fused map) + mean of the two global probabilities) or "
-                                     "paper (the paper's equations).", choices=("official", "paper"))
-    protocol: str = option("points", "Metrics: points (foreground points at native resolution, exact "
-                                     "AUPRO) or pointad (as the official test.py/metrics.py: 336x336 grid "
-                                     "with background, 200-threshold AUPRO).", choices=("points", "pointad"))
-    report_samples: int = option(6, "Samples shown with figures in report.html, per class: the most "
-                                    "anomalous ones and the worst misses.")
-    view_points: int = option(50000, "At most this many points in a report's 3D view (larger clouds show their "
-                                     "highest-scored points and an even sample of the rest).")
-
-
-@dataclass(kw_only=True)
 class TrainConfig(TrainingOptions):
     """``pad train --cache CACHE --train-classes a --out RUN``: learn the text prompts from cached features."""
     cache: str = option(help="Cache directory (render.zarr and features/).")
     train_classes: str = option(help="Training classes (comma-separated).", metavar="a[,b]")
     out: str = option(help="Run directory for the checkpoint and logs.")
     resume: bool = option(False, "Continue from the last checkpoint in --out.")
-
-
-@dataclass(kw_only=True)
-class ScoreConfig(ScoringOptions):
-    """``pad score --cache CACHE --checkpoint RUN --out RESULTS``: anomaly maps, object scores,
-    metrics and a report, from cached tensors only. --out is a results directory of its own:
-    every file a previous pad score wrote there is replaced, other files are left alone."""
-    cache: str = option(help="Cache directory.")
-    checkpoint: str | None = option(None, "Run directory written by pad train or pad import-checkpoint "
-                                          "(not with --prompts clip).", metavar="RUN")
-    out: str = option(help="Results directory. A new pad score replaces every file a previous pad score wrote "
-                           "there (listed in its pad_results.json; without that list, pad's own names: metrics.*, "
-                           "scores.csv, score_config.json, report.html, points/, ply/, figures/, assets/); other "
-                           "files are left alone.")
-    prompts: str = option("learned", "Text prompts: learned (the checkpoint's) or clip (the CLIP + Rendering "
-                                     "baseline: 'A photo of a normal [cls].' / 'A photo of an anomalous "
-                                     "[cls].' through the frozen text tower, no training).",
-                          choices=("learned", "clip"))
-    features: str | None = option(None, "Feature tag (default: the checkpoint's; with --prompts clip, the only "
-                                        "one in the cache).", metavar="TAG")
-    classes: str = option("all", "Classes to score (comma-separated) or all.", metavar="all|a,b")
-    include_train_classes: bool = option(False, "Also score the checkpoint's training classes.")
-    device: str = option("auto", "Torch device.", choices=DEVICES)
-
-
-@dataclass(kw_only=True)
-class OneVsRestConfig(TrainingOptions, ScoringOptions):
-    """``pad evaluate one-vs-rest``: train on each class in turn, score the others, report mean ± std.
-    Takes every option of pad train and pad score."""
-    cache: str = option(help="Cache directory.")
-    train_classes: str = option(help="Training classes, one run each (comma-separated).", metavar="a,b,c")
-    out: str = option(help="Output directory (one run and one result per training class, plus a summary).")
-
-
-@dataclass(kw_only=True)
-class CrossDatasetConfig(TrainingOptions, ScoringOptions):
-    """``pad evaluate cross-dataset``: train on classes of one cache, score every class of another.
-    Takes every option of pad train and pad score."""
-    source: str = option(help="Cache to train on.")
-    train_classes: str = option(help="Training classes of --source, one run each.", metavar="a[,b]")
-    target: str = option(help="Cache to score.")
-    out: str = option(help="Output directory.")
 
 
 @dataclass(kw_only=True)

@@ -7,7 +7,7 @@ LocalCluster whose workers are processes of their own):
 2. ``render``   :func:`pipeline.render_job.render_dataset` (test split) -> ``WORKDIR/cache/render.zarr``
 3. ``extract``  :func:`pipeline.extract.extract` -> ``WORKDIR/cache/features/<tag>.h5``
 4. ``train``    :func:`trainer.loop.train` on ``--train-class`` -> ``WORKDIR/runs/<tag>/<class>``
-5. ``score``    :func:`trainer.scoring.score_cache` on every other class (one-vs-rest)
+5. ``score``    :func:`scoring.score.score_cache` on every other class (one-vs-rest)
                 -> ``WORKDIR/results/<tag>/<class>`` (metrics, coloured PLYs, report.html)
 6. ``sheets``   :func:`pipeline.contact_sheet.run_show` for one anomalous sample per class
                 -> ``WORKDIR/sheets/<class>.png``
@@ -72,7 +72,7 @@ class DemoPaths:
                    sheets=os.path.join(root, "sheets"))
 
     def for_tag(self, tag: str, train_classes: list[str]) -> None:
-        from trainer.results import safe_name
+        from scoring.results import safe_name
         self.run = os.path.join(self.workdir, "runs", safe_name(tag), safe_name("+".join(train_classes)))
         self.results = os.path.join(self.workdir, "results", safe_name(tag), safe_name("+".join(train_classes)))
 
@@ -327,7 +327,7 @@ def _results_current(results: str, run: str) -> bool:
 
 
 def _load_metrics(path: str) -> dict:
-    """metrics.json with null -> NaN (as :func:`trainer.results.format_table` expects)."""
+    """metrics.json with null -> NaN (as :func:`scoring.results.format_table` expects)."""
     def fix(value):
         if isinstance(value, dict):
             return {k: fix(v) for k, v in value.items()}
@@ -338,8 +338,8 @@ def _load_metrics(path: str) -> dict:
 
 def stage_score(cfg: DemoConfig, paths: DemoPaths, stage: Stage) -> dict:
     """Score every class but the training one (test split); returns the metrics document."""
-    from trainer.options import ScoreConfig
-    from trainer.scoring import score_cache
+    from scoring.options import ScoreConfig
+    from scoring.score import score_cache
 
     if _results_current(paths.results, paths.run):
         stage.skipped = True
@@ -371,7 +371,7 @@ def stage_sheets(paths: DemoPaths, stage: Stage) -> dict[str, str]:
     """A contact sheet (pad show) of one anomalous sample per class; returns class -> PNG path."""
     from pipeline.contact_sheet import run_show
     from pipeline.options import ShowConfig
-    from trainer.results import safe_name
+    from scoring.results import safe_name
 
     sheets, written = {}, 0
     for cls, sid in sorted(anomalous_examples(paths.cache).items()):
@@ -430,7 +430,7 @@ def _run_stage(stages: list[Stage], name: str, fn: Callable[[Stage], object]):
 
 def run_demo(cfg: DemoConfig) -> int:
     """CLI runner of ``pad demo`` (see the module docstring)."""
-    from trainer.results import format_table
+    from scoring.results import format_table
 
     t0 = time.perf_counter()
     _check(cfg)

@@ -1,9 +1,11 @@
-"""Options of the end-to-end commands (predict, demo)."""
+"""Options of the end-to-end commands (predict, demo, evaluate)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from data_cache.options import option
+from scoring.options import ScoringOptions
+from trainer.options import TrainingOptions
 
 
 @dataclass
@@ -32,6 +34,11 @@ class PredictConfig:
     view_points: int = option(50000, "At most this many points in a 3D view (larger clouds show their "
                                      "highest-scored points and an even, seeded sample of the rest).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    calibration: str = option("auto", "Pass/fail decisions: auto (the run's calibration.json when pad calibrate "
+                                      "wrote one: p-value, verdict and defect regions per file), none (scores "
+                                      "only), or the path of a calibration.json.", metavar="auto|none|PATH")
+    cls: str | None = option(None, "Class (product) of the files, whose calibration judges them (default: the "
+                                   "calibration's only class).", metavar="NAME", flag="class")
 
 
 @dataclass
@@ -77,3 +84,22 @@ class ServeConfig:
                             "included); one more is refused (503, with Retry-After).")
     token_file: str | None = option(None, "File holding a token: every request but GET /health must then send "
                                           "'Authorization: Bearer <token>' (401 otherwise).", metavar="FILE")
+
+
+@dataclass(kw_only=True)
+class OneVsRestConfig(TrainingOptions, ScoringOptions):
+    """``pad evaluate one-vs-rest``: train on each class in turn, score the others, report mean ± std.
+    Takes every option of pad train and pad score."""
+    cache: str = option(help="Cache directory.")
+    train_classes: str = option(help="Training classes, one run each (comma-separated).", metavar="a,b,c")
+    out: str = option(help="Output directory (one run and one result per training class, plus a summary).")
+
+
+@dataclass(kw_only=True)
+class CrossDatasetConfig(TrainingOptions, ScoringOptions):
+    """``pad evaluate cross-dataset``: train on classes of one cache, score every class of another.
+    Takes every option of pad train and pad score."""
+    source: str = option(help="Cache to train on.")
+    train_classes: str = option(help="Training classes of --source, one run each.", metavar="a[,b]")
+    target: str = option(help="Cache to score.")
+    out: str = option(help="Output directory.")

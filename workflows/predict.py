@@ -6,7 +6,7 @@ record, written by ``pad train`` — its image size, supersampling, splat size, 
 cameras themselves, the stored matrices), encode the views as ``pad extract-features`` did
 (:class:`pipeline.extract.Encoder`: same backbone, weights, tapped layers, DPAM depth and
 preprocessing, float16 output as the feature store keeps), score it with ``pad score``'s own
-function (:func:`trainer.scoring.score_sample`), and write, under ``--out``:
+function (:func:`scoring.sample_score.score_sample`), and write, under ``--out``:
 
 - ``<stem>.ply``: the cloud in its own coordinates, coloured by point score (``jet``,
   fixed range 0..1 so colours compare across files), with ``anomaly_score`` and ``label``
@@ -17,6 +17,15 @@ function (:func:`trainer.scoring.score_sample`), and write, under ``--out``:
 - with ``--html``: ``<stem>.html``, an interactive 3D view (:mod:`data_cache.viewer`) with the 2D
   view maps, and ``assets/`` (plotly.js and the view's script, one copy for all files).
 
+With a calibrated run (``pad calibrate`` wrote ``calibration.json`` into it; ``--calibration``,
+``--class``), each file is also judged against the class's normal scans
+(:meth:`scoring.calibration.Calibration.judge`, the same code as ``pad score``): the JSON gets
+``class``, ``false_alarm``, ``p_value``, ``verdict``, ``regions`` (each with its points, centroid,
+box and extent in the file's own coordinates and units, max and mean score), ``n_regions`` and
+``n_small_regions_dropped``, the PLY an int32 ``region`` property (0 = none), the view the regions'
+boxes, and the line on stdout ends with ``verdict=... p=... regions=N largest=X``. Without a
+calibration these JSON fields are null (and with ``--class``, one line says the scores come alone).
+
 Every output has one entry per row of the file, in the file's order: a row with a non-finite
 coordinate is not scored (``null`` in the JSON, NaN coordinates and score and a grey colour in
 the PLY) and a line on stderr says how many rows that was.
@@ -26,7 +35,7 @@ A run without a render record (trained before runs kept one) is rendered with th
 option given that differs from the run's (``--views``, ``--supersample``, ``--point-size``,
 ``--knn``, ``--pretrained``) prints one notice line saying the scores will not match pad score's.
 
-Stems are sanitized (:func:`trainer.results.safe_name`) and made unique. One line per file
+Stems are sanitized (:func:`scoring.results.safe_name`) and made unique. One line per file
 on stdout (``path  score=0.731  points=12034  top-1% mean=0.802``); a bad file prints one
 line on stderr, the others are still processed, and the exit code is 2 at the end.
 """
@@ -202,6 +211,8 @@ class Predictor:
         config = ckpt.load_config(cfg.checkpoint)
         self.spec = feature_spec(config, cfg.checkpoint)
         self.choice = render_choice(config, cfg, self.spec.render_size)
+        self.calibration, self.calibration_class, self.calibration_notes = predict_calibration(cfg, config,
+                                                                                                self.choice)
         device = str(resolve_device(cfg.device))
         pretrained = cfg.pretrained or self.spec.pretrained
         precision = str(config.get("feature_precision") or "fp32")  # as extract-features --precision
@@ -272,7 +283,7 @@ class Predictor:
         with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
         PadError for a bad file."""
         from pipeline.render import render_sample
-        from trainer.scoring import score_sample
+        from scoring.sample_score import score_sample
 
         t0 = time.perf_counter()
         sample, back, row_points, dropped = self._read(path)
@@ -290,6 +301,10 @@ class Predictor:
         top = np.sort(scores)[-max(1, int(math.ceil(0.01 * n))):]
         kept = back >= 0
         rows = int(kept.shape[0])
+        decision = None
+        if self.calibration is not None:   # points in the file's own coordinates: regions in its units
+            decision = self.calibration.judge(self.calibration_class, result.score, scores, sample.points,
+                                              rendered.arrays["knn"], rendered.arrays.get("knn_dist"))
         full_scores = np.full(rows, np.nan, np.float32)
         full_scores[kept] = scores[back[kept]]
         full_labels = np.zeros(rows, np.uint8)
@@ -302,6 +317,7 @@ class Predictor:
                "seconds": {"read": round(t1 - t0, 6), "render": round(t2 - t1, 6), "encode": round(t3 - t2, 6),
                            "score": round(t4 - t3, 6)},
                "point_scores": full_scores, "points": row_points, "labels": full_labels, "scored": kept}
+        doc.update(decision_fields(decision, self.calibration, self.calibration_class, back))
         if with_maps:
             doc.update(images=rendered.images, view_maps=result.view_maps, gt2d=rendered.gt2d,
                        view_names=[str(c.get("name", f"view {k}")) for k, c in enumerate(self.cameras)])
@@ -309,7 +325,7 @@ class Predictor:
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
-    from trainer.results import safe_name
+    from scoring.results import safe_name
 
     base = safe_name(stem or "cloud")
     name, k = base, 1
@@ -320,7 +336,53 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names")
+def predict_calibration(cfg: PredictConfig, config: dict, choice: RenderChoice):
+    """The calibration that judges the files (``--calibration``, ``--class``): (calibration or None,
+    its class or None, notice lines). PadError, one line, when it does not apply: another
+    checkpoint, features or smoothing, files rendered otherwise than the run's cache, or several
+    calibrated classes and no ``--class``."""
+    from scoring.calibration import AUTO, check_applies, checkpoint_digest, resolve_calibration, scoring_signature
+
+    cal = resolve_calibration(cfg.calibration, cfg.checkpoint)
+    if cal is None:
+        if cfg.cls is not None and str(cfg.calibration) == AUTO:
+            return None, None, [f"--class {cfg.cls}: this run has no calibration.json, scores only (pad calibrate "
+                                "sets pass/fail thresholds with a guaranteed false-alarm rate)"]
+        return None, None, []
+    check_applies(cal, prompts_sha256=checkpoint_digest(cfg.checkpoint), feature_tag=str(config["feature_tag"]),
+                  scoring=scoring_signature(cfg.sigma, "points", False, None))
+    if choice.source != "run":
+        raise PadError("files rendered otherwise than the run's cache (" + ("; ".join(choice.notes) or choice.source)
+                       + ") are not judged by its calibration: leave out the rendering options, or --calibration "
+                       "none for scores only", cal.path)
+    classes = sorted(cal.classes)
+    if cfg.cls is None:
+        if len(classes) > 1:
+            raise PadError(f"the calibration holds classes {', '.join(classes)}: say which product the files are "
+                           "with --class NAME", cal.path)
+        return cal, classes[0], []
+    if cfg.cls not in cal.classes:
+        return None, None, [f"class '{cfg.cls}' has no calibration in {cal.path} (calibrated: {', '.join(classes)}): "
+                            "scores only"]
+    return cal, str(cfg.cls), []
+
+
+def decision_fields(decision, cal, cls: str | None, back: np.ndarray) -> dict:
+    """The decision entries of a prediction document: ``class``, ``false_alarm``, ``p_value``,
+    ``verdict``, ``regions`` (list, in the file's coordinates), ``n_regions``,
+    ``n_small_regions_dropped`` (all None without a calibration) and ``region`` (R,) int32 per
+    row of the file (0: in no region or not scored; None without a calibration); ``back``: (R,)
+    the scored point each row of the file stands for, −1 for none."""
+    if decision is None:
+        return {"class": None, "false_alarm": None, "p_value": None, "verdict": None, "regions": None,
+                "n_regions": None, "n_small_regions_dropped": None, "region": None}
+    kept = back >= 0
+    region = np.zeros(back.shape[0], np.int32)
+    region[kept] = np.asarray(decision.regions.labels)[back[kept]]
+    return dict(decision.fields(), **{"class": cls, "false_alarm": cal.false_alarm, "region": region})
+
+
+_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names", "region")
 
 
 def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
@@ -328,7 +390,7 @@ def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
     score (``doc["scored"]`` False, or a NaN score) get NaN coordinates and score and a grey colour
     in the PLY and ``null`` in the JSON."""
     from data_cache.plyio import write_ply
-    from trainer.results import inside, score_colors, write_json
+    from scoring.results import inside, score_colors, write_json
 
     ply = inside(out, name + ".ply")
     js = inside(out, name + ".json")
@@ -336,8 +398,10 @@ def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
     scored = np.asarray(doc.get("scored", np.isfinite(scores)), bool) & np.isfinite(scores)
     colors = score_colors(scores, 0.0, 1.0)
     colors[~scored] = NO_SCORE_RGB
+    region = doc.get("region")
     write_ply(ply, np.asarray(doc["points"], np.float32), labels=np.asarray(doc["labels"], np.uint8), colors=colors,
-              scalars={"anomaly_score": np.where(scored, scores, np.float32(np.nan)).astype(np.float32)})
+              scalars={"anomaly_score": np.where(scored, scores, np.float32(np.nan)).astype(np.float32)},
+              integers=None if region is None else {"region": region})
     write_json(js, prediction_json(doc))
     return ply, js
 
@@ -364,7 +428,7 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
     """Write ``<out>/<name>.html``, the standalone 3D view of one prediction (``doc`` from
     :meth:`Predictor.predict` with maps), and ``<out>/assets/``; returns the page's path."""
     from data_cache.viewer import png_bytes, view_maps_image, viewer_document, write_viewer_page
-    from trainer.results import inside
+    from scoring.results import inside
 
     page = inside(out, name + ".html")
     labels = np.asarray(doc["labels"], np.uint8)
@@ -374,13 +438,31 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
              ("top-1% mean", f"{doc['top1pct_mean']:.3f}")]
     if doc.get("n_dropped_nonfinite"):
         facts.append(("rows not scored (non-finite)", str(doc["n_dropped_nonfinite"])))
+    boxes = None
+    if doc.get("verdict") is not None:
+        facts += [("verdict", f"{doc['verdict']} (p = {doc['p_value']:.3g})"),
+                  ("defect regions", str(doc["n_regions"]))]
+        boxes = [(r["box_min"], r["box_max"], f"region {r['region']}") for r in doc["regions"]]
     view = viewer_document(doc["points"], doc["point_scores"], labels, lo=0.0, hi=1.0,
-                           title=os.path.basename(str(doc["file"])), facts=facts, max_points=max_points, seed=seed)
+                           title=os.path.basename(str(doc["file"])), facts=facts, max_points=max_points, seed=seed,
+                           boxes=boxes)
     image = None
     if doc.get("images") is not None:
         image = png_bytes(view_maps_image(doc["images"], doc.get("view_maps"), 0.0, 1.0, doc.get("gt2d")))
     return write_viewer_page(page, view, image, heading="pad predict",
                              image_caption="2D score maps of the rendered views (range 0..1)")
+
+
+def verdict_text(doc: dict) -> str:
+    """The end of a file's line with a calibration: ``  verdict=anomalous  p=0.012  regions=2
+    largest=3.41`` (the extent, longest box side in the file's units, of the region with the most
+    points); "" without one."""
+    if doc.get("verdict") is None:
+        return ""
+    text = f"  verdict={doc['verdict']}  p={doc['p_value']:.3g}  regions={doc['n_regions']}"
+    if doc["regions"]:
+        text += f"  largest={max(doc['regions'], key=lambda r: r['n_points'])['extent']:.4g}"
+    return text
 
 
 def run_predict(cfg: PredictConfig) -> int:
@@ -391,7 +473,7 @@ def run_predict(cfg: PredictConfig) -> int:
     if not files:
         raise PadError("no files given: pad predict FILE... --checkpoint RUN")
     predictor = Predictor(cfg)  # checkpoint, backbone or weights problems stop here (exit 2)
-    for note in predictor.notes:
+    for note in predictor.notes + predictor.calibration_notes:
         print(f"pad predict: note: {note}", file=sys.stderr)
     try:
         os.makedirs(cfg.out, exist_ok=True)
@@ -414,7 +496,7 @@ def run_predict(cfg: PredictConfig) -> int:
             tqdm.write(f"pad predict: {path}: {doc['n_dropped_nonfinite']} of {doc['n_points']} rows have NaN/Inf "
                        "coordinates and were not scored (null in the JSON, NaN and grey in the PLY)", file=sys.stderr)
         tqdm.write(f"{path}  score={doc['score']:.3f}  points={doc['n_points']}  "
-                   f"top-1% mean={doc['top1pct_mean']:.3f}", file=sys.stdout)
+                   f"top-1% mean={doc['top1pct_mean']:.3f}" + verdict_text(doc), file=sys.stdout)
     if failed:   # each failed file's own line said why
         if failed < len(files):
             print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in {cfg.out}",

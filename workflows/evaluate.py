@@ -2,7 +2,7 @@
 
 One run per training class: train the prompts on that class (``trainer.loop.run_train``),
 score the other classes (one-vs-rest) or every class of a second cache (cross-dataset)
-with ``trainer.scoring.score_cache``, then summarize over runs (mean ± std of each run's
+with ``scoring.score.score_cache``, then summarize over runs (mean ± std of each run's
 class-mean metrics). Layout of ``--out``::
 
     runs/<train class>/        checkpoint of the run (pad train)
@@ -26,9 +26,10 @@ import numpy as np
 
 from data_cache.errors import PadError
 from data_cache.options import split_csv
-from trainer.options import (CrossDatasetConfig, OneVsRestConfig, ScoreConfig, ScoringOptions, TrainConfig,
-                             TrainingOptions)
-from trainer.results import METRIC_NAMES, write_csv, prepare_dir, safe_name, write_json
+from scoring.options import ScoreConfig, ScoringOptions
+from trainer.options import TrainConfig, TrainingOptions
+from workflows.options import CrossDatasetConfig, OneVsRestConfig
+from scoring.results import METRIC_NAMES, write_csv, prepare_dir, safe_name, write_json
 
 
 def _cache_classes(cache: str) -> list[str]:
@@ -59,7 +60,7 @@ def _train_and_score(cfg, train_cache: str, score_cache_dir: str, train_class: s
     options; returns the run's metrics document."""
     from data_cache.checkpoint import exists as checkpoint_exists
     from trainer.loop import run_train
-    from trainer.scoring import score_cache
+    from scoring.score import score_cache
 
     name = safe_name(train_class)
     run_dir = os.path.join(out, "runs", name)
@@ -73,7 +74,7 @@ def _train_and_score(cfg, train_cache: str, score_cache_dir: str, train_class: s
     print(f"pad evaluate: run '{train_class}': scoring {score_cache_dir}", flush=True)
     return score_cache(ScoreConfig(cache=score_cache_dir, checkpoint=run_dir, out=results_dir,
                                    include_train_classes=include_train_classes, features=cfg.features,
-                                   device=cfg.device, **_option_values(cfg, ScoringOptions)))
+                                   device=cfg.device, calibration="none", **_option_values(cfg, ScoringOptions)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.metrics._curve import binary_curve
-from trainer.metrics._inputs import binary_inputs
+from scoring.metrics._curve import binary_curve
+from scoring.metrics._inputs import binary_inputs
 
 
 def f1_max(labels, scores) -> tuple[float, float]:
@@ -26,7 +26,7 @@ def f1_max(labels, scores) -> tuple[float, float]:
 
 
 def f1_from_curve(thresholds: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> tuple[float, float]:
-    """F1max and its threshold from :func:`trainer.metrics._curve.binary_curve`'s output."""
+    """F1max and its threshold from :func:`scoring.metrics._curve.binary_curve`'s output."""
     if tp.size == 0 or tp[-1] == 0:
         return float("nan"), float("nan")
     tp = tp.astype(np.float64)

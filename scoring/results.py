@@ -4,23 +4,37 @@ Layout of ``<results>/`` (every name derived from a class or sample id goes
 through :func:`safe_name`, so nothing can be written outside ``<results>``)::
 
     metrics.json        {"per_class": {class: {metric: value}}, "mean": {metric: value}}
-                        (+ "multimodal" of the same shape when RGB was fused);
+                        (+ "multimodal" of the same shape when RGB was fused;
+                        + with a calibration, "calibration": {"file", "false_alarm", "score"} and
+                        "operating_point": {class: :func:`scoring.score.operating_point`});
                         NaN (undefined metric, e.g. a class without anomalies) -> null
     metrics.csv         one row per class, then a "mean" row; columns METRIC_NAMES
-                        (+ "multimodal <metric>" columns when RGB was fused); empty = undefined
+                        (+ "multimodal <metric>" columns when RGB was fused; + "false alarm rate",
+                        "miss rate" with a calibration); empty = undefined
     scores.csv          id, class, split, label, score (+ multimodal_score)
+                        (+ p_value, verdict, n_regions with a calibration; empty for a class
+                        without one)
     points/<class>/<split>__<stem>.npz
                         per-point results of one sample:
                         ``scores`` (N,) float32 point map A (after smoothing),
                         ``labels`` (N,) uint8 ground truth,
                         ``multimodal`` (N,) float32 fused map (only when RGB was fused),
                         ``id`` (0-d str) the sample id;
+                        with a calibration (:data:`DECISION_ARRAYS`): ``region`` (N,) int32
+                        (0: in no region, r: in region r), ``p_value`` (0-d float64),
+                        ``verdict`` (0-d str), per region r = 1..R (row r − 1)
+                        ``region_n_points`` (R,) int64, ``region_centroid``,
+                        ``region_box_min``, ``region_box_max`` (R, 3) float64 in the
+                        sample's original coordinates, ``region_extent``,
+                        ``region_max_score``, ``region_mean_score`` (R,) float64, and
+                        ``n_small_regions_dropped`` (0-d int64);
                         points in the render store's order (``samples/<i>/points``)
     ply/<class>/<split>__<stem>.ply
                         the cloud in its original coordinates coloured by score
                         (colour map normalized per class), with float ``anomaly_score``
-                        and uint8 ``label`` vertex properties
-    report.html, figures/*.png, assets/*.js   (see :mod:`trainer.report`)
+                        and uint8 ``label`` vertex properties (+ int32 ``region``, 0 = none,
+                        with a calibration)
+    report.html, figures/*.png, assets/*.js   (see :mod:`scoring.report`)
     score_config.json   the options of the run and the checkpoint's config
     pad_results.json    the manifest: every file this pad score wrote (relative paths)
 
@@ -195,16 +209,39 @@ def finish_results(out: str, written_by: str = "pad score") -> list[str]:
 
 
 # ---------------------------------------------------------------------------- per-point scores
+#: The per-sample arrays of a decision (see the module docstring), beside ``region``.
+DECISION_ARRAYS = ("p_value", "verdict", "region_n_points", "region_centroid", "region_box_min", "region_box_max",
+                   "region_extent", "region_max_score", "region_mean_score", "n_small_regions_dropped")
+
+
+def decision_arrays(decision) -> dict[str, np.ndarray]:
+    """The NPZ arrays of a :class:`scoring.calibration.Decision` (``region`` and
+    :data:`DECISION_ARRAYS`)."""
+    described = decision.described
+    vec = lambda key: np.array([r[key] for r in described], np.float64).reshape(len(described), 3)  # noqa: E731
+    return {"region": np.asarray(decision.regions.labels, np.int32).reshape(-1),
+            "p_value": np.asarray(float(decision.p_value)), "verdict": np.asarray(decision.verdict),
+            "region_n_points": np.array([r["n_points"] for r in described], np.int64),
+            "region_centroid": vec("centroid"), "region_box_min": vec("box_min"), "region_box_max": vec("box_max"),
+            "region_extent": np.array([r["extent"] for r in described], np.float64),
+            "region_max_score": np.array([r["max_score"] for r in described], np.float64),
+            "region_mean_score": np.array([r["mean_score"] for r in described], np.float64),
+            "n_small_regions_dropped": np.asarray(int(decision.regions.n_dropped), np.int64)}
+
+
 def write_point_scores(out: str, cls: str, sample_id: str, scores: np.ndarray, labels: np.ndarray,
-                       multimodal: np.ndarray | None = None) -> str:
+                       multimodal: np.ndarray | None = None, decision=None) -> str:
     """Write ``points/<class>/<split>__<stem>.npz`` (see module docstring); returns its path.
 
-    ``scores`` (N,) float, ``labels`` (N,) int {0,1}, ``multimodal`` (N,) float or None."""
+    ``scores`` (N,) float, ``labels`` (N,) int {0,1}, ``multimodal`` (N,) float or None,
+    ``decision``: the sample's :class:`scoring.calibration.Decision` or None."""
     path = sample_path(out, "points", cls, sample_id, ".npz")
     arrays = {"scores": np.asarray(scores, np.float32).reshape(-1),
               "labels": np.asarray(labels, np.uint8).reshape(-1), "id": np.asarray(str(sample_id))}
     if multimodal is not None:
         arrays["multimodal"] = np.asarray(multimodal, np.float32).reshape(-1)
+    if decision is not None:
+        arrays.update(decision_arrays(decision))
     tmp = path + f".tmp-{os.getpid()}.npz"
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
@@ -213,10 +250,14 @@ def write_point_scores(out: str, cls: str, sample_id: str, scores: np.ndarray, l
 
 def read_point_scores(path: str) -> dict[str, np.ndarray]:
     """Arrays of a per-point file: ``scores`` (N,) float32, ``labels`` (N,) uint8,
-    optional ``multimodal`` (N,) float32, ``id`` str."""
+    optional ``multimodal`` (N,) float32, ``id`` str; with a decision, ``region`` and
+    :data:`DECISION_ARRAYS` (``verdict`` a str, ``p_value`` a float)."""
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}
     out["id"] = str(out["id"])
+    if "verdict" in out:
+        out["verdict"] = str(out["verdict"])
+        out["p_value"] = float(out["p_value"])
     return out
 
 
@@ -234,16 +275,17 @@ def score_colors(scores: np.ndarray, lo: float, hi: float, cmap: str = "jet") ->
 
 def write_scored_ply(path: str, points: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                      lo: float, hi: float, normals: np.ndarray | None = None,
-                     multimodal: np.ndarray | None = None) -> None:
+                     multimodal: np.ndarray | None = None, region: np.ndarray | None = None) -> None:
     """PLY of ``points`` (N,3) coloured by ``scores`` (N,) in [lo, hi], with ``anomaly_score``
-    (and ``multimodal_score``) float properties and ``label`` (N,) uint8."""
+    (and ``multimodal_score``) float properties, ``label`` (N,) uint8 and, given ``region`` (N,)
+    int, an int32 ``region`` property (0 = in no defect region)."""
     from data_cache.plyio import write_ply
 
     scalars = {"anomaly_score": np.asarray(scores, np.float32)}
     if multimodal is not None:
         scalars["multimodal_score"] = np.asarray(multimodal, np.float32)
     write_ply(path, points, normals=normals, labels=labels, colors=score_colors(scores, lo, hi),
-              scalars=scalars)
+              scalars=scalars, integers=None if region is None else {"region": region})
 
 
 # ---------------------------------------------------------------------------- metrics tables
@@ -287,8 +329,9 @@ def write_metrics(out: str, doc: dict) -> None:
     write_json(os.path.join(out, "metrics.json"), doc)
     mm = doc.get("multimodal")
     protocol = doc.get("protocol")
+    points = doc.get("operating_point")
     header = ["class", *METRIC_NAMES] + ([f"multimodal {m}" for m in METRIC_NAMES] if mm else []) \
-        + (["protocol"] if protocol else [])
+        + (["false alarm rate", "miss rate"] if points is not None else []) + (["protocol"] if protocol else [])
     rows = []
     for cls in list(doc["per_class"]) + ["mean"]:
         source = doc["mean"] if cls == "mean" else doc["per_class"][cls]
@@ -296,14 +339,25 @@ def write_metrics(out: str, doc: dict) -> None:
         if mm:
             msrc = mm["mean"] if cls == "mean" else mm["per_class"][cls]
             row += [_fmt(msrc[m]) for m in METRIC_NAMES]
+        if points is not None:
+            op = points.get(cls, {})
+            row += [_fmt(op.get("false_alarm_rate", math.nan)), _fmt(op.get("miss_rate", math.nan))]
         rows.append(row + ([protocol] if protocol else []))
     write_csv(os.path.join(out, "metrics.csv"), header, rows)
 
 
-def write_scores_csv(out: str, rows: Iterable[Sequence], multimodal: bool) -> None:
-    """``scores.csv``: rows of (id, class, split, label, score[, multimodal score])."""
+def write_scores_csv(out: str, rows: Iterable[Sequence], multimodal: bool,
+                     decisions: Mapping[str, dict] | None = None) -> None:
+    """``scores.csv``: rows of (id, class, split, label, score[, multimodal score]); with
+    ``decisions`` (sample id -> :meth:`scoring.calibration.Decision.fields`, None without a
+    calibration) also ``p_value``, ``verdict``, ``n_regions`` (empty for a sample without one)."""
     header = ["id", "class", "split", "label", "score"] + (["multimodal_score"] if multimodal else [])
     formatted = [[r[0], r[1], r[2], int(r[3])] + [f"{float(v):.6f}" for v in r[4:]] for r in rows]
+    if decisions is not None:
+        header += ["p_value", "verdict", "n_regions"]
+        for r, row in zip(rows, formatted):
+            d = decisions.get(str(r[0]))
+            row += ["", "", ""] if d is None else [repr(float(d["p_value"])), d["verdict"], int(d["n_regions"])]
     write_csv(os.path.join(out, "scores.csv"), header, formatted)
 
 
@@ -325,6 +379,22 @@ def undefined_metrics(doc: dict) -> list[str]:
             lines.append(f"class '{cls}': {', '.join(missing)} undefined (null in metrics.json): "
                          "its samples have only one label kind (e.g. no anomalies)")
     return lines
+
+
+def format_operating_points(doc: dict) -> str:
+    """Plain-text lines of the calibrated operating point per class (realized false-alarm and miss
+    rates at the calibrated threshold, beside the asked false-alarm rate)."""
+    points = doc.get("operating_point") or {}
+    lines = []
+    for cls, op in points.items():
+        fa = ("no normal sample" if not op["n_normal"] else
+              f"false alarms {op['false_alarms']}/{op['n_normal']} ({op['false_alarm_rate']:.3f})")
+        miss = ("no anomalous sample" if not op["n_anomalous"] else
+                f"misses {op['misses']}/{op['n_anomalous']} ({op['miss_rate']:.3f})")
+        lines.append(f"{cls}: {fa}, {miss}")
+    alpha = (doc.get("calibration") or {}).get("false_alarm")
+    head = f"at the calibrated operating point (asked false-alarm rate {alpha:g})" if alpha else "operating point"
+    return "\n".join([head] + lines)
 
 
 def format_table(doc: dict, multimodal: bool = False) -> str:

@@ -5,12 +5,12 @@ Names as in DESIGN.md: object level ``I-AUROC``, ``I-AP``, ``I-F1max``; point le
 """
 from __future__ import annotations
 
-from trainer.metrics._curve import binary_curve
-from trainer.metrics._inputs import binary_inputs, is_sequence
-from trainer.metrics.auroc import auroc_from_curve
-from trainer.metrics.average_precision import ap_from_curve
-from trainer.metrics.f1max import f1_from_curve
-from trainer.metrics.pro import INTEGRATION_LIMIT, aupro_regions, concat_regions
+from scoring.metrics._curve import binary_curve
+from scoring.metrics._inputs import binary_inputs, is_sequence
+from scoring.metrics.auroc import auroc_from_curve
+from scoring.metrics.average_precision import ap_from_curve
+from scoring.metrics.f1max import f1_from_curve
+from scoring.metrics.pro import INTEGRATION_LIMIT, aupro_regions, concat_regions
 
 
 def binary_metrics(labels, scores) -> dict[str, float]:
@@ -39,8 +39,8 @@ def point_metrics(labels, scores, regions=None, integration_limit: float = INTEG
 
     ``labels``, ``scores``: sequences of per-sample (N_i,) arrays (or one (N,) array);
     ``regions``: matching per-sample (N_i,) int region ids, −1 on normal points (from
-    :func:`trainer.metrics.aupro_points.point_regions` or
-    :func:`trainer.metrics.aupro_points.grid_regions`); region ids are made distinct
+    :func:`scoring.metrics.aupro_points.point_regions` or
+    :func:`scoring.metrics.aupro_points.grid_regions`); region ids are made distinct
     across samples here.
     """
     y, s = binary_inputs(labels, scores)

@@ -1,33 +1,17 @@
 """``pad score``: anomaly maps, object scores, metrics and a report, from cached tensors only.
 
 Per sample (streamed one at a time, so memory is bounded by one sample plus one class's
-point scores, which the point-level metrics need):
-
-- the model gives the implicit point map S3d_a (N,), for PointAD+ the explicit map T_a
-  (N,), the view probabilities p_k (V,) and the 2D maps (V, H, W)
-  (:func:`trainer.model.predict_sample`);
-- point map A = G(0.5·S3d_a + 0.5·T_a) (PointAD: G(S3d_a)), G the Gaussian smoothing of
-  :func:`smooth`: on the organized grid when the sample has ``grid_index`` (σ given in pixels
-  of the 336×336 grid the official code resizes scans to, i.e. σ·max(H, W)/336 native
-  pixels), over the cached kNN graph otherwise (σ in median kNN distances); object score
-  s = 0.5·mean_k p_k + 0.5·max_j A(j) (:func:`combine`);
-- with cached RGB features (``--rgb``): the RGB image scored like one more view gives its
-  global probability p_rgb and a 2D map, read at each point's grid position as A_rgb
-  (:func:`fuse_rgb`). ``--fusion official`` (test.py): the RGB map is smoothed first, fused map
-  G(0.5·A + 0.5·G(A_rgb)), fused score max(fused map) + 0.5·(p_rgb + mean_k p_k);
-  ``--fusion paper``: G(0.5·A + 0.5·A_rgb) and 0.5·(0.5·p_rgb + 0.5·s) + 0.5·max(fused map).
-  No retraining.
-
-``--protocol pointad`` (organized scans) puts the unsmoothed map on the official 336×336 grid
-(:mod:`trainer.official_grid`), smooths it as test.py (background included), takes the object
-score from it and computes the metrics there (all pixels, 200-threshold AUPRO); the per-point
+point scores, which the point-level metrics need) the scores come from
+:func:`scoring.sample_score.score_sample` (point map, object score, view probabilities, RGB
+fusion; see that module for the equations). ``--protocol pointad`` (organized scans) computes
+the metrics on the official 336×336 grid (all pixels, 200-threshold AUPRO); the per-point
 files keep pad's point maps. ``--prompts clip`` scores with the CLIP + Rendering baseline
 (:mod:`trainer.baseline`) instead of a checkpoint.
 
 Class by class: per-point scores are written to ``points/`` as each sample is scored, the
 class's metrics are computed, then its coloured PLYs are written (the colour range is the
-class's). The most anomalous samples are scored once more at the end for the report's figures.
-See :mod:`trainer.results` for the layout of the results directory.
+class's). The most anomalous samples are scored once more at the end for the report's figures
+(:mod:`scoring.score_report`). See :mod:`scoring.results` for the layout of the results directory.
 """
 from __future__ import annotations
 
@@ -35,217 +19,22 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from data_cache.errors import PadError
 from data_cache.options import split_csv, to_dict
-from trainer import results as res
-from trainer.options import ScoreConfig
-
-SAMPLE_FIELDS = ("points", "normals", "labels", "pixel", "visible", "knn", "knn_dist", "grid_index")
-FUSIONS = ("official", "paper")
-PROTOCOLS = ("points", "pointad")
-OFFICIAL_GRID = 336  # side of the grid the official code resizes organized scans to (trainer.official_grid)
-
-
-# ---------------------------------------------------------------------------- per-sample maths
-@dataclass
-class SampleScore:
-    """Scores of one sample.
-
-    - ``point_map``: (N,) float32, A after smoothing; ``score``: object score
-    - ``view_probs``: (V,) float32, p_k(anomalous); ``view_maps``: (V, H, W) float32 or None
-    - ``multimodal_map``: (N,) float32 or None; ``multimodal_score``: float or None
-    - ``grid_map`` / ``grid_multimodal``: (336, 336) float32 official-grid maps (``--protocol
-      pointad`` on organized scans) or None
-    """
-    point_map: np.ndarray
-    score: float
-    view_probs: np.ndarray
-    view_maps: np.ndarray | None = None
-    multimodal_map: np.ndarray | None = None
-    multimodal_score: float | None = None
-    rgb_score: float | None = None
-    grid_map: np.ndarray | None = None
-    grid_multimodal: np.ndarray | None = None
-
-
-def native_sigma(sigma: float, grid_shape: Sequence[int]) -> float:
-    """σ in native grid pixels for σ given in pixels of the official 336×336 grid:
-    ``sigma · max(H, W) / 336`` (the official code resizes the H×W scan to 336×336)."""
-    return float(sigma) * max(int(grid_shape[0]), int(grid_shape[1])) / OFFICIAL_GRID
-
-
-def smooth(values: np.ndarray, sample: dict, sigma: float) -> np.ndarray:
-    """G_σ of point values (N,) float: on the organized grid when the sample has ``grid_index``
-    and a ``grid_shape`` attribute (σ in pixels of the official 336×336 grid,
-    :func:`native_sigma`), else over its cached kNN graph (σ in median kNN distances).
-    σ = 0 returns the values unchanged. Returns (N,) float32."""
-    from trainer.smoothing import smooth_grid, smooth_knn
-
-    values = np.asarray(values, np.float32).reshape(-1)
-    if sigma <= 0 or values.size == 0:
-        return values.copy()
-    grid_shape = (sample.get("attrs") or {}).get("grid_shape")
-    if sample.get("grid_index") is not None and grid_shape is not None:
-        return smooth_grid(values, sample["grid_index"], tuple(grid_shape),
-                           native_sigma(sigma, grid_shape)).astype(np.float32)
-    if sample.get("knn") is None:
-        raise PadError("the sample has neither a grid index nor a kNN graph to smooth over")
-    return smooth_knn(values, sample["knn"], sample["knn_dist"], sigma).astype(np.float32)
-
-
-def smooth_image(image_map: np.ndarray, sigma: float) -> np.ndarray:
-    """A dense 2D map (S, S) smoothed as the official test.py smooths the RGB map:
-    ``gaussian_filter`` (reflect borders) with σ in pixels of a 336×336 map (σ·S/336 here)."""
-    from trainer.official_grid import official_smooth
-
-    m = np.asarray(image_map, np.float64)
-    return official_smooth(m, float(sigma) * m.shape[0] / OFFICIAL_GRID).astype(np.float32)
-
-
-def base_map(s3d: np.ndarray, t_a: np.ndarray | None) -> np.ndarray:
-    """The unsmoothed point map (N,) float32: 0.5·S3d + 0.5·T_a (PointAD+) or S3d (PointAD)."""
-    base = np.asarray(s3d, np.float32).reshape(-1)
-    if t_a is not None:
-        base = 0.5 * base + 0.5 * np.asarray(t_a, np.float32).reshape(-1)
-    return base
-
-
-def combine(s3d: np.ndarray, t_a: np.ndarray | None, view_probs: np.ndarray, sample: dict,
-            sigma: float) -> tuple[np.ndarray, float]:
-    """Point map A (N,) float32 and object score.
-
-    ``s3d``: (N,) implicit anomalous map; ``t_a``: (N,) explicit map (PointAD+) or None
-    (PointAD); ``view_probs``: (V,) p_k(anomalous). A = G(0.5·S3d + 0.5·T_a) or G(S3d);
-    score = 0.5·mean_k p_k + 0.5·max_j A(j)."""
-    point_map = smooth(base_map(s3d, t_a), sample, sigma)
-    score = 0.5 * float(np.mean(view_probs)) + 0.5 * float(point_map.max(initial=0.0))
-    return point_map, score
-
-
-def is_organized(sample: dict) -> bool:
-    """Whether a sample is an organized scan (``grid_index`` plus a ``grid_shape`` attribute)."""
-    return sample.get("grid_index") is not None and (sample.get("attrs") or {}).get("grid_shape") is not None
-
-
-def grid_pixels(grid_index: np.ndarray, grid_shape: Sequence[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel of each point in the RGB image resized to ``image_size``: the point's grid
-    position (row, col) = divmod(grid_index, W) scaled from the H×W grid by its centre.
-    ``grid_index``: (N,) int. Returns rows, cols: (N,) int64 in [0, image_size)."""
-    h, w = int(grid_shape[0]), int(grid_shape[1])
-    index = np.asarray(grid_index, np.int64).reshape(-1)
-    r, c = np.divmod(index, w)
-    rows = np.floor((r + 0.5) * image_size / h).astype(np.int64)
-    cols = np.floor((c + 0.5) * image_size / w).astype(np.int64)
-    return np.clip(rows, 0, image_size - 1), np.clip(cols, 0, image_size - 1)
-
-
-def fuse_rgb(point_map: np.ndarray, score: float, rgb_map: np.ndarray, rgb_score: float, sample: dict,
-             sigma: float, view_probs: np.ndarray | None = None, form: str = "official") -> tuple[np.ndarray, float]:
-    """Multimodal map and score. ``point_map``: (N,) A (smoothed); ``score``: the point-cloud object
-    score s; ``rgb_map``: (S, S) float, the RGB image's 2D anomaly map; ``rgb_score``: p_rgb, its
-    global anomaly probability; ``view_probs``: (V,) p_k (needed by the official form).
-    A_rgb(j) = the RGB map at point j's grid position.
-
-    - ``official`` (test.py): A_rgb read from the smoothed RGB map (:func:`smooth_image`), fused
-      map G(0.5·A + 0.5·A_rgb), score max(fused map) + 0.5·(p_rgb + mean_k p_k) (in [0, 2]);
-    - ``paper``: A_rgb unsmoothed, fused map G(0.5·A + 0.5·A_rgb), score
-      0.5·(0.5·p_rgb + 0.5·s) + 0.5·max(fused map).
-    Returns (fused map (N,) float32, fused score)."""
-    grid_shape = (sample.get("attrs") or {}).get("grid_shape")
-    if sample.get("grid_index") is None or grid_shape is None:
-        raise PadError("RGB fusion needs an organized cloud (grid_index and grid_shape)")
-    if form not in FUSIONS:
-        raise PadError(f"unknown --fusion '{form}' (choices: {', '.join(FUSIONS)})")
-    rgb_map = np.asarray(rgb_map, np.float32)
-    if form == "official":
-        rgb_map = smooth_image(rgb_map, sigma)
-    rows, cols = grid_pixels(sample["grid_index"], grid_shape, rgb_map.shape[0])
-    a_rgb = rgb_map[rows, cols]
-    fused = smooth(0.5 * np.asarray(point_map, np.float32) + 0.5 * a_rgb, sample, sigma)
-    peak = float(fused.max(initial=0.0))
-    if form == "official":
-        if view_probs is None:
-            raise ValueError("the official fusion needs the view probabilities")
-        return fused, peak + 0.5 * (float(rgb_score) + float(np.mean(view_probs)))
-    return fused, 0.5 * (0.5 * float(rgb_score) + 0.5 * float(score)) + 0.5 * peak
-
-
-# ---------------------------------------------------------------------------- one sample
-def score_sample(model, global_: np.ndarray, patch: np.ndarray, sample: dict, image_size: int, sigma: float,
-                 text: dict | None = None, rgb: tuple[np.ndarray, np.ndarray] | None = None,
-                 with_maps: bool = False, fusion: str = "official", protocol: str = "points") -> SampleScore:
-    """Score one sample from its cached features.
-
-    ``global_``: (V, D) and ``patch``: (V, L, G·G, D) float16/32 (feature store); ``sample``:
-    the render store's arrays and ``attrs`` (see :data:`SAMPLE_FIELDS`); ``rgb``: optional
-    (rgb_global (D,), rgb_patch (L, G·G, D)) to fuse (needs ``grid_index``); ``text``: the
-    model's :meth:`inference_text` for the sample's class (computed once per class);
-    ``fusion``: see :func:`fuse_rgb`; ``protocol`` 'pointad' on an organized sample also fills
-    ``grid_map`` / ``grid_multimodal`` (the official 336×336 maps) and takes the object scores
-    from them (:func:`official_grid_scores`)."""
-    from trainer.model import predict_sample, predict_views
-
-    if protocol not in PROTOCOLS:
-        raise PadError(f"unknown --protocol '{protocol}' (choices: {', '.join(PROTOCOLS)})")
-    pred = predict_sample(model, global_, patch, sample, image_size, text=text, with_maps=with_maps)
-    point_map, score = combine(pred.implicit, pred.explicit, pred.view_probs, sample, sigma)
-    out = SampleScore(point_map=point_map, score=score, view_probs=np.asarray(pred.view_probs, np.float32),
-                      view_maps=pred.view_maps)
-    rgb_maps = None
-    if rgb is not None:
-        probs, maps = predict_views(model, np.asarray(rgb[0])[None], np.asarray(rgb[1])[None], image_size, text=text)
-        out.rgb_score = float(probs[0])
-        out.multimodal_map, out.multimodal_score = fuse_rgb(point_map, score, maps[0], out.rgb_score, sample, sigma,
-                                                            view_probs=out.view_probs, form=fusion)
-        rgb_maps = maps[0]
-    if protocol == "pointad" and is_organized(sample):
-        official_grid_scores(out, base_map(pred.implicit, pred.explicit), sample, sigma, rgb_maps, fusion)
-    return out
-
-
-def official_grid_scores(out: SampleScore, base: np.ndarray, sample: dict, sigma: float,
-                         rgb_map: np.ndarray | None, fusion: str) -> None:
-    """Fill ``out`` with the official test.py's maps and scores on the 336×336 grid.
-
-    ``base``: (N,) unsmoothed point map; ``rgb_map``: (S, S) RGB anomaly map or None. The map is
-    G(grid(base)) with the official filter (background zeros included), the object score
-    0.5·max(map) + 0.5·mean_k p_k; with RGB, the RGB map at 336×336 fused as :func:`fuse_rgb`
-    says (official: G(0.5·G(rgb) + 0.5·map), score max + 0.5·(p_rgb + mean_k p_k))."""
-    from trainer.official_grid import grid_lookup, official_smooth, to_grid
-
-    attrs = sample["attrs"]
-    lookup = grid_lookup(sample["grid_index"], attrs["grid_shape"])
-    grid_map = official_smooth(to_grid(base, lookup), sigma)
-    out.grid_map = grid_map.astype(np.float32)
-    mean_p = float(np.mean(out.view_probs))
-    out.score = 0.5 * float(grid_map.max()) + 0.5 * mean_p
-    if rgb_map is None:
-        return
-    import torch
-    import torch.nn.functional as F
-
-    color = np.asarray(rgb_map, np.float32)
-    if color.shape[0] != OFFICIAL_GRID:  # the official RGB map is made at 336 x 336
-        color = F.interpolate(torch.from_numpy(color)[None, None], size=(OFFICIAL_GRID, OFFICIAL_GRID),
-                              mode="bilinear", align_corners=False)[0, 0].numpy()
-    if fusion == "official":
-        fused = official_smooth(0.5 * official_smooth(color, sigma) + 0.5 * grid_map, sigma)
-        out.multimodal_score = float(fused.max()) + 0.5 * (float(out.rgb_score) + mean_p)
-    else:
-        fused = official_smooth(0.5 * color + 0.5 * grid_map, sigma)
-        out.multimodal_score = 0.5 * (0.5 * float(out.rgb_score) + 0.5 * out.score) + 0.5 * float(fused.max())
-    out.grid_multimodal = fused.astype(np.float32)
+from scoring import results as res
+from scoring.options import ScoreConfig
+from scoring.sample_score import FUSIONS, PROTOCOLS, SAMPLE_FIELDS, SampleScore, score_sample
 
 
 def regions_of(sample: dict) -> np.ndarray:
     """Ground-truth regions of one sample for AUPRO: (N,) int64, −1 on normal points;
     8-connected components on the grid for organized clouds, radius-graph components in 3D
-    otherwise (:mod:`trainer.metrics.aupro_points`)."""
-    from trainer.metrics import grid_regions, point_regions
+    otherwise (:mod:`scoring.metrics.aupro_points`)."""
+    from scoring.metrics import grid_regions, point_regions
 
     labels = np.asarray(sample["labels"], np.uint8)
     if not labels.any():
@@ -271,10 +60,10 @@ def binary_set(labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, float]
     """AUROC, AP, F1max from one sort, plus the ROC curve (fpr, tpr) thinned for plotting.
     ``labels``: (N,) 0/1, ``scores``: (N,) float. All NaN (curve None) unless both label
     kinds are present."""
-    from trainer.metrics._curve import binary_curve
-    from trainer.metrics.auroc import auroc_from_curve
-    from trainer.metrics.average_precision import ap_from_curve
-    from trainer.metrics.f1max import f1_from_curve
+    from scoring.metrics._curve import binary_curve
+    from scoring.metrics.auroc import auroc_from_curve
+    from scoring.metrics.average_precision import ap_from_curve
+    from scoring.metrics.f1max import f1_from_curve
 
     y = np.asarray(labels).reshape(-1).astype(bool)
     if y.size == 0 or y.all() or not y.any():
@@ -296,11 +85,11 @@ def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_la
     per-sample (N_i,) arrays (points, or the pixels of official-grid maps). ``aupro``: 'exact'
     (pad's: the exact PRO curve integrated to ``fpr_limit``) or 'official' (the official
     metrics.py's 200 thresholds, FPRs below the limit rescaled to [0, 1],
-    :func:`trainer.metrics.aupro_thresholds.official_aupro`; no curve is drawn). Returns
-    ({metric: value}, :class:`trainer.report.ClassCurves`); a metric is NaN when its labels
+    :func:`scoring.metrics.aupro_thresholds.official_aupro`; no curve is drawn). Returns
+    ({metric: value}, :class:`scoring.report.ClassCurves`); a metric is NaN when its labels
     have a single kind (e.g. a class without anomalies)."""
-    from trainer.metrics import area_to_limit, concat_regions, pro_curve_regions
-    from trainer.report import ClassCurves
+    from scoring.metrics import area_to_limit, concat_regions, pro_curve_regions
+    from scoring.report import ClassCurves
 
     obj, image_roc = binary_set(object_labels, object_scores)
     y = np.concatenate(point_labels) if point_labels else np.zeros(0, np.uint8)
@@ -310,7 +99,7 @@ def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_la
     pro = None
     area = math.nan
     if point_roc is not None and aupro == "official":
-        from trainer.metrics.aupro_thresholds import official_aupro
+        from scoring.metrics.aupro_thresholds import official_aupro
 
         area = official_aupro(s, concat_regions(regions), fpr_limit)
     elif point_roc is not None:
@@ -333,7 +122,11 @@ def class_metrics(object_labels: np.ndarray, object_scores: np.ndarray, point_la
 
 # ---------------------------------------------------------------------------- the command
 @dataclass
-class _Plan:
+class ScorePlan:
+    """What a scoring run works on (:func:`plan_score`): the stores, the model (a trained
+    checkpoint or the CLIP baseline), the feature tag, the samples of each class and whether RGB
+    is fused; ``notes``: lines to print about what was left out; ``calibration``: the calibration
+    that judges the samples (checked to apply to this checkpoint, features and options)."""
     render: Any
     features: Any
     model: Any
@@ -341,6 +134,7 @@ class _Plan:
     classes: dict[str, list[int]]  # class -> store indices, in store order
     use_rgb: bool
     notes: list[str]
+    calibration: Any = None        # the scoring.calibration.Calibration applied (--calibration), or None
 
 
 def _resolve_device(device: str) -> str:
@@ -382,7 +176,7 @@ def open_feature_store_for(cache: str, model_config: dict, checkpoint: str):
     return FeatureStore.open(cache, tag), tag
 
 
-def plan_score(cfg: ScoreConfig) -> _Plan:
+def plan_score(cfg: ScoreConfig) -> ScorePlan:
     """Open the stores and the checkpoint, check they fit, select the samples to score."""
     from data_cache import checkpoint as ckpt
     from data_cache.render_store import RenderStore
@@ -443,16 +237,17 @@ def plan_score(cfg: ScoreConfig) -> _Plan:
     use_rgb = bool(cfg.rgb and features.has_rgb and render.has_rgb)
     if cfg.rgb and render.has_rgb and not features.has_rgb:
         notes.append("the render store has RGB but the feature store has no RGB features; scoring point clouds only")
+    calibration = _calibration(cfg, tag, use_rgb)   # one that does not apply stops here, before the model loads
     if cfg.prompts != "clip":
         from trainer.model import load_model
 
         model = load_model(cfg.checkpoint, device=_resolve_device(cfg.device))
     ids = render.sample_ids   # a grown cache appends samples: list each class in id order
     ordered = {c: sorted(by_class[c], key=lambda i: ids[i]) for c in sorted(by_class)}
-    return _Plan(render, features, model, tag, ordered, use_rgb, notes)
+    return ScorePlan(render, features, model, tag, ordered, use_rgb, notes, calibration)
 
 
-def _original_points(sample: dict) -> np.ndarray:
+def original_points(sample: dict) -> np.ndarray:
     """(N, 3) float32 points in the dataset's coordinates (undoing the render normalization)."""
     attrs = sample.get("attrs") or {}
     pts = np.asarray(sample["points"], np.float64)
@@ -462,7 +257,7 @@ def _original_points(sample: dict) -> np.ndarray:
 
 
 def score_cache(cfg: ScoreConfig, progress: bool = True) -> dict:
-    """Run ``pad score``; returns the metrics document (see :mod:`trainer.results`) plus
+    """Run ``pad score``; returns the metrics document (see :mod:`scoring.results`) plus
     ``notes`` (the lines printed about left-out classes and undefined metrics)."""
     plan = plan_score(cfg)
     try:
@@ -471,21 +266,15 @@ def score_cache(cfg: ScoreConfig, progress: bool = True) -> dict:
         plan.features.close()
 
 
-def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
+def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
     from tqdm import tqdm
 
+    cal = plan.calibration
     res.prepare_dir(cfg.out)
-    render, features, model = plan.render, plan.features, plan.model
-    image_size = render.image_size
-    texts: dict[str | None, dict] = {}
-
-    def text_for(cls: str) -> dict:
-        """Text embeddings for a class (one pair for every class with object-agnostic prompts)."""
-        key = cls if model.style == "coop" else None
-        if key not in texts:
-            texts[key] = model.inference_text(key)
-        return texts[key]
-
+    render, model = plan.render, plan.model
+    text_for = class_texts(model)
+    decisions: dict[str, dict] = {}       # sample id -> Decision.fields() (no per-point arrays)
+    judged: dict[str, list[tuple[int, bool, bool]]] = {}   # class -> (label, anomalous, calibration scan)
     per_class: dict[str, dict] = {}
     per_class_mm: dict[str, dict] = {}
     curves = {}
@@ -496,20 +285,23 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
                dynamic_ncols=True)
     for cls, indices in plan.classes.items():
         text = text_for(cls)
+        used = cal.used_scans(cfg.cache, cls) if cal is not None else set()
         obj_labels, obj_scores, obj_mm = [], [], []
         p_labels, p_scores, p_mm, regions, ranged = [], [], [], [], []
         for i in indices:
             sample = render.read_sample(i, SAMPLE_FIELDS)
             sid = render.sample_ids[i]
-            rgb = (features.rgb_global(i), features.rgb_patch(i)) if plan.use_rgb else None
-            if rgb is not None and sample.get("grid_index") is None:
-                raise PadError(f"sample '{sid}' has RGB features but no grid_index to map them to its points",
-                               render.path)
-            result = score_sample(model, features.global_(i), features.patch(i), sample, image_size, cfg.sigma,
-                                  text=text, rgb=rgb, fusion=cfg.fusion, protocol=cfg.protocol)
+            result = score_stored(plan, i, sample, cfg, text)
             labels = np.asarray(sample["labels"], np.uint8)
             label = int(sample["attrs"].get("label", int(labels.any())))
-            res.write_point_scores(cfg.out, cls, sid, result.point_map, labels, result.multimodal_map)
+            decision = None
+            if cal is not None and cls in cal.classes:
+                score, point_map = decision_score(result, plan.use_rgb)
+                decision = cal.judge(cls, score, point_map, original_points(sample), sample["knn"], sample["knn_dist"])
+                decisions[sid] = decision.fields()
+                judged.setdefault(cls, []).append((label, decision.anomalous, sid in used))
+            res.write_point_scores(cfg.out, cls, sid, result.point_map, labels, result.multimodal_map,
+                                   decision=decision)
             obj_labels.append(label)
             obj_scores.append(result.score)
             evaluated = _evaluated_maps(sample, labels, result)
@@ -538,20 +330,109 @@ def _score(cfg: ScoreConfig, plan: _Plan, progress: bool) -> dict:
 
     doc = res.metrics_document(per_class, per_class_mm if plan.use_rgb else None)
     doc["protocol"] = cfg.protocol
+    notes = list(plan.notes)
+    if cal is not None:
+        doc["operating_point"] = {cls: operating_point(judged[cls], cal.false_alarm) for cls in judged}
+        doc["calibration"] = {"file": os.path.abspath(cal.path), "false_alarm": cal.false_alarm,
+                              "score": "multimodal score" if plan.use_rgb else "object score"}
+        missing = [c for c in plan.classes if c not in cal.classes]
+        if missing:
+            notes.append(f"class(es) {', '.join(missing)} have no calibration in {cal.path}: scores only "
+                         f"(pad calibrate --classes {','.join(missing)} adds them)")
+        notes += _in_sample_notes(doc["operating_point"])
     res.write_metrics(cfg.out, doc)
-    res.write_scores_csv(cfg.out, rows, plan.use_rgb)
+    res.write_scores_csv(cfg.out, rows, plan.use_rgb, decisions if cal is not None else None)
     res.write_json(os.path.join(cfg.out, "score_config.json"),
                    {"options": to_dict(cfg), "feature_tag": plan.tag, "checkpoint": model.config,
-                    "multimodal": plan.use_rgb, "notes": plan.notes})
-    notes = plan.notes + res.undefined_metrics(doc)
+                    "multimodal": plan.use_rgb, "notes": plan.notes,
+                    "calibration": None if cal is None else os.path.abspath(cal.path)})
+    notes += res.undefined_metrics(doc)
 
-    from trainer.score_report import write_score_report
+    from scoring.score_report import write_score_report
 
     write_score_report(cfg, plan, rows, ranges, doc, curves, notes, text_for, total,
-                       view_points=cfg.view_points)                                  # the last write
-    from trainer.score_report import random_weights_notice
+                       view_points=cfg.view_points, decisions=decisions)             # the last write
+    from scoring.score_report import random_weights_notice
 
     return dict(doc, notes=notes, warning=random_weights_notice(model.config))
+
+
+def class_texts(model) -> Callable[[str], dict]:
+    """``text_for(cls)``: the model's text embeddings for a class, computed once (one pair for every
+    class with object-agnostic prompts)."""
+    texts: dict[str | None, dict] = {}
+
+    def text_for(cls: str) -> dict:
+        key = cls if model.style == "coop" else None
+        if key not in texts:
+            texts[key] = model.inference_text(key)
+        return texts[key]
+
+    return text_for
+
+
+def score_stored(plan: ScorePlan, i: int, sample: dict, opts, text: dict) -> SampleScore:
+    """Score sample ``i`` of the plan's cache from its cached features (with its RGB features when
+    the plan fuses RGB). ``sample``: its render-store arrays (:data:`SAMPLE_FIELDS`) and attrs;
+    ``opts``: the map options (``sigma``, ``fusion``, ``protocol``); ``text``: the class's text
+    embeddings (:func:`class_texts`)."""
+    features = plan.features
+    rgb = (features.rgb_global(i), features.rgb_patch(i)) if plan.use_rgb else None
+    if rgb is not None and sample.get("grid_index") is None:
+        raise PadError(f"sample '{plan.render.sample_ids[i]}' has RGB features but no grid_index to map them to "
+                       "its points", plan.render.path)
+    return score_sample(plan.model, features.global_(i), features.patch(i), sample, plan.render.image_size,
+                        opts.sigma, text=text, rgb=rgb, fusion=opts.fusion, protocol=opts.protocol)
+
+
+def decision_score(result: SampleScore, multimodal: bool) -> tuple[float, np.ndarray]:
+    """The score and point map decisions are made on: the fused (multimodal) ones when RGB is
+    fused, else the point cloud's. Returns (score, (N,) float32 map)."""
+    if multimodal:
+        return float(result.multimodal_score), result.multimodal_map
+    return float(result.score), result.point_map
+
+
+def _calibration(cfg: ScoreConfig, tag: str, use_rgb: bool):
+    """The calibration this run applies (``--calibration``), checked against the run's checkpoint,
+    features and scoring options; None for scores only."""
+    from scoring.calibration import AUTO, NONE, check_applies, checkpoint_digest, resolve_calibration, \
+        scoring_signature
+
+    if cfg.prompts == "clip":
+        if str(cfg.calibration) not in (AUTO, NONE):
+            raise PadError("--prompts clip has no checkpoint for a calibration to belong to: leave out --calibration")
+        return None
+    cal = resolve_calibration(cfg.calibration, cfg.checkpoint)
+    if cal is not None:
+        check_applies(cal, prompts_sha256=checkpoint_digest(cfg.checkpoint), feature_tag=tag,
+                      scoring=scoring_signature(cfg.sigma, cfg.protocol, use_rgb, cfg.fusion))
+    return cal
+
+
+def operating_point(judged: Sequence[tuple[int, bool, bool]], alpha: float) -> dict:
+    """The realized rates of one class at the calibrated threshold. ``judged``: per sample (label
+    0/1, verdict anomalous, whether it was one of the calibration scans). Calibration scans are
+    left out (their false-alarm rate is not an honest estimate). Returns ``{"false_alarm": α asked,
+    "n_normal", "false_alarms", "false_alarm_rate", "n_anomalous", "misses", "miss_rate",
+    "n_calibration_scans_left_out"}``; a rate is NaN without samples of its kind."""
+    kept = [(label, flagged) for label, flagged, used in judged if not used]
+    normal = [flagged for label, flagged in kept if not label]
+    anomalous = [flagged for label, flagged in kept if label]
+    fa, miss = sum(normal), sum(1 for f in anomalous if not f)
+    return {"false_alarm": float(alpha), "n_normal": len(normal), "false_alarms": int(fa),
+            "false_alarm_rate": fa / len(normal) if normal else math.nan, "n_anomalous": len(anomalous),
+            "misses": int(miss), "miss_rate": miss / len(anomalous) if anomalous else math.nan,
+            "n_calibration_scans_left_out": len(judged) - len(kept)}
+
+
+def _in_sample_notes(points: dict) -> list[str]:
+    out = []
+    for cls, op in points.items():
+        if op["n_calibration_scans_left_out"]:
+            out.append(f"class '{cls}': {op['n_calibration_scans_left_out']} scored sample(s) calibrated the "
+                       "threshold and are left out of its realized false-alarm rate")
+    return out
 
 
 def _evaluated_maps(sample: dict, labels: np.ndarray, result: SampleScore):
@@ -561,7 +442,7 @@ def _evaluated_maps(sample: dict, labels: np.ndarray, result: SampleScore):
     and 8-connected mask regions."""
     if result.grid_map is None:
         return labels, result.point_map, regions_of(sample), result.multimodal_map
-    from trainer.official_grid import grid_regions_2d, mask_to_grid
+    from scoring.official_grid import grid_regions_2d, mask_to_grid
 
     mask = mask_to_grid(labels, sample["grid_index"], sample["attrs"]["grid_shape"])
     mm = None if result.grid_multimodal is None else result.grid_multimodal.reshape(-1)
@@ -574,18 +455,21 @@ def _write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: fl
         sid = render.sample_ids[i]
         sample = render.read_sample(i, ("points", "normals"))
         scores = res.read_point_scores(res.sample_path(out, "points", cls, sid, ".npz"))
-        res.write_scored_ply(res.sample_path(out, "ply", cls, sid, ".ply"), _original_points(sample),
+        res.write_scored_ply(res.sample_path(out, "ply", cls, sid, ".ply"), original_points(sample),
                              scores["scores"], scores["labels"], lo, hi, normals=sample.get("normals"),
-                             multimodal=scores.get("multimodal"))
+                             multimodal=scores.get("multimodal"), region=scores.get("region"))
 
 
 def run_score(cfg: ScoreConfig) -> int:
-    """CLI runner of ``pad score`` (see :class:`trainer.options.ScoreConfig`)."""
+    """CLI runner of ``pad score`` (see :class:`scoring.options.ScoreConfig`)."""
     doc = score_cache(cfg)
     print(res.format_table(doc))
     if doc.get("multimodal"):
         print("\nmultimodal (RGB fused)")
         print(res.format_table(doc, multimodal=True))
+    if doc.get("operating_point"):
+        print("")
+        print(res.format_operating_points(doc))
     for note in doc["notes"]:
         print(f"note: {note}")
     if doc.get("warning"):

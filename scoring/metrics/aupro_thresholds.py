@@ -11,7 +11,7 @@ The official procedure, over all maps of a class at once:
    integrate PRO over them with the trapezoidal rule (``sklearn.metrics.auc``).
 
 Step 3's rescaling makes the value depend on the smallest FPR reached, unlike the exact AUPRO
-of :mod:`trainer.metrics.pro` (pad's default). This module computes the same numbers without
+of :mod:`scoring.metrics.pro` (pad's default). This module computes the same numbers without
 the per-threshold loop: each region's and the background's scores are sorted once and counted
 above every threshold with ``searchsorted``.
 """

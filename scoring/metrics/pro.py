@@ -1,7 +1,7 @@
 """PRO: per-region overlap against the false-positive rate, and its normalized area.
 
-Shared by the 2D form (:mod:`trainer.metrics.aupro`) and the point-cloud form
-(:mod:`trainer.metrics.aupro_points`): both reduce to a *region id per element* (−1 for
+Shared by the 2D form (:mod:`scoring.metrics.aupro`) and the point-cloud form
+(:mod:`scoring.metrics.aupro_points`): both reduce to a *region id per element* (−1 for
 normal elements, 0… for the anomalous regions) and a score per element.
 
 At threshold t, PRO(t) is the mean over regions of the fraction of the region's elements
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.metrics._curve import binary_curve
-from trainer.metrics._inputs import flat_scores
+from scoring.metrics._curve import binary_curve
+from scoring.metrics._inputs import flat_scores
 
 #: Default FPR limit of AUPRO (MVTec AD / MVTec 3D-AD).
 INTEGRATION_LIMIT = 0.3

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.metrics._curve import binary_curve
-from trainer.metrics._inputs import binary_inputs
+from scoring.metrics._curve import binary_curve
+from scoring.metrics._inputs import binary_inputs
 
 
 def average_precision(labels, scores) -> float:
@@ -23,7 +23,7 @@ def average_precision(labels, scores) -> float:
 
 
 def ap_from_curve(tp: np.ndarray, fp: np.ndarray) -> float:
-    """AP from the cumulative counts of :func:`trainer.metrics._curve.binary_curve`."""
+    """AP from the cumulative counts of :func:`scoring.metrics._curve.binary_curve`."""
     if tp.size == 0 or tp[-1] == 0:
         return float("nan")
     tp = tp.astype(np.float64)

@@ -7,13 +7,13 @@ graph), :func:`aupro_regions` (any region labelling), with ``pro_curve*`` for pl
 :func:`object_metrics` and :func:`point_metrics` give the named sets of ``metrics.json``.
 All values are in [0, 1]; an undefined metric (a class missing) is NaN.
 """
-from trainer.metrics.aupro import aupro, mask_regions, pro_curve
-from trainer.metrics.aupro_points import aupro_points, grid_regions, point_regions, pro_curve_points
-from trainer.metrics.auroc import auroc
-from trainer.metrics.average_precision import average_precision
-from trainer.metrics.f1max import f1_max
-from trainer.metrics.pro import INTEGRATION_LIMIT, area_to_limit, aupro_regions, concat_regions, pro_curve_regions
-from trainer.metrics.summary import binary_metrics, object_metrics, point_metrics
+from scoring.metrics.aupro import aupro, mask_regions, pro_curve
+from scoring.metrics.aupro_points import aupro_points, grid_regions, point_regions, pro_curve_points
+from scoring.metrics.auroc import auroc
+from scoring.metrics.average_precision import average_precision
+from scoring.metrics.f1max import f1_max
+from scoring.metrics.pro import INTEGRATION_LIMIT, area_to_limit, aupro_regions, concat_regions, pro_curve_regions
+from scoring.metrics.summary import binary_metrics, object_metrics, point_metrics
 
 __all__ = [
     "INTEGRATION_LIMIT", "area_to_limit", "aupro", "aupro_points", "aupro_regions", "auroc",

@@ -1,6 +1,6 @@
 """The end of ``pad score``: choose the samples the report shows (per class, with the reason),
-score them once more with their 2D maps, write ``report.html`` (:mod:`trainer.report`), then
-close the results directory (:func:`trainer.results.finish_results`: files of a previous run
+score them once more with their 2D maps, write ``report.html`` (:mod:`scoring.report`), then
+close the results directory (:func:`scoring.results.finish_results`: files of a previous run
 that this one did not write again are removed, the manifest is written)."""
 from __future__ import annotations
 
@@ -38,19 +38,22 @@ def report_facts(cfg, plan, total: int) -> list[tuple[str, str]]:
 
 def write_score_report(cfg, plan, rows: Sequence[Sequence], ranges: Mapping[str, tuple[float, float]], doc: dict,
                        curves: Mapping, notes: Sequence[str], text_for: Callable[[str], dict], total: int,
-                       view_points: int = DEFAULT_VIEW_POINTS) -> str:
+                       view_points: int = DEFAULT_VIEW_POINTS, decisions: Mapping[str, dict] | None = None) -> str:
     """Write the report of a pad score run and close its results directory; returns the page's path.
 
-    ``cfg``: the :class:`trainer.options.ScoreConfig`; ``plan``: the scoring plan (``render``,
+    ``cfg``: the :class:`scoring.options.ScoreConfig`; ``plan``: the scoring plan (``render``,
     ``features``, ``model``, ``tag``, ``classes``, ``use_rgb``); ``rows``: the scores.csv rows
     (id, class, split, label, score[, multimodal score]); ``ranges``: class -> (lo, hi) of its
     point scores; ``doc``/``curves``: metrics document and per-class curves; ``notes``: lines shown
     under the header; ``text_for(cls)``: the text embeddings to score a class with; ``total``: the
-    number of samples scored; ``view_points``: at most this many points per 3D view."""
-    from trainer import results as res
-    from trainer.report import ReportInfo, ReportSample, write_report
-    from trainer.report_selection import select_report_samples
-    from trainer.scoring import SAMPLE_FIELDS, score_sample
+    number of samples scored; ``view_points``: at most this many points per 3D view; ``decisions``:
+    sample id -> :meth:`scoring.calibration.Decision.fields` of the samples a calibration judged
+    (their region labels are read back from ``points/``)."""
+    from scoring import results as res
+    from scoring.report import ReportInfo, ReportSample, write_report
+    from scoring.report_selection import select_report_samples
+    from scoring.regions import region_boxes
+    from scoring.sample_score import SAMPLE_FIELDS, score_sample
 
     render, features, model = plan.render, plan.features, plan.model
     by_id = {str(r[0]): r for r in rows}
@@ -63,14 +66,24 @@ def write_score_report(cfg, plan, rows: Sequence[Sequence], ranges: Mapping[str,
         sample = render.read_sample(i, SAMPLE_FIELDS)
         result = score_sample(model, features.global_(i), features.patch(i), sample, render.image_size, cfg.sigma,
                               text=text_for(cls), with_maps=True, fusion=cfg.fusion, protocol=cfg.protocol)
+        decision = (decisions or {}).get(sid)
+        boxes = None
+        if decision is not None and decision["n_regions"]:
+            stored = res.read_point_scores(res.sample_path(cfg.out, "points", cls, sid, ".npz"))
+            _, low, high = region_boxes(sample["points"], stored["region"], int(decision["n_regions"]))
+            boxes = [(low[r], high[r], f"region {r + 1}") for r in range(low.shape[0])]
         samples.append(ReportSample(
             id=sid, cls=cls, label=int(by_id[sid][3]), score=result.score, images=render.images(i),
             view_maps=result.view_maps, points=sample["points"], point_scores=result.point_map,
             point_labels=np.asarray(sample["labels"], np.uint8), lo=ranges[cls][0], hi=ranges[cls][1],
             gt2d=render.gt2d(i), view_names=view_names,
             multimodal_score=float(by_id[sid][5]) if plan.use_rgb and len(by_id[sid]) > 5 else None,
-            ply=res.sample_relpath("ply", cls, sid, ".ply"), reason=reason))
-    info = ReportInfo(title="pad score", notes=list(notes), facts=report_facts(cfg, plan, total),
+            ply=res.sample_relpath("ply", cls, sid, ".ply"), reason=reason, decision=decision, boxes=boxes))
+    facts = report_facts(cfg, plan, total)
+    if doc.get("calibration"):
+        cal = doc["calibration"]
+        facts.append(("calibration", f"{cal['file']} (asked false-alarm rate {cal['false_alarm']:g})"))
+    info = ReportInfo(title="pad score", notes=list(notes), facts=facts,
                       banner=random_weights_notice(model.config))
     path = write_report(cfg.out, doc, curves, samples, info, view_points=view_points)
     res.finish_results(cfg.out)

@@ -9,7 +9,7 @@ Figures (under ``<results>/figures/``):
   (2D ground truth outlined in white) next to the point cloud's ground truth (anomalous points
   in red, drawn over the normal ones so they stay visible)
 
-Each sample shown (chosen per class by :func:`trainer.report_selection.select_report_samples`,
+Each sample shown (chosen per class by :func:`scoring.report_selection.select_report_samples`,
 with the reason it is shown) also has an interactive 3D view (:mod:`data_cache.viewer`: rotate,
 zoom, pan; coloured by point score with a colour bar; buttons show the ground-truth points),
 drawn by plotly.js from ``assets/`` beside the page: the page opens from local disk with no
@@ -31,10 +31,11 @@ from urllib.parse import quote
 import numpy as np
 
 from data_cache.viewer import DEFAULT_VIEW_POINTS
-from trainer.results import METRIC_NAMES
+from scoring.results import METRIC_NAMES
 
 FIGURES_DIR = "figures"
 MAX_SCATTER_POINTS = 30000
+MAX_REGION_ROWS = 20   # regions listed per sample in the page (the points/ file keeps them all)
 
 
 @dataclass
@@ -74,6 +75,8 @@ class ReportSample:
     multimodal_score: float | None = None
     ply: str | None = None  # path relative to the results dir
     reason: str = ""        # why the report shows it (select_report_samples)
+    decision: dict | None = None   # scoring.calibration.Decision.fields(): p_value, verdict, regions (file units)
+    boxes: list | None = None      # the regions' boxes in the coordinates of ``points``: (low (3,), high (3,), name)
 
 
 @dataclass
@@ -269,14 +272,59 @@ def _metrics_table(section: dict, caption: str) -> str:
             + "".join(rows) + "</table>")
 
 
+def _pct_or_dash(value) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _decisions_section(doc: dict) -> str:
+    """The calibrated operating point per class: realized false-alarm and miss rates (percent)."""
+    cal = doc.get("calibration") or {}
+    alpha = cal.get("false_alarm")
+    rows = []
+    for cls, op in doc["operating_point"].items():
+        rows.append(f"<tr><td>{_e(cls)}</td><td>{op['n_normal']}</td><td>{op['false_alarms']}</td>"
+                    f"<td>{_pct_or_dash(op['false_alarm_rate'])}</td><td>{op['n_anomalous']}</td>"
+                    f"<td>{op['misses']}</td><td>{_pct_or_dash(op['miss_rate'])}</td></tr>")
+    asked = f"{100 * alpha:g}" if alpha is not None else "?"
+    return ("<h2>Decisions at the calibrated threshold</h2>"
+            f"<p>Calibration: {_e(cal.get('file', ''))}; a sample is anomalous when its conformal p-value "
+            f"(against the class's normal scans) is at most the asked false-alarm rate, {_e(asked)} %, i.e. when "
+            f"its {_e(cal.get('score', 'score'))} is above the class's threshold. Calibration scans are left out "
+            "of these rates.</p><table><tr><th>class</th><th>normal samples</th><th>false alarms</th>"
+            "<th>false-alarm rate (%)</th><th>anomalous samples</th><th>misses</th><th>miss rate (%)</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _regions_table(decision: dict) -> str:
+    """The defect regions of one sample (coordinates and extents in the file's own units)."""
+    regions = decision.get("regions") or []
+    dropped = int(decision.get("n_small_regions_dropped", 0))
+    tail = f" ({dropped} smaller group(s) of points dropped)" if dropped else ""
+    if not regions:
+        return f"<p>No defect region{_e(tail)}.</p>"
+
+    def vec(v) -> str:
+        return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+    rows = "".join(f"<tr><td>{r['region']}</td><td>{r['n_points']}</td><td>{_e(vec(r['centroid']))}</td>"
+                   f"<td>{_e(vec(r['box_min']))}</td><td>{_e(vec(r['box_max']))}</td><td>{r['extent']:.4g}</td>"
+                   f"<td>{r['max_score']:.3f}</td><td>{r['mean_score']:.3f}</td></tr>"
+                   for r in regions[:MAX_REGION_ROWS])
+    more = (f"<p>… and {len(regions) - MAX_REGION_ROWS} more region(s) (all of them in the sample's points/ "
+            "file).</p>" if len(regions) > MAX_REGION_ROWS else "")
+    return (f"<p>Defect regions{_e(tail)}, in the file's own coordinates and units:</p><table><tr><th>region</th>"
+            "<th>points</th><th>centroid</th><th>box min</th><th>box max</th><th>largest extent</th>"
+            "<th>max score</th><th>mean score</th></tr>" + rows + "</table>" + more)
+
+
 def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples: Sequence[ReportSample],
                  info: ReportInfo | None = None, seed: int = 0, view_points: int = DEFAULT_VIEW_POINTS) -> str:
     """Write ``<out>/report.html`` with its figures (and, when samples are shown, ``assets/``
     for their 3D views); returns the page's path.
 
-    ``doc``: the metrics document (:func:`trainer.results.metrics_document`), values in [0,1]
+    ``doc``: the metrics document (:func:`scoring.results.metrics_document`), values in [0,1]
     or NaN; ``curves``: per-class curves; ``samples``: the samples to show, in order (grouped
-    by class, see :func:`trainer.report_selection.select_report_samples`); ``view_points``: at
+    by class, see :func:`scoring.report_selection.select_report_samples`); ``view_points``: at
     most this many points per 3D view."""
     from data_cache.viewer import head_scripts, viewer_block, viewer_document, write_assets
 
@@ -300,6 +348,8 @@ def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples
     parts.append("<h2>Point clouds</h2>" + _metrics_table(doc, "point cloud only"))
     if doc.get("multimodal"):
         parts.append("<h2>Point clouds + RGB</h2>" + _metrics_table(doc["multimodal"], "multimodal (RGB fused)"))
+    if doc.get("operating_point") is not None:
+        parts.append(_decisions_section(doc))
 
     figures = []
     if plot_roc(curves, os.path.join(fig_dir, "roc.png"), doc["per_class"]):
@@ -329,15 +379,18 @@ def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples
         facts = [("class", sample.cls), ("label", label), ("object score", f"{sample.score:.3f}")]
         if sample.multimodal_score is not None:
             facts.append(("multimodal score", f"{sample.multimodal_score:.3f}"))
+        if sample.decision is not None:
+            facts += [("verdict", f"{sample.decision['verdict']} (p = {sample.decision['p_value']:.3g})"),
+                      ("defect regions", str(sample.decision["n_regions"]))]
         view = viewer_document(sample.points, sample.point_scores, sample.point_labels, lo=sample.lo, hi=sample.hi,
                                title=sample.id, facts=facts, max_points=view_points, seed=seed + k,
-                               show_title=False)
+                               show_title=False, boxes=sample.boxes)
         link = "" if not sample.ply else f'<p><a href="{_href(sample.ply)}">coloured PLY</a></p>'
         reason = f'<p class="reason">shown as: {_e(sample.reason)}</p>' if sample.reason else ""
         parts.append(f"<h4>{k + 1}. {_e(sample.id)}</h4>{reason}"
                      f'<div class="pad-sample">{viewer_block(k, view)}<figure class="pad-views">'
                      f"<img src=\"{_href(FIGURES_DIR + '/' + name)}\" alt=\"2D score maps and ground truth\">"
-                     f"{link}</figure></div>")
+                     f"{link}</figure></div>" + (_regions_table(sample.decision) if sample.decision else ""))
     parts.append("</body></html>\n")
     path = os.path.join(out, "report.html")
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -13,8 +13,8 @@ from scipy import ndimage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from trainer.metrics._inputs import flat_labels, is_sequence
-from trainer.metrics.pro import INTEGRATION_LIMIT, area_to_limit, concat_regions, pro_curve_regions
+from scoring.metrics._inputs import flat_labels, is_sequence
+from scoring.metrics.pro import INTEGRATION_LIMIT, area_to_limit, concat_regions, pro_curve_regions
 
 #: Default radius of the region graph, in median nearest-neighbour spacings of the anomalous
 #: points. Randomly sampled surfaces (points drawn uniformly from a mesh) have many gaps wider

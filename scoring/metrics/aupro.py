@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from trainer.metrics.pro import INTEGRATION_LIMIT, area_to_limit, pro_curve_regions
+from scoring.metrics.pro import INTEGRATION_LIMIT, area_to_limit, pro_curve_regions
 
 #: 8-connectivity within an image, none across images of a (M, H, W) stack.
 _STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
