@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 from data_cache.errors import PadError
 from data_cache.render_store import RenderStore
 from pipeline.render import RenderSettings, make_cameras, render_sample, store_attrs
-from pipeline.render.kernel import knn_graph
+from pipeline.render.rendered import knn_graph
 
 from _render_helpers import bump, decode_colors, fibonacci_sphere, index_colors, make_sample, two_planes
 

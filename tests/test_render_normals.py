@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.render.kernel import downsample, knn_graph
+from pipeline.render.kernel import downsample
+from pipeline.render.rendered import knn_graph
 from pipeline.render.normals import (orient_by_views, orient_outward, orient_to_viewpoint, pca_normals,
                                      smallest_eigenvectors)
 from pipeline.render.surfels import auto_half_sizes, surfel_mesh, tangent_basis

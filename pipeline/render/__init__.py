@@ -17,7 +17,8 @@ Importing this package does not import OpenGL: the platform (OSMesa/EGL) is
 chosen when the first renderer is created (:func:`pipeline.render.gl.configure_platform`).
 """
 from pipeline.render.cameras import make_cameras, resolve_views
-from pipeline.render.kernel import RenderedSample, render_sample
+from pipeline.render.kernel import render_sample
+from pipeline.render.rendered import RenderedSample
 from pipeline.render.settings import RenderSettings, store_attrs
 
 __all__ = ["RenderSettings", "RenderedSample", "make_cameras", "render_sample", "resolve_views",

@@ -16,45 +16,23 @@ more threads per process would oversubscribe the cores.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from data_cache.errors import PadError
 from pipeline.render import normals as nrm
 from pipeline.render.cameras import camera_arrays
 from pipeline.render.gl import get_renderer
 from pipeline.render.projection import rows
+from pipeline.render.rendered import RenderedSample, check_points, knn_graph, labels_of, normalize
 from pipeline.render.settings import RenderSettings
 from pipeline.render.surfels import SPACING_K, auto_half_sizes, surfel_mesh, tangent_basis
 from pipeline.render.visibility import (depth_tolerance, ground_truth_2d, min_pool, output_pixels,
                                         view_geometry, visible_from_depth)
 
 NORMAL_K = 10          # neighbours for PCA normals (plus the point itself)
-MIN_POINTS = 8
 MIN_SPLAT_PX = 0.5     # smallest automatic splat half-size, output pixels
-
-
-@dataclass
-class RenderedSample:
-    """Everything of one sample for :meth:`RenderStore.write_sample`.
-
-    - ``arrays``: ``points`` (N,3) float32 normalized, ``normals`` (N,3) float32,
-      ``labels`` (N,) uint8, ``pixel`` (N,V,2) int16 (row, col) output pixels,
-      ``visible`` (N,V) bool, ``knn`` (N,k) int32, ``knn_dist`` (N,k) float32
-      (normalized units), ``grid_index`` (N,) int32 when organized
-    - ``attrs``: id, class, split, label, n_points, source_path, center (3,), scale,
-      splat_half_size_px (median), normals_source, grid_shape when organized
-    - ``images`` (V,H,W,3) uint8, ``gt2d`` (V,H,W) uint8 in {0,1}, ``rgb`` (H,W,3) uint8 or None
-    - ``timings``: seconds of knn, normals, raster, index_visibility
-    """
-    arrays: dict
-    attrs: dict
-    images: np.ndarray
-    gt2d: np.ndarray
-    rgb: np.ndarray | None = None
-    timings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -79,18 +57,6 @@ class Prepared:
     order: np.ndarray
 
 
-def normalize(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Centre and scale (N, 3) points into the unit ball: returns (N, 3) float64
-    normalized points, ``center`` (3,) float64 (bounding-box centre) and ``scale``
-    (largest distance from it; 1 for a single repeated point)."""
-    p = np.asarray(points, dtype=np.float64)
-    center = 0.5 * (p.min(axis=0) + p.max(axis=0))
-    scale = float(np.sqrt(((p - center) ** 2).sum(axis=1).max()))
-    if not np.isfinite(scale) or scale <= 0:
-        scale = 1.0
-    return (p - center) / scale, center, scale
-
-
 def spatial_order(points: np.ndarray, cells: int = 16) -> np.ndarray:
     """(N,) int64 permutation visiting ``points`` (N, 3) cell by cell of a
     ``cells``³ grid over their bounding box (x-major, then y, then z inside a cell).
@@ -104,46 +70,6 @@ def spatial_order(points: np.ndarray, cells: int = 16) -> np.ndarray:
     cell = np.minimum((p - lo) / span * cells, cells - 1).astype(np.int64)
     key = (cell[:, 0] * cells + cell[:, 1]) * cells + cell[:, 2]
     return np.lexsort((p[:, 2], key))
-
-
-def knn_graph(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest other points of each point: ``idx`` (N, k) int64 and ``dist``
-    (N, k) float64, ascending. The point itself is removed even when duplicates
-    make it appear later than first. One thread (see the module docstring).
-    Queries are about 2× faster when the points come in :func:`spatial_order`."""
-    p = np.asarray(points, dtype=np.float64)
-    k = min(k, len(p) - 1)
-    dist, idx = cKDTree(p).query(p, k=k + 1, workers=1)
-    return without_self(idx.reshape(len(p), -1), dist.reshape(len(p), -1), k)
-
-
-def without_self(idx: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``k`` neighbours other than the point itself from a KD-tree query of
-    every point (``idx``, ``dist``: (N, K) with K > k, ascending, the point itself among them
-    unless duplicates push it out: then the farthest is dropped)."""
-    n = len(idx)
-    if (idx[:, 0] == np.arange(n)).all():     # the usual case: self first
-        return idx[:, 1:k + 1], dist[:, 1:k + 1]
-    is_self = idx == np.arange(n)[:, None]
-    missing = ~is_self.any(axis=1)
-    is_self[missing, -1] = True               # self beyond K (many duplicates): drop the farthest
-    order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
-
-
-def check_points(sample, settings: RenderSettings) -> np.ndarray:
-    """The sample's (N, 3) points, checked: PadError naming the file for a wrong shape, too few
-    points for the kNN graph, or non-finite coordinates."""
-    pts = np.asarray(sample.points)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise PadError(f"points have shape {pts.shape}, expected (N, 3)", sample.source_path)
-    need = max(MIN_POINTS, settings.knn + 1)
-    if pts.shape[0] < need:
-        raise PadError(f"only {pts.shape[0]} points; rendering needs at least {need} "
-                       f"(--knn {settings.knn} neighbours per point)", sample.source_path)
-    if not np.isfinite(pts).all():
-        raise PadError("points contain NaN or Inf", sample.source_path)
-    return pts
 
 
 def prepare(sample, settings: RenderSettings, cameras: list[dict], timings: dict | None = None) -> Prepared:
@@ -336,18 +262,6 @@ def _toward_cameras(points: np.ndarray, cameras: list[dict]) -> np.ndarray:
         return np.asarray(dirs)
     toward = np.asarray(centers)[None] - np.asarray(points, dtype=np.float64)[:, None]
     return toward / np.maximum(np.linalg.norm(toward, axis=2, keepdims=True), 1e-12)
-
-
-def labels_of(sample, n: int) -> np.ndarray:
-    """(n,) uint8 {0, 1} point labels of ``sample`` (zeros without labels); PadError when their
-    count is not ``n``."""
-    labels = getattr(sample, "point_labels", None)
-    if labels is None:
-        return np.zeros(n, dtype=np.uint8)
-    labels = np.asarray(labels).reshape(-1)
-    if labels.shape[0] != n:
-        raise PadError(f"{labels.shape[0]} point labels for {n} points", sample.source_path)
-    return (labels != 0).astype(np.uint8)
 
 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:

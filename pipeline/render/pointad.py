@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -40,9 +39,8 @@ from data_cache.errors import PadError
 from pipeline.render.open3d_camera import LegacyCamera, legacy_camera, project_pinhole
 from pipeline.render.open3d_normals import estimate_normals
 from pipeline.render.open3d_shading import phong_grey
+from pipeline.render.rendered import RenderedSample, check_points, labels_of, normalize, without_self
 
-if TYPE_CHECKING:  # the kernel imports this module when it renders --style pointad
-    from pipeline.render.kernel import RenderedSample
 
 OUTPUT_SIZE = 336           # the scripts resize every rendering to 336×336
 GREY = 0.7                  # the colour of every point in the image render
@@ -225,7 +223,6 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     the ``knn`` nearest other points of each point (for the stored kNN graph, from the normals'
     KD-tree query)."""
     from pipeline.render.gl import get_point_renderer
-    from pipeline.render.kernel import without_self
 
     timings = {"normals": 0.0, "raster": 0.0, "index_visibility": 0.0}
     t = time.perf_counter()
@@ -272,14 +269,13 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     return ScriptViews(images, gt2d, pixel, visible, back, timings, neighbours)
 
 
-def render_pointad(sample, settings) -> "RenderedSample":
+def render_pointad(sample, settings) -> RenderedSample:
     """Render one sample read by :func:`pipeline.ingest.pointad.load_pointad_sample` as its
     layout's official script does (module doc); ``settings``: a
     :class:`~pipeline.render.settings.RenderSettings` with ``style="pointad"`` and ``layout``.
 
-    Returns the :class:`~pipeline.render.kernel.RenderedSample` the store keeps, its points
+    Returns the :class:`~pipeline.render.rendered.RenderedSample` the store keeps, its points
     normalized like every pad sample and the script's outputs as they are."""
-    from pipeline.render.kernel import RenderedSample, check_points, labels_of, normalize
 
     timings: dict[str, float] = {}
     raw = check_points(sample, settings)
