@@ -195,8 +195,9 @@ class PointRenderer:
     test of Open3D's legacy renderer (``GL_LESS``: of points on one pixel, the nearest wins, the
     first drawn on equal depth). Multisampling is off on every platform (pyrender's
     segmentation pass, with pad's point shaders), so each pixel shows exactly one point or the
-    background. A point is drawn as (grey, grey, 255) over a black clear colour: the blue
-    channel marks the pixels a point covers. Reused across samples via :func:`get_point_renderer`."""
+    background. That pass clears to black; over a white background a point's grey ``g`` is
+    drawn as ``255 − g`` and the red channel read back inverted, so that uncovered pixels come out
+    white without a coverage mask. Reused across samples via :func:`get_point_renderer`."""
 
     def __init__(self, width: int, height: int):
         import pyrender
@@ -224,32 +225,36 @@ class PointRenderer:
                background: int) -> np.ndarray:
         """Draw (N, 3) ``points`` (float32 on the GPU, as Open3D uploads them) in (N,) uint8
         ``grey`` levels through the (4, 4) float32 ``mvp``, each ``point_size`` pixels wide, over
-        a ``background`` grey level. Returns the (height, width) uint8 image, row 0 at the top."""
+        a black (``background`` 0) or white (255) background. Returns the (height, width) uint8
+        image, row 0 at the top."""
+        if background not in (0, 255):
+            raise ValueError(f"background must be 0 or 255, not {background}")
         pr = self._pyrender
+        invert = background == 255
         self._use_point_size(point_size)
-        rgba = np.ones((len(grey), 4), dtype=np.float32)
-        rgba[:, 0] = np.asarray(grey, dtype=np.float32) / np.float32(255.0)
-        rgba[:, 1] = rgba[:, 0]
-        prim = pr.Primitive(positions=np.ascontiguousarray(points, dtype=np.float32), color_0=rgba,
+        level = np.asarray(grey, dtype=np.uint8)
+        color = np.empty((len(level), 4), dtype=np.float32)
+        color[:, 0] = (255 - level if invert else level).astype(np.float32) / np.float32(255.0)
+        color[:, 1:] = 1.0
+        prim = pr.Primitive(positions=np.ascontiguousarray(points, dtype=np.float32), color_0=color,
                             mode=pr.constants.GLTF.POINTS)
         node = self.scene.add(pr.Mesh(primitives=[prim]))
         try:
             self._camera.matrix = np.asarray(mvp, dtype=np.float32).astype(np.float64)
-            grey_image, marker = self._draw({node: (0, 0, 0)})
+            red = self._draw({node: (0, 0, 0)})
         finally:
             self.scene.remove_node(node)
-        return np.where(marker == 255, grey_image, np.uint8(background))
+        return 255 - red if invert else red
 
-    def _draw(self, seg_node_map: dict) -> tuple[np.ndarray, np.ndarray]:
-        """pyrender's segmentation pass; returns the red and blue channels, (height, width) uint8
-        each, row 0 at the top. Where the platform has no framebuffer objects (OSMesa) only these
-        two channels are read, into arrays: ``OffscreenRenderer.render`` would also read back and
-        linearize the depth buffer and copy the colour buffer through bytes, which took two
-        thirds of a 1024² render."""
+    def _draw(self, seg_node_map: dict) -> np.ndarray:
+        """pyrender's segmentation pass; returns the red channel, (height, width) uint8, row 0 at
+        the top. Where the platform has no framebuffer objects (OSMesa) only that channel is read,
+        into an array: ``OffscreenRenderer.render`` would also read back and linearize the depth
+        buffer and copy the whole colour buffer through bytes, which took two thirds of a 1024²
+        render."""
         off, flags = self._offscreen, self._pyrender.RenderFlags.SEG
         if off._platform.supports_framebuffers():
-            color = off.render(self.scene, flags=flags, seg_node_map=seg_node_map)[0]
-            return color[..., 0], color[..., 2]
+            return np.ascontiguousarray(off.render(self.scene, flags=flags, seg_node_map=seg_node_map)[0][..., 0])
         from OpenGL import GL
 
         off._platform.make_current()
@@ -261,10 +266,8 @@ class PointRenderer:
             GL.glReadBuffer(GL.GL_FRONT)
             GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
             red = np.empty((self.height, self.width), dtype=np.uint8)
-            blue = np.empty((self.height, self.width), dtype=np.uint8)
             GL.glReadPixels(0, 0, self.width, self.height, GL.GL_RED, GL.GL_UNSIGNED_BYTE, red)
-            GL.glReadPixels(0, 0, self.width, self.height, GL.GL_BLUE, GL.GL_UNSIGNED_BYTE, blue)
-            return red[::-1], blue[::-1]
+            return red[::-1]
         finally:
             off._platform.make_uncurrent()
 
