@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data_cache.options import option
+from pipeline.options import MESH_POINTS, MESH_POINTS_HELP
 
 
 @dataclass
@@ -12,7 +13,8 @@ class PredictConfig:
     exactly as pad render / extract-features / score did for the run's cache (same cameras, image
     size, supersampling, splat size, kNN, backbone and weights), so a file's scores equal what
     pad score gives the same cloud. Overriding one of those options prints a notice."""
-    files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt).", argument=True, nargs=-1)
+    files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt) or meshes (.obj .stl .off .glb, "
+                               ".ply with faces).", argument=True, nargs=-1)
     checkpoint: str = option(help="Run directory written by pad train.")
     out: str = option("pad-predictions", "Output directory (a coloured PLY and a JSON per file, and with "
                                          "--html an interactive 3D view).")
@@ -32,6 +34,7 @@ class PredictConfig:
     view_points: int = option(50000, "At most this many points in a 3D view (larger clouds show their "
                                      "highest-scored points and an even, seeded sample of the rest).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
+    mesh_points: int = option(MESH_POINTS, MESH_POINTS_HELP)
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """``pad predict FILES... --checkpoint RUN``: score your own point cloud files in one go.
 
-Per file, in the process (no Dask, no cache): read it (:func:`pipeline.ingest.read_cloud`),
+Every file is checked before the model loads (:func:`pipeline.ingest.check_input_file`: missing,
+a directory, an unsupported type, unreadable: one line each). Then per file, in the process (no
+Dask, no cache): read it (:func:`pipeline.ingest.read_input`: a mesh is sampled on its surface,
+``--mesh-points`` points; fewer than ``MIN_CLOUD_POINTS`` points is refused),
 render it as the run's cache was rendered (:func:`render_choice`: the run's ``config["render"]``
 record, written by ``pad train`` — its image size, supersampling, splat size, kNN and its
 cameras themselves, the stored matrices), encode the views as ``pad extract-features`` did
@@ -12,7 +15,9 @@ function (:func:`trainer.scoring.score_sample`), and write, under ``--out``:
   fixed range 0..1 so colours compare across files), with ``anomaly_score`` and ``label``
   properties (label: the file's own labels, or 0);
 - ``<stem>.json``: ``{"file", "score", "n_points", "n_scored", "n_dropped_nonfinite",
-  "top1pct_mean", "view_probs", "feature_tag", "checkpoint", "render", "point_scores"}``;
+  "top1pct_mean", "view_probs", "feature_tag", "checkpoint", "render", "mesh", "point_scores"}``
+  (``mesh``: ``{"vertices", "faces", "points"}`` when the file is a mesh, whose rows are then the
+  points drawn on it, else null);
 - with ``--html``: ``<stem>.html``, an interactive 3D view (:mod:`data_cache.viewer`) with the 2D
   view maps, and ``assets/`` (plotly.js and the view's script, one copy for all files).
 
@@ -213,12 +218,12 @@ class Predictor:
         ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
         with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
         PadError for a bad file."""
-        from pipeline.ingest import read_cloud
+        from pipeline.ingest import dropped_line, read_input
         from pipeline.render import render_sample
         from pipeline.sample import Sample
         from trainer.scoring import score_sample
 
-        cloud = read_cloud(path)
+        cloud = read_input(path, self.cfg.mesh_points)
         n = int(cloud.points.shape[0])
         labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -244,6 +249,9 @@ class Predictor:
                "n_dropped_nonfinite": int(cloud.n_dropped_nonfinite),
                "feature_tag": self.config["feature_tag"], "checkpoint": os.path.abspath(self.cfg.checkpoint),
                "render": self.choice.source,
+               "mesh": None if cloud.mesh is None else {"vertices": cloud.mesh.n_vertices, "faces": cloud.mesh.n_faces,
+                                                        "points": cloud.mesh.n_points},
+               "dropped_line": dropped_line(cloud),
                "point_scores": full_scores, "points": full_points, "labels": full_labels, "scored": kept}
         if with_maps:
             doc.update(images=rendered.images, view_maps=result.view_maps, gt2d=rendered.gt2d,
@@ -263,7 +271,7 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names")
+_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names", "dropped_line")
 
 
 def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
@@ -300,7 +308,10 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
              ("label", ("anomalous points in the file: " + str(int(labels.sum()))) if labels.any()
               else "no labels in the file"),
              ("top-1% mean", f"{doc['top1pct_mean']:.3f}")]
-    if doc.get("n_dropped_nonfinite"):
+    mesh = doc.get("mesh")
+    if mesh:
+        facts.append(("mesh", f"{mesh['points']} points drawn on {mesh['faces']} faces"))
+    elif doc.get("n_dropped_nonfinite"):
         facts.append(("rows not scored (non-finite)", str(doc["n_dropped_nonfinite"])))
     view = viewer_document(doc["points"], doc["point_scores"], labels, lo=0.0, hi=1.0,
                            title=os.path.basename(str(doc["file"])), facts=facts, max_points=max_points, seed=seed)
@@ -315,9 +326,25 @@ def run_predict(cfg: PredictConfig) -> int:
     """CLI runner of ``pad predict`` (see :class:`workflows.options.PredictConfig`)."""
     from tqdm import tqdm
 
+    from pipeline.ingest import check_input_file, check_mesh_points
+
     files = list(cfg.files)
     if not files:
         raise PadError("no files given: pad predict FILE... --checkpoint RUN")
+    check_mesh_points(cfg.mesh_points)
+    failed = 0
+    readable = []
+    for path in files:  # before the model loads: a path that cannot be a cloud is said at once
+        try:
+            check_input_file(path)
+            readable.append(path)
+        except PadError as exc:
+            failed += 1
+            print(f"pad predict: {exc}", file=sys.stderr)
+    if not readable:
+        if failed > 1:
+            print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
+        return 2
     predictor = Predictor(cfg)  # checkpoint, backbone or weights problems stop here (exit 2)
     for note in predictor.notes:
         print(f"pad predict: note: {note}", file=sys.stderr)
@@ -326,8 +353,8 @@ def run_predict(cfg: PredictConfig) -> int:
     except OSError as exc:
         raise PadError(f"cannot create the output directory ({exc.strerror})", cfg.out) from None
     used: set[str] = set()
-    failed = 0
-    for path in tqdm(files, desc="pad predict", unit="file", file=sys.stderr, disable=len(files) < 2):
+    meshes = 0
+    for path in tqdm(readable, desc="pad predict", unit="file", file=sys.stderr, disable=len(readable) < 2):
         try:
             doc = predictor.predict(path, with_maps=cfg.html)
         except PadError as exc:
@@ -339,11 +366,14 @@ def run_predict(cfg: PredictConfig) -> int:
         write_prediction(cfg.out, name, doc)
         if cfg.html:
             write_prediction_view(cfg.out, name, doc, cfg.view_points)
-        if doc["n_dropped_nonfinite"]:
-            tqdm.write(f"pad predict: {path}: {doc['n_dropped_nonfinite']} of {doc['n_points']} rows have NaN/Inf "
-                       "coordinates and were not scored (null in the JSON, NaN and grey in the PLY)", file=sys.stderr)
+        if doc["dropped_line"]:
+            kept = "" if doc["mesh"] else " (rows kept in the outputs, not scored: null in the JSON, NaN and grey in the PLY)"
+            tqdm.write(f"pad predict: {path}: {doc['dropped_line']}{kept}", file=sys.stderr)
+        mesh = doc["mesh"]
+        meshes += mesh is not None
+        drawn = f"  mesh: {mesh['points']} points drawn on {mesh['faces']} faces" if mesh else ""
         tqdm.write(f"{path}  score={doc['score']:.3f}  points={doc['n_points']}  "
-                   f"top-1% mean={doc['top1pct_mean']:.3f}", file=sys.stdout)
+                   f"top-1% mean={doc['top1pct_mean']:.3f}{drawn}", file=sys.stdout)
     if failed:   # each failed file's own line said why
         if failed < len(files):
             print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in {cfg.out}",
@@ -351,5 +381,7 @@ def run_predict(cfg: PredictConfig) -> int:
         elif failed > 1:
             print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
         return 2
-    print(f"pad predict: wrote {len(files)} result(s) to {cfg.out}", file=sys.stderr)
+    of_meshes = (f" ({meshes} of them mesh{'es' if meshes > 1 else ''}, sampled with {cfg.mesh_points} points on "
+                 "the surface: --mesh-points)" if meshes else "")
+    print(f"pad predict: wrote {len(files)} result(s) to {cfg.out}{of_meshes}", file=sys.stderr)
     return 0
