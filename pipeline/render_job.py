@@ -104,9 +104,12 @@ class RenderSummary:
             out.append(f"pad render: {len(self.unlisted)} sample(s) in the store are not in the dataset (or not "
                        f"selected) and were kept (e.g. {self.unlisted[0]})")
         if self.dropped:
+            from pipeline.ingest.inputs import dropped_text
             sid, n, rows = max(self.dropped, key=lambda d: d[1])
-            out.append(f"pad render: {len(self.dropped)} sample(s) had non-finite rows dropped "
-                       f"({n} of {rows} in {sid})")
+            what = (f"left out {n} of {rows} vertices with NaN/Inf coordinates" if sid in self.meshes
+                    else dropped_text(n, rows))
+            out.append(f"pad render: {len(self.dropped)} sample(s) had rows with NaN/Inf coordinates, dropped "
+                       f"(e.g. {sid}: {what})")
         if self.meshes:
             from pipeline.ingest.inspect import meshes_line
             out.append(f"pad render: {meshes_line(self.meshes)}")

@@ -374,14 +374,14 @@ def run_predict(cfg: PredictConfig) -> int:
         drawn = f"  mesh: {mesh['points']} points drawn on {mesh['faces']} faces" if mesh else ""
         tqdm.write(f"{path}  score={doc['score']:.3f}  points={doc['n_points']}  "
                    f"top-1% mean={doc['top1pct_mean']:.3f}{drawn}", file=sys.stdout)
+    of_meshes = (f" ({meshes} of them mesh{'es' if meshes > 1 else ''}, sampled with {cfg.mesh_points} points on "
+                 "the surface: --mesh-points)" if meshes else "")
     if failed:   # each failed file's own line said why
         if failed < len(files):
-            print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in {cfg.out}",
-                  file=sys.stderr)
+            print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in "
+                  f"{cfg.out}{of_meshes}", file=sys.stderr)
         elif failed > 1:
             print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
         return 2
-    of_meshes = (f" ({meshes} of them mesh{'es' if meshes > 1 else ''}, sampled with {cfg.mesh_points} points on "
-                 "the surface: --mesh-points)" if meshes else "")
     print(f"pad predict: wrote {len(files)} result(s) to {cfg.out}{of_meshes}", file=sys.stderr)
     return 0

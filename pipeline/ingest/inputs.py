@@ -94,6 +94,11 @@ def check_point_count(path: str | os.PathLike, n_points: int) -> None:
                        f"{MIN_CLOUD_POINTS} to render, score or place a defect", path)
 
 
+def dropped_text(n: int, rows: int) -> str:
+    """``dropped 500 of 35213 rows with NaN/Inf coordinates``: the words of every such line."""
+    return f"dropped {n} of {rows} rows with NaN/Inf coordinates"
+
+
 def dropped_line(cloud: Cloud) -> str | None:
     """The one line saying what was dropped for NaN/Inf coordinates (None when nothing was):
     ``dropped 500 of 35213 rows with NaN/Inf coordinates``, or for a mesh, ``left out 3 of 1839
@@ -104,7 +109,7 @@ def dropped_line(cloud: Cloud) -> str | None:
         return (f"left out {cloud.n_dropped_nonfinite} of {cloud.mesh.n_vertices} vertices with NaN/Inf "
                 f"coordinates and the {cloud.mesh.n_faces_dropped} faces using them")
     rows = int(cloud.kept.shape[0]) if cloud.kept is not None else cloud.points.shape[0] + cloud.n_dropped_nonfinite
-    return f"dropped {cloud.n_dropped_nonfinite} of {rows} rows with NaN/Inf coordinates"
+    return dropped_text(cloud.n_dropped_nonfinite, rows)
 
 
 def mesh_line(cloud: Cloud) -> str | None:
