@@ -190,7 +190,7 @@ class Predictor:
         self.model = load_model(cfg.checkpoint, device=device, parts=parts)
         if self.model.style == "coop":
             raise PadError("this checkpoint uses CoOp prompts (with a class name); pad predict scores with "
-                           "object-agnostic checkpoints (train with --prompts agnostic)", cfg.checkpoint)
+                           "object-agnostic checkpoints (pad train --prompts agnostic)", cfg.checkpoint)
         self.text = self.model.inference_text(None)
         self.settings = self.choice.settings
         self.cameras = self.choice.cameras
