@@ -14,9 +14,12 @@ cloud of its vertices, as a ``.ply`` without faces is.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +118,8 @@ def sample_mesh(path: str, mesh: Mesh, n: int, seed: int) -> MeshSample:
     n_vertices = int(vertices.shape[0])
     if faces.size and (faces.min() < 0 or faces.max() >= n_vertices):
         raise fail(path, f"has faces that index vertices outside 0..{n_vertices - 1}")
-    finite = np.isfinite(vertices).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # a coordinate past float32's range counts as Inf
+        finite = np.isfinite(vertices.astype(np.float32)).all(axis=1)
     usable = finite[faces].all(axis=1)
     kept = faces[usable]
     if not kept.size:
@@ -167,6 +171,20 @@ def _check_stl(path: str, data: bytes) -> None:
                          f"the file holds {len(data)}")
 
 
+@contextlib.contextmanager
+def _quiet_trimesh():
+    """trimesh's log (warnings and tracebacks about a damaged file) silenced while it reads one."""
+    logger = logging.getLogger("trimesh")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def read_mesh_file(path: str) -> Mesh:
     """Read an ``.obj .stl .off .glb`` file into a :class:`Mesh` (every part of a scene, with its
     placement, in one mesh). PadError naming the file for anything wrong with it."""
@@ -181,9 +199,11 @@ def read_mesh_file(path: str) -> Mesh:
     if ext == ".stl":
         _check_stl(path, data)
     try:
-        # bytes without a name: trimesh gets no path, so it reads no neighbouring file (.mtl, textures)
-        scene = trimesh.load_scene(io.BytesIO(data), file_type=ext[1:], process=False)
-        parts = scene.dump(concatenate=False) if len(scene.geometry) else []
+        # bytes without a name: trimesh gets no path, so it reads no neighbouring file (.mtl, textures);
+        # its log stays quiet (a damaged file is one PadError line, not trimesh's traceback)
+        with _quiet_trimesh():
+            scene = trimesh.load_scene(io.BytesIO(data), file_type=ext[1:], process=False)
+            parts = scene.dump(concatenate=False) if len(scene.geometry) else []
     except MemoryError as exc:
         raise fail(path, "too large to read into memory") from exc
     except Exception as exc:  # trimesh raises many types on a damaged file
