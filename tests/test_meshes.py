@@ -210,3 +210,19 @@ def test_default_mesh_points_is_the_documented_one():
     from pipeline.options import MESH_POINTS as OPTION
     from workflows.options import PredictConfig
     assert MESH_POINTS == OPTION == PredictConfig(files=(), checkpoint="r").mesh_points == 20000
+
+
+def test_what_fuzzing_found_a_float32_overflow_and_trimesh_talking(tmp_path, capfd):
+    """A vertex finite in float64 but not in float32 (1e300) counts as non-finite (no Inf point is
+    drawn), and a damaged file is one PadError with nothing of trimesh's own on stderr."""
+    lines = [f"v {x} {y} {z}" for x, y, z in CORNERS] + ["v 1e300 0 0"]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in FACES] + ["f 1 2 9"]
+    (tmp_path / "far.obj").write_text("\n".join(lines) + "\n")
+    cloud = read_cloud(tmp_path / "far.obj", mesh_points=3000)
+    assert np.isfinite(cloud.points).all() and (_on_box(cloud.points) >= 0).all()
+    assert (cloud.n_dropped_nonfinite, cloud.mesh.n_faces_dropped) == (1, 1)
+    (tmp_path / "bad.stl").write_text("solid x\nfacet normal 0 0 nope\nouter loop\nvertex 0 0 0\nendloop\n")
+    capfd.readouterr()
+    with pytest.raises(PadError, match="bad.stl"):
+        read_cloud(tmp_path / "bad.stl")
+    assert capfd.readouterr().err == ""
