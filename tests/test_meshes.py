@@ -221,7 +221,8 @@ def test_what_fuzzing_found_a_float32_overflow_and_trimesh_talking(tmp_path, cap
     cloud = read_cloud(tmp_path / "far.obj", mesh_points=3000)
     assert np.isfinite(cloud.points).all() and (_on_box(cloud.points) >= 0).all()
     assert (cloud.n_dropped_nonfinite, cloud.mesh.n_faces_dropped) == (1, 1)
-    (tmp_path / "bad.stl").write_text("solid x\nfacet normal 0 0 nope\nouter loop\nvertex 0 0 0\nendloop\n")
+    facet = "facet normal 0 {} 0\nouter loop\nvertex 0 0 0\nvertex 1 0 0\nvertex 0 1 0\nendloop\nendfacet\n"
+    (tmp_path / "bad.stl").write_text("solid x\n" + facet.format(0) + facet.format("x") + "endsolid x\n")
     capfd.readouterr()
     with pytest.raises(PadError, match="bad.stl"):
         read_cloud(tmp_path / "bad.stl")
