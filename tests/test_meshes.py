@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")  # before anything imports OpenGL
 
@@ -212,9 +214,9 @@ def test_default_mesh_points_is_the_documented_one():
     assert MESH_POINTS == OPTION == PredictConfig(files=(), checkpoint="r").mesh_points == 20000
 
 
-def test_what_fuzzing_found_a_float32_overflow_and_trimesh_talking(tmp_path, capfd):
+def test_what_fuzzing_found_a_float32_overflow_and_trimesh_talking(tmp_path):
     """A vertex finite in float64 but not in float32 (1e300) counts as non-finite (no Inf point is
-    drawn), and a damaged file is one PadError with nothing of trimesh's own on stderr."""
+    drawn), and trimesh's own log (a traceback about a damaged facet normal) stays off stderr."""
     lines = [f"v {x} {y} {z}" for x, y, z in CORNERS] + ["v 1e300 0 0"]
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in FACES] + ["f 1 2 9"]
     (tmp_path / "far.obj").write_text("\n".join(lines) + "\n")
@@ -223,7 +225,9 @@ def test_what_fuzzing_found_a_float32_overflow_and_trimesh_talking(tmp_path, cap
     assert (cloud.n_dropped_nonfinite, cloud.mesh.n_faces_dropped) == (1, 1)
     facet = "facet normal 0 {} 0\nouter loop\nvertex 0 0 0\nvertex 1 0 0\nvertex 0 1 0\nendloop\nendfacet\n"
     (tmp_path / "bad.stl").write_text("solid x\n" + facet.format(0) + facet.format("x") + "endsolid x\n")
-    capfd.readouterr()
-    with pytest.raises(PadError, match="bad.stl"):
-        read_cloud(tmp_path / "bad.stl")
-    assert capfd.readouterr().err == ""
+    assert read_cloud(tmp_path / "bad.stl", mesh_points=100).mesh.n_faces == 2   # trimesh skips the bad normal ...
+    code = f"from pipeline.ingest import read_cloud; read_cloud({str(tmp_path / 'bad.stl')!r}, mesh_points=100)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0 and run.stderr == "", run.stderr[-500:]       # ... and, outside pytest's log capture,
+                                                                             # nothing of trimesh's reaches stderr
