@@ -4,7 +4,9 @@ views to draw, and checks that the 3D canvas is not blank, that a scripted drag 
 picture, that "ground truth only" shows the magenta points on the object in light grey, and that
 the page logged no error and requested nothing but its own local files (no network). A standalone
 page is also shot by Chromium itself after a fixed virtual time budget, with nothing waiting on
-the page's own signal: it must have drawn by then, with no user action.
+the page's own signal: it must have drawn by then, with no user action (that shot can pass by luck
+without the fix, a race with the first frame; the page opened with an IntersectionObserver that
+never reports is the deterministic check of the cause).
 
 Skipped, with the command to install it, where Chromium or playwright is missing; ``make test``
 installs Chromium when it runs as root. WebGL without a GPU runs on SwiftShader
@@ -230,3 +232,28 @@ def test_a_standalone_view_draws_on_load_within_a_fixed_virtual_time(browser, pa
     assert inner.shape[0] > 300 and inner.shape[1] > 400
     assert _not_blank(inner) > 0.05, "the view did not draw by itself within the virtual time budget"
     assert _jet(inner) > 0.03                                         # the cloud in its score colours
+
+
+SILENT_OBSERVER = """window.IntersectionObserver = function () {
+  this.observe = function () {}; this.unobserve = function () {}; this.disconnect = function () {};
+};"""
+
+
+def test_views_in_the_window_draw_even_when_the_observer_never_reports(browser, pages):
+    """The cause of the empty box: drawing waited for the IntersectionObserver's first report, which
+    a headless browser under a virtual time budget may never deliver. With an observer that never
+    reports, the view in the window still draws."""
+    for name in ("with_maps", "report"):
+        page = browser.new_page()
+        try:
+            page.add_init_script(SILENT_OBSERVER)
+            page.goto("file://" + os.path.abspath(pages[name]))
+            viewer = page.locator("[data-pad-viewer]").first
+            page.wait_for_function("el => el.getAttribute('data-state') === 'drawn'", arg=viewer.element_handle(),
+                                   timeout=30000)
+            page.evaluate(FRAMES)
+            shot = viewer.screenshot()
+            _save(pages["shots"], f"silent-observer-{name}.png", shot)
+            assert _not_blank(_png(shot)) > 0.05, name
+        finally:
+            page.close()
