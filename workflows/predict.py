@@ -218,7 +218,8 @@ class Predictor:
         ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
         with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
         PadError for a bad file."""
-        from pipeline.ingest import dropped_line, read_input
+        from pipeline.ingest import read_input
+        from pipeline.ingest.inputs import dropped_text
         from pipeline.render import render_sample
         from pipeline.sample import Sample
         from trainer.scoring import score_sample
@@ -228,7 +229,7 @@ class Predictor:
         labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
         stem = os.path.splitext(os.path.basename(path))[0]
         sample = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points,
-                        point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals)
+                        point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals, mesh=cloud.mesh)
         rendered = render_sample(sample, self.settings, self.cameras)
         global_, patch = self.encode(rendered.images)
         arrays = dict(rendered.arrays, attrs=rendered.attrs)
@@ -249,9 +250,9 @@ class Predictor:
                "n_dropped_nonfinite": int(cloud.n_dropped_nonfinite),
                "feature_tag": self.config["feature_tag"], "checkpoint": os.path.abspath(self.cfg.checkpoint),
                "render": self.choice.source,
-               "mesh": None if cloud.mesh is None else {"vertices": cloud.mesh.n_vertices, "faces": cloud.mesh.n_faces,
-                                                        "points": cloud.mesh.n_points},
-               "dropped_line": dropped_line(cloud),
+               "mesh": None if sample.mesh is None else {"vertices": sample.mesh.n_vertices,
+                                                         "faces": sample.mesh.n_faces, "points": sample.mesh.n_points},
+               "dropped_line": dropped_text(int(cloud.n_dropped_nonfinite), rows, sample.mesh),
                "point_scores": full_scores, "points": full_points, "labels": full_labels, "scored": kept}
         if with_maps:
             doc.update(images=rendered.images, view_maps=result.view_maps, gt2d=rendered.gt2d,

@@ -17,7 +17,7 @@ import stat
 
 from data_cache.errors import PadError
 
-from .cloud import Cloud
+from .cloud import Cloud, MeshInfo
 from .constants import MIN_CLOUD_POINTS
 from .meshes import MESH_EXTENSIONS
 
@@ -94,22 +94,22 @@ def check_point_count(path: str | os.PathLike, n_points: int) -> None:
                        f"{MIN_CLOUD_POINTS} to render, score or place a defect", path)
 
 
-def dropped_text(n: int, rows: int) -> str:
-    """``dropped 500 of 35213 rows with NaN/Inf coordinates``: the words of every such line."""
+def dropped_text(n: int, rows: int, mesh: MeshInfo | None = None) -> str | None:
+    """The words of every line about NaN/Inf coordinates (None when ``n`` is 0): ``dropped 500 of
+    35213 rows with NaN/Inf coordinates``, or for a mesh (``mesh``: its :class:`MeshInfo`), ``left
+    out 3 of 1839 vertices with NaN/Inf coordinates and the 12 faces using them``."""
+    if not n:
+        return None
+    if mesh is not None:
+        return (f"left out {n} of {mesh.n_vertices} vertices with NaN/Inf coordinates and the "
+                f"{mesh.n_faces_dropped} faces using them")
     return f"dropped {n} of {rows} rows with NaN/Inf coordinates"
 
 
 def dropped_line(cloud: Cloud) -> str | None:
-    """The one line saying what was dropped for NaN/Inf coordinates (None when nothing was):
-    ``dropped 500 of 35213 rows with NaN/Inf coordinates``, or for a mesh, ``left out 3 of 1839
-    vertices with NaN/Inf coordinates and the 12 faces using them``."""
-    if not cloud.n_dropped_nonfinite:
-        return None
-    if cloud.mesh is not None:
-        return (f"left out {cloud.n_dropped_nonfinite} of {cloud.mesh.n_vertices} vertices with NaN/Inf "
-                f"coordinates and the {cloud.mesh.n_faces_dropped} faces using them")
+    """:func:`dropped_text` of a cloud as read."""
     rows = int(cloud.kept.shape[0]) if cloud.kept is not None else cloud.points.shape[0] + cloud.n_dropped_nonfinite
-    return dropped_text(cloud.n_dropped_nonfinite, rows)
+    return dropped_text(cloud.n_dropped_nonfinite, rows, cloud.mesh)
 
 
 def mesh_line(cloud: Cloud) -> str | None:
