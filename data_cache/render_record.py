@@ -11,12 +11,17 @@ came from, so that ``pad predict`` renders new files exactly as the cache was re
 - ``point_size``: ``auto`` or the splat half-size in output pixels, as a string
 - ``cameras``: the store's ``views`` attribute (list of camera dicts, see DESIGN.md)
 - ``normalization``: the store's ``normalization`` attribute (a JSON value)
+- ``style`` (``pad`` or ``pointad``), ``seed`` (``--style pointad``'s seed) and ``layout`` (the
+  dataset format, whose official script ``--style pointad`` reproduces); with ``pointad``,
+  ``point_size`` is the size of classes outside the scripts' tables
 """
 from __future__ import annotations
 
 from data_cache.errors import PadError
 
 RECORD_KEYS = ("image_size", "supersample", "views", "point_size", "knn", "cameras", "normalization")
+#: Keys a record has since ``--style`` (older records are ``--style pad``).
+STYLE_KEYS = {"style": "pad", "seed": 0, "layout": None}
 
 
 def render_record(attrs: dict) -> dict:
@@ -24,22 +29,32 @@ def render_record(attrs: dict) -> dict:
     try:
         point_size = attrs["point_size_px"]
         spec = (attrs.get("render") or {}).get("view_set")
-        return {
+        style = attrs.get("style")
+        record = {
             "image_size": int(attrs["image_size"]),
             "supersample": int(attrs["supersample"]),
             "views": None if spec is None else str(spec),
-            "point_size": "auto" if isinstance(point_size, str) else repr(float(point_size)),
             "knn": int(attrs["knn_k"]),
             "cameras": list(attrs["views"]),
             "normalization": attrs["normalization"],
+            "layout": str((attrs.get("source") or {}).get("format")),
         }
-    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(style, dict):           # --style pointad: sizes per class, "other" for the rest
+            other = point_size.get("other")
+            record.update(style=str(style["name"]), seed=int(style.get("seed", 0)),
+                          point_size=repr(float(other)))
+        else:
+            record.update(style="pad", seed=0,
+                          point_size="auto" if isinstance(point_size, str) else repr(float(point_size)))
+        return record
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PadError(f"the render store's attributes do not say how it was rendered ({exc})") from None
 
 
 def check_record(record) -> dict:
-    """``record`` validated (every key of :data:`RECORD_KEYS` with a value of the right type);
-    PadError naming the first problem."""
+    """``record`` validated (every key of :data:`RECORD_KEYS` with a value of the right type; the
+    keys of :data:`STYLE_KEYS` filled in for records made before ``--style``); PadError naming the
+    first problem."""
     if not isinstance(record, dict):
         raise PadError("the run's render record is not an object")
     types = {"image_size": int, "supersample": int, "views": (str, type(None)), "point_size": str, "knn": int,
@@ -47,4 +62,8 @@ def check_record(record) -> dict:
     for key in RECORD_KEYS:
         if key not in record or not isinstance(record[key], types[key]):
             raise PadError(f"the run's render record has no valid '{key}'")
+    record = {**STYLE_KEYS, **record}
+    if record["style"] not in ("pad", "pointad") or not isinstance(record["seed"], int) \
+            or (record["style"] == "pointad" and not isinstance(record["layout"], str)):
+        raise PadError("the run's render record has no valid 'style', 'seed' or 'layout'")
     return record

@@ -62,7 +62,7 @@ SAMPLE_DTYPES = {"points": np.float32, "normals": np.float32, "labels": np.uint8
                  "visible": np.bool_, "knn": np.int32, "knn_dist": np.float32, "grid_index": np.int32}
 # Attributes that define a store; a second run with different values is refused. ``source`` is
 # compared by its format only: the dataset root may move (see :func:`defining`).
-DEFINING_ATTRS = ("pad_schema", "image_size", "supersample", "views", "normalization", "point_size_px",
+DEFINING_ATTRS = ("pad_schema", "style", "image_size", "supersample", "views", "normalization", "point_size_px",
                   "knn_k", "source", "has_rgb")
 ARRAYS = ("images", "gt2d", "rgb", "sample_key", "done")
 KEY_CHUNK = 4096
@@ -134,6 +134,8 @@ def defining(attrs: dict) -> dict:
     """The attributes that define what a store holds (``DEFINING_ATTRS`` less ``pad_schema``, with
     ``source`` reduced to its format), JSON-normalized."""
     out = {k: attrs.get(k) for k in DEFINING_ATTRS if k != "pad_schema"}
+    if out.get("style") is None:   # --style pad: stores made before --style existed keep their fingerprint
+        del out["style"]
     source = out.get("source")
     out["source"] = {"format": source.get("format")} if isinstance(source, dict) else source
     return _jsonable(out)
@@ -148,9 +150,10 @@ def fingerprint(attrs: dict, sample_ids: Sequence[str] | None = None) -> str:
 
 def _describe_difference(old: dict, new: dict) -> str:
     a, b = defining(old), defining(new)
-    for key in a:
-        if a[key] != b[key]:
-            return f"'{key}' differs (store: {_short(a[key])}, now: {_short(b[key])})"
+    for key in ("style", *a):
+        was, now = a.get(key, "pad"), b.get(key, "pad")      # no style attribute: --style pad
+        if was != now:
+            return f"'{key}' differs (store: {_short(was)}, now: {_short(now)})"
     return "the defining attributes differ"
 
 

@@ -69,8 +69,16 @@ class RenderConfig:
     image_size: int = option(336, "Output image side in pixels.")
     supersample: int = option(2, "Render at this multiple of --image-size, then downsample (anti-aliasing).")
     point_size: str = option("auto", "Splat half-size: auto (from the local point spacing) or a size in "
-                                     "output pixels.", metavar="auto|PX")
+                                     "output pixels. With --style pointad: the point size in window pixels "
+                                     "of classes outside the official scripts' tables (auto: the layout's "
+                                     "default).", metavar="auto|PX")
     knn: int = option(10, "Neighbours per point in the stored kNN graph.")
+    style: str = option("pad", "pad: pad's renderer (oriented surfels, for prompts trained with pad); pointad: "
+                               "exactly what the official PointAD scripts render (Open3D points, their views "
+                               "and sizes, 336 px), for official checkpoints and the papers' numbers.",
+                        choices=("pad", "pointad"))
+    seed: int = option(0, "Seed of the random draws the official scripts leave unseeded (--style pointad: "
+                          "the MVTec 3D-AD plane fit, Real3D-AD resampling).")
     classes: str | None = option(None, "Only these classes (comma-separated).", metavar="a,b")
     splits: str = option("test,train", "Splits to render (comma-separated).")
     workers: int = option(0, "LocalCluster worker processes (0: one per core).")

@@ -76,6 +76,7 @@ class RenderSummary:
     rescheduled: int = 0
     dropped: list[tuple[str, int, int]] = field(default_factory=list)
     meshes: dict[str, dict] = field(default_factory=dict)
+    point_sizes: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
@@ -103,6 +104,9 @@ class RenderSummary:
         if self.unlisted:
             out.append(f"pad render: {len(self.unlisted)} sample(s) in the store are not in the dataset (or not "
                        f"selected) and were kept (e.g. {self.unlisted[0]})")
+        if self.point_sizes:
+            sizes = ", ".join(f"{cls} {size:g} ({source})" for cls, (size, source) in self.point_sizes.items())
+            out.append(f"pad render: --style pointad point sizes in window pixels: {sizes}")
         if self.dropped:
             from pipeline.ingest.inputs import dropped_text
             sid, n, rows = max(self.dropped, key=lambda d: d[1])
@@ -156,12 +160,13 @@ def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> 
     store and returned as ``failed``; errors writing the store propagate (the task is retried).
     """
     from pipeline.ingest import load_sample
+    from pipeline.ingest.pointad import load_pointad_sample
     from pipeline.render import render_sample
 
     t0 = time.perf_counter()
     status: dict[str, Any] = {"index": index, "id": ref.id, "source_path": str(ref.path), "pid": os.getpid()}
     try:
-        sample = load_sample(ref)
+        sample = load_pointad_sample(ref, settings.seed) if settings.style == "pointad" else load_sample(ref)
         t1 = time.perf_counter()
         rendered = render_sample(sample, settings, cameras)
     except Exception as exc:  # the sample's fault: record it, never kill the worker
@@ -205,8 +210,10 @@ def plan_render(cfg: RenderConfig) -> RenderPlan:
         raise PadError(f"no samples found (format {fmt}, classes {cfg.classes or 'all'}, splits {cfg.splits}); "
                        "check with 'pad inspect'", root)
     one_sided = is_one_sided(fmt)
-    settings = RenderSettings.from_config(cfg)
-    cameras = make_cameras(resolve_views(cfg.views, one_sided), settings.image_size)
+    settings = RenderSettings.from_config(cfg, layout=fmt)
+    # --style pointad: each sample's cameras come from its own bounding box (pipeline.render.pointad)
+    cameras = [] if settings.style == "pointad" else make_cameras(resolve_views(cfg.views, one_sided),
+                                                                  settings.image_size)
     attrs = store_attrs(settings, fmt, root, one_sided)
     has_rgb = any(ref.extra_path("rgb") for ref in refs)
     meshes = frozenset(ref.id for ref in refs if is_mesh_file(ref.path))
@@ -282,7 +289,7 @@ def sync_render_store(cfg: RenderConfig, plan: RenderPlan):
     ids = [ref.id for ref in plan.refs]
     paths = [str(ref.path) for ref in plan.refs]
     size = int(plan.attrs.get("image_size", plan.settings.image_size))
-    return RenderStore.sync(_absolute(cfg).cache, plan.attrs, ids, paths, views=len(plan.cameras),
+    return RenderStore.sync(_absolute(cfg).cache, plan.attrs, ids, paths, views=len(plan.attrs["views"]),
                             image_size=size, has_rgb=plan.has_rgb, sample_keys=plan.keys or None)
 
 
@@ -357,6 +364,9 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
                                 added=list(sync.added),
                                 changed=[ids[i] for i in sync.changed], unlisted=list(sync.unlisted),
                                 upgraded=sync.upgraded, moved_from=sync.moved_from)
+        if plan.settings.style == "pointad":
+            from pipeline.render.settings import pointad_point_sizes
+            summary.point_sizes = pointad_point_sizes(plan.settings, [ref.cls for ref in plan.refs])
         if progress and sync.changed:
             meshes = " (or, for a mesh, its --mesh-points)" if set(summary.changed) & plan.meshes else ""
             print(f"pad render: {len(sync.changed)} sample(s) changed on disk{meshes} since they were rendered: "

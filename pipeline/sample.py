@@ -43,6 +43,9 @@ class Sample:
       (``n_points + n_dropped_nonfinite`` rows were read; for a mesh, vertices left out).
     - ``mesh``: :class:`pipeline.ingest.cloud.MeshInfo` when the points were drawn on a mesh's
       surface, else None.
+    - ``script_labels``: (N,) uint8 or None: ``--style pointad`` only, the labels the official
+      script colours its ground-truth render with, where they come from another resize of the
+      mask than ``point_labels`` (:mod:`pipeline.ingest.pointad`).
     """
     id: str
     cls: str
@@ -57,6 +60,7 @@ class Sample:
     warnings: list[str] = field(default_factory=list)
     n_dropped_nonfinite: int = 0
     mesh: object | None = None
+    script_labels: np.ndarray | None = None
 
     @property
     def label(self) -> int:

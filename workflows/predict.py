@@ -124,6 +124,8 @@ def render_choice(config: dict, cfg: PredictConfig, render_size: int) -> RenderC
                 "(re-train with this pad to record it)")
         return RenderChoice(settings, make_cameras(views, settings.image_size), "defaults", [note])
     record = check_record(record)
+    if record["style"] == "pointad":
+        return _pointad_choice(record, config, cfg)
     differ: list[str] = []
     cameras = [dict(c) for c in record["cameras"]]
     views = record["views"]
@@ -156,6 +158,34 @@ def render_choice(config: dict, cfg: PredictConfig, render_size: int) -> RenderC
     if differ:
         notes.append(f"{', '.join(differ)}: scores will not match pad score's on the same cloud")
     return RenderChoice(settings, cameras, "overridden" if differ else "run", notes)
+
+
+def _pointad_choice(record: dict, config: dict, cfg: PredictConfig) -> RenderChoice:
+    """How predict renders for a run whose cache was rendered ``--style pointad``: as the
+    official script of the run's layout (its views and window are fixed: ``--views`` and
+    ``--supersample`` are refused); ``--point-size`` (classes outside the scripts' tables),
+    ``--knn`` and ``--pretrained`` may differ, with a notice."""
+    from pipeline.render import RenderSettings
+
+    for flag, value in (("--views", cfg.views), ("--supersample", cfg.supersample)):
+        if value is not None:
+            raise PadError(f"{flag}: this run's cache was rendered with 'pad render --style pointad' (the official scripts' "
+                           "fixed views and window); leave it out")
+    differ = []
+    point_size, knn = str(record["point_size"]), int(record["knn"])
+    if cfg.point_size is not None and _point_size_px(cfg.point_size) != _point_size_px(point_size):
+        differ.append(f"--point-size {cfg.point_size} (the run's cache: {point_size})")
+        point_size = str(cfg.point_size)
+    if cfg.knn is not None and int(cfg.knn) != knn:
+        differ.append(f"--knn {cfg.knn} (the run's cache: {knn})")
+        knn = int(cfg.knn)
+    if cfg.pretrained is not None and str(cfg.pretrained) != str(config.get("pretrained")):
+        differ.append(f"--pretrained {cfg.pretrained} (the run's features: {config.get('pretrained')})")
+    settings = RenderSettings(style="pointad", layout=record["layout"], seed=int(record["seed"]),
+                              point_size=point_size, knn=knn)
+    notes = [f"{', '.join(differ)}: scores will not match pad score's on the same cloud"] if differ else []
+    # the cameras of a pointad run are its views (names and angles); render_sample places them per sample
+    return RenderChoice(settings, [dict(c) for c in record["cameras"]], "overridden" if differ else "run", notes)
 
 
 class Predictor:
@@ -212,24 +242,47 @@ class Predictor:
             ps.append(p)
         return np.concatenate(gs).astype(np.float16), np.concatenate(ps).astype(np.float16)
 
-    def predict(self, path: str, with_maps: bool = False) -> dict:
-        """Score one file; returns the JSON document (see the module docstring) plus arrays for the
-        PLY and the view: ``points`` (R, 3) float32 (R rows of the file; NaN on unscored rows),
-        ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
-        with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
-        PadError for a bad file."""
+    def _read(self, path: str):
+        """The sample to render for ``path`` and how it maps back to the file's rows: (Sample,
+        (R,) int64 point of each row or −1, (R, 3) float32 row coordinates (NaN where not
+        finite), rows dropped as non-finite). A mesh is sampled (``--mesh-points``; ``Sample.mesh``
+        says so, its rows are the points drawn). With a run rendered ``--style pointad``, the file
+        is read as the official script of the run's layout reads a sample
+        (:func:`pipeline.ingest.pointad.load_for_prediction`)."""
         from pipeline.ingest import read_input
-        from pipeline.ingest.inputs import dropped_text
-        from pipeline.render import render_sample
         from pipeline.sample import Sample
-        from trainer.scoring import score_sample
 
+        if self.settings.style == "pointad":
+            from pipeline.ingest.pointad import load_for_prediction
+            return load_for_prediction(path, self.settings.layout, self.settings.seed)
         cloud = read_input(path, self.cfg.mesh_points)
         n = int(cloud.points.shape[0])
         labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
         stem = os.path.splitext(os.path.basename(path))[0]
         sample = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points,
                         point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals, mesh=cloud.mesh)
+        kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
+        back = np.full(kept.shape[0], -1, np.int64)
+        back[kept] = np.arange(n)
+        rows = np.full((kept.shape[0], 3), np.nan, np.float32)
+        rows[kept] = cloud.points
+        return sample, back, rows, int(cloud.n_dropped_nonfinite)
+
+    def predict(self, path: str, with_maps: bool = False) -> dict:
+        """Score one file; returns the JSON document (see the module docstring) plus arrays for the
+        PLY and the view: ``points`` (R, 3) float32 (R rows of the file; NaN on unscored rows),
+        ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
+        with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
+        PadError for a bad file, and for a cloud under pad's minimum point count."""
+        from pipeline.ingest import check_point_count
+        from pipeline.ingest.inputs import dropped_text
+        from pipeline.render import render_sample
+        from trainer.scoring import score_sample
+
+        sample, back, row_points, dropped = self._read(path)
+        n = sample.n_points
+        check_point_count(path, n)
+        mesh = getattr(sample, "mesh", None)
         rendered = render_sample(sample, self.settings, self.cameras)
         global_, patch = self.encode(rendered.images)
         arrays = dict(rendered.arrays, attrs=rendered.attrs)
@@ -237,23 +290,21 @@ class Predictor:
                               text=self.text, with_maps=with_maps)
         scores = np.asarray(result.point_map, np.float32)
         top = np.sort(scores)[-max(1, int(math.ceil(0.01 * n))):]
-        kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
+        kept = back >= 0
         rows = int(kept.shape[0])
         full_scores = np.full(rows, np.nan, np.float32)
-        full_scores[kept] = scores
-        full_points = np.full((rows, 3), np.nan, np.float32)
-        full_points[kept] = cloud.points
+        full_scores[kept] = scores[back[kept]]
         full_labels = np.zeros(rows, np.uint8)
-        full_labels[kept] = labels
+        full_labels[kept] = sample.point_labels[back[kept]]
         doc = {"file": os.path.abspath(path), "score": float(result.score), "n_points": rows, "n_scored": n,
                "top1pct_mean": float(top.mean()), "view_probs": [float(v) for v in result.view_probs],
-               "n_dropped_nonfinite": int(cloud.n_dropped_nonfinite),
+               "n_dropped_nonfinite": int(dropped),
                "feature_tag": self.config["feature_tag"], "checkpoint": os.path.abspath(self.cfg.checkpoint),
                "render": self.choice.source,
-               "mesh": None if sample.mesh is None else {"vertices": sample.mesh.n_vertices,
-                                                         "faces": sample.mesh.n_faces, "points": sample.mesh.n_points},
-               "dropped_line": dropped_text(int(cloud.n_dropped_nonfinite), rows, sample.mesh),
-               "point_scores": full_scores, "points": full_points, "labels": full_labels, "scored": kept}
+               "mesh": None if mesh is None else {"vertices": mesh.n_vertices, "faces": mesh.n_faces,
+                                                  "points": mesh.n_points},
+               "dropped_line": dropped_text(int(dropped), rows, mesh),
+               "point_scores": full_scores, "points": row_points, "labels": full_labels, "scored": kept}
         if with_maps:
             doc.update(images=rendered.images, view_maps=result.view_maps, gt2d=rendered.gt2d,
                        view_names=[str(c.get("name", f"view {k}")) for k, c in enumerate(self.cameras)])
@@ -323,11 +374,23 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
                              image_caption="2D score maps of the rendered views (range 0..1)")
 
 
+def _pointad_run(run_dir: str) -> bool:
+    """Whether the run's cache was rendered ``--style pointad`` (its predict reads organized .tiff
+    scans too), from its config.json alone; False when it cannot be read (Predictor says why)."""
+    from data_cache import checkpoint as ckpt
+
+    try:
+        return (ckpt.load_config(run_dir).get("render") or {}).get("style") == "pointad"
+    except PadError:
+        return False
+
+
 def run_predict(cfg: PredictConfig) -> int:
     """CLI runner of ``pad predict`` (see :class:`workflows.options.PredictConfig`)."""
     from tqdm import tqdm
 
-    from pipeline.ingest import check_input_file, check_mesh_points
+    from pipeline.ingest import POINT_EXTENSIONS, check_input_file, check_mesh_points
+    from pipeline.ingest.inputs import ORGANIZED_EXTENSIONS
 
     files = list(cfg.files)
     if not files:
@@ -335,9 +398,10 @@ def run_predict(cfg: PredictConfig) -> int:
     check_mesh_points(cfg.mesh_points)
     failed = 0
     readable = []
+    extensions = POINT_EXTENSIONS + (ORGANIZED_EXTENSIONS if _pointad_run(cfg.checkpoint) else ())
     for path in files:  # before the model loads: a path that cannot be a cloud is said at once
         try:
-            check_input_file(path)
+            check_input_file(path, extensions)
             readable.append(path)
         except PadError as exc:
             failed += 1

@@ -17,8 +17,12 @@ PLANE_SCORE_POINTS = 4096
 #: Width of the image border strip, as a fraction of min(H, W), where the candidate planes
 #: are drawn and scored: the background shows there, the object sits in the middle.
 PLANE_BORDER_FRACTION = 0.1
-#: Below this many valid points in the border strip, all valid points form the pool.
+#: The support is looked for only when the border strip holds at least this many valid points...
 PLANE_MIN_BORDER_POINTS = 64
+#: ...and at least this fraction of its pixels hold a measurement: the support fills the view of
+#: a raw scan, while a scan whose background was removed already has a zero border (at most the
+#: object touches it). Without support the cloud is kept whole.
+PLANE_MIN_BORDER_COVERAGE = 0.5
 #: A plane is removed only when at least this fraction of the pool lies on it; otherwise the
 #: cloud is kept whole and the sample gets a warning.
 PLANE_MIN_INLIER_FRACTION = 0.3

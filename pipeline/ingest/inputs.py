@@ -25,6 +25,8 @@ from .meshes import MESH_EXTENSIONS
 CLOUD_EXTENSIONS = (".ply", ".pcd", ".npy", ".npz", ".xyz", ".txt")
 #: Every file type pad reads as a cloud: point files and meshes.
 POINT_EXTENSIONS = CLOUD_EXTENSIONS + MESH_EXTENSIONS
+#: Organized scans (xyz grids), which pad predict reads for a run rendered with --style pointad.
+ORGANIZED_EXTENSIONS = (".tiff", ".tif")
 
 
 def kinds_text() -> str:
@@ -38,10 +40,11 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or type(exc).__name__).lower()
 
 
-def check_input_file(path: str | os.PathLike) -> None:
+def check_input_file(path: str | os.PathLike, extensions: tuple[str, ...] = POINT_EXTENSIONS) -> None:
     """PadError, naming ``path``, when it is not a readable point or mesh file: missing (or a
     link to nothing), a directory, not a regular file, without an extension, of a type pad does not
-    read, empty, or unreadable. Reads at most one byte; imports nothing heavy."""
+    read (``extensions``: what the caller reads), empty, or unreadable. Reads at most one byte;
+    imports nothing heavy."""
     path = os.fspath(path)
     try:
         st = os.stat(path)
@@ -57,8 +60,10 @@ def check_input_file(path: str | os.PathLike) -> None:
     ext = os.path.splitext(path)[1].lower()
     if not ext:
         raise PadError(f"has no file extension; pad tells the format by it and reads {kinds_text()}", path)
-    if ext not in POINT_EXTENSIONS:
-        raise PadError(f"unsupported file type {ext!r}; pad reads {kinds_text()}", path)
+    if ext not in extensions:
+        hint = (" (an organized .tiff scan only for a run rendered with 'pad render --style pointad')"
+                if ext in ORGANIZED_EXTENSIONS else "")
+        raise PadError(f"unsupported file type {ext!r}; pad reads {kinds_text()}{hint}", path)
     if st.st_size == 0:
         raise PadError("empty file", path)
     try:

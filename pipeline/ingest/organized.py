@@ -69,6 +69,17 @@ def read_image(path: str, shape: tuple[int, int], mode: str) -> np.ndarray:
         raise wrap(path, "the image", exc) from exc
 
 
+def check_normal_without_mask(ref: SampleRef) -> None:
+    """A sample without a gt mask must be normal: a test sample of a defect type other than
+    ``good`` without its mask is a PadError naming the file it expected."""
+    path = ref.path
+    defect = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    if ref.split == "test" and defect not in ("good", "test"):
+        expected = os.path.join(os.path.dirname(os.path.dirname(path)), "gt",
+                                os.path.splitext(os.path.basename(path))[0] + ".png")
+        raise fail(path, f"test sample of defect type {defect!r} has no ground-truth mask (expected {expected})")
+
+
 def read_organized(ref: SampleRef) -> Sample:
     """Load one MVTec 3D-AD / Eyecandies sample (see module doc).
 
@@ -103,11 +114,7 @@ def read_organized(ref: SampleRef) -> Sample:
         mask = read_image(gt_path, (h, w), "L")
         point_labels = (mask.reshape(-1)[grid_index] > 0).astype(np.uint8)
     else:
-        defect = os.path.basename(os.path.dirname(os.path.dirname(path)))
-        if ref.split == "test" and defect not in ("good", "test"):
-            expected = os.path.join(os.path.dirname(os.path.dirname(path)), "gt",
-                                    os.path.splitext(os.path.basename(path))[0] + ".png")
-            raise fail(path, f"test sample of defect type {defect!r} has no ground-truth mask (expected {expected})")
+        check_normal_without_mask(ref)
         point_labels = np.zeros(grid_index.size, dtype=np.uint8)
     rgb_path = ref.extra_path("rgb")
     rgb = read_image(rgb_path, (h, w), "RGB") if rgb_path is not None else None

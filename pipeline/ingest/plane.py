@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import (PLANE_BORDER_FRACTION, PLANE_CANDIDATES, PLANE_DISTANCE, PLANE_MIN_BORDER_POINTS,
-                        PLANE_MIN_INLIER_FRACTION, PLANE_SCORE_POINTS, PLANE_SEED)
+from .constants import (PLANE_BORDER_FRACTION, PLANE_CANDIDATES, PLANE_DISTANCE, PLANE_MIN_BORDER_COVERAGE,
+                        PLANE_MIN_BORDER_POINTS, PLANE_MIN_INLIER_FRACTION, PLANE_SCORE_POINTS, PLANE_SEED)
 
 
 def fit_plane_ransac(points: np.ndarray, distance: float = PLANE_DISTANCE, *,
@@ -66,20 +66,26 @@ def background_plane_mask(points: np.ndarray, grid_index: np.ndarray, grid_shape
     - ``grid_index``: (N,) int, flat index of each point in the H×W grid
     - ``grid_shape``: (H, W)
 
-    The plane is fitted on the points of the border strip (width
-    ``PLANE_BORDER_FRACTION · min(H, W)``), or on all points when the strip holds fewer
-    than ``PLANE_MIN_BORDER_POINTS``. Returns ``(keep (N,) bool, found)``: ``found`` is
-    False, and ``keep`` all True, when no plane covers at least
-    ``PLANE_MIN_INLIER_FRACTION`` of those points.
+    The support shows on the border strip of the image (width
+    ``PLANE_BORDER_FRACTION · min(H, W)``): the plane is fitted there, and only when at least
+    ``PLANE_MIN_BORDER_COVERAGE`` of the strip's pixels (and ``PLANE_MIN_BORDER_POINTS``) hold a
+    measurement. A scan whose background was already removed (a zero border, as PointAD's and
+    M3DM's preprocessed MVTec 3D-AD) has no support to fit: fitting the object instead would
+    drop most of a flat one. Returns ``(keep (N,) bool, found)``: ``found`` is False, and
+    ``keep`` all True, when the border shows no support or no plane covers at least
+    ``PLANE_MIN_INLIER_FRACTION`` of its points.
     """
     points = np.asarray(points)
     h, w = grid_shape
     rows, cols = np.divmod(np.asarray(grid_index, dtype=np.int64), w)
     border = max(1, int(round(PLANE_BORDER_FRACTION * min(h, w))))
     in_border = (rows < border) | (rows >= h - border) | (cols < border) | (cols >= w - border)
-    pool = points[in_border] if int(in_border.sum()) >= PLANE_MIN_BORDER_POINTS else points
-    fit = fit_plane_ransac(pool, distance, seed=seed)
+    strip_pixels = h * w - max(h - 2 * border, 0) * max(w - 2 * border, 0)
+    n_border = int(in_border.sum())
     keep = np.ones(points.shape[0], dtype=bool)
+    if n_border < max(PLANE_MIN_BORDER_POINTS, PLANE_MIN_BORDER_COVERAGE * strip_pixels):
+        return keep, False
+    fit = fit_plane_ransac(points[in_border], distance, seed=seed)
     if fit is None or fit[2] < PLANE_MIN_INLIER_FRACTION:
         return keep, False
     normal, offset, _ = fit

@@ -112,19 +112,28 @@ def knn_graph(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     make it appear later than first. One thread (see the module docstring).
     Queries are about 2× faster when the points come in :func:`spatial_order`."""
     p = np.asarray(points, dtype=np.float64)
-    n = len(p)
-    k = min(k, n - 1)
+    k = min(k, len(p) - 1)
     dist, idx = cKDTree(p).query(p, k=k + 1, workers=1)
+    return without_self(idx.reshape(len(p), -1), dist.reshape(len(p), -1), k)
+
+
+def without_self(idx: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` neighbours other than the point itself from a KD-tree query of
+    every point (``idx``, ``dist``: (N, K) with K > k, ascending, the point itself among them
+    unless duplicates push it out: then the farthest is dropped)."""
+    n = len(idx)
     if (idx[:, 0] == np.arange(n)).all():     # the usual case: self first
-        return idx[:, 1:], dist[:, 1:]
+        return idx[:, 1:k + 1], dist[:, 1:k + 1]
     is_self = idx == np.arange(n)[:, None]
     missing = ~is_self.any(axis=1)
-    is_self[missing, -1] = True               # self beyond k+1 (many duplicates): drop the farthest
+    is_self[missing, -1] = True               # self beyond K (many duplicates): drop the farthest
     order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
 
-def _check(sample, settings: RenderSettings) -> np.ndarray:
+def check_points(sample, settings: RenderSettings) -> np.ndarray:
+    """The sample's (N, 3) points, checked: PadError naming the file for a wrong shape, too few
+    points for the kNN graph, or non-finite coordinates."""
     pts = np.asarray(sample.points)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise PadError(f"points have shape {pts.shape}, expected (N, 3)", sample.source_path)
@@ -141,7 +150,7 @@ def prepare(sample, settings: RenderSettings, cameras: list[dict], timings: dict
     """Order spatially, normalize, query neighbours, get normals and splat sizes (see
     :class:`Prepared`; its arrays are in ``order``, not in the sample's order)."""
     timings = {} if timings is None else timings
-    raw = _check(sample, settings)
+    raw = check_points(sample, settings)
     t0 = time.perf_counter()
     order = spatial_order(raw)
     raw = raw[order]
@@ -249,13 +258,17 @@ def render_sample(sample, settings: RenderSettings, cameras: list[dict], *,
 
     Raises :class:`PadError` for a cloud that cannot be rendered (fewer than
     max(8, knn + 1) points, non-finite coordinates) or when no OpenGL context can
-    be created.
+    be created. With ``settings.style == "pointad"`` the official scripts' rendering is
+    used instead (:func:`pipeline.render.pointad.render_pointad`; ``cameras`` unused).
     """
+    if settings.style == "pointad":
+        from pipeline.render.pointad import render_pointad
+        return render_pointad(sample, settings)
     timings: dict[str, float] = {}
     prep = prepare(sample, settings, cameras, timings)
     n, n_views = len(prep.points), len(cameras)
     size, ss = settings.image_size, settings.supersample
-    labels = _labels(sample, n)
+    labels = labels_of(sample, n)
     anomalous = labels[prep.order].astype(bool)
     if point_colors is not None:
         point_colors = np.asarray(point_colors, dtype=np.uint8)[prep.order]
@@ -325,7 +338,9 @@ def _toward_cameras(points: np.ndarray, cameras: list[dict]) -> np.ndarray:
     return toward / np.maximum(np.linalg.norm(toward, axis=2, keepdims=True), 1e-12)
 
 
-def _labels(sample, n: int) -> np.ndarray:
+def labels_of(sample, n: int) -> np.ndarray:
+    """(n,) uint8 {0, 1} point labels of ``sample`` (zeros without labels); PadError when their
+    count is not ``n``."""
     labels = getattr(sample, "point_labels", None)
     if labels is None:
         return np.zeros(n, dtype=np.uint8)

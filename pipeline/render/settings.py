@@ -9,6 +9,9 @@ from data_cache.errors import PadError
 from pipeline.render.cameras import HALF_EXTENT, make_cameras, resolve_views
 from pipeline.render.gl import BACKENDS
 
+STYLES = ("pad", "pointad")
+#: --supersample's default, which --style pointad requires (it does not supersample).
+POINTAD_SUPERSAMPLE_UNSET = 2
 NORMALIZATION = ("points_normalized = (points - center) / scale; center = centre of the axis-aligned "
                  "bounding box, scale = largest distance from center (the cloud fills the unit ball)")
 MAX_IMAGE_SIZE = 4096
@@ -28,6 +31,9 @@ class RenderSettings:
       half-size in output pixels (a number as a string)
     - ``knn``: neighbours per point in the stored kNN graph
     - ``backend``: OpenGL platform ``auto``/``osmesa``/``egl``
+    - ``style``: ``pad`` (surfels, pad's cameras) or ``pointad`` (the official scripts'
+      rendering, :mod:`pipeline.render.pointad`; then ``layout`` names the dataset format whose
+      script is reproduced and ``seed`` seeds the draws the scripts leave unseeded)
     """
     image_size: int = 336
     supersample: int = 2
@@ -35,8 +41,15 @@ class RenderSettings:
     point_size: str = "auto"
     knn: int = 10
     backend: str = "auto"
+    style: str = "pad"
+    layout: str | None = None
+    seed: int = 0
 
     def __post_init__(self):
+        if self.style not in STYLES:
+            raise PadError(f"--style must be one of {', '.join(STYLES)}, not '{self.style}'")
+        if self.style == "pointad":
+            self._check_pointad()
         if not 8 <= int(self.image_size) <= MAX_IMAGE_SIZE:
             raise PadError(f"--image-size {self.image_size}: must be between 8 and {MAX_IMAGE_SIZE}")
         if not 1 <= int(self.supersample) <= MAX_SUPERSAMPLE:
@@ -49,11 +62,30 @@ class RenderSettings:
         if str(self.views).strip().lower() != "default":
             resolve_views(self.views, False)  # validates paper/scan/N
 
+    def _check_pointad(self) -> None:
+        """``--style pointad`` renders what the official scripts render: their image size, views
+        and window rendering are fixed, so the options that choose them for ``--style pad``
+        must keep their defaults."""
+        from pipeline.render.pointad import OUTPUT_SIZE, script_for
+
+        fixed = [(int(self.image_size), OUTPUT_SIZE, "--image-size"),
+                 (str(self.views).strip().lower(), "default", "--views"),
+                 (int(self.supersample), POINTAD_SUPERSAMPLE_UNSET, "--supersample")]
+        for value, default, flag in fixed:
+            if value != default:
+                raise PadError(f"{flag} {value}: --style pointad renders as the official scripts do (9 fixed "
+                               f"views, a window resized to {OUTPUT_SIZE} px); leave {flag} at its default "
+                               f"({default})")
+        if self.layout is not None:
+            script_for(self.layout)
+
     @classmethod
-    def from_config(cls, cfg) -> "RenderSettings":
-        """From a :class:`pipeline.options.RenderConfig` (or anything with the same fields)."""
+    def from_config(cls, cfg, layout: str | None = None) -> "RenderSettings":
+        """From a :class:`pipeline.options.RenderConfig` (or anything with the same fields);
+        ``layout``: the dataset format, which picks the official script with ``--style pointad``."""
         return cls(image_size=int(cfg.image_size), supersample=int(cfg.supersample), views=str(cfg.views),
-                   point_size=str(cfg.point_size), knn=int(cfg.knn), backend=str(cfg.backend))
+                   point_size=str(cfg.point_size), knn=int(cfg.knn), backend=str(cfg.backend),
+                   style=str(getattr(cfg, "style", "pad")), layout=layout, seed=int(getattr(cfg, "seed", 0)))
 
     @property
     def point_size_px(self) -> float | None:
@@ -84,6 +116,51 @@ def point_size_attr(settings: RenderSettings) -> str | float:
     return f"auto: half-size {SPLAT_FACTOR} x local spacing (from the distance to the {SPACING_K}th neighbour)"
 
 
+def style_of(attrs: dict) -> tuple[str, int]:
+    """(style name, seed) of a render store's attributes (stores made before ``--style`` existed
+    are ``pad``)."""
+    style = attrs.get("style")
+    if isinstance(style, dict):
+        return str(style.get("name", "pad")), int(style.get("seed", 0))
+    return "pad", 0
+
+
+def pointad_point_sizes(settings: RenderSettings, classes) -> dict[str, tuple[float, str]]:
+    """Per class of ``classes``: (point size in window pixels, where it came from: ``script``,
+    ``--point-size`` or ``default``) under ``--style pointad``."""
+    from pipeline.render.pointad import point_size_for, script_for
+
+    script = script_for(settings.layout)
+    return {cls: point_size_for(script, cls, settings.point_size_px) for cls in sorted(set(classes))}
+
+
+def _pointad_attrs(settings: RenderSettings, fmt: str, root: str) -> dict:
+    from pipeline.render.pointad import GT_POINT_SIZE, GT_WINDOW, OUTPUT_SIZE, script_for
+
+    script = script_for(fmt)
+    explicit = settings.point_size_px
+    return {
+        "style": {"name": "pointad", "seed": int(settings.seed)},
+        "image_size": OUTPUT_SIZE,
+        "supersample": 1,
+        "views": [{"name": f"{axis}{degrees:+g}", "axis": axis, "degrees": degrees}
+                  for axis, degrees in script.views],
+        "normalization": NORMALIZATION,
+        "point_size_px": {"classes": dict(script.point_sizes), "other": explicit if explicit is not None
+                          else script.default_point_size, "unit": "window pixels"},
+        "knn_k": int(settings.knn),
+        "source": {"format": str(fmt), "root": str(root)},
+        "render": {
+            "view_set": None,
+            "script": script.name,
+            "window": script.window,
+            "gt_window": GT_WINDOW,
+            "gt_point_size": GT_POINT_SIZE,
+            "normals": f"Open3D estimate_normals, hybrid radius {script.normal_radius}, max_nn {script.normal_max_nn}",
+        },
+    }
+
+
 def store_attrs(settings: RenderSettings, fmt: str, root: str, one_sided: bool) -> dict:
     """The render store's defining group attributes for these settings (see
     DESIGN.md): image_size, supersample, views (camera dicts), normalization,
@@ -92,6 +169,8 @@ def store_attrs(settings: RenderSettings, fmt: str, root: str, one_sided: bool) 
     from pipeline.render.surfels import MAX_REL, MIN_REL
     from pipeline.render.visibility import COS_FLOOR, NOISE_TOL, VIS_TOL
 
+    if settings.style == "pointad":
+        return _pointad_attrs(settings, fmt, root)
     spec = resolve_views(settings.views, one_sided)
     return {
         "image_size": int(settings.image_size),

@@ -16,6 +16,14 @@ vertex and passed ``flat`` to a pass-through fragment shader (the same image as
 per-fragment lighting, at the fragment cost of a flat colour: llvmpipe spends
 most of a view on fragments).
 Flat (``flat.*``): the per-vertex colour as is (index-map tests, label images).
+
+Points (``--style pointad``, :func:`point_shader_dir`): OpenGL points of a fixed size in window
+pixels (``gl_PointSize``), each drawn in its vertex colour, at ``P · position`` where ``P`` is
+the whole float32 model-view-projection matrix of Open3D's legacy camera (pyrender's ``V`` and
+``M`` are the identity then). The colours are computed on the CPU (Open3D's Phong lighting,
+:mod:`pipeline.render.open3d_shading`) as exact multiples of 1/255. pyrender takes the files
+``segmentation.vert``/``segmentation.frag`` for ``RenderFlags.SEG``, the one mode in which it
+turns multisampling off, so a point covers whole pixels as in Open3D's single-sampled buffer.
 """
 from __future__ import annotations
 
@@ -117,21 +125,59 @@ void main()
 }
 """
 
+_POINT_VERT = """#version 330 core
+layout(location = 0) in vec3 position;
+layout(location = COLOR_0_LOC) in vec4 color_0;
+
+uniform mat4 P;
+
+flat out vec4 point_color;
+
+void main()
+{
+    gl_Position = P * vec4(position, 1.0);
+    gl_PointSize = POINT_SIZE;
+    point_color = color_0;
+}
+"""
+
+_POINT_FRAG = """#version 330 core
+flat in vec4 point_color;
+out vec4 frag_color;
+
+void main()
+{
+    frag_color = vec4(point_color.rgb, 1.0);
+}
+"""
+
 SOURCES = {"mesh.vert": _MESH_VERT, "mesh.frag": _MESH_FRAG,
            "flat.vert": _FLAT_VERT, "flat.frag": _FLAT_FRAG}
 
-_DIR: str | None = None
+_DIRS: dict[str, str] = {}
 
 
-def shader_dir() -> str:
-    """A directory holding :data:`SOURCES` as files (created once per process,
-    removed at exit)."""
-    global _DIR
-    if _DIR is None or not os.path.isdir(_DIR):
+def _write_dir(key: str, sources: dict[str, str]) -> str:
+    """A directory holding ``sources`` as files (created once per process and key, removed
+    at exit)."""
+    path = _DIRS.get(key)
+    if path is None or not os.path.isdir(path):
         path = tempfile.mkdtemp(prefix="pad-shaders-")
-        for name, text in SOURCES.items():
+        for name, text in sources.items():
             with open(os.path.join(path, name), "w") as f:
                 f.write(text)
         atexit.register(shutil.rmtree, path, True)
-        _DIR = path
-    return _DIR
+        _DIRS[key] = path
+    return path
+
+
+def shader_dir() -> str:
+    """The directory of the splat shaders (:data:`SOURCES`)."""
+    return _write_dir("splats", SOURCES)
+
+
+def point_shader_dir(point_size: float) -> str:
+    """The directory of the point shaders drawing points ``point_size`` window pixels wide."""
+    size = float(point_size)
+    text = _POINT_VERT.replace("POINT_SIZE", repr(size))
+    return _write_dir(f"points-{size!r}", {"segmentation.vert": text, "segmentation.frag": _POINT_FRAG})

@@ -1,0 +1,278 @@
+"""The render kernel of ``--style pointad``: what the official PointAD scripts
+(``multi_view/multiview_{mvtec,eyecandies,real3d}.py`` of zqhang/PointAD) compute for one
+sample, drawn with pyrender instead of Open3D's legacy ``Visualizer``.
+
+Input: a :class:`~pipeline.sample.Sample` whose points are the ones the script reads (made by
+:mod:`pipeline.ingest.pointad`: the 336×336 grid of an organized scan, or the resampled
+Real3D-AD cloud). Per layout (:data:`SCRIPTS`):
+
+1. the script's fixed transform of the cloud (MVTec 3D-AD and Real3D-AD: π about X;
+   Eyecandies: the axis swap and scale of its background removal, then π/4 about X), with
+   normals as Open3D's ``estimate_normals`` gives them (:mod:`pipeline.render.open3d_normals`);
+2. per view, the cloud rotated about its mean by the view's angle about X or Y, and Open3D's
+   default camera for the rotated cloud (:mod:`pipeline.render.open3d_camera`; Eyecandies
+   moves it back in 5 mm steps until every point projects into the window, as the script's
+   ``adjust_view_to_fit_screen``);
+3. the image: grey (0.7) points of the class's size, Open3D's Phong lighting
+   (:mod:`pipeline.render.open3d_shading`), white background, in a window of 1024 (MVTec) or
+   1036 pixels, resized to 336 bicubically as PIL does;
+4. the 2D ground truth: a second render in a 1036-pixel window with the default camera,
+   anomalous points white and normal ones black on black, 6 pixels, no light, resized the same
+   way and binarized as ``dataset.py`` does (> 0.5);
+5. the point→pixel map of ``cv2.projectPoints`` with the image camera, × 336 / window,
+   truncated and clipped to [0, 335]; visibility by the scripts' rule: in each 336² pixel only
+   the point with the largest rotated z (the first such in point order) is seen.
+
+Everything the store keeps besides (normalized points, kNN graph, grid index) is as for
+``--style pad`` (:mod:`pipeline.render.kernel`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from data_cache.errors import PadError
+from pipeline.render.open3d_camera import LegacyCamera, legacy_camera, project_pinhole
+from pipeline.render.open3d_normals import estimate_normals
+from pipeline.render.open3d_shading import phong_grey
+
+OUTPUT_SIZE = 336           # the scripts resize every rendering to 336×336
+GREY = 0.7                  # the colour of every point in the image render
+GT_WINDOW = 1036            # the ground-truth render's window (every script)
+GT_POINT_SIZE = 6
+FIT_STEP = 0.005            # Eyecandies: the camera moves back by this much until the cloud fits
+MAX_FIT_STEPS = 100000
+
+MVTEC_VIEWS = (("x", -45.0), ("x", -15.0), ("x", 0.0), ("x", 15.0), ("x", 45.0),
+               ("y", -30.0), ("y", -15.0), ("y", 15.0), ("y", 30.0))
+EYECANDIES_VIEWS = (("x", -30.0), ("x", -15.0), ("x", 0.0), ("x", 10.0), ("x", 20.0),
+                    ("y", -30.0), ("y", -15.0), ("y", 15.0), ("y", 30.0))
+REAL3D_VIEWS = tuple(("x", float(d)) for d in (-144, -108, -72, -36, 0, 36, 72, 108, 144))
+
+
+@dataclass(frozen=True)
+class Script:
+    """One official multiview script: its views (axis, degrees), image window side, normal
+    estimation (radius, max_nn), per-class point sizes and the size pad gives other classes,
+    whether it fits the view to the window (Eyecandies), and its fixed transform (``pre``)."""
+    name: str
+    views: tuple[tuple[str, float], ...]
+    window: int
+    normal_radius: float
+    normal_max_nn: int
+    point_sizes: dict
+    default_point_size: int
+    fit_view: bool
+    pre: str
+
+
+SCRIPTS = {
+    "mvtec3d": Script("multi_view/multiview_mvtec.py", MVTEC_VIEWS, 1024, 0.1, 50,
+                      {"bagel": 7, "cable_gland": 12, "carrot": 7, "cookie": 6, "dowel": 10, "rope": 5,
+                       "peach": 7, "foam": 8, "potato": 8, "tire": 8}, 8, False, "flip_x"),
+    "eyecandies": Script("multi_view/multiview_eyecandies.py", EYECANDIES_VIEWS, 1036, 0.1, 50, {}, 10, True,
+                         "eyecandies"),
+    "real3d": Script("multi_view/multiview_real3d.py", REAL3D_VIEWS, 1036, 0.8, 30, {}, 12, False, "flip_x"),
+}
+SCRIPTS["shapenet"] = SCRIPTS["real3d"]     # no script of its own: the unorganized clouds' script
+
+
+def script_for(fmt: str) -> Script:
+    """The official script of dataset layout ``fmt``; PadError for a layout it never rendered."""
+    script = SCRIPTS.get(fmt)
+    if script is None:
+        raise PadError(f"--style pointad reproduces the official scripts of MVTec 3D-AD, Eyecandies, Real3D-AD "
+                       f"and Anomaly-ShapeNet; the '{fmt}' layout has none (use --style pad, or --format real3d "
+                       "for unorganized clouds in that layout)")
+    return script
+
+
+def point_size_for(script: Script, cls: str, explicit: float | None) -> tuple[float, str]:
+    """(window pixels, where it came from): the script's size for ``cls``, else ``explicit``
+    (``--point-size``), else the layout's default."""
+    if cls in script.point_sizes:
+        return float(script.point_sizes[cls]), "script"
+    if explicit is not None:
+        return float(explicit), "--point-size"
+    return float(script.default_point_size), "default"
+
+
+def rotation(axis: str, degrees: float) -> np.ndarray:
+    """(3, 3) float64 rotation by ``degrees`` about the world ``axis`` ("x" or "y")."""
+    a = math.radians(degrees)
+    c, s = math.cos(a), math.sin(a)
+    if axis == "x":
+        return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def script_frame(points: np.ndarray, script: Script, k: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The cloud as the script renders it: (N, 3) float64 points and normals in the script's
+    frame, the (3, 3) linear map from the sample's coordinates to that frame, and the KD-tree
+    query made for the normals (distances and indices of the max(``script.normal_max_nn``, ``k``)
+    nearest points of each point in that frame, itself included), for reuse."""
+    p = np.asarray(points, dtype=np.float64)
+    if script.pre == "flip_x":                  # o3d_pc.transform(matrix_x(pi)); then normals
+        m = rotation("x", 180.0)
+    else:                                       # Eyecandies: x, z, y swapped, scaled by (0.1, −0.1, 0.1)
+        m = np.array([[0.1, 0.0, 0.0], [0.0, 0.0, -0.1], [0.0, 0.1, 0.0]])
+    q = p @ m.T
+    kk = min(max(script.normal_max_nn, k), len(q))
+    dist, idx = cKDTree(q).query(q, k=kk, workers=1)
+    query = (dist.reshape(len(q), kk), idx.reshape(len(q), kk))
+    n = estimate_normals(q, script.normal_radius, script.normal_max_nn, query)
+    if script.pre == "eyecandies":              # normals first, then matrix_x(π/4), as the script
+        r = rotation("x", 45.0)
+        q, n, m = q @ r.T, n @ r.T, r @ m
+    return q, n, m, query
+
+
+def fit_camera(points: np.ndarray, camera: LegacyCamera) -> LegacyCamera:
+    """Eyecandies' ``adjust_view_to_fit_screen``: the camera moved back along its front axis in
+    steps of 5 mm (at least one) until every point projects inside the window."""
+    k = camera.intrinsic()
+    w, h = camera.width, camera.height
+    for step in range(1, MAX_FIT_STEPS + 1):
+        eye = camera.eye + camera.front * (FIT_STEP * step)
+        moved = LegacyCamera(w, h, eye, eye - camera.front * (camera.distance + FIT_STEP * step), camera.front,
+                             camera.up, camera.right, camera.max_extent, camera.distance + FIT_STEP * step)
+        xy = project_pinhole(points, k, moved.extrinsic())
+        if ((xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)).all():
+            return moved
+    raise PadError("the cloud does not fit the window however far the camera moves back")
+
+
+def correspondence(points: np.ndarray, camera: LegacyCamera) -> np.ndarray:
+    """(N, 2) int64 (x = column, y = row) pixels of the 336² image: the pinhole projection
+    × 336 / window, truncated toward zero (``astype(int)``) and clipped to [0, 335]."""
+    xy = project_pinhole(points, camera.intrinsic(), camera.extrinsic()) * (OUTPUT_SIZE / camera.width)
+    return np.clip(xy.astype(np.int64), 0, OUTPUT_SIZE - 1)
+
+
+def visible_by_depth_rule(pixel_xy: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """(N,) bool: the scripts' ``compute_visibility_3d_to_2d``. Of the points on one pixel of
+    ``pixel_xy`` (N, 2), the one with the largest ``z`` (N,) is visible; on equal z the first."""
+    n = len(z)
+    key = pixel_xy[:, 1] * OUTPUT_SIZE + pixel_xy[:, 0]
+    order = np.lexsort((np.arange(n), -np.asarray(z, dtype=np.float64), key))
+    first = np.ones(n, dtype=bool)
+    first[1:] = key[order[1:]] != key[order[:-1]]
+    visible = np.zeros(n, dtype=bool)
+    visible[order[first]] = True
+    return visible
+
+
+def resize_bicubic(image: np.ndarray) -> np.ndarray:
+    """(h, w) uint8 grey image → (336, 336) uint8 with PIL's bicubic filter (torchvision's
+    ``Resize(BICUBIC)`` on a PIL image; PIL filters each channel alike, so a grey RGB image
+    gives this in every channel)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((OUTPUT_SIZE, OUTPUT_SIZE), Image.Resampling.BICUBIC))
+
+
+@dataclass
+class ScriptViews:
+    """The script's outputs for one sample: ``images`` (V, 336, 336, 3) uint8, ``gt2d``
+    (V, 336, 336) uint8 in {0, 1}, ``pixel`` (N, V, 2) int16 (row, col), ``visible`` (N, V)
+    bool, ``normals`` (N, 3) float64 in the sample's frame, ``timings``, and ``neighbours``:
+    (indices (N, k) int64, distances (N, k) float64 in the sample's units) or None."""
+    images: np.ndarray
+    gt2d: np.ndarray
+    pixel: np.ndarray
+    visible: np.ndarray
+    normals: np.ndarray
+    timings: dict
+    neighbours: tuple | None = None
+
+
+def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, point_size: float,
+                 backend: str = "auto", knn: int = 0) -> ScriptViews:
+    """Everything the script renders for (N, 3) ``points`` (the sample's coordinates) whose
+    ground-truth render colours are (N,) ``gt_labels`` (1 = anomalous); with ``knn`` > 0 also
+    the ``knn`` nearest other points of each point (for the stored kNN graph, from the normals'
+    KD-tree query)."""
+    from pipeline.render.gl import get_point_renderer
+    from pipeline.render.kernel import without_self
+
+    timings = {"normals": 0.0, "raster": 0.0, "index_visibility": 0.0}
+    t = time.perf_counter()
+    q, normals, frame, (dist, idx) = script_frame(points, script, knn + 1 if knn else 0)
+    timings["normals"] += time.perf_counter() - t
+    n, n_views = len(q), len(script.views)
+    images = np.empty((n_views, OUTPUT_SIZE, OUTPUT_SIZE, 3), dtype=np.uint8)
+    gt2d = np.zeros((n_views, OUTPUT_SIZE, OUTPUT_SIZE), dtype=np.uint8)
+    pixel = np.empty((n, n_views, 2), dtype=np.int16)
+    visible = np.empty((n, n_views), dtype=bool)
+    # light off: Open3D draws each point in its own colour (white = anomalous, black = normal)
+    gt_grey = np.where(np.asarray(gt_labels) != 0, 255, 0).astype(np.uint8)
+    any_gt = bool(gt_grey.any())
+    image_renderer = get_point_renderer(script.window, script.window, backend)
+    gt_renderer = get_point_renderer(GT_WINDOW, GT_WINDOW, backend) if any_gt else None
+    center = q.mean(axis=0)
+    for v, (axis, degrees) in enumerate(script.views):
+        t = time.perf_counter()
+        r = rotation(axis, degrees)
+        rq = (q - center) @ r.T + center
+        camera = legacy_camera(rq, script.window, script.window)
+        if script.fit_view:
+            camera = fit_camera(rq, camera)
+        grey = phong_grey(rq, normals @ r.T, GREY, camera)
+        full = image_renderer.render(rq, grey, camera.mvp(), point_size, 255)
+        images[v] = resize_bicubic(full)[..., None]            # grey: the three channels are equal
+        if any_gt:
+            gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW)
+            gt_full = gt_renderer.render(rq, gt_grey, gt_camera.mvp(), GT_POINT_SIZE, 0)
+            gt2d[v] = resize_bicubic(gt_full) > 127
+        t2 = time.perf_counter()
+        xy = correspondence(rq, camera)
+        pixel[:, v, 0], pixel[:, v, 1] = xy[:, 1], xy[:, 0]
+        visible[:, v] = visible_by_depth_rule(xy, rq[:, 2])
+        t3 = time.perf_counter()
+        timings["raster"] += t2 - t
+        timings["index_visibility"] += t3 - t2
+    back = normals @ frame                      # normals map back by the transpose of the frame's map
+    back /= np.linalg.norm(back, axis=1, keepdims=True)
+    neighbours = None
+    if knn:
+        k_idx, k_dist = without_self(idx, dist, min(knn, n - 1))
+        neighbours = (k_idx, k_dist / abs(float(np.linalg.det(frame))) ** (1 / 3))   # in the sample's units
+    return ScriptViews(images, gt2d, pixel, visible, back, timings, neighbours)
+
+
+def render_pointad(sample, settings) -> "RenderedSample":
+    """Render one sample read by :func:`pipeline.ingest.pointad.load_pointad_sample` as its
+    layout's official script does (module doc); ``settings``: a
+    :class:`~pipeline.render.settings.RenderSettings` with ``style="pointad"`` and ``layout``.
+
+    Returns the :class:`~pipeline.render.kernel.RenderedSample` the store keeps, its points
+    normalized like every pad sample and the script's outputs as they are."""
+    from pipeline.render.kernel import RenderedSample, check_points, labels_of, normalize
+
+    timings: dict[str, float] = {}
+    raw = check_points(sample, settings)
+    labels = labels_of(sample, len(raw))
+    script = script_for(settings.layout)
+    size, source = point_size_for(script, sample.cls, settings.point_size_px)
+    gt = sample.script_labels if getattr(sample, "script_labels", None) is not None else labels
+    out = render_views(raw, gt, script, size, settings.backend, knn=settings.knn)
+    timings.update(out.timings)
+    pts, center, scale = normalize(raw)
+    knn, knn_dist = out.neighbours[0], out.neighbours[1] / scale
+    arrays = {"points": pts.astype(np.float32), "normals": out.normals.astype(np.float32), "labels": labels,
+              "pixel": out.pixel, "visible": out.visible, "knn": knn.astype(np.int32),
+              "knn_dist": knn_dist.astype(np.float32)}
+    attrs = {"id": sample.id, "class": sample.cls, "split": sample.split, "label": int(labels.any()),
+             "n_points": len(pts), "source_path": str(sample.source_path),
+             "center": [float(c) for c in center], "scale": float(scale),
+             "point_size_window_px": size, "point_size_source": source, "normals_source": "open3d"}
+    if sample.grid_index is not None:
+        arrays["grid_index"] = np.asarray(sample.grid_index, dtype=np.int32)
+        attrs["grid_shape"] = [int(s) for s in sample.grid_shape]
+    return RenderedSample(arrays=arrays, attrs=attrs, images=out.images, gt2d=out.gt2d,
+                          rgb=getattr(sample, "rgb", None), timings=timings)
