@@ -91,14 +91,21 @@ def _params(config_cls) -> list[click.Parameter]:
             continue
         hint = hints[f.name]
         if hint is bool:
-            params.append(click.Option([f"--{flag}/--no-{flag}", f.name], default=f.default,
+            params.append(click.Option([f"--{flag}/--no-{flag}", f.name], default=_default(f),
                                        show_default=True, help=meta.get("help"), hidden=meta.get("hidden")))
             continue
+        # a required option gets no default at all: click (8.3 and later) takes an explicit
+        # default=None for a value given, and would then never report the option missing
+        extra = {} if required else {"default": _default(f), "show_default": True}
         params.append(click.Option([f"--{flag}", f.name], type=_click_type(f, hint), required=required,
-                                   default=None if required else f.default, show_default=not required,
                                    metavar=meta.get("metavar"), help=meta.get("help"),
-                                   hidden=meta.get("hidden")))
+                                   hidden=meta.get("hidden"), **extra))
     return params
+
+
+def _default(f: dataclasses.Field):
+    """The default of a config field that has one (a value or a factory)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def invoke(runner_spec: str, config) -> int:
@@ -164,6 +171,24 @@ class _Group(click.Group):
         super().__init__(**kwargs)
         self._table = table
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """As click's, but a usage error (a missing or unknown option, a bad value) is one line
+        naming the option, ``pad: error: ...``, with exit code 2, as every other error of pad."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):  # 'pad' or 'pad evaluate' alone: the help, as click shows it
+                exc.show()
+                sys.exit(exc.exit_code)
+            click.echo(_one_line_usage_error(exc), err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("pad: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def list_commands(self, ctx):
         return list(self._table) + sorted(self.commands)
 
@@ -173,6 +198,20 @@ class _Group(click.Group):
         if name in self._table:
             return _LazyCommand(name, self._table[name])
         return None
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line_usage_error(exc: click.ClickException) -> str:
+    """``pad: error: missing option '--cache' (see 'pad render --help')``: click's message on one
+    line, lower-cased first letter, and where to read the command's options."""
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    text = text[:1].lower() + text[1:]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and isinstance(exc, click.UsageError):
+        text += f" (see '{ctx.command_path} --help')"
+    return f"pad: error: {text}"
 
 
 def _version() -> str:

@@ -47,6 +47,7 @@ def run(cases: int, seed: int, save: str | None) -> dict:
     first: list[str] = []
     max_peak = 0
     declared = 0
+    import trimesh  # noqa: F401  the mesh reader imports it lazily: once, here, not inside a measured case
     tracemalloc.start()
     t0 = time.perf_counter()
     for i in range(cases):

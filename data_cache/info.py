@@ -1,4 +1,5 @@
-"""``pad info CACHE``: what a cache holds (render store, feature stores), with sizes; ``--verify`` checks
+"""``pad info --cache CACHE``: what a cache holds (render store, feature stores), with sizes;
+``--samples`` lists every sample (id, class, split, label, done, features done); ``--verify`` checks
 every done sample for completeness and consistency, ``--repair`` clears ``done`` on broken ones so a
 rerun of ``pad render`` / ``pad extract-features`` redoes only them.
 """
@@ -242,35 +243,78 @@ def verify(cache: str, repair: bool = False, progress: bool = True) -> dict:
     return report
 
 
+def sample_rows(render, feature_done: dict[str, np.ndarray]) -> list[dict]:
+    """One JSON-ready row per sample of the render store, in index order: ``index``, ``id``,
+    ``class``, ``split``, ``label`` (1 anomalous, 0 normal, None before it is rendered), ``done``
+    (rendered), ``error`` (why it failed, when it did) and ``features`` {tag: done} from
+    ``feature_done`` ({tag: (S,) bool})."""
+    ids, done = render.sample_ids, render.done()
+    rows = []
+    for i, sid in enumerate(ids):
+        cls, split = (sid.split("/") + ["", ""])[:2]
+        try:
+            attrs = render.sample_attrs(i) if done[i] or render.root.get(f"samples/{i:06d}") is not None else {}
+        except PadError:
+            attrs = {}
+        label = attrs.get("label") if done[i] else None
+        row = {"index": i, "id": sid, "class": cls, "split": split, "label": None if label is None else int(label),
+               "done": bool(done[i]),
+               "features": {tag: bool(d[i]) if i < d.shape[0] else False for tag, d in feature_done.items()}}
+        if not done[i] and attrs.get("error"):
+            row["error"] = str(attrs["error"])
+        rows.append(row)
+    return rows
+
+
+def _samples_text(rows: list[dict]) -> list[str]:
+    tags = sorted({t for r in rows for t in r["features"]})
+    header = ["index", "id", "class", "split", "label", "done"] + [f"features {t}" for t in tags]
+    table = [header] + [[str(r["index"]), r["id"], r["class"], r["split"],
+                         {None: "-", 0: "normal", 1: "anomalous"}[r["label"]],
+                         "yes" if r["done"] else ("failed" if r.get("error") else "no")]
+                        + ["yes" if r["features"].get(t) else "no" for t in tags] for r in rows]
+    widths = [max(len(row[k]) for row in table) for k in range(len(header))]
+    return [f"samples ({len(rows)}):"] + ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()
+                                          for row in table]
+
+
 def _named(render, broken: dict[int, list[str]]) -> list[dict]:
     ids = render.sample_ids if render is not None else []
     return [{"index": i, "id": ids[i] if i < len(ids) else None, "problems": p} for i, p in sorted(broken.items())]
 
 
 # --------------------------------------------------------------------------- runner
-def collect(cache: str) -> dict:
-    """Summaries of every store in ``cache`` (:class:`PadError` when it holds none)."""
+def collect(cache: str, samples: bool = False) -> dict:
+    """Summaries of every store in ``cache`` (:class:`PadError` when it holds none); with ``samples``
+    also ``"samples"``: :func:`sample_rows` of the render store (empty without one)."""
     from data_cache.feature_store import FeatureStore, features_dir, list_tags
     from data_cache.render_store import RenderStore
 
     if "://" not in cache and not os.path.isdir(cache):
         raise PadError("no such cache directory", cache)
     out: dict[str, Any] = {"cache": cache, "render": None, "features": []}
+    render = None
     if RenderStore.exists(cache):
         try:
-            out["render"] = render_summary(RenderStore.open(cache))
+            render = RenderStore.open(cache)
+            out["render"] = render_summary(render)
         except PadError as exc:  # e.g. a schema 1 store, upgraded by the next pad render
-            out["render"] = {"error": str(exc)}
+            out["render"], render = {"error": str(exc)}, None
+    feature_done: dict[str, np.ndarray] = {}
     for tag in list_tags(cache):
         fs = FeatureStore(os.path.join(features_dir(cache), tag + ".h5"))
         try:
             out["features"].append(feature_summary(fs))
+            if samples:
+                feature_done[tag] = fs.done()
         except PadError as exc:
             out["features"].append({"tag": tag, "path": fs.path, "error": str(exc)})
         finally:
             fs.close()
     if out["render"] is None and not out["features"]:
         raise PadError("no render store and no feature store here (run 'pad render' first)", cache)
+    if samples:
+        out["samples"] = sample_rows(render, feature_done) if render is not None else []
     return out
 
 
@@ -303,6 +347,8 @@ def format_text(info: dict, report: dict | None = None) -> str:
                      f"({f['pretrained']}), layers {f['layers']}, dpam {f['dpam_layers']} ({f['dpam_blocks']} blocks), "
                      f"grid {f['grid']}, dim {f['dim']}, {f['precision']}" + (", rgb" if f["has_rgb"] else "")
                      + f"; {human(f['size_bytes'])} on disk, {human(f['bytes_per_sample'])} per sample")
+    if "samples" in info:
+        lines.extend(_samples_text(info["samples"]) if info["samples"] else ["samples: none (no render store)"])
     if report is not None:
         lines.append("verify:")
         if report["render"] is not None:
@@ -332,7 +378,7 @@ def run_info(cfg: InfoConfig) -> int:
     if cfg.repair and not cfg.verify:
         raise PadError("--repair needs --verify")
     report = verify(cfg.cache, repair=cfg.repair, progress=not cfg.json) if cfg.verify else None
-    info = collect(cfg.cache)
+    info = collect(cfg.cache, samples=cfg.samples)
     if cfg.json:
         if report is not None:
             info["verify"] = report

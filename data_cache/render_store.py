@@ -16,7 +16,8 @@ along the sample axis (arrays may be longer than S after an interrupted growth: 
 - ``gt2d``       uint8  (S, V, H, W)     2D ground truth, 1 = anomalous pixel
 - ``rgb``        uint8  (S, H, W, 3)     only when the dataset has RGB
 - ``sample_key`` uint64 (S,)             content identity of each sample (:func:`sample_key`: its id and
-  the size and a sampled hash of each of its source files; 0 = unknown); written by the client only
+  the size and a sampled hash of each of its source files, and for a mesh how its surface was
+  sampled; 0 = unknown); written by the client only
 - ``done``       bool   (S,)             chunk size 1; set last
 - ``samples/<index:06d>/``           ``points`` float32 (N,3), ``normals`` float32 (N,3),
   ``labels`` uint8 (N,), ``pixel`` int16 (N,V,2) (row, col), ``visible`` bool (N,V),
@@ -94,13 +95,18 @@ def file_digest(path: str, block: int = IDENTITY_BLOCK) -> bytes:
     return int(size).to_bytes(8, "little") + h.digest()
 
 
-def sample_key(sample_id: str, files: Sequence[tuple[str, str]]) -> int:
+def sample_key(sample_id: str, files: Sequence[tuple[str, str]], sampling: str | None = None) -> int:
     """Content identity of a sample: a non-zero 64-bit integer from its id and, for each
     ``(role, path)`` of ``files`` (main file and companions such as ``gt`` and ``rgb``), the role
-    and :func:`file_digest`. The paths themselves are not part of it: a moved dataset keeps its keys."""
+    and :func:`file_digest`. The paths themselves are not part of it: a moved dataset keeps its keys.
+    ``sampling``: how the cloud is drawn from its file when it is not the file's own points (a mesh's
+    surface sampling: rule, point count, seed), part of the identity; None for point files (whose
+    keys are as they always were)."""
     h = hashlib.sha256(sample_id.encode())
     for role, path in sorted(files):
         h.update(b"\0" + role.encode() + b"\0" + file_digest(path))
+    if sampling is not None:
+        h.update(b"\0sampling\0" + sampling.encode())
     return int.from_bytes(h.digest()[:8], "little") or 1
 
 

@@ -9,9 +9,12 @@ plotly package into ``<dir>/assets/plotly.min.js`` (:func:`write_assets`) and re
 relative ``<script src>``, so a page opens from local disk with no network.
 
 What a view shows: the cloud coloured by its point values (``values``, e.g. point scores) with a
-colour bar, and the ground-truth anomalous points as a second trace that buttons show or hide.
+colour bar, and the ground-truth anomalous points as a second trace that buttons show or hide; the
+buttons are named after what the colour is (``color_title``), and "ground truth only" keeps the
+object in light grey around the magenta points (the first trace recoloured, no second copy).
 Large clouds are decimated for display (:func:`decimate`): at most ``max_points`` points per view.
-The page draws a view when it scrolls into sight and releases it (its WebGL context) when it
+The page draws the views in (or near) the window as soon as it loads, without waiting for any
+event, and the others when they scroll into sight; it releases a view (its WebGL context) when it
 leaves, so a report of many samples stays within the browser's WebGL context limit.
 
 It lives in ``data_cache`` because both the pipeline (``pad show``) and scoring (the report)
@@ -39,6 +42,7 @@ TOP_FRACTION = 0.25          # of a decimated view: the highest-valued points, t
 GROUND_TRUTH_FRACTION = 0.2  # of the budget at most for the ground-truth trace
 GT_COLOR = "rgb(255,0,255)"  # magenta: not a colour of the score maps (jet, viridis)
 BOX_COLOR = "rgb(20,20,20)"  # defect-region boxes: near black, apart from the jet colours
+OBJECT_GREY = "rgb(211,211,211)"  # the object under "ground truth only": light grey, so the magenta stands out
 ID_PREFIX = "pad-view-"
 
 _CSS = """
@@ -154,7 +158,7 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
         lo, hi = (0.0, 1.0) if not math.isfinite(lo) else (lo, lo + 1e-6)
     size = _marker_size(keep.size)
     traces = [go.Scatter3d(x=pts[keep, 0], y=pts[keep, 1], z=pts[keep, 2], mode="markers", name=color_title,
-                           marker=dict(size=size, color=vals[keep], colorscale=colorscale, cmin=lo, cmax=hi,
+                           marker=dict(size=size, color=vals[keep], colorscale=colorscale, cmin=lo, cmax=hi, showscale=True,
                                        colorbar=dict(title=dict(text=color_title, side="right"), len=0.8,
                                                      thickness=14)),
                            hovertemplate="%{marker.color:.3f}<extra></extra>")]
@@ -164,9 +168,13 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
                                    name="ground truth (magenta)", visible=False,
                                    marker=dict(size=size + 1.5, color=GT_COLOR),
                                    hovertemplate="anomalous (ground truth)<extra></extra>"))
-        buttons = [dict(label="scores", method="restyle", args=[{"visible": [True, False]}, [0, 1]]),
-                   dict(label="scores + ground truth", method="restyle", args=[{"visible": [True, True]}, [0, 1]]),
-                   dict(label="ground truth only", method="restyle", args=[{"visible": [False, True]}, [0, 1]])]
+        grey = [[0.0, OBJECT_GREY], [1.0, OBJECT_GREY]]
+        coloured = {"marker.colorscale": [colorscale, colorscale], "marker.showscale": [True, False]}
+        buttons = [dict(label=color_title, method="restyle", args=[{"visible": [True, False], **coloured}, [0, 1]]),
+                   dict(label="with ground truth", method="restyle", args=[{"visible": [True, True], **coloured}, [0, 1]]),
+                   dict(label="ground truth only", method="restyle",
+                        args=[{"visible": [True, True], "marker.colorscale": [grey, grey],
+                               "marker.showscale": [False, False]}, [0, 1]])]
     box_low = np.array([b[0] for b in boxes or ()], np.float64).reshape(-1, 3)
     box_high = np.array([b[1] for b in boxes or ()], np.float64).reshape(-1, 3)
     if boxes:
@@ -346,7 +354,8 @@ def view_maps_image(images: np.ndarray, maps: np.ndarray | None, lo: float, hi: 
 
 # ---------------------------------------------------------------------------- the page's script
 VIEWER_SCRIPT = r"""/* pad 3D views: draws every <div data-pad-viewer="ID"> from the JSON document in the
-   <script type="application/json" id="ID"> element, when it scrolls into sight, and releases it
+   <script type="application/json" id="ID"> element, at once when it is in (or near) the window,
+   else when it scrolls into sight, and releases it
    (Plotly.purge, freeing its WebGL context) when it is far out of sight. Texts from the document
    are written with textContent only. */
 (function () {
@@ -398,9 +407,17 @@ VIEWER_SCRIPT = r"""/* pad 3D views: draws every <div data-pad-viewer="ID"> from
       div.setAttribute("data-state", "released");
     }
   }
+  function near(div) {
+    var box = div.getBoundingClientRect();
+    var height = window.innerHeight || document.documentElement.clientHeight;
+    return box.bottom >= -600 && box.top <= height + 600;
+  }
   function start() {
     Array.prototype.forEach.call(document.querySelectorAll("[data-pad-caption]"), fillCaption);
     var views = document.querySelectorAll("[data-pad-viewer]");
+    // the views in (or near) the window draw now: an observer's first report may come late, or,
+    // in a headless browser or a printed page, never
+    Array.prototype.forEach.call(views, function (v) { if (near(v)) { draw(v); } });
     if (!("IntersectionObserver" in window)) {
       Array.prototype.forEach.call(views, draw);
       return;

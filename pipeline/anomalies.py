@@ -42,6 +42,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from pipeline.geometry import object_radius, point_spacing, tangent_frame
+from pipeline.ingest.constants import MIN_CLOUD_POINTS
 
 #: Defect kinds, in their stable order.
 ANOMALY_KINDS: tuple[str, ...] = ("bulge", "concavity", "hole", "crack", "scratch")
@@ -79,8 +80,9 @@ GRADIENT_STEP = 1e-3
 #: A defect must label at least this many points; a new centre is drawn otherwise.
 MIN_LABELLED = 8
 MAX_ATTEMPTS = 16
-#: Fewest points a cloud needs to receive a defect.
-MIN_POINTS = 64
+#: Fewest points a cloud needs to receive a defect: pad's minimum for any cloud (one policy for
+#: synth, render and predict, see pipeline.ingest.constants.MIN_CLOUD_POINTS).
+MIN_POINTS = MIN_CLOUD_POINTS
 #: Points per block when measuring distances to a curve (bounds (B, segments) arrays).
 CURVE_BLOCK = 8192
 

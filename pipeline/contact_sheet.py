@@ -64,7 +64,7 @@ def resolve_sample(store: RenderStore, sample: str) -> int:
     close = difflib.get_close_matches(text, ids, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise PadError(f"no sample '{text}' in the render store{hint} (ids are <class>/<split>/<stem>; "
-                   f"'pad info {os.path.dirname(store.path) or '.'}' lists the store, or give an index "
+                   f"'pad info --cache {os.path.dirname(store.path) or '.'} --samples' lists them, or give an index "
                    f"0..{len(ids) - 1})", store.path)
 
 

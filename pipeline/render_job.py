@@ -56,7 +56,8 @@ class RenderSummary:
     ``total``: samples in the store; ``added``: ids appended to it by this run; ``changed``: ids
     re-rendered because their source files changed; ``unlisted``: samples in the store the dataset
     no longer lists (kept); ``rescheduled``: tasks rescheduled after a lost worker; ``dropped``:
-    (id, rows dropped for a non-finite coordinate, rows read) of each rendered sample that had any.
+    (id, rows dropped for a non-finite coordinate, rows read) of each rendered sample that had any;
+    ``meshes``: id -> {vertices, faces, points} of each sample rendered from a mesh in this run.
     """
     store: str
     total: int
@@ -74,6 +75,7 @@ class RenderSummary:
     moved_from: str | None = None
     rescheduled: int = 0
     dropped: list[tuple[str, int, int]] = field(default_factory=list)
+    meshes: dict[str, dict] = field(default_factory=dict)
     point_sizes: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -106,9 +108,15 @@ class RenderSummary:
             sizes = ", ".join(f"{cls} {size:g} ({source})" for cls, (size, source) in self.point_sizes.items())
             out.append(f"pad render: --style pointad point sizes in window pixels: {sizes}")
         if self.dropped:
+            from pipeline.ingest.inputs import dropped_text
             sid, n, rows = max(self.dropped, key=lambda d: d[1])
-            out.append(f"pad render: {len(self.dropped)} sample(s) had non-finite rows dropped "
-                       f"({n} of {rows} in {sid})")
+            what = (f"left out {n} of {rows} vertices with NaN/Inf coordinates" if sid in self.meshes
+                    else dropped_text(n, rows))
+            out.append(f"pad render: {len(self.dropped)} sample(s) had rows with NaN/Inf coordinates, dropped "
+                       f"(e.g. {sid}: {what})")
+        if self.meshes:
+            from pipeline.ingest.inspect import meshes_line
+            out.append(f"pad render: {meshes_line(self.meshes)}")
         return out
 
 
@@ -117,7 +125,7 @@ class RenderPlan:
     """What the client decides before rendering: dataset format, the discovered samples
     (``refs``, sorted by id), their content identities (``keys``, one per ref, see
     :func:`data_cache.render_store.sample_key`), kernel settings, cameras, the store's
-    defining attributes."""
+    defining attributes; ``meshes``: the ids of the samples whose file is a mesh."""
     fmt: str
     refs: list
     settings: Any
@@ -125,6 +133,7 @@ class RenderPlan:
     attrs: dict
     has_rgb: bool
     keys: list[int] = field(default_factory=list)
+    meshes: frozenset = frozenset()
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -143,8 +152,9 @@ def _one_line(exc: BaseException, path: str) -> str:
 def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> dict:
     """Dask task: load, render and write sample ``index``; returns a small status dict
     ``{index, id, source_path, status: "rendered"|"failed", error?, timings, n_dropped_nonfinite,
-    n_rows, pid}`` (``n_rows``: input rows read, ``n_dropped_nonfinite`` of them dropped for a
-    NaN/Inf coordinate).
+    n_rows, pid, mesh?}`` (``n_rows``: input rows read, ``n_dropped_nonfinite`` of them dropped for a
+    NaN/Inf coordinate; ``mesh``: {vertices, faces, points} when the file is a mesh, also stored in
+    the sample's attributes).
 
     A reading error (:class:`PadError`) or any exception from the kernel is recorded in the
     store and returned as ``failed``; errors writing the store propagate (the task is retried).
@@ -166,11 +176,15 @@ def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> 
     t2 = time.perf_counter()
     dropped = int(getattr(sample, "n_dropped_nonfinite", 0) or 0)
     grid = getattr(sample, "grid_shape", None)
-    rows = int(grid[0]) * int(grid[1]) if grid else sample.n_points + dropped
+    mesh = getattr(sample, "mesh", None)
+    rows = int(grid[0]) * int(grid[1]) if grid else mesh.n_vertices if mesh is not None else sample.n_points + dropped
     attrs = {"id": sample.id, "class": sample.cls, "split": sample.split, "label": sample.label,
              "n_points": sample.n_points, "source_path": str(sample.source_path)}
     attrs.update(rendered.attrs or {})
     attrs["n_dropped_nonfinite"] = dropped
+    if mesh is not None:
+        attrs["mesh"] = {"vertices": mesh.n_vertices, "faces": mesh.n_faces, "points": mesh.n_points}
+        status["mesh"] = attrs["mesh"]
     store.write_sample(index, rendered.arrays, attrs, rendered.images, rendered.gt2d,
                        getattr(rendered, "rgb", None))
     t3 = time.perf_counter()
@@ -185,12 +199,12 @@ def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> 
 def plan_render(cfg: RenderConfig) -> RenderPlan:
     """Discover the samples and settle settings, cameras and store attributes
     (:class:`PadError` on a bad dataset or option)."""
-    from pipeline.ingest import discover, is_one_sided
+    from pipeline.ingest import discover, is_mesh_file, is_one_sided
     from pipeline.render import RenderSettings, make_cameras, resolve_views, store_attrs
 
     root = _absolute(cfg).dataset
     fmt, refs = discover(root, fmt=cfg.format, classes=split_csv(cfg.classes) or None,
-                         splits=split_csv(cfg.splits) or None)
+                         splits=split_csv(cfg.splits) or None, mesh_points=cfg.mesh_points)
     refs = list(refs)
     if not refs:
         raise PadError(f"no samples found (format {fmt}, classes {cfg.classes or 'all'}, splits {cfg.splits}); "
@@ -202,21 +216,29 @@ def plan_render(cfg: RenderConfig) -> RenderPlan:
                                                                   settings.image_size)
     attrs = store_attrs(settings, fmt, root, one_sided)
     has_rgb = any(ref.extra_path("rgb") for ref in refs)
-    return RenderPlan(fmt, refs, settings, cameras, attrs, has_rgb, keys=identify(refs))
+    meshes = frozenset(ref.id for ref in refs if is_mesh_file(ref.path))
+    return RenderPlan(fmt, refs, settings, cameras, attrs, has_rgb, keys=identify(refs, meshes), meshes=meshes)
 
 
 #: Threads hashing source files (I/O-bound; hashlib releases the GIL).
 IDENTIFY_THREADS = 8
 
 
-def identify(refs: list) -> list[int]:
+def identify(refs: list, meshes: frozenset | None = None) -> list[int]:
     """Content identity of each discovered sample (:func:`data_cache.render_store.sample_key` over
-    its main file and companions), hashed on :data:`IDENTIFY_THREADS` threads; (S,) ints."""
+    its main file and companions, and for the ids in ``meshes`` (None: found from the files) how
+    the surface is sampled: rule, ``ref.mesh_points``, seed), hashed on :data:`IDENTIFY_THREADS`
+    threads; (S,) ints."""
     from concurrent.futures import ThreadPoolExecutor
     from data_cache.render_store import sample_key
+    from pipeline.ingest import MESH_POINTS, is_mesh_file
+    from pipeline.ingest.constants import MESH_SEED
+    from pipeline.ingest.meshes import sampling_identity
 
     def one(ref) -> int:
-        return sample_key(ref.id, [("main", str(ref.path))] + [(r, str(p)) for r, p in ref.extra if p])
+        mesh = is_mesh_file(ref.path) if meshes is None else ref.id in meshes
+        sampling = sampling_identity(ref.mesh_points or MESH_POINTS, MESH_SEED) if mesh else None
+        return sample_key(ref.id, [("main", str(ref.path))] + [(r, str(p)) for r, p in ref.extra if p], sampling)
 
     if len(refs) < 2:
         return [one(ref) for ref in refs]
@@ -288,6 +310,9 @@ def _check_options(cfg: RenderConfig) -> None:
         raise PadError(f"--on-error must be fail or skip, not '{cfg.on_error}'")
     if not cfg.no_worker_timeout > 0:
         raise PadError(f"--no-worker-timeout must be a positive number of seconds, not {cfg.no_worker_timeout}")
+    from pipeline.ingest import check_mesh_points
+
+    check_mesh_points(cfg.mesh_points)
 
 
 def _task_error(exc: BaseException, ref, store: RenderStore) -> BaseException:
@@ -324,12 +349,11 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
     ``cfg.no_worker_timeout`` seconds, or, with ``on_error='fail'``, on the first failed
     sample (outstanding tasks cancelled; the store stays valid).
     """
-    from pipeline.dask_cluster import dask_client, default_workers
-
     start = time.perf_counter()
     _check_options(cfg)
     cfg = _absolute(cfg)
-    plan = plan_render(cfg)
+    plan = plan_render(cfg)  # the dataset and its files are checked before Dask is even imported
+    from pipeline.dask_cluster import dask_client, default_workers
     with cache_lock(cfg.cache):
         store, sync = sync_render_store(cfg, plan)
         done = store.done()
@@ -344,7 +368,8 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
             from pipeline.render.settings import pointad_point_sizes
             summary.point_sizes = pointad_point_sizes(plan.settings, [ref.cls for ref in plan.refs])
         if progress and sync.changed:
-            print(f"pad render: {len(sync.changed)} sample(s) changed on disk since they were rendered: "
+            meshes = " (or, for a mesh, its --mesh-points)" if set(summary.changed) & plan.meshes else ""
+            print(f"pad render: {len(sync.changed)} sample(s) changed on disk{meshes} since they were rendered: "
                   f"rendering them again (e.g. {summary.changed[0]})", file=sys.stderr)
         if todo:
             try:
@@ -431,6 +456,8 @@ def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderS
                                                status["source_path"])
                             continue
                         summary.rendered += 1
+                        if status.get("mesh"):
+                            summary.meshes[status["id"]] = dict(status["mesh"])
                         if status.get("n_dropped_nonfinite"):
                             summary.dropped.append((status["id"], int(status["n_dropped_nonfinite"]),
                                                     int(status.get("n_rows", 0))))

@@ -13,7 +13,9 @@ class SampleRef:
 
     ``id`` is the stable ``<class>/<split>/<stem>``; ``path`` the main file; ``extra``
     holds companion files by role (``gt``: ground-truth file or mask, ``rgb``: image).
-    ``format`` names the reader that loads it (see :mod:`pipeline.ingest`).
+    ``format`` names the reader that loads it (see :mod:`pipeline.ingest`). ``mesh_points``: how
+    many points to draw on the surface when the file is a mesh (None: the default of
+    :data:`pipeline.ingest.constants.MESH_POINTS`).
     """
     id: str
     cls: str
@@ -21,6 +23,7 @@ class SampleRef:
     path: str
     format: str
     extra: tuple[tuple[str, str], ...] = ()
+    mesh_points: int | None = None
 
     def extra_path(self, role: str) -> str | None:
         return dict(self.extra).get(role)
@@ -37,7 +40,9 @@ class Sample:
       point in the organized H×W grid (``grid_shape`` = (H, W)).
     - ``label``: object label, 1 when any point is anomalous.
     - ``n_dropped_nonfinite``: input rows dropped because a coordinate was NaN or Inf
-      (``n_points + n_dropped_nonfinite`` rows were read).
+      (``n_points + n_dropped_nonfinite`` rows were read; for a mesh, vertices left out).
+    - ``mesh``: :class:`pipeline.ingest.cloud.MeshInfo` when the points were drawn on a mesh's
+      surface, else None.
     - ``script_labels``: (N,) uint8 or None: ``--style pointad`` only, the labels the official
       script colours its ground-truth render with, where they come from another resize of the
       mask than ``point_labels`` (:mod:`pipeline.ingest.pointad`).
@@ -54,6 +59,7 @@ class Sample:
     grid_shape: tuple[int, int] | None = None
     warnings: list[str] = field(default_factory=list)
     n_dropped_nonfinite: int = 0
+    mesh: object | None = None
     script_labels: np.ndarray | None = None
 
     @property

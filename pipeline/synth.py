@@ -11,17 +11,20 @@ samples per class and split, each with ``--points`` ±25% points. Files are bina
 with ``x y z nx ny nz label`` (label 1 = anomalous point, see :mod:`pipeline.anomalies`).
 
 ``--from NORMAL_DIR`` mode (``pad synth OUT --from NORMAL_DIR``) reads the user's own normal
-clouds (``.ply .pcd .npy .npz .xyz .txt``, read by :func:`pipeline.ingest.read_cloud`; all must
-be normal: no anomalous point labels). Every directory under NORMAL_DIR that directly holds
-point files is one **product** (class), named after its path relative to NORMAL_DIR
+clouds (``.ply .pcd .npy .npz .xyz .txt``) and meshes (``.obj .stl .off .glb``, ``.ply`` with
+faces: ``--mesh-points`` points drawn on the surface), read by :func:`pipeline.ingest.read_cloud`;
+all must be normal (no anomalous point labels) and hold at least ``MIN_CLOUD_POINTS`` points
+once rows with NaN/Inf coordinates are dropped (one line says how many were). Every directory
+under NORMAL_DIR that directly holds point or mesh files is one **product** (class), named after its path relative to NORMAL_DIR
 (``chairs/oak`` -> ``chairs_oak``; files directly in NORMAL_DIR form a product named after
 NORMAL_DIR); names are made file-name safe (characters outside ``[A-Za-z0-9._-]`` become
 ``_`` and a short hash is appended). A directory with files and subdirectories gives a
 product for its own files and one per subdirectory with files; directories without any point
 file beneath them are ignored (listed in the manifest and in one notice). For every product:
 
-- ``OUT/<product>/train/<stem>.ply``: each input cloud once, untouched (normals estimated by
-  PCA when the file has none, labels 0);
+- ``OUT/<product>/train/<stem>.ply``: each input cloud once, as read: rewritten as binary PLY
+  ``x y z nx ny nz label`` with labels 0, rows with NaN/Inf coordinates dropped, normals
+  estimated by PCA when the file has none, a mesh's sampled surface in place of the mesh;
 - ``OUT/<product>/test/<stem>_<iii>_<kind|good>.ply``: one copy of each input cloud, cycling
   through the inputs until there are at least ``--per-class`` copies. No copy is the input
   itself: each keeps a random 90-100% of the points, turned by 1-5 degrees about a random
@@ -32,7 +35,7 @@ file beneath them are ignored (listed in the manifest and in one notice). For ev
   kind appears once a product has five anomalous copies).
 
 Each product draws from its own random streams, seeded by (seed, product name): adding or
-removing a product leaves the others' files unchanged. ``OUT/synth.json`` records, per test
+removing a product leaves the others' output files as they were. ``OUT/synth.json`` records, per test
 copy, its source file, the motion (rotation, centre, translation, kept points, jitter) and
 the defect (kind and parameters, in the copy's coordinates).
 
@@ -60,6 +63,7 @@ from tqdm import tqdm
 from data_cache.errors import PadError
 from data_cache.plyio import write_ply
 from pipeline.anomalies import ANOMALY_KINDS, MIN_POINTS, synthesize_anomaly
+from pipeline.options import MESH_POINTS
 from pipeline.geometry import estimate_normals, object_radius, point_spacing
 from pipeline.shapes import SHAPE_CLASSES, make_shape
 
@@ -272,8 +276,8 @@ def _stems(names: list[str]) -> list[str]:
 def find_products(normal_dir: str, avoid: str | None = None) -> tuple[list[Product], list[str]]:
     """The products under ``normal_dir`` and the directories ignored for holding no point file.
 
-    Every directory (``normal_dir`` included) that directly holds point files
-    (``.ply .pcd .npy .npz .xyz .txt``) is one product made of those files (not of its
+    Every directory (``normal_dir`` included) that directly holds point or mesh files
+    (:data:`pipeline.ingest.POINT_EXTENSIONS`) is one product made of those files (not of its
     subdirectories' files, which form products of their own). ``normal_dir`` itself is named
     after its base name, any other directory after its relative path with ``_`` between the
     components (``chairs/oak`` -> ``chairs_oak``), made safe by :func:`_safe_name`. Hidden
@@ -316,7 +320,7 @@ def find_products(normal_dir: str, avoid: str | None = None) -> tuple[list[Produ
         if name in products:
             raise PadError(f"--from: directories {_shown(products[name].rel)!r} and {_shown(rel)!r} would both "
                            f"be product {name!r}; rename one", path=normal_dir)
-        directory = os.path.join(normal_dir, rel)
+        directory = normal_dir if rel == "." else os.path.join(normal_dir, rel)  # no "/./" in paths
         files = held[rel]
         stems = _stems(files)
         if len(set(stems)) != len(stems):
@@ -393,17 +397,31 @@ def move_copy(points: np.ndarray, normals: np.ndarray, rng: np.random.Generator,
     return moved.astype(np.float32), turned.astype(np.float32), keep, motion
 
 
-def _load_normal(path: str) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Points (N, 3) float32, unit normals (N, 3) float32 and whether they were estimated."""
-    from pipeline.ingest import read_cloud
+@dataclass
+class NormalCloud:
+    """One input of ``--from``, read: ``points`` (N, 3) float32, unit ``normals`` (N, 3) float32,
+    whether they were ``estimated``, and what reading did: ``dropped`` (the line saying how many
+    NaN/Inf rows were dropped, or None) and ``mesh`` ({vertices, faces, points} when the file is a
+    mesh, else None)."""
+    points: np.ndarray
+    normals: np.ndarray
+    estimated: bool
+    dropped: str | None = None
+    mesh: dict | None = None
 
-    cloud = read_cloud(path)
+
+def _load_normal(path: str, mesh_points: int) -> NormalCloud:
+    """Read one input of ``--from`` (a mesh is sampled with ``mesh_points`` points): see :class:`NormalCloud`."""
+    from pipeline.ingest import dropped_line, read_input
+
+    cloud = read_input(path, mesh_points)
     if cloud.labels is not None and cloud.labels.any():
         raise PadError(f"has {int(cloud.labels.sum())} anomalous point labels; --from expects normal clouds",
                        path=path)
     points = np.asarray(cloud.points, dtype=np.float32)
-    if len(points) < MIN_POINTS:
-        raise PadError(f"has {len(points)} points; at least {MIN_POINTS} are needed to place a defect", path=path)
+    mesh = None if cloud.mesh is None else {"vertices": cloud.mesh.n_vertices, "faces": cloud.mesh.n_faces,
+                                            "points": cloud.mesh.n_points}
+    read = {"dropped": dropped_line(cloud), "mesh": mesh}
     if not np.ptp(points, axis=0).any():
         raise PadError("has all its points at one position; a defect needs a surface", path=path)
     normals = None if cloud.normals is None else np.asarray(cloud.normals, dtype=np.float64)
@@ -414,8 +432,8 @@ def _load_normal(path: str) -> tuple[np.ndarray, np.ndarray, bool]:
         else:
             normals = normals / length[:, None]
     if normals is None:
-        return points, estimate_normals(points, k=NORMAL_K), True
-    return points, normals.astype(np.float32), False
+        return NormalCloud(points, estimate_normals(points, k=NORMAL_K), True, **read)
+    return NormalCloud(points, normals.astype(np.float32), False, **read)
 
 
 def _kinds_of(samples: list[dict]) -> dict[str, int]:
@@ -425,7 +443,7 @@ def _kinds_of(samples: list[dict]) -> dict[str, int]:
 
 
 def _synthesize_product(product: Product, normal_dir: str, out: str, n_test: int, anomaly_ratio: float,
-                        seed: int, bar) -> tuple[list[dict], list[dict]]:
+                        seed: int, bar, mesh_points: int = MESH_POINTS) -> tuple[list[dict], list[dict]]:
     """Write one product's train files and test copies; returns their manifest entries."""
     key = _stream_key(product.name)
     plan = _anomalous_plan(n_test, anomaly_ratio, np.random.default_rng([seed, *key, 2]),
@@ -436,11 +454,14 @@ def _synthesize_product(product: Product, normal_dir: str, out: str, n_test: int
     train, test = [], []
     n_files = len(product.clouds)
     for f, (path, stem) in enumerate(product.clouds):
-        points, normals, estimated = _load_normal(path)
+        read = _load_normal(path, mesh_points)
+        points, normals = read.points, read.normals
         zeros = np.zeros(len(points), dtype=np.uint8)
         rel = _write_sample(out, cls, "train", stem, points, normals, zeros)
         source = os.path.relpath(path, normal_dir)
-        train.append(_record(cls, "train", stem, rel, None, zeros, source=source, normals_estimated=estimated))
+        extra = {k: v for k, v in (("dropped", read.dropped), ("mesh", read.mesh)) if v is not None}
+        train.append(_record(cls, "train", stem, rel, None, zeros, source=source, normals_estimated=read.estimated,
+                             **extra))
         bar.update()
         tree = cKDTree(points.astype(np.float64))
         for i in range(f, n_test, n_files):
@@ -466,7 +487,7 @@ def _synthesize_product(product: Product, normal_dir: str, out: str, n_test: int
 
 
 def synthesize_from(normal_dir: str, out: str, anomaly_ratio: float = 0.5, seed: int = 0,
-                    per_class: int = 8, progress: bool = True) -> dict:
+                    per_class: int = 8, progress: bool = True, mesh_points: int = MESH_POINTS) -> dict:
     """Moved copies and synthetic defects on the user's normal clouds under ``normal_dir``.
 
     Each product (see :func:`find_products`) gets ``out/<product>/train`` (its inputs, as
@@ -477,21 +498,27 @@ def synthesize_from(normal_dir: str, out: str, anomaly_ratio: float = 0.5, seed:
     without point files, a file that cannot be read or has anomalous labels or too few points,
     clashing product names, or an unusable ``out``. Returns the summary dict of
     :func:`synthesize_dataset` plus ``products`` ({name: {source_dir, n_train, n_test,
-    n_anomalous, kinds}}) and ``ignored`` (directories without point files).
+    n_anomalous, kinds}}), ``ignored`` (directories without point files), ``meshes`` (source file
+    -> {vertices, faces, points} of each mesh input, sampled with ``mesh_points`` points) and
+    ``dropped`` (source file -> the line saying how many NaN/Inf rows it lost).
     """
+    from pipeline.ingest import check_input_dir, check_mesh_points, is_mesh_file
+
     _check_common(per_class, anomaly_ratio, seed)
-    if not os.path.isdir(normal_dir):
-        raise PadError("--from: no such directory", path=normal_dir)
+    check_mesh_points(mesh_points)
+    check_input_dir(normal_dir, "--from directory")
     src, dst = os.path.realpath(normal_dir), os.path.realpath(out)
     if dst == src or dst.startswith(src + os.sep):
         raise PadError("the output directory must not be inside --from NORMAL_DIR", path=out)
     products, ignored = find_products(normal_dir, avoid=dst)
     if not products:
-        from pipeline.ingest import POINT_EXTENSIONS
-        raise PadError(f"--from: no point files ({' '.join(POINT_EXTENSIONS)}) found", path=normal_dir)
+        from pipeline.ingest.inputs import kinds_text
+        raise PadError(f"--from: no {kinds_text()} found", path=normal_dir)
     started = time.perf_counter()
     options = {"mode": "from", "from": src, "layout": FROM_LAYOUT, "per_class": int(per_class),
                "anomaly_ratio": float(anomaly_ratio), "seed": int(seed)}
+    if any(is_mesh_file(path) for p in products for path, _ in p.clouds):
+        options["mesh_points"] = int(mesh_points)  # only then: outputs without meshes keep their options
     _prepare_out(out, options)
     classes = [p.name for p in products]
     manifest = {"pad_synth": SYNTH_SCHEMA, "options": options, "classes": classes, "complete": False,
@@ -504,14 +531,16 @@ def synthesize_from(normal_dir: str, out: str, anomaly_ratio: float = 0.5, seed:
               file=sys.stderr, disable=not progress) as bar:
         for product in products:
             train, test = _synthesize_product(product, normal_dir, out, n_tests[product.name], anomaly_ratio,
-                                              seed, bar)
+                                              seed, bar, mesh_points)
             samples += train + test
             described[product.name] = {"source_dir": product.rel, "n_train": len(train), "n_test": len(test),
                                        "n_anomalous": sum(s["label"] for s in test), "kinds": _kinds_of(test)}
     manifest.update(complete=True, products=described, samples=samples)
     _write_manifest(out, manifest)
     summary = _summary(out, classes, samples, started)
-    summary.update(products=described, ignored=ignored)
+    summary.update(products=described, ignored=ignored,
+                   meshes={s["source"]: s["mesh"] for s in samples if s["split"] == "train" and "mesh" in s},
+                   dropped={s["source"]: s["dropped"] for s in samples if s["split"] == "train" and "dropped" in s})
     return summary
 
 
@@ -523,8 +552,12 @@ def _from_line(summary: dict) -> str:
     per_product = "; ".join(
         f"{name}: {', '.join(f'{k} {v}' for k, v in p['kinds'].items()) or 'no anomalies'}"
         for name, p in products.items())
+    meshes = summary.get("meshes") or {}
+    drawn = "/".join(str(n) for n in sorted({m["points"] for m in meshes.values()}))
+    of_meshes = (f" ({len(meshes)} of them sampled on meshes, {drawn} points each: "
+                 f"{', '.join(_shown(m) for m in sorted(meshes))})" if meshes else "")
     return (f"pad synth: wrote {len(products)} product{'s' if len(products) != 1 else ''} to {summary['out']}: "
-            f"{summary['n_train']} train clouds, {summary['n_test']} test copies, {summary['n_anomalous']} "
+            f"{summary['n_train']} train clouds{of_meshes}, {summary['n_test']} test copies, {summary['n_anomalous']} "
             f"anomalous ({per_product}) in {summary['seconds']:.1f} s")
 
 
@@ -534,7 +567,11 @@ def run_synth(cfg) -> int:
     ignored for holding no point file). ``cfg``: :class:`pipeline.options.SynthConfig`."""
     if cfg.from_dir is not None:
         summary = synthesize_from(cfg.from_dir, cfg.out, anomaly_ratio=cfg.anomaly_ratio, seed=cfg.seed,
-                                  per_class=cfg.per_class)
+                                  per_class=cfg.per_class, mesh_points=cfg.mesh_points)
+        if summary["dropped"]:
+            (source, line), n = next(iter(summary["dropped"].items())), len(summary["dropped"])
+            print(f"pad synth: {n} input file{'s' if n != 1 else ''} had rows with NaN/Inf coordinates, dropped "
+                  f"(e.g. {_shown(source)}: {line})", file=sys.stderr)
         if summary["ignored"]:
             n = len(summary["ignored"])
             print(f"pad synth: ignored {n} director{'ies' if n != 1 else 'y'} without point files: "

@@ -11,7 +11,8 @@ import numpy as np
 
 from data_cache.viewer import DEFAULT_VIEW_POINTS
 
-RANDOM_WEIGHTS_BANNER = ("The backbone's weights are random (pad-tiny, or --pretrained random): these scores "
+RANDOM_WEIGHTS_BANNER = ("The backbone's weights are random (pad-tiny, or pad extract-features --pretrained "
+                         "random): these scores "
                          "say nothing about real defects. They check that the pipeline runs; for inspection, "
                          "extract features with real CLIP weights (e.g. ViT-L-14-336, openai).")
 

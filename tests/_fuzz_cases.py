@@ -5,7 +5,7 @@ A case is a small file (or a tiny dataset tree) that starts as a valid file of o
 then damaged in the ways real files are: random bytes, truncation, flipped and inserted bytes,
 mutated PLY/PCD headers (element/point counts, property/field types, sizes and counts, encodings),
 mutated NPY headers (shape, dtype), wrong column counts, NaN/Inf, labels outside {0, 1}, headers
-declaring 10^12 points. Every case must end in a :class:`PadError` naming the file, or a valid
+declaring 10^12 points; meshes (OBJ, OFF, STL, GLB) with mutated counts and indices. Every case must end in a :class:`PadError` naming the file, or a valid
 ``Cloud``/``Sample``, with a small peak allocation (tracemalloc).
 
 Shared by ``tests/test_fuzz_readers.py`` (a few hundred cases) and ``benchmarks/fuzz_readers.py``
@@ -463,12 +463,56 @@ def text_case(d: Draw) -> Case:
 def random_file_case(d: Draw) -> Case:
     """Random bytes, sometimes behind a real magic, under any extension."""
     prefix = d.choice((b"", b"ply\n", b"ply\nformat ascii 1.0\n", b"# .PCD v0.7\n", b"\x93NUMPY\x01\x00",
-                       b"PK\x03\x04", b"VERSION 0.7\nFIELDS x y z\n"))
-    ext = d.choice((".ply", ".pcd", ".npy", ".npz", ".xyz", ".txt"))
+                       b"PK\x03\x04", b"VERSION 0.7\nFIELDS x y z\n", b"OFF\n", b"solid x\n", b"glTF", b"v 0 0 0\n"))
+    ext = d.choice((".ply", ".pcd", ".npy", ".npz", ".xyz", ".txt", ".obj", ".stl", ".off", ".glb"))
     return Case(ext, prefix + d.binary(0, 256), "random", 0)
 
 
-POINT_CASES = (ply_case, pcd_case, npy_case, npz_case, text_case, random_file_case)
+# ============================================================================ meshes
+def mesh_case(d: Draw) -> Case:
+    """A small mesh (OBJ, OFF, ASCII or binary STL, GLB), its counts, indices or coordinates
+    mutated (huge declared counts, indices out of range, NaN), then damaged like any file."""
+    cloud = base_cloud(d)
+    v = np.asarray(cloud["points"], np.float64)[:max(3, min(cloud["n"], 40))]
+    if len(v) < 3:
+        v = np.r_[v, np.eye(3)][:3]
+    rng = np.random.default_rng(len(v))
+    f = rng.integers(0, len(v), size=(d.integers(0, 12), 3))
+    if d.boolean() and len(f):
+        f[d.integers(0, len(f) - 1), d.integers(0, 2)] = d.choice((-1, len(v), 2 ** 31 - 1))
+    ext = d.choice((".obj", ".off", ".stl", ".stl", ".glb"))
+    declared = 0
+    if ext == ".obj":
+        text = "".join(f"v {_fmt_value(x)} {_fmt_value(y)} {_fmt_value(z)}\n" for x, y, z in v)
+        text += "".join(f"f {' '.join(str(int(i) + 1) for i in face)}\n" for face in f)
+        data = text.encode()
+    elif ext == ".off":
+        n_v, n_f = len(v), len(f)
+        if d.boolean():
+            n_v, n_f = d.choice(HUGE_COUNTS), d.choice((n_f, 2 ** 32 - 1))
+        text = f"OFF\n{n_v} {n_f} 0\n" + "".join(f"{_fmt_value(x)} {_fmt_value(y)} {_fmt_value(z)}\n" for x, y, z in v)
+        data = (text + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)).encode()
+    elif ext == ".stl":
+        tri = v[np.clip(f, 0, len(v) - 1)] if len(f) else v[None, :3]
+        if d.boolean():
+            count = d.choice((len(tri), len(tri) + 1) + HUGE_COUNTS[2:4])
+            declared = 50 * count if count > len(tri) else 0
+            data = b"\0" * 80 + struct.pack("<I", count % 2 ** 32) + b"".join(
+                struct.pack("<12fH", 0, 0, 0, *t.reshape(-1), 0) for t in tri.astype(np.float32))
+        else:
+            data = ("solid fuzz\n" + "".join(
+                "facet normal 0 0 0\nouter loop\n" + "".join(f"vertex {_fmt_value(a)} {_fmt_value(b)} {_fmt_value(c)}\n"
+                                                            for a, b, c in t) + "endloop\nendfacet\n"
+                for t in tri) + "endsolid fuzz\n").encode()
+    else:
+        import trimesh
+        faces = np.clip(f, 0, len(v) - 1) if len(f) else np.array([[0, 1, 2]])
+        data = trimesh.Trimesh(np.nan_to_num(v), faces, process=False).export(file_type="glb")
+    data, how = damage(d, data)
+    return Case(ext, data, f"mesh{ext}/{how}", declared)
+
+
+POINT_CASES = (ply_case, pcd_case, npy_case, npz_case, text_case, random_file_case, mesh_case)
 
 
 def point_file_case(d: Draw) -> Case:

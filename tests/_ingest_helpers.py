@@ -44,13 +44,13 @@ def blob(n: int, seed: int) -> np.ndarray:
 
 
 def organized_scan(seed: int = 0, tilt: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
-    """(GRID, GRID, 3) float32 xyz of a tilted plane with a 6×6 bump in the middle, and the
+    """(GRID, GRID, 3) float32 xyz of a tilted plane with a 9×9 bump in the middle (81 points: above pad's 64-point minimum), and the
     (GRID, GRID) bool bump mask. Two pixels are missing (all zero)."""
     rows, cols = np.mgrid[0:GRID, 0:GRID].astype(np.float32)
     x, y = cols * 0.01, rows * 0.01
     z = 0.5 + tilt * x + np.random.default_rng(seed).normal(0, 0.0003, size=x.shape)
     bump = np.zeros((GRID, GRID), bool)
-    bump[7:13, 7:13] = True
+    bump[6:15, 6:15] = True
     z = np.where(bump, z + 0.05, z)
     xyz = np.stack([x, y, z], axis=-1).astype(np.float32)
     xyz[0, 0] = 0

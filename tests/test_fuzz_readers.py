@@ -36,6 +36,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")  # numpy/tifffile warnings abo
 @pytest.fixture(scope="module", autouse=True)
 def traced():
     """tracemalloc on for the module (peak allocation of each read)."""
+    import trimesh  # noqa: F401  the mesh reader imports it lazily: once, here, not inside a measured case
     tracemalloc.start()
     yield
     tracemalloc.stop()

@@ -3,6 +3,8 @@ samples (exit code 2) and ``--repair`` clears their ``done`` so a rerun redoes o
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
 import numpy as np
 import pytest
@@ -116,3 +118,42 @@ def test_repair_needs_verify_and_an_empty_dir_is_an_error(tmp_path, cache):
     assert _info(cache, "--repair").exit_code == 2
     result = _info(tmp_path / "nothing")
     assert result.exit_code == 2 and "no such cache directory" in result.output
+
+
+def test_samples_lists_every_sample_with_class_split_label_and_what_is_done(cache):
+    """--samples (and --json) list the ids that pad show --sample takes: class and split from the id,
+    the label the renderer stored (fixture: sample i has label i % 2), rendered or failed, features."""
+    result = _info(cache, "--samples", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["samples"]
+    assert rows == [{"index": 0, "id": "a/test/s000", "class": "a", "split": "test", "label": 0, "done": True,
+                     "features": {TAG: True}},
+                    {"index": 1, "id": "b/test/s001", "class": "b", "split": "test", "label": 1, "done": True,
+                     "features": {TAG: True}},
+                    {"index": 2, "id": "a/test/s002", "class": "a", "split": "test", "label": None, "done": False,
+                     "error": "mesh has no faces", "features": {TAG: False}}]
+    text = _info(cache, "--samples").output.splitlines()
+    start = text.index("samples (3):")
+    assert text[start + 1].split() == ["index", "id", "class", "split", "label", "done", "features", TAG]
+    assert [line.split() for line in text[start + 2:start + 5]] == [
+        ["0", "a/test/s000", "a", "test", "normal", "yes", "yes"],
+        ["1", "b/test/s001", "b", "test", "anomalous", "yes", "yes"],
+        ["2", "a/test/s002", "a", "test", "-", "failed", "no"]]
+    assert "samples (" not in _info(cache).output                  # only when asked
+
+
+def test_pad_show_sends_an_unknown_sample_to_a_command_that_lists_the_samples(cache, tmp_path):
+    result = CliRunner().invoke(cli.main, ["show", "--cache", str(cache), "--sample", "a/test/s009",
+                                           "--out", str(tmp_path / "x.png")], terminal_width=200)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    suggested = re.search(r"'(pad info [^']+)' lists them", result.output).group(1)
+    listed = CliRunner().invoke(cli.main, shlex.split(suggested)[1:], terminal_width=200)
+    assert listed.exit_code == 0, listed.output
+    assert all(sid in listed.output for sid in ("a/test/s000", "b/test/s001", "a/test/s002"))
+
+
+def test_pad_train_without_a_training_class_names_its_own_option(tmp_path):
+    result = CliRunner().invoke(cli.main, ["train", "--cache", str(tmp_path), "--train-classes", " ",
+                                           "--out", str(tmp_path / "run")], terminal_width=200)
+    assert result.exit_code == 2
+    assert result.output.strip() == "pad: error: no training class given (--train-classes a[,b])"

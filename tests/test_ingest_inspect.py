@@ -36,7 +36,7 @@ def test_inspect_json_mvtec_and_generic(tmp_path):
     assert data["format"] == "mvtec3d"
     assert data["classes"]["bagel"]["train"] == {"normal": 3, "anomalous": 0}  # train 2 + validation 1
     assert data["classes"]["bagel"]["test"] == {"normal": 1, "anomalous": 1}
-    assert data["classes"]["bagel"]["points"] == {"min": 36, "mean": 36.0, "max": 36}
+    assert data["classes"]["bagel"]["points"] == {"min": 81, "mean": 81.0, "max": 81}
     make_generic_tree(tmp_path / "gen")
     data = json.loads(_inspect(tmp_path / "gen", "--format", "generic", "--json").stdout)
     assert data["classes"]["cube"]["test"] == {"normal": 1, "anomalous": 1}

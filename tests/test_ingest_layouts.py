@@ -102,7 +102,7 @@ def test_bad_ground_truth_files(tmp_path):
 def test_generic_tree_mixed_file_types(tmp_path):
     make_generic_tree(tmp_path)
     (tmp_path / "cube" / "validation").mkdir()
-    np.save(tmp_path / "cube" / "validation" / "g.npy", blob(60, 9))
+    np.save(tmp_path / "cube" / "validation" / "g.npy", blob(65, 9))
     fmt, refs = discover(str(tmp_path))
     assert fmt == "generic"
     assert [r.id for r in refs] == ["ball/test/c", "ball/train/a", "ball/train/b", "cube/test/e", "cube/test/f",
@@ -110,13 +110,13 @@ def test_generic_tree_mixed_file_types(tmp_path):
     samples = {r.id: load_sample(r) for r in refs}
     assert samples["cube/test/e"].label == 1 and samples["cube/test/e"].point_labels.sum() == 5
     assert samples["ball/test/c"].label == 0 and samples["cube/test/f"].label == 0
-    assert {s.n_points for s in samples.values()} == {100, 120, 90, 80, 110, 70, 60}
+    assert {s.n_points for s in samples.values()} == {100, 120, 90, 80, 110, 70, 65}
     assert all(s.points.dtype == np.float32 and s.point_labels.dtype == np.uint8 for s in samples.values())
 
 
 def test_pcd_only_without_gt_dirs_is_generic(tmp_path):
-    write_pcd(tmp_path / "a" / "train" / "x.pcd", blob(30, 1))
-    write_pcd(tmp_path / "a" / "test" / "y.pcd", blob(30, 2), labels=np.r_[np.ones(3), np.zeros(27)])
+    write_pcd(tmp_path / "a" / "train" / "x.pcd", blob(70, 1))
+    write_pcd(tmp_path / "a" / "test" / "y.pcd", blob(70, 2), labels=np.r_[np.ones(3), np.zeros(67)])
     fmt, refs = discover(str(tmp_path))
     assert fmt == "generic"
     assert load_sample(refs[0]).label == 1
@@ -144,7 +144,7 @@ def _discover_error(root, *fragments, **kwargs):
 def test_discovery_errors(tmp_path):
     _discover_error(tmp_path / "nope", "nope", "no such")
     (tmp_path / "file.txt").write_text("x")
-    _discover_error(tmp_path / "file.txt", "not a directory")
+    _discover_error(tmp_path / "file.txt", "is a file, not a dataset directory")
     empty = tmp_path / "empty"
     (empty / "stuff").mkdir(parents=True)
     _discover_error(empty, "empty", "no dataset layout recognized", "mvtec3d", "real3d", "generic")

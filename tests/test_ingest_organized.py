@@ -49,7 +49,7 @@ def test_good_and_train_samples_are_normal(tmp_path):
         if "hole" not in ref.id:
             sample = load_sample(ref)
             assert sample.label == 0 and sample.point_labels.dtype == np.uint8
-            assert sample.n_points == 36
+            assert sample.n_points == 81
 
 
 def test_plane_ransac_is_deterministic_and_vectorized_fit_is_accurate():
@@ -91,7 +91,7 @@ def test_nan_pixels_are_dropped_and_reported(tmp_path):
     xyz[9, 9] = np.nan
     write_mvtec_sample(tmp_path / "bagel" / "train" / "good", "000", xyz)
     sample = load_sample(_ref(tmp_path, "bagel/train/000"))
-    assert 9 * GRID + 9 not in sample.grid_index and sample.n_points == 35
+    assert 9 * GRID + 9 not in sample.grid_index and sample.n_points == 80
     assert any("NaN" in w for w in sample.warnings)
 
 

@@ -60,13 +60,15 @@ def test_ply_with_and_without_label_and_normals(tmp_path, with_labels):
         assert cloud.labels is None
 
 
-def test_ascii_ply_mesh_reads_vertices(tmp_path):
+def test_ascii_ply_mesh_is_sampled_on_its_surface(tmp_path):
     path = tmp_path / "m.ply"
     path.write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
                     "property float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n"
                     "0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
-    cloud = read_cloud(path)
-    np.testing.assert_array_equal(cloud.points, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    cloud = read_cloud(path, mesh_points=500)
+    assert cloud.points.shape == (500, 3) and cloud.mesh.n_faces == 1 and cloud.mesh.n_vertices == 3
+    x, y, z = cloud.points.T                                     # inside the triangle (0,0,0) (1,0,0) (0,1,0)
+    assert (z == 0).all() and (x >= 0).all() and (y >= 0).all() and (x + y <= 1 + 1e-6).all()
 
 
 @pytest.mark.parametrize("columns", [3, 4, 6, 7])
@@ -262,8 +264,8 @@ def test_wrong_shapes_unknown_extension_and_missing_file(tmp_path):
     _raises(tmp_path / "nokey.npz", "'points' or 'xyz'", "coords")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     _raises(tmp_path / "obj.npy", "objects")
-    (tmp_path / "c.obj").write_text("v 0 0 0\n")
-    _raises(tmp_path / "c.obj", "unsupported")
+    (tmp_path / "c.fbx").write_text("v 0 0 0\n")
+    _raises(tmp_path / "c.fbx", "unsupported file type '.fbx'")
     _raises(tmp_path / "missing.ply", "no such file")
     (tmp_path / "bad.txt").write_text("1 2 3\n4 5 oops\n")
     _raises(tmp_path / "bad.txt")

@@ -136,7 +136,7 @@ def test_bad_options_and_mixing_styles_end_in_one_line(pointad_run, mvtec, tmp_p
         (["render", mvtec, "--cache", tmp_path / "c", "--style", "pointad", "--image-size", "224"],
          "--image-size 224: --style pointad"),
         (["predict", mvtec / "cookie" / "test" / "good" / "xyz" / "001.tiff", "--checkpoint", pointad_run["run"],
-          "--views", "paper", "--out", tmp_path / "p"], "--views: this run's cache was rendered with --style pointad"),
+          "--views", "paper", "--out", tmp_path / "p"], "--views: this run's cache was rendered with 'pad render --style pointad'"),
         (["predict", ply, "--checkpoint", pointad_run["run"], "--out", tmp_path / "p"], "needs an xyz .tiff grid"),
     ]
     for args, words in cases:

@@ -92,3 +92,28 @@ def test_unavailable_weights_are_a_one_line_error(run_dir, tmp_path, monkeypatch
     assert result.exit_code == 2
     assert "weights 'openai'" in result.output and "not available" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_meshes_are_sampled_and_tiny_clouds_refused_with_one_line(run_dir, tmp_path):
+    """A mesh is scored on --mesh-points points drawn on its surface (the summary says so), a PLY
+    without faces on its own points, a cloud under pad's 64-point minimum is refused."""
+    corners = [(0, 0, 0), (40, 0, 0), (0, 40, 0), (0, 0, 40)]
+    (tmp_path / "tetra.obj").write_text("".join(f"v {x} {y} {z}\n" for x, y, z in corners)
+                                        + "f 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
+    write_ply(tmp_path / "cloud.ply", _bumpy_sphere(300))
+    np.savetxt(tmp_path / "tiny.xyz", _bumpy_sphere(30))
+    out = tmp_path / "pred"
+    files = [str(tmp_path / n) for n in ("tetra.obj", "cloud.ply", "tiny.xyz")]
+    result = CliRunner().invoke(main, ["predict", *files, "--checkpoint", run_dir, "--out", str(out),
+                                       "--views", "4", "--device", "cpu", "--mesh-points", "400"])
+    assert result.exit_code == 2, result.output
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(rf"{re.escape(files[0])}  score=\d\.\d{{3}}  points=400  top-1% mean=\d\.\d{{3}}  "
+                        r"mesh: 400 points drawn on 4 faces", lines[0]), lines[0]
+    assert re.fullmatch(rf"{re.escape(files[1])}  score=\d\.\d{{3}}  points=300  top-1% mean=\d\.\d{{3}}", lines[1])
+    assert f"pad predict: {files[2]}: has 30 usable points; pad needs at least 64" in result.stderr
+    assert f"1 of 3 file(s) failed; results of the others are in {out} (1 of them mesh, sampled with 400 points on " \
+           "the surface: --mesh-points)" in result.stderr
+    doc = json.loads((out / "tetra.json").read_text())
+    assert doc["mesh"] == {"vertices": 4, "faces": 4, "points": 400} and doc["n_points"] == 400
+    assert json.loads((out / "cloud.json").read_text())["mesh"] is None

@@ -291,7 +291,8 @@ def test_rows_dropped_for_non_finite_coordinates_are_counted_per_sample(client, 
     write_ply(data / "cup" / "test" / "good_05.ply", pts, labels=labels)
     run = _render(client, data, cache)
     assert run.rendered == 3 and run.dropped == [("cup/test/good_05", 5, POINTS)]
-    assert "pad render: 1 sample(s) had non-finite rows dropped (5 of 600 in cup/test/good_05)" in run.notes()
+    assert ("pad render: 1 sample(s) had rows with NaN/Inf coordinates, dropped (e.g. cup/test/good_05: dropped 5 "
+            "of 600 rows with NaN/Inf coordinates)") in run.notes()
     store = RenderStore.open(str(cache))
     attrs = store.sample_attrs(store.index_of("cup/test/good_05"))
     assert (attrs["n_dropped_nonfinite"], attrs["n_points"]) == (5, POINTS - 5)
@@ -312,3 +313,16 @@ def test_sync_keeps_samples_the_dataset_no_longer_lists_and_old_callers_never_cl
     again = RenderStore.create_or_open(str(tmp_path), attrs, store.sample_ids, ["/elsewhere/x.ply"] * 3, 2, 56,
                                        False)
     assert again.done().all() and again.sample_keys().tolist() == keys
+
+
+def test_a_cloud_under_the_minimum_point_count_fails_with_the_line_synth_and_predict_give(client, tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    write_dataset(data, classes=("cup",), n_test=1, n_train=1, points=POINTS)
+    pts, labels = blob(POINTS, 8, anomalous=False)
+    pts[40:] = np.nan                                    # 40 finite rows left: under pad's minimum of 64
+    write_ply(data / "cup" / "test" / "good_09.ply", pts, labels=labels)
+    cfg = RenderConfig(dataset=str(data), cache=str(cache), image_size=64, supersample=1, knn=4, views="3",
+                       on_error="skip")
+    run = render_dataset(cfg, progress=False, client=client)
+    assert run.rendered == 2 and [f["id"] for f in run.failed] == ["cup/test/good_09"]
+    assert run.failed[0]["error"] == "has 40 usable points; pad needs at least 64 to render, score or place a defect"

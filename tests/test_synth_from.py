@@ -301,3 +301,36 @@ def test_linked_directories_are_products_and_loops_end(tmp_path):
     # run again into the same output: now full of labelled clouds, still never read as input
     synthesize_from(str(src), str(out), anomaly_ratio=0.5, seed=0, per_class=2, progress=False)
     assert _digest(out) == first and sorted(os.listdir(out)) == ["cup", "ring", MANIFEST]
+
+
+def test_meshes_are_sampled_nan_rows_dropped_with_one_line_and_paths_have_no_dot(tmp_path):
+    """A mesh among the normal inputs becomes its sampled surface (the summary names it), rows with
+    NaN/Inf coordinates are dropped with one line saying how many, and a file directly in NORMAL_DIR
+    is named without a '/./' in it."""
+    src = tmp_path / "widget"
+    src.mkdir()
+    corners = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    (src / "tetra.obj").write_text("".join(f"v {x} {y} {z}\n" for x, y, z in corners)
+                                   + "f 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
+    p = _write(tmp_path / "tmp.ply", "sphere", 5, n=300)
+    dirty = np.r_[p, np.full((7, 3), np.nan)]
+    np.savetxt(src / "dirty.xyz", dirty)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli.main, ["synth", str(out), "--from", str(src), "--per-class", "2",
+                                           "--mesh-points", "500"])
+    assert result.exit_code == 0, result.output
+    assert ("pad synth: 1 input file had rows with NaN/Inf coordinates, dropped (e.g. dirty.xyz: dropped 7 of 307 "
+            "rows with NaN/Inf coordinates)") in result.stderr
+    assert "train clouds (1 of them sampled on meshes, 500 points each: tetra.obj)" in result.stdout
+    assert len(read_cloud(out / "widget" / "train" / "tetra.ply").points) == 500
+    assert len(read_cloud(out / "widget" / "train" / "dirty.ply").points) == 300
+    train = {s["source"]: s for s in _manifest(out)["samples"] if s["split"] == "train"}
+    assert train["tetra.obj"]["mesh"] == {"vertices": 4, "faces": 4, "points": 500}
+    assert train["dirty.xyz"]["dropped"] == "dropped 7 of 307 rows with NaN/Inf coordinates"
+    assert _manifest(out)["options"]["mesh_points"] == 500
+
+    np.savetxt(src / "tiny.xyz", p[:20])                 # under pad's minimum of 64 points
+    result = CliRunner().invoke(cli.main, ["synth", str(tmp_path / "o2"), "--from", str(src)])
+    assert result.exit_code == 2
+    assert f"pad: error: {src}/tiny.xyz: has 20 usable points; pad needs at least 64" in result.stderr
+    assert "/./" not in result.stderr

@@ -61,8 +61,17 @@ def test_view_document_decimates_and_carries_names_as_data():
     scores_trace, truth = doc["figure"]["data"]
     assert scores_trace["type"] == "scatter3d" and truth["visible"] is False
     assert scores_trace["marker"]["colorbar"]["title"]["text"] == "point score"
-    assert [b["label"] for b in doc["figure"]["layout"]["updatemenus"][0]["buttons"]] == [
-        "scores", "scores + ground truth", "ground truth only"]
+    buttons = doc["figure"]["layout"]["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in buttons] == ["point score", "with ground truth", "ground truth only"]
+    # "ground truth only": the object stays, in one light grey (no colour bar), the magenta points on it
+    grey = buttons[2]["args"][0]
+    assert grey["visible"] == [True, True] and grey["marker.showscale"] == [False, False]
+    assert grey["marker.colorscale"][0] == [[0.0, "rgb(211,211,211)"], [1.0, "rgb(211,211,211)"]]
+    for b, visible in zip(buttons[:2], ([True, False], [True, True])):   # the others bring the colours back
+        assert b["args"][0] == {"visible": visible, "marker.colorscale": ["Jet", "Jet"], "marker.showscale": [True, False]}
+    views = viewer_document(pts[:500], scores[:500], labels[:500], lo=0, hi=9, title="x",
+                            color_title="views seeing the point")
+    assert views["figure"]["layout"]["updatemenus"][0]["buttons"][0]["label"] == "views seeing the point"
     assert doc["caption"]["title"] == "a</script>b" and doc["caption"]["facts"] == [["class", "<c>"]]
     no_truth = viewer_document(pts[:100], scores[:100], None, lo=0, hi=1, title="x")
     assert len(no_truth["figure"]["data"]) == 1 and "updatemenus" not in no_truth["figure"]["layout"]

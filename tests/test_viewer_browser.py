@@ -1,8 +1,12 @@
 """The 3D views in a real browser: headless Chromium (Debian's ``chromium``, driven by playwright
 without a browser of its own) opens a report and a standalone view from local disk, waits for the
 views to draw, and checks that the 3D canvas is not blank, that a scripted drag rotates the
-picture, that the ground-truth button shows the magenta points, and that the page logged no error
-and requested nothing but its own local files (no network).
+picture, that "ground truth only" shows the magenta points on the object in light grey, and that
+the page logged no error and requested nothing but its own local files (no network). A standalone
+page is also shot by Chromium itself after a fixed virtual time budget, with nothing waiting on
+the page's own signal: it must have drawn by then, with no user action (that shot can pass by luck
+without the fix, a race with the first frame; the page opened with an IntersectionObserver that
+never reports is the deterministic check of the cause).
 
 Skipped, with the command to install it, where Chromium or playwright is missing; ``make test``
 installs Chromium when it runs as root. WebGL without a GPU runs on SwiftShader
@@ -13,13 +17,14 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 import tempfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from data_cache.viewer import viewer_document, write_viewer_page
+from data_cache.viewer import png_bytes, view_maps_image, viewer_document, write_viewer_page
 from scoring.report import ClassCurves, ReportInfo, ReportSample, write_report
 from scoring.results import METRIC_NAMES, metrics_document
 
@@ -65,7 +70,13 @@ def pages(tmp_path_factory):
                            facts=[("object score", "0.812")], max_points=5000)
     assert view["shown"] == 5000 and view["total"] == 8000
     standalone = write_viewer_page(str(root / "pred" / "scan.html"), view, None, heading="pad predict")
-    return {"report": report, "standalone": standalone, "shots": root / "shots"}
+    # as pad predict --html writes it: the view beside a picture of the 2D view maps
+    pts, scores, labels = _cloud(20000, 3)
+    maps = view_maps_image(rng.integers(0, 255, (9, 112, 112, 3), dtype=np.uint8),
+                           rng.random((9, 112, 112)).astype(np.float32), 0.0, 1.0)
+    view = viewer_document(pts, scores, labels, lo=0.0, hi=1.0, title="part.ply", max_points=20000)
+    with_maps = write_viewer_page(str(root / "pred" / "part.html"), view, png_bytes(maps), heading="pad predict")
+    return {"report": report, "standalone": standalone, "with_maps": with_maps, "shots": root / "shots"}
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +111,12 @@ def _save(shots, name: str, data: bytes) -> None:
 def _not_blank(img: np.ndarray) -> float:
     """Fraction of pixels that are not (near) white."""
     return float((np.abs(img - 255).sum(axis=2) > 60).mean())
+
+
+def _jet(img: np.ndarray) -> float:
+    """Fraction of pixels in a colour of the jet map (blue, cyan, green, yellow, red), not grey nor magenta."""
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    return float((((r < 100) & (b > 150)) | ((g > 150) & (b < 100)) | ((r > 150) & (g < 100) & (b < 100))).mean())
 
 
 def _open(browser, path: str):
@@ -139,9 +156,11 @@ def _check_view(page, log, viewer, shots, prefix: str) -> None:
     changed = float((np.abs(_png(second) - img).sum(axis=2) > 60).mean())
     assert changed > 0.02, "dragging did not rotate the view"
 
+    assert viewer.locator(".updatemenu-button").all_text_contents() == ["point score", "with ground truth",
+                                                                         "ground truth only"]
     viewer.locator(".updatemenu-button").nth(2).click()          # "ground truth only"
-    page.wait_for_function("el => el._fullData.length === 2 && el._fullData[0].visible === false", arg=handle,
-                           timeout=30000)
+    page.wait_for_function("el => el._fullData.length === 2 && el._fullData[1].visible === true"
+                           " && el._fullData[0].marker.showscale === false", arg=handle, timeout=30000)
     page.evaluate(FRAMES)
     truth = viewer.screenshot()
     _save(shots, f"{prefix}-3-ground-truth.png", truth)
@@ -149,6 +168,9 @@ def _check_view(page, log, viewer, shots, prefix: str) -> None:
     magenta = (t[..., 0] > 180) & (t[..., 1] < 80) & (t[..., 2] > 180)
     assert magenta.mean() > 0.002, "the ground-truth points are not shown"
     assert not ((_png(first)[..., 0] > 180) & (_png(first)[..., 1] < 80) & (_png(first)[..., 2] > 180)).any()
+    grey = (np.abs(t - 211) < 24).all(axis=2)
+    assert grey.mean() > 0.03, "the object is not shown in light grey around the ground truth"
+    assert _jet(t) < 0.002 < 0.05 < _jet(_png(second)), "ground truth only still shows the score colours"
 
     assert not log["errors"], log["errors"]
     outside = [u for u in log["requests"] if not u.startswith(("file://", "data:"))]
@@ -206,7 +228,8 @@ def test_defect_region_boxes_are_drawn_and_stay_when_the_buttons_switch(browser,
 
         boxed = dark()
         viewer.locator(".updatemenu-button").nth(2).click()          # "ground truth only"
-        page.wait_for_function("el => el._fullData.length === 4 && el._fullData[0].visible === false "
+        page.wait_for_function("el => el._fullData.length === 4 && el._fullData[1].visible === true "
+                               "&& el._fullData[0].marker.showscale === false "
                                "&& el._fullData[2].visible === true", arg=handle, timeout=30000)
         page.evaluate("el => Plotly.restyle(el, {visible: false}, [2, 3])", handle)
         page.wait_for_function("el => el._fullData[2].visible === false", arg=handle, timeout=30000)
@@ -215,3 +238,56 @@ def test_defect_region_boxes_are_drawn_and_stay_when_the_buttons_switch(browser,
         assert not log["errors"], log["errors"]
     finally:
         page.close()
+
+
+def test_a_standalone_view_draws_on_load_within_a_fixed_virtual_time(browser, pages):
+    """Chromium's own --screenshot after --virtual-time-budget (10 s of page time): no waiting on the
+    page's signal, no scrolling, no click. The view box (located with playwright on the same page
+    and window size) must hold a drawn cloud."""
+    page, _ = _open(browser, pages["with_maps"])
+    try:
+        box = page.locator("[data-pad-viewer]").bounding_box()
+    finally:
+        page.close()
+    shot = pages["shots"] / "virtual-time.png"
+    pages["shots"].mkdir(exist_ok=True)
+    profile = tempfile.mkdtemp(prefix="pad-chromium-")
+    try:
+        subprocess.run([CHROMIUM, *ARGS, f"--user-data-dir={profile}", "--window-size=1280,900",
+                        "--virtual-time-budget=10000", f"--screenshot={shot}",
+                        "file://" + os.path.abspath(pages["with_maps"])],
+                       capture_output=True, timeout=120, check=True)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    _save(pages["shots"], "virtual-time.png", shot.read_bytes())
+    img = _png(shot.read_bytes())
+    x0, y0 = int(box["x"]) + 4, int(box["y"]) + 40                   # inside the box, below the buttons
+    inner = img[y0:int(box["y"] + box["height"]) - 4, x0:int(box["x"] + box["width"]) - 60]  # colour bar left out
+    assert inner.shape[0] > 300 and inner.shape[1] > 400
+    assert _not_blank(inner) > 0.05, "the view did not draw by itself within the virtual time budget"
+    assert _jet(inner) > 0.03                                         # the cloud in its score colours
+
+
+SILENT_OBSERVER = """window.IntersectionObserver = function () {
+  this.observe = function () {}; this.unobserve = function () {}; this.disconnect = function () {};
+};"""
+
+
+def test_views_in_the_window_draw_even_when_the_observer_never_reports(browser, pages):
+    """The cause of the empty box: drawing waited for the IntersectionObserver's first report, which
+    a headless browser under a virtual time budget may never deliver. With an observer that never
+    reports, the view in the window still draws."""
+    for name in ("with_maps", "report"):
+        page = browser.new_page()
+        try:
+            page.add_init_script(SILENT_OBSERVER)
+            page.goto("file://" + os.path.abspath(pages[name]))
+            viewer = page.locator("[data-pad-viewer]").first
+            page.wait_for_function("el => el.getAttribute('data-state') === 'drawn'", arg=viewer.element_handle(),
+                                   timeout=30000)
+            page.evaluate(FRAMES)
+            shot = viewer.screenshot()
+            _save(pages["shots"], f"silent-observer-{name}.png", shot)
+            assert _not_blank(_png(shot)) > 0.05, name
+        finally:
+            page.close()

@@ -76,7 +76,7 @@ def open_training_data(cache: str, tag: str | None, classes: Sequence[str],
     """
     classes = list(dict.fromkeys(classes))
     if not classes:
-        raise PadError("no training class given (--classes a[,b])")
+        raise PadError("no training class given (--train-classes a[,b])")
     render = RenderStore.open(cache)
     features = FeatureStore.open(cache, tag)
     features.check_render_fingerprint(render.fingerprint)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from data_cache.options import option
 from scoring.options import ScoringOptions
 from trainer.options import TrainingOptions
+from pipeline.options import MESH_POINTS, MESH_POINTS_HELP
 
 
 @dataclass
@@ -14,7 +15,8 @@ class PredictConfig:
     exactly as pad render / extract-features / score did for the run's cache (same cameras, image
     size, supersampling, splat size, kNN, backbone and weights), so a file's scores equal what
     pad score gives the same cloud. Overriding one of those options prints a notice."""
-    files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt).", argument=True, nargs=-1)
+    files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt) or meshes (.obj .stl .off .glb, "
+                               ".ply with faces).", argument=True, nargs=-1)
     checkpoint: str = option(help="Run directory written by pad train.")
     out: str = option("pad-predictions", "Output directory (a coloured PLY and a JSON per file, and with "
                                          "--html an interactive 3D view).")
@@ -39,6 +41,7 @@ class PredictConfig:
                                       "only), or the path of a calibration.json.", metavar="auto|none|PATH")
     cls: str | None = option(None, "Class (product) of the files, whose calibration judges them (default: the "
                                    "calibration's only class).", metavar="NAME", flag="class")
+    mesh_points: int = option(MESH_POINTS, MESH_POINTS_HELP)
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """``pad predict FILES... --checkpoint RUN``: score your own point cloud files in one go.
 
-Per file, in the process (no Dask, no cache): read it (:func:`pipeline.ingest.read_cloud`),
+Every file is checked before the model loads (:func:`pipeline.ingest.check_input_file`: missing,
+a directory, an unsupported type, unreadable: one line each). Then per file, in the process (no
+Dask, no cache): read it (:func:`pipeline.ingest.read_input`: a mesh is sampled on its surface,
+``--mesh-points`` points; fewer than ``MIN_CLOUD_POINTS`` points is refused),
 render it as the run's cache was rendered (:func:`render_choice`: the run's ``config["render"]``
 record, written by ``pad train`` — its image size, supersampling, splat size, kNN and its
 cameras themselves, the stored matrices), encode the views as ``pad extract-features`` did
@@ -12,8 +15,10 @@ function (:func:`scoring.sample_score.score_sample`), and write, under ``--out``
   fixed range 0..1 so colours compare across files), with ``anomaly_score`` and ``label``
   properties (label: the file's own labels, or 0);
 - ``<stem>.json``: ``{"file", "score", "n_points", "n_scored", "n_dropped_nonfinite",
-  "top1pct_mean", "view_probs", "feature_tag", "checkpoint", "render", "seconds", "point_scores"}``
-  (``seconds``: wall time of each stage, ``read``, ``render``, ``encode``, ``score``);
+  "top1pct_mean", "view_probs", "feature_tag", "checkpoint", "render", "mesh", "seconds",
+  "point_scores"}`` (``mesh``: ``{"vertices", "faces", "points"}`` when the file is a mesh, whose
+  rows are then the points drawn on it, else null; ``seconds``: wall time of each stage, ``read``,
+  ``render``, ``encode``, ``score``);
 - with ``--html``: ``<stem>.html``, an interactive 3D view (:mod:`data_cache.viewer`) with the 2D
   view maps, and ``assets/`` (plotly.js and the view's script, one copy for all files).
 
@@ -175,7 +180,7 @@ def _pointad_choice(record: dict, config: dict, cfg: PredictConfig) -> RenderCho
 
     for flag, value in (("--views", cfg.views), ("--supersample", cfg.supersample)):
         if value is not None:
-            raise PadError(f"{flag}: this run's cache was rendered with --style pointad (the official scripts' "
+            raise PadError(f"{flag}: this run's cache was rendered with 'pad render --style pointad' (the official scripts' "
                            "fixed views and window); leave it out")
     differ = []
     point_size, knn = str(record["point_size"]), int(record["knn"])
@@ -228,7 +233,7 @@ class Predictor:
         self.model = load_model(cfg.checkpoint, device=device, parts=parts)
         if self.model.style == "coop":
             raise PadError("this checkpoint uses CoOp prompts (with a class name); pad predict scores with "
-                           "object-agnostic checkpoints (train with --prompts agnostic)", cfg.checkpoint)
+                           "object-agnostic checkpoints (pad train --prompts agnostic)", cfg.checkpoint)
         self.text = self.model.inference_text(None)
         self.settings = self.choice.settings
         self.cameras = self.choice.cameras
@@ -254,21 +259,22 @@ class Predictor:
     def _read(self, path: str):
         """The sample to render for ``path`` and how it maps back to the file's rows: (Sample,
         (R,) int64 point of each row or −1, (R, 3) float32 row coordinates (NaN where not
-        finite), rows dropped as non-finite). With a run rendered ``--style pointad``, the file
+        finite), rows dropped as non-finite). A mesh is sampled (``--mesh-points``; ``Sample.mesh``
+        says so, its rows are the points drawn). With a run rendered ``--style pointad``, the file
         is read as the official script of the run's layout reads a sample
         (:func:`pipeline.ingest.pointad.load_for_prediction`)."""
-        from pipeline.ingest import read_cloud
+        from pipeline.ingest import read_input
         from pipeline.sample import Sample
 
         if self.settings.style == "pointad":
             from pipeline.ingest.pointad import load_for_prediction
             return load_for_prediction(path, self.settings.layout, self.settings.seed)
-        cloud = read_cloud(path)
+        cloud = read_input(path, self.cfg.mesh_points)
         n = int(cloud.points.shape[0])
         labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
         stem = os.path.splitext(os.path.basename(path))[0]
         sample = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points,
-                        point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals)
+                        point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals, mesh=cloud.mesh)
         kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
         back = np.full(kept.shape[0], -1, np.int64)
         back[kept] = np.arange(n)
@@ -281,7 +287,9 @@ class Predictor:
         PLY and the view: ``points`` (R, 3) float32 (R rows of the file; NaN on unscored rows),
         ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
         with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
-        PadError for a bad file."""
+        PadError for a bad file, and for a cloud under pad's minimum point count."""
+        from pipeline.ingest import check_point_count
+        from pipeline.ingest.inputs import dropped_text
         from pipeline.render import render_sample
         from scoring.sample_score import score_sample
 
@@ -289,6 +297,8 @@ class Predictor:
         sample, back, row_points, dropped = self._read(path)
         t1 = time.perf_counter()
         n = sample.n_points
+        check_point_count(path, n)
+        mesh = getattr(sample, "mesh", None)
         rendered = render_sample(sample, self.settings, self.cameras)
         t2 = time.perf_counter()
         global_, patch = self.encode(rendered.images)
@@ -316,6 +326,9 @@ class Predictor:
                "render": self.choice.source,
                "seconds": {"read": round(t1 - t0, 6), "render": round(t2 - t1, 6), "encode": round(t3 - t2, 6),
                            "score": round(t4 - t3, 6)},
+               "mesh": None if mesh is None else {"vertices": mesh.n_vertices, "faces": mesh.n_faces,
+                                                  "points": mesh.n_points},
+               "dropped_line": dropped_text(int(dropped), rows, mesh),
                "point_scores": full_scores, "points": row_points, "labels": full_labels, "scored": kept}
         doc.update(decision_fields(decision, self.calibration, self.calibration_class, back))
         if with_maps:
@@ -382,7 +395,8 @@ def decision_fields(decision, cal, cls: str | None, back: np.ndarray) -> dict:
     return dict(decision.fields(), **{"class": cls, "false_alarm": cal.false_alarm, "region": region})
 
 
-_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names", "region")
+_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names", "region",
+           "dropped_line")
 
 
 def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
@@ -436,7 +450,10 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
              ("label", ("anomalous points in the file: " + str(int(labels.sum()))) if labels.any()
               else "no labels in the file"),
              ("top-1% mean", f"{doc['top1pct_mean']:.3f}")]
-    if doc.get("n_dropped_nonfinite"):
+    mesh = doc.get("mesh")
+    if mesh:
+        facts.append(("mesh", f"{mesh['points']} points drawn on {mesh['faces']} faces"))
+    elif doc.get("n_dropped_nonfinite"):
         facts.append(("rows not scored (non-finite)", str(doc["n_dropped_nonfinite"])))
     boxes = None
     if doc.get("verdict") is not None:
@@ -465,13 +482,42 @@ def verdict_text(doc: dict) -> str:
     return text
 
 
+def _pointad_run(run_dir: str) -> bool:
+    """Whether the run's cache was rendered ``--style pointad`` (its predict reads organized .tiff
+    scans too), from its config.json alone; False when it cannot be read (Predictor says why)."""
+    from data_cache import checkpoint as ckpt
+
+    try:
+        return (ckpt.load_config(run_dir).get("render") or {}).get("style") == "pointad"
+    except PadError:
+        return False
+
+
 def run_predict(cfg: PredictConfig) -> int:
     """CLI runner of ``pad predict`` (see :class:`workflows.options.PredictConfig`)."""
     from tqdm import tqdm
 
+    from pipeline.ingest import POINT_EXTENSIONS, check_input_file, check_mesh_points
+    from pipeline.ingest.inputs import ORGANIZED_EXTENSIONS
+
     files = list(cfg.files)
     if not files:
         raise PadError("no files given: pad predict FILE... --checkpoint RUN")
+    check_mesh_points(cfg.mesh_points)
+    failed = 0
+    readable = []
+    extensions = POINT_EXTENSIONS + (ORGANIZED_EXTENSIONS if _pointad_run(cfg.checkpoint) else ())
+    for path in files:  # before the model loads: a path that cannot be a cloud is said at once
+        try:
+            check_input_file(path, extensions)
+            readable.append(path)
+        except PadError as exc:
+            failed += 1
+            print(f"pad predict: {exc}", file=sys.stderr)
+    if not readable:
+        if failed > 1:
+            print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
+        return 2
     predictor = Predictor(cfg)  # checkpoint, backbone or weights problems stop here (exit 2)
     for note in predictor.notes + predictor.calibration_notes:
         print(f"pad predict: note: {note}", file=sys.stderr)
@@ -480,8 +526,8 @@ def run_predict(cfg: PredictConfig) -> int:
     except OSError as exc:
         raise PadError(f"cannot create the output directory ({exc.strerror})", cfg.out) from None
     used: set[str] = set()
-    failed = 0
-    for path in tqdm(files, desc="pad predict", unit="file", file=sys.stderr, disable=len(files) < 2):
+    meshes = 0
+    for path in tqdm(readable, desc="pad predict", unit="file", file=sys.stderr, disable=len(readable) < 2):
         try:
             doc = predictor.predict(path, with_maps=cfg.html)
         except PadError as exc:
@@ -492,17 +538,22 @@ def run_predict(cfg: PredictConfig) -> int:
         write_prediction(cfg.out, name, doc)
         if cfg.html:
             write_prediction_view(cfg.out, name, doc, cfg.view_points)
-        if doc["n_dropped_nonfinite"]:
-            tqdm.write(f"pad predict: {path}: {doc['n_dropped_nonfinite']} of {doc['n_points']} rows have NaN/Inf "
-                       "coordinates and were not scored (null in the JSON, NaN and grey in the PLY)", file=sys.stderr)
+        if doc["dropped_line"]:
+            kept = "" if doc["mesh"] else " (rows kept in the outputs, not scored: null in the JSON, NaN and grey in the PLY)"
+            tqdm.write(f"pad predict: {path}: {doc['dropped_line']}{kept}", file=sys.stderr)
+        mesh = doc["mesh"]
+        meshes += mesh is not None
+        drawn = f"  mesh: {mesh['points']} points drawn on {mesh['faces']} faces" if mesh else ""
         tqdm.write(f"{path}  score={doc['score']:.3f}  points={doc['n_points']}  "
-                   f"top-1% mean={doc['top1pct_mean']:.3f}" + verdict_text(doc), file=sys.stdout)
+                   f"top-1% mean={doc['top1pct_mean']:.3f}{drawn}" + verdict_text(doc), file=sys.stdout)
+    of_meshes = (f" ({meshes} of them mesh{'es' if meshes > 1 else ''}, sampled with {cfg.mesh_points} points on "
+                 "the surface: --mesh-points)" if meshes else "")
     if failed:   # each failed file's own line said why
         if failed < len(files):
-            print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in {cfg.out}",
-                  file=sys.stderr)
+            print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in "
+                  f"{cfg.out}{of_meshes}", file=sys.stderr)
         elif failed > 1:
             print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
         return 2
-    print(f"pad predict: wrote {len(files)} result(s) to {cfg.out}", file=sys.stderr)
+    print(f"pad predict: wrote {len(files)} result(s) to {cfg.out}{of_meshes}", file=sys.stderr)
     return 0

@@ -10,21 +10,35 @@ from data_cache.errors import PadError
 
 
 @dataclass
+class MeshInfo:
+    """Where a cloud drawn from a mesh came from: the mesh's ``n_vertices``, ``n_faces`` (the
+    faces sampled), ``n_faces_dropped`` (faces left out for a NaN/Inf vertex), and ``n_points``
+    drawn on its surface."""
+    n_vertices: int
+    n_faces: int
+    n_points: int
+    n_faces_dropped: int = 0
+
+
+@dataclass
 class Cloud:
     """One point cloud file, checked.
 
     - ``points``: (N, 3) float32, all finite, N >= 1
     - ``labels``: (N,) uint8 in {0, 1}, or None when the file has no labels
     - ``normals``: (N, 3) float32, or None when the file has none
-    - ``n_dropped_nonfinite``: rows dropped because a coordinate was NaN or Inf
+    - ``n_dropped_nonfinite``: rows dropped because a coordinate was NaN or Inf (for a mesh:
+      vertices, whose faces were left out)
     - ``kept``: (rows of the file,) bool, which rows of the file ``points`` are (in order), or
-      None when no row was dropped
+      None when no row was dropped (and for a mesh, whose points are drawn, not rows of the file)
+    - ``mesh``: :class:`MeshInfo` when the points were sampled on a mesh's surface, else None
     """
     points: np.ndarray
     labels: np.ndarray | None = None
     normals: np.ndarray | None = None
     n_dropped_nonfinite: int = 0
     kept: np.ndarray | None = None
+    mesh: MeshInfo | None = None
 
 
 def fail(path: str | os.PathLike, problem: str) -> PadError:

@@ -4,6 +4,8 @@ Distances are in the data's own units (MVTec 3D-AD and Eyecandies store metres).
 """
 from __future__ import annotations
 
+from pipeline.options import MESH_POINTS as _OPTIONS_MESH_POINTS
+
 # --- background plane removal (organized clouds: MVTec 3D-AD, Eyecandies) -------------------
 #: Points closer than this to the fitted background plane are dropped (as in "Back to the
 #: Feature", Horwitz & Hoshen 2023, which uses 0.005 on MVTec 3D-AD).
@@ -46,3 +48,20 @@ MIN_ASCII_VALUE_BYTES = 2
 #: Most values per point a PCD header may declare (sum of COUNT; descriptors such as SHOT take 352):
 #: checked before the record type is built, which has one field per value.
 PCD_MAX_VALUES_PER_POINT = 65536
+
+# --- what every command accepts as a cloud -------------------------------------------------
+#: Fewest points a cloud may have in pad synth, pad render (and inspect) and pad predict, counted
+#: after rows with a NaN/Inf coordinate are dropped: below it a cloud is refused with one line.
+#: 64 is the fewest on which pad synth places a defect (a defect labels at least 8 points, see
+#: pipeline.anomalies) and leaves the renderer's 10-neighbour kNN graph and 16-neighbour PCA
+#: normals a neighbourhood that is a small part of the cloud, not all of it.
+MIN_CLOUD_POINTS = 64
+
+# --- meshes (.obj .stl .off .glb, .ply with faces) -----------------------------------------
+#: Points drawn on a mesh's surface by default (--mesh-points); defined, and its choice explained,
+#: with the options (pipeline.options), which import nothing heavy.
+MESH_POINTS = _OPTIONS_MESH_POINTS
+#: Most points --mesh-points may ask for (memory stays bounded whatever the option says).
+MAX_MESH_POINTS = 10_000_000
+#: Seed of the surface sampling: the same mesh gives the same cloud in every command.
+MESH_SEED = 0

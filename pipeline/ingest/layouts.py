@@ -8,7 +8,8 @@ Layouts (``<class>`` = one directory per object class under the dataset root):
   name is an Eyecandies category (case, ``_`` and ``-`` ignored), else ``mvtec3d``.
 - ``real3d`` (Real3D-AD): ``<class>/train/*.pcd``, ``<class>/test/*.pcd``, ``<class>/gt/<stem>.txt``.
 - ``shapenet`` (Anomaly-ShapeNet): the same with ``<class>/GT/<stem>.txt``.
-- ``generic``: ``<class>/{train,test}/<name>.{ply,pcd,npy,npz,xyz,txt}``, labels inside the files.
+- ``generic``: ``<class>/{train,test}/<name>.{ply,pcd,npy,npz,xyz,txt}``, labels inside the files,
+  or meshes ``<name>.{obj,stl,off,glb}`` (and ``.ply`` with faces), whose surface is sampled.
 
 Splits are normalized to ``train`` and ``test``: a ``validation`` (or ``val``) directory holds
 normal samples and counts as ``train``; its samples get the stem ``val_<stem>``. MVTec test
@@ -18,13 +19,14 @@ directory (``license/``, ``__MACOSX/``) are not classes and are ignored.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
 from data_cache.errors import PadError
 from pipeline.sample import SampleRef
 
-from .pointfiles import POINT_EXTENSIONS
+from .inputs import POINT_EXTENSIONS, check_input_dir
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d", "shapenet", "generic")
 EYECANDIES_CLASSES = ("CandyCane", "ChocolateCookie", "ChocolatePraline", "Confetto", "GummyBear",
@@ -39,7 +41,7 @@ LAYOUTS = {
                   "Eyecandies class names",
     "real3d": "<class>/{train,test}/*.pcd + <class>/gt/<stem>.txt",
     "shapenet": "<class>/{train,test}/*.pcd + <class>/GT/<stem>.txt",
-    "generic": "<class>/{train,test}/*.{ply,pcd,npy,npz,xyz,txt}",
+    "generic": "<class>/{train,test}/*.{ply,pcd,npy,npz,xyz,txt,obj,stl,off,glb}",
 }
 _TIFF = (".tiff", ".tif")
 _IMAGES = (".png", ".jpg", ".jpeg")
@@ -52,10 +54,16 @@ def _expected(fmt: str | None = None) -> str:
                                                                                   "generic"))
 
 
+def _unreadable(path: str) -> PadError:
+    return PadError("cannot list the directory: permission denied (pad would miss the samples in it)", path=path)
+
+
 def _subdirs(path: str) -> list[str]:
     try:
         with os.scandir(path) as it:
             return sorted(e.name for e in it if e.is_dir() and not e.name.startswith((".", "__")))
+    except PermissionError:
+        raise _unreadable(path) from None
     except OSError:
         return []
 
@@ -65,6 +73,8 @@ def _files(path: str, extensions: tuple[str, ...]) -> list[str]:
         with os.scandir(path) as it:
             return sorted(e.name for e in it if e.is_file() and not e.name.startswith(".")
                           and os.path.splitext(e.name)[1].lower() in extensions)
+    except PermissionError:
+        raise _unreadable(path) from None
     except OSError:
         return []
 
@@ -206,7 +216,7 @@ def normalize_splits(splits: list[str] | None) -> tuple[str, ...]:
 
 
 def discover(root: str, fmt: str = "auto", classes: list[str] | None = None,
-             splits: list[str] | None = None) -> tuple[str, list[SampleRef]]:
+             splits: list[str] | None = None, mesh_points: int | None = None) -> tuple[str, list[SampleRef]]:
     """Find the samples of a dataset directory without reading any point data.
 
     ``fmt`` is one of :data:`FORMATS` or ``"auto"`` (detect it; see the module doc for the
@@ -214,14 +224,14 @@ def discover(root: str, fmt: str = "auto", classes: list[str] | None = None,
     for an unknown name). ``splits``: ``"train"``/``"test"`` (``"validation"``/``"val"``
     mean ``"train"``: MVTec's validation samples are normal and count as train).
 
+    ``mesh_points``: points drawn on each mesh of the generic layout (recorded in its ref; None: the
+    default).
+
     Returns ``(format, refs)`` with refs sorted by id and absolute paths. PadError, naming the directory and
-    the expected layout, when it is missing, holds no recognizable layout, or no samples.
+    the expected layout, when it is missing, a file, unreadable, holds no recognizable layout, or no samples.
     """
     root = os.path.abspath(os.fspath(root))  # refs carry absolute paths (Dask workers may run elsewhere)
-    if not os.path.exists(root):
-        raise PadError("no such dataset directory", path=root)
-    if not os.path.isdir(root):
-        raise PadError("is not a directory (a dataset is a directory of class directories)", path=root)
+    check_input_dir(root, "dataset directory")
     if fmt != "auto" and fmt not in FORMATS:
         raise PadError(f"unknown dataset format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
     wanted_splits = normalize_splits(splits)
@@ -237,6 +247,8 @@ def discover(root: str, fmt: str = "auto", classes: list[str] | None = None,
     if fmt == "auto":
         fmt, selected = _detect(root, selected, explicit=classes is not None)
     refs = [r for c in selected for r in _LISTERS[fmt](root, c, fmt) if r.split in wanted_splits]
+    if mesh_points is not None:
+        refs = [dataclasses.replace(r, mesh_points=int(mesh_points)) for r in refs]
     if not refs:
         raise PadError(f"no samples found (splits: {', '.join(wanted_splits)}); {_expected(fmt)}", path=root)
     refs.sort(key=lambda r: r.id)

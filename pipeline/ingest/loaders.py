@@ -20,7 +20,8 @@ from data_cache.errors import PadError
 from pipeline.sample import Sample, SampleRef
 
 from .cloud import Cloud, fail
-from .constants import GT_MATCH_ATOL, GT_MATCH_FRACTION, GT_MATCH_RTOL
+from .constants import GT_MATCH_ATOL, GT_MATCH_FRACTION, GT_MATCH_RTOL, MESH_POINTS, MESH_SEED
+from .inputs import check_point_count, dropped_line
 from .organized import read_organized
 from .pointfiles import read_cloud
 
@@ -28,16 +29,19 @@ _NORMAL_NAME = re.compile(r"good|positive", re.IGNORECASE)
 
 
 def _warnings(cloud: Cloud, path: str) -> list[str]:
-    if not cloud.n_dropped_nonfinite:
-        return []
-    return [f"{os.path.basename(path)}: dropped {cloud.n_dropped_nonfinite} points with NaN/Inf coordinates"]
+    line = dropped_line(cloud)
+    return [f"{os.path.basename(path)}: {line}"] if line else []
+
+
+def _read(ref: SampleRef, path: str) -> Cloud:
+    return read_cloud(path, mesh_points=ref.mesh_points or MESH_POINTS, seed=MESH_SEED)
 
 
 def _from_cloud(ref: SampleRef, cloud: Cloud, warnings: list[str]) -> Sample:
     labels = cloud.labels if cloud.labels is not None else np.zeros(cloud.points.shape[0], dtype=np.uint8)
     return Sample(id=ref.id, cls=ref.cls, split=ref.split, points=cloud.points, point_labels=labels,
                   source_path=ref.path, normals=cloud.normals, warnings=warnings,
-                  n_dropped_nonfinite=int(cloud.n_dropped_nonfinite))
+                  n_dropped_nonfinite=int(cloud.n_dropped_nonfinite), mesh=cloud.mesh)
 
 
 def gt_matches_points(gt_points: np.ndarray, points: np.ndarray) -> tuple[bool, bool, float]:
@@ -61,7 +65,7 @@ def gt_matches_points(gt_points: np.ndarray, points: np.ndarray) -> tuple[bool, 
 
 
 def _load_pcd_with_gt(ref: SampleRef) -> Sample:
-    cloud = read_cloud(ref.path)
+    cloud = _read(ref, ref.path)
     warnings = _warnings(cloud, ref.path)
     if ref.split != "test":
         return _from_cloud(ref, cloud, warnings)
@@ -91,7 +95,7 @@ def _load_pcd_with_gt(ref: SampleRef) -> Sample:
 
 
 def _load_generic(ref: SampleRef) -> Sample:
-    cloud = read_cloud(ref.path)
+    cloud = _read(ref, ref.path)
     return _from_cloud(ref, cloud, _warnings(cloud, ref.path))
 
 
@@ -104,10 +108,14 @@ def load_sample(ref: SampleRef) -> Sample:
 
     Returns a :class:`Sample`: ``points`` (N, 3) float32, ``point_labels`` (N,) uint8,
     ``normals`` (N, 3) float32 or None, and for organized formats ``rgb``, ``grid_index``,
-    ``grid_shape``. Dropped non-finite points are noted in ``Sample.warnings``.
-    Raises only :class:`PadError` (naming the file) for a bad file.
+    ``grid_shape``. Dropped non-finite points are noted in ``Sample.warnings``; a mesh file is
+    sampled (``ref.mesh_points`` points, ``Sample.mesh`` says so).
+    Raises only :class:`PadError` (naming the file) for a bad file, and for a sample with fewer
+    than ``MIN_CLOUD_POINTS`` points (:func:`pipeline.ingest.inputs.check_point_count`).
     """
     loader = _LOADERS.get(ref.format)
     if loader is None:
         raise PadError(f"unknown dataset format {ref.format!r} for sample {ref.id}", path=ref.path)
-    return loader(ref)
+    sample = loader(ref)
+    check_point_count(ref.path, sample.n_points)
+    return sample

@@ -1,9 +1,13 @@
-"""Readers of single point files: ``.ply .pcd .npy .npz .xyz .txt`` -> :class:`Cloud`.
+"""Readers of single point files: ``.ply .pcd .npy .npz .xyz .txt`` -> :class:`Cloud`, and of
+meshes (``.obj .stl .off .glb``, ``.ply`` with faces), whose surface is sampled
+(:mod:`pipeline.ingest.meshes`).
 
 What each file may hold (besides ``x y z``):
 
 - PLY (plyfile; ascii or binary): ``vertex`` element with ``x y z``, optional ``nx ny nz``,
-  optional ``label`` (or ``labels``). Other elements (faces) are read and ignored.
+  optional ``label`` (or ``labels``). With a ``face`` element of at least one face it is a
+  mesh: its surface is sampled (the vertices' labels carry over to the points drawn near
+  them); without faces it is the point cloud of its vertices.
 - PCD (pypcd4; ascii, binary, binary_compressed): fields ``x y z``, optional normals
   ``normal_x normal_y normal_z`` (PCL) or ``nx ny nz``, optional ``label``.
 - NPZ: points under key ``points`` or ``xyz``; labels under ``label`` or ``labels``;
@@ -15,6 +19,8 @@ What each file may hold (besides ``x y z``):
   three columns after ``x y z`` are not unit vectors (e.g. ``r g b`` colours), they are
   ignored rather than taken as normals.
 
+Before any reader, :func:`pipeline.ingest.inputs.check_input_file` says what is wrong with a
+path that is missing, a directory, of an unknown type, empty or unreadable.
 Every reader raises only :class:`PadError` naming the file: unreadable, truncated or
 malformed files, a header that declares more data than the file can hold (checked
 before anything is allocated), an empty cloud, a label count different from the point
@@ -31,37 +37,90 @@ import numpy as np
 
 from data_cache.errors import PadError
 
-from .cloud import Cloud, check_not_empty, fail, finish_cloud, wrap
-from .constants import LZF_MAX_RATIO, MAX_COMPRESSION_RATIO, MIN_ASCII_VALUE_BYTES, PCD_MAX_VALUES_PER_POINT
+from .cloud import Cloud, MeshInfo, fail, finish_cloud, wrap, check_labels
+from .constants import (LZF_MAX_RATIO, MAX_COMPRESSION_RATIO, MESH_POINTS, MESH_SEED, MIN_ASCII_VALUE_BYTES,
+                        PCD_MAX_VALUES_PER_POINT)
+from .inputs import POINT_EXTENSIONS, check_input_file
+from .meshes import MESH_EXTENSIONS, Mesh, check_mesh_points, read_mesh_file, sample_mesh
 
-POINT_EXTENSIONS = (".ply", ".pcd", ".npy", ".npz", ".xyz", ".txt")
 _HEADER_LIMIT = 1 << 20  # bytes a PLY/PCD header may take
 
 
-def read_cloud(path: str | os.PathLike) -> Cloud:
-    """Read one point file (``.ply .pcd .npy .npz .xyz .txt``) into a checked :class:`Cloud`.
+def read_cloud(path: str | os.PathLike, mesh_points: int = MESH_POINTS, seed: int = MESH_SEED) -> Cloud:
+    """Read one point file (``.ply .pcd .npy .npz .xyz .txt``) or mesh (``.obj .stl .off .glb``,
+    ``.ply`` with faces) into a checked :class:`Cloud`.
 
+    A mesh is sampled: ``mesh_points`` points on its surface, area-weighted, drawn with ``seed``
+    (:func:`pipeline.ingest.meshes.sample_mesh`); ``Cloud.mesh`` then says so.
     Returns ``points`` (N, 3) float32, ``labels`` (N,) uint8 or None, ``normals`` (N, 3)
     float32 or None and the number of rows dropped for non-finite coordinates.
     Raises :class:`PadError` (naming the file) for anything wrong with the file.
     """
     path = os.fspath(path)
+    check_input_file(path)
     ext = os.path.splitext(path)[1].lower()
-    reader = _READERS.get(ext)
-    if reader is None:
-        raise fail(path, f"unsupported point file type {ext or '(no extension)'!r}; "
-                         f"expected one of {' '.join(POINT_EXTENSIONS)}")
-    if not os.path.isfile(path):
-        raise fail(path, "no such file")
-    check_not_empty(path)
     try:
-        return reader(path)
+        if ext in MESH_EXTENSIONS:
+            return _from_mesh(path, read_mesh_file(path), mesh_points, seed)
+        parsed = _READERS[ext](path)
+        if isinstance(parsed, Mesh):
+            return _from_mesh(path, parsed, mesh_points, seed)
+        return parsed
     except PadError:
         raise
     except MemoryError as exc:
         raise fail(path, "too large to read into memory") from exc
     except Exception as exc:  # any other third-party failure on a user's file
         raise wrap(path, f"the {ext} file", exc) from exc
+
+
+def read_input(path: str | os.PathLike, mesh_points: int = MESH_POINTS) -> Cloud:
+    """A cloud a command takes as input (``pad predict FILES``, ``pad synth --from``): :func:`read_cloud`
+    (a mesh sampled with ``mesh_points`` points, seed ``MESH_SEED``) under pad's policy for degenerate
+    clouds: NaN/Inf rows dropped (``dropped_line`` says how many), fewer than ``MIN_CLOUD_POINTS``
+    points left refused (PadError naming the file)."""
+    from .inputs import check_point_count
+
+    cloud = read_cloud(path, mesh_points=mesh_points, seed=MESH_SEED)
+    check_point_count(path, int(cloud.points.shape[0]))
+    return cloud
+
+
+def is_mesh_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is read as a mesh: an ``.obj .stl .off .glb`` file, or a PLY whose header
+    declares at least one face (only the header is read). False for anything unreadable."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in MESH_EXTENSIONS:
+        return True
+    if ext != ".ply":
+        return False
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4).rstrip(b"\r\n") != b"ply":
+                return False
+            while fh.tell() < _HEADER_LIMIT:
+                words = fh.readline(_HEADER_LIMIT).decode("ascii", "replace").split()
+                if not words and fh.tell() >= os.fstat(fh.fileno()).st_size:
+                    return False
+                if words[:1] == ["end_header"]:
+                    return False
+                if words[:2] == ["element", "face"] and len(words) >= 3:
+                    return words[2].isdigit() and int(words[2]) > 0
+    except OSError:
+        return False
+    return False
+
+
+def _from_mesh(path: str, mesh: Mesh, mesh_points: int, seed: int) -> Cloud:
+    """A mesh's cloud: its surface sampled, or its vertices when it has no faces."""
+    if not len(mesh.faces):
+        return finish_cloud(path, mesh.vertices, mesh.vertex_labels)
+    drawn = sample_mesh(path, mesh, check_mesh_points(mesh_points), seed)
+    info = MeshInfo(n_vertices=drawn.n_vertices, n_faces=drawn.n_faces, n_points=int(drawn.points.shape[0]),
+                    n_faces_dropped=drawn.n_faces_dropped)
+    return Cloud(points=np.ascontiguousarray(drawn.points), labels=drawn.labels,
+                 normals=np.ascontiguousarray(drawn.normals), n_dropped_nonfinite=drawn.n_bad_vertices, mesh=info)
 
 
 # --------------------------------------------------------------------------- column tables
@@ -409,7 +468,20 @@ def _read_ply_data(path: str, **kwargs):
         return PlyData.read(stream, **kwargs)
 
 
-def _read_ply(path: str) -> Cloud:
+def _ply_faces(path: str, ply, n_vertices: int) -> np.ndarray | None:
+    """(F, 3) int64 triangles of a PLY's ``face`` element (polygons fanned), or None without faces."""
+    if "face" not in ply or ply["face"].count == 0:
+        return None
+    face = ply["face"].data
+    key = next((k for k in ("vertex_indices", "vertex_index") if k in (face.dtype.names or ())), None)
+    if key is None:
+        raise fail(path, f"has a face element without vertex_indices (properties: {' '.join(face.dtype.names or ())})")
+    from .meshes import triangulate
+
+    return triangulate(face[key])
+
+
+def _read_ply(path: str) -> Cloud | Mesh:
     from plyfile import PlyParseError
 
     try:
@@ -431,9 +503,15 @@ def _read_ply(path: str) -> Cloud:
                    if {"nx", "ny", "nz"} <= names else None)
         label_key = next((k for k in ("label", "labels") if k in names), None)
         labels = np.array(vertex[label_key]) if label_key else None
+        faces = _ply_faces(path, ply, points.shape[0])
         del ply, vertex
     except (PlyParseError, OSError, ValueError, IndexError, KeyError, TypeError, EOFError) as exc:
         raise wrap(path, "the PLY file", exc) from exc
+    if faces is not None:
+        if not points.shape[0]:
+            raise fail(path, "the mesh has faces but no vertices")
+        return Mesh(np.asarray(points, np.float64), faces,
+                    None if labels is None else check_labels(path, labels, points.shape[0]))
     return finish_cloud(path, points, labels, normals)
 
 
