@@ -128,7 +128,9 @@ def _interrupt_after(cmd: list[str], cache, n: int, sig: int) -> tuple[subproces
 
 def test_interrupted_and_killed_runs_resume(tmp_path):
     data, cache = tmp_path / "data", tmp_path / "cache"
-    ids = write_dataset(data, classes=("cup", "ring", "vase"), n_test=2, n_train=1)
+    # 18 samples: enough left after the Ctrl-C (in-flight samples finish while the cluster closes)
+    # for the SIGKILL to land mid-run
+    ids = write_dataset(data, classes=("cup", "ring", "vase"), n_test=4, n_train=2)
     cmd = [str(PAD), "render", str(data), "--cache", str(cache), "--workers", "1", *FAST]
 
     # Ctrl-C: the client closes the cluster, says how many samples are done, exit code 130

@@ -321,22 +321,20 @@ def _create(cls, width: int, height: int, platform: str):
 
 def get_renderer(width: int, height: int, backend: str = "auto") -> SplatRenderer:
     """This process's renderer of that size (created on first use, then reused)."""
-    platform = configure_platform(backend)
-    key = (int(width), int(height), platform)
-    renderer = _RENDERERS.get(key)
-    if renderer is None:
-        renderer = _RENDERERS[key] = _create(SplatRenderer, width, height, platform)
-    return renderer
+    return _reused(_RENDERERS, SplatRenderer, width, height, backend)
 
 
 def get_point_renderer(width: int, height: int, backend: str = "auto") -> PointRenderer:
     """This process's point renderer of that size (created on first use, then reused)."""
+    return _reused(_POINT_RENDERERS, PointRenderer, width, height, backend)
+
+
+def _reused(renderers: dict, cls, width: int, height: int, backend: str):
     platform = configure_platform(backend)
     key = (int(width), int(height), platform)
-    renderer = _POINT_RENDERERS.get(key)
-    if renderer is None:
-        renderer = _POINT_RENDERERS[key] = _create(PointRenderer, width, height, platform)
-    return renderer
+    if key not in renderers:
+        renderers[key] = _create(cls, width, height, platform)
+    return renderers[key]
 
 
 def release_renderers() -> None:

@@ -91,37 +91,31 @@ def _eigenvector1(a: np.ndarray, evec0: np.ndarray, eval1: np.ndarray) -> np.nda
     m11 = (v * av).sum(axis=1) - eval1
     a00, a01, a11 = np.abs(m00), np.abs(m01), np.abs(m11)
     out = u.copy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # branch 1: |m00| >= |m11|
-        b1 = a00 >= a11
-        ok1 = b1 & (np.maximum(a00, a01) > 0)
-        s = ok1 & (a00 >= a01)                       # m01 /= m00; m00 = 1/sqrt(1+m01²); m01 *= m00
-        t01 = m01 / m00
-        c00 = 1.0 / np.sqrt(1.0 + t01 * t01)
-        c01 = t01 * c00
-        s2 = ok1 & ~(a00 >= a01)                     # m00 /= m01; m01 = 1/sqrt(1+m00²); m00 *= m01
-        t00 = m00 / m01
-        d01 = 1.0 / np.sqrt(1.0 + t00 * t00)
-        d00 = t00 * d01
-        f00 = np.where(s, c00, d00)
-        f01 = np.where(s, c01, d01)
-        res1 = f01[:, None] * u - f00[:, None] * v
-        out = np.where((s | s2)[:, None], res1, out)
-        # branch 2: |m11| > |m00|
-        ok2 = ~b1 & (np.maximum(a11, a01) > 0)
-        s = ok2 & (a11 >= a01)                       # m01 /= m11; m11 = 1/sqrt(1+m01²); m01 *= m11
-        t01 = m01 / m11
-        c11 = 1.0 / np.sqrt(1.0 + t01 * t01)
-        c01 = t01 * c11
-        s2 = ok2 & ~(a11 >= a01)                     # m11 /= m01; m01 = 1/sqrt(1+m11²); m11 *= m01
-        t11 = m11 / m01
-        d01 = 1.0 / np.sqrt(1.0 + t11 * t11)
-        d11 = t11 * d01
-        g11 = np.where(s, c11, d11)
-        g01 = np.where(s, c01, d01)
-        res2 = g11[:, None] * u - g01[:, None] * v
-        out = np.where((s | s2)[:, None], res2, out)
+    b1 = a00 >= a11                                   # branch 1: |m00| >= |m11|, else branch 2
+    ok1 = b1 & (np.maximum(a00, a01) > 0)
+    ok2 = ~b1 & (np.maximum(a11, a01) > 0)
+    p00, q01 = _normalized_pair(m00, m01, ok1)
+    with np.errstate(invalid="ignore"):            # rows outside a branch may hold inf/NaN there
+        out = np.where(ok1[:, None], q01[:, None] * u - p00[:, None] * v, out)
+        p11, q01 = _normalized_pair(m11, m01, ok2)
+        out = np.where(ok2[:, None], p11[:, None] * u - q01[:, None] * v, out)
     return out
+
+
+def _normalized_pair(pivot: np.ndarray, m01: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pivot, m01) scaled to unit length by dividing by the larger of the two in magnitude first
+    (where |pivot| >= |m01|: m01 /= pivot, pivot = 1/sqrt(1 + m01²), m01 *= pivot; else the same
+    with the roles swapped), as Open3D's eigenvector routine does. (M,) float64 each; meaningful
+    where ``ok``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = ok & (np.abs(pivot) >= np.abs(m01))
+        t = m01 / pivot
+        c_pivot = 1.0 / np.sqrt(1.0 + t * t)
+        c01 = t * c_pivot
+        t = pivot / m01
+        d01 = 1.0 / np.sqrt(1.0 + t * t)
+        d_pivot = t * d01
+    return np.where(first, c_pivot, d_pivot), np.where(first, c01, d01)
 
 
 def smallest_eigenvectors(covariances: np.ndarray) -> np.ndarray:
