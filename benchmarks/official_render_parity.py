@@ -8,12 +8,14 @@ both::
 
 Scans are written here from seeds (``benchmarks/pointad_scans.py``; ``--seed`` picks another
 set): MVTec 3D-AD-like organized scans on a support plane (classes ``cookie`` and ``dowel``, whose
-point sizes the script tabulates), Eyecandies-like 512² scans (``Confetto``), Anomaly-ShapeNet /
+point sizes the script tabulates; grids of 300 to 420 pixels a side and, with ``--full-size``, two
+of 800×800 as the dataset's scans), Eyecandies-like 512² scans (``Confetto``), Anomaly-ShapeNet /
 Real3D-AD-like clouds (``blob``: one that is interpolated up and, with ``--fps``, one of more than
 336² points that is reduced by farthest point sampling). The official side runs
 ``preprocess_mvtec3d.preprocess_pc`` (MVTec, in place on a copy) and each layout's
 ``get_mv_images``; pad's side runs ``pad render --style pointad`` on the same scans and reads its
-render store. Per layout, one line of figures:
+render store. One line, a part per layout (the full-size MVTec scans apart) headed by the mean
+number of points the official script rendered per sample, with these figures:
 
 - ``points``: samples whose points equal the official ones, in the same order (relative error
   < 1e-5), and the largest relative error;
@@ -45,21 +47,27 @@ sys.path.insert(0, HERE)
 PAD = os.path.join(ROOT, ".venv", "bin", "pad")
 
 
-def write_scans(data: str, seed: int, fps: bool) -> list[dict]:
+def write_scans(data: str, seed: int, fps: bool, full_size: bool = False) -> list[dict]:
     """The scans of every layout under ``data``; one dict per sample for the driver and the
-    comparison (layout, dataset root, pad sample id, input files, point size)."""
+    comparison (layout, dataset root, pad sample id, input files, point size, and ``row``: the
+    line of figures it counts in). ``full_size``: two more MVTec 3D-AD scans on an 800×800
+    grid, the size of the dataset's scans, counted in a row of their own."""
     import pointad_scans as scans
     from pipeline.render.pointad import SCRIPTS
 
     jobs = []
     mvtec = os.path.join(data, "mvtec")
-    for k, (cls, defect) in enumerate([("cookie", True), ("cookie", False), ("dowel", True), ("dowel", True)]):
-        scan = scans.mvtec_scan(seed + k, defect)
+    mvtec_scans = [("cookie", True, None), ("cookie", False, None), ("dowel", True, None), ("dowel", True, None)]
+    if full_size:
+        mvtec_scans += [("cookie", True, (800, 800)), ("dowel", True, (800, 800))]
+    for k, (cls, defect, size_px) in enumerate(mvtec_scans):
+        scan = scans.mvtec_scan(seed + k, defect, size_px=size_px)
         name = f"{k:03d}"
         tiff = scans.write_mvtec(mvtec, cls, name, scan)
         kind = "defect" if defect else "good"
         base = os.path.dirname(os.path.dirname(tiff))
-        jobs.append({"layout": "mvtec3d", "root": mvtec, "id": f"{cls}/test/{kind}_{name}", "tiff": tiff,
+        jobs.append({"layout": "mvtec3d", "row": "mvtec3d" if size_px is None else "mvtec3d 800x800",
+                     "root": mvtec, "id": f"{cls}/test/{kind}_{name}", "tiff": tiff,
                      "rgb": os.path.join(base, "rgb", f"{name}.png"),
                      "gt": os.path.join(base, "gt", f"{name}.png"),
                      "point_size": SCRIPTS["mvtec3d"].point_sizes[cls], "shape": scan["shape"]})
@@ -246,7 +254,7 @@ def compare(job: dict, cache: str) -> dict:
     return {"points_equal": bool(same_n and rel < 1e-5), "rel": rel,
             "pixel": float(np.mean(pix_eq)) if pix_eq else 0.0, "visible": float(np.mean(vis_eq)) if vis_eq else 0.0,
             "mae": float(np.mean(diffs)) / 255, "off16": float(np.mean(off16)),
-            "iou": min(ious) if ious else None, "official_s": sum(timing.values())}
+            "iou": min(ious) if ious else None, "official_s": sum(timing.values()), "n_points": len(ref)}
 
 
 def main() -> None:
@@ -257,6 +265,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026, help="seed of the scans and of pad's draws")
     parser.add_argument("--fps", action="store_true", help="add a Real3D-AD cloud of 130k points (farthest "
                                                             "point sampling; minutes on the official side)")
+    parser.add_argument("--full-size", action="store_true", help="add two MVTec 3D-AD scans on the dataset's "
+                                                                  "800x800 grid, figures in a row of their own")
     parser.add_argument("--work", default=None, help="work directory (default: a temporary one, removed)")
     parser.add_argument("--write-fixture", default=None, metavar="DIR",
                         help="instead: render the small scans of the test fixture and write it to DIR "
@@ -273,19 +283,21 @@ def main() -> None:
             write_fixture(jobs, args.write_fixture, args.seed, command)
             print(f"official_render_parity: wrote the fixture to {args.write_fixture}")
             return
-        jobs = write_scans(os.path.join(work, "data"), args.seed, args.fps)
+        jobs = write_scans(os.path.join(work, "data"), args.seed, args.fps, args.full_size)
         run_official(jobs, work, os.path.abspath(args.official), args.python)
         pad = run_pad(jobs, work, args.seed)
         parts = []
-        for layout in ("mvtec3d", "eyecandies", "real3d"):
-            rows = [(job, compare(job, pad["caches"][job["root"]])) for job in jobs if job["layout"] == layout]
+        for row in ("mvtec3d", "mvtec3d 800x800", "eyecandies", "real3d"):
+            rows = [(job, compare(job, pad["caches"][job["root"]])) for job in jobs
+                    if job.get("row", job["layout"]) == row]
             if not rows:
                 continue
             figs = [r for _, r in rows]
             ious = [r["iou"] for r in figs if r["iou"] is not None]
             pad_s = float(np.mean([pad["seconds"][job["id"]] for job, _ in rows]))
             off_s = float(np.mean([r["official_s"] for r in figs]))
-            parts.append(f"{layout}: points {sum(r['points_equal'] for r in figs)}/{len(figs)} "
+            n_points = int(np.mean([r["n_points"] for r in figs]))
+            parts.append(f"{row} ({n_points} points): points {sum(r['points_equal'] for r in figs)}/{len(figs)} "
                          f"(rel {max(r['rel'] for r in figs):.1e}) pixel {np.mean([r['pixel'] for r in figs]):.5f} "
                          f"visible {np.mean([r['visible'] for r in figs]):.5f} "
                          f"mae {np.mean([r['mae'] for r in figs]) * 255:.3f}/255 "

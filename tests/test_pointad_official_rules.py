@@ -378,9 +378,11 @@ def test_eyecandies_camera_moves_back_until_the_cloud_fits():
     assert min(counts) == 1 and max(counts) > 40          # fitting at once, and after many steps
 
 
-def test_dbscan_on_an_organized_grid_equals_the_point_list_rule():
+@pytest.mark.parametrize("margin", [(0, 0, 0, 0), (20, 17, 11, 6)])
+def test_dbscan_on_an_organized_grid_equals_the_point_list_rule(margin):
     # an organized scan: a sheet, a second sheet 9 mm away, sparse specks and holes; the grid
-    # window shortcut must give Open3D's labels exactly
+    # window shortcut must give Open3D's labels exactly, also with empty rows and columns around
+    # the points (top, bottom, left, right: the grid is cropped to the points first)
     rng = np.random.default_rng(15)
     h, w = 90, 110
     rows, cols = np.mgrid[0:h, 0:w]
@@ -391,7 +393,10 @@ def test_dbscan_on_an_organized_grid_equals_the_point_list_rule():
     grid[specks, 2] += 0.05                                                  # isolated: noise
     index = np.flatnonzero(valid.ravel())
     pts = grid.reshape(-1, 3)[index]
-    got = prep.dbscan_labels(pts, eps=0.006, min_points=30, grid_index=index, grid_shape=(h, w))
+    top, bottom, left, right = margin
+    wide = w + left + right
+    placed = (index // w + top) * wide + index % w + left
+    got = prep.dbscan_labels(pts, eps=0.006, min_points=30, grid_index=placed, grid_shape=(h + top + bottom, wide))
     expected = _official_dbscan(pts, 0.006, 30)
     np.testing.assert_array_equal(got, expected)
     assert len(set(expected.tolist())) >= 2 and (expected == -1).any()

@@ -175,8 +175,12 @@ def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tupl
     """The same for the points of an organized scan (``grid_index``: flat pixel of each point):
     neighbours closer than ``eps`` counted among the pixels of a window around each point are a
     lower bound of its count, enough to make most points core at once; the others are counted
-    exactly with a KD-tree. Links join core points closer than ``eps`` in the window."""
-    h, w = grid_shape
+    exactly with a KD-tree. Links join core points closer than ``eps`` in the window. The grid is
+    cropped to the rows and columns that hold points first (pixels outside hold no neighbour)."""
+    row, col = np.divmod(grid_index, grid_shape[1])
+    r_lo, c_lo = int(row.min()), int(col.min())
+    h, w = int(row.max()) - r_lo + 1, int(col.max()) - c_lo + 1
+    grid_index = (row - r_lo) * w + (col - c_lo)
     owner = np.full(h * w, -1, np.int64)
     owner[grid_index] = np.arange(len(p))
     owner = owner.reshape(h, w)
