@@ -170,11 +170,12 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
                                    hovertemplate="anomalous (ground truth)<extra></extra>"))
         grey = [[0.0, OBJECT_GREY], [1.0, OBJECT_GREY]]
         coloured = {"marker.colorscale": [colorscale, colorscale], "marker.showscale": [True, False]}
-        buttons = [dict(label=color_title, method="restyle", args=[{"visible": [True, False], **coloured}, [0, 1]]),
-                   dict(label="with ground truth", method="restyle", args=[{"visible": [True, True], **coloured}, [0, 1]]),
-                   dict(label="ground truth only", method="restyle",
-                        args=[{"visible": [True, True], "marker.colorscale": [grey, grey],
-                               "marker.showscale": [False, False]}, [0, 1]])]
+        grey_only = {"visible": [True, True], "marker.colorscale": [grey, grey], "marker.showscale": [False, False]}
+        # each button restyles the score and ground-truth traces (0, 1) only: region boxes stay
+        buttons = [dict(label=label, method="restyle", args=[style, [0, 1]])
+                   for label, style in ((color_title, {"visible": [True, False], **coloured}),
+                                        ("with ground truth", {"visible": [True, True], **coloured}),
+                                        ("ground truth only", grey_only))]
     box_low = np.array([b[0] for b in boxes or ()], np.float64).reshape(-1, 3)
     box_high = np.array([b[1] for b in boxes or ()], np.float64).reshape(-1, 3)
     if boxes:

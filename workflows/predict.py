@@ -180,8 +180,8 @@ def _pointad_choice(record: dict, config: dict, cfg: PredictConfig) -> RenderCho
 
     for flag, value in (("--views", cfg.views), ("--supersample", cfg.supersample)):
         if value is not None:
-            raise PadError(f"{flag}: this run's cache was rendered with 'pad render --style pointad' (the official scripts' "
-                           "fixed views and window); leave it out")
+            raise PadError(f"{flag}: this run's cache was rendered with 'pad render --style pointad' (the "
+                           "official scripts' fixed views and window); leave it out")
     differ = []
     point_size, knn = str(record["point_size"]), int(record["knn"])
     if cfg.point_size is not None and _point_size_px(cfg.point_size) != _point_size_px(point_size):
@@ -539,7 +539,8 @@ def run_predict(cfg: PredictConfig) -> int:
         if cfg.html:
             write_prediction_view(cfg.out, name, doc, cfg.view_points)
         if doc["dropped_line"]:
-            kept = "" if doc["mesh"] else " (rows kept in the outputs, not scored: null in the JSON, NaN and grey in the PLY)"
+            kept = "" if doc["mesh"] else (" (rows kept in the outputs, not scored: null in the JSON, NaN and grey "
+                                           "in the PLY)")
             tqdm.write(f"pad predict: {path}: {doc['dropped_line']}{kept}", file=sys.stderr)
         mesh = doc["mesh"]
         meshes += mesh is not None
