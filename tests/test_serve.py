@@ -464,6 +464,31 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(world):
     _assert_same_answer(answer, world["expected"]["scan0.ply"], "scan0.ply")
 
 
+def test_a_stalled_upload_is_dropped_with_408_and_frees_its_place(world, tmp_path):
+    """--queue 0: one stalled upload holds the only place (another scan gets 503); after
+    --upload-timeout seconds of silence it is answered 408 and the next scan is scored."""
+    service = Service(world["run"], tmp_path / "service", "--queue", "0", "--upload-timeout", "2")
+    try:
+        service.wait_ready()
+        path = world["good"][1]
+        sock = _start_upload(service, path, 0.5)
+        with sock:
+            _wait_for_metric(service, "pad_serve_queue_length 1")
+            t0 = time.monotonic()
+            assert _predict(service, world["good"][0])[0] == 503
+            reply = _reply(sock)
+            waited = time.monotonic() - t0
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), reply[:300]
+        assert "--upload-timeout" in json.loads(body)["error"]
+        assert waited < 30
+        status, answer, _ = _predict(service, world["good"][0])
+        assert status == 200
+        _assert_same_answer(answer, world["expected"]["scan0.ply"], "scan0.ply")
+    finally:
+        service.stop()
+
+
 def test_sigterm_answers_the_upload_in_flight_then_exits_0(world):
     service = world["service"]
     path = world["good"][5]

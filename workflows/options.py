@@ -85,6 +85,8 @@ class ServeConfig:
                                          "read whole.")
     queue: int = option(16, "Scans that may wait for the model beyond the one it is scoring (uploading ones "
                             "included); one more is refused (503, with Retry-After).")
+    upload_timeout: float = option(30.0, "Seconds an upload may send nothing before it is dropped (408), so that "
+                                         "stalled clients do not hold places in the queue.")
     token_file: str | None = option(None, "File holding a token: every request but GET /health must then send "
                                           "'Authorization: Bearer <token>' (401 otherwise).", metavar="FILE")
 

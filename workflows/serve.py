@@ -23,7 +23,8 @@ serialized; the predictor is never used by two scans at once). At most ``--queue
 beyond the one being scored (uploading ones count): one more gets 503 with ``Retry-After``
 (seconds, the last scan's model time rounded up). An upload whose ``Content-Length`` exceeds
 ``--max-upload-mb`` gets 413 before any of it is read, and one without a length is counted as
-it streams (413 as soon as it passes). With ``--token-file`` every request but ``/health``
+it streams (413 as soon as it passes). An upload that sends nothing for ``--upload-timeout``
+seconds is dropped with 408, its place in the queue freed. With ``--token-file`` every request but ``/health``
 needs ``Authorization: Bearer <token>`` (401 otherwise; compared with
 :func:`hmac.compare_digest`). Uploads are written only into a private directory (mode 0700)
 made at start, one subdirectory per request, removed when its answer is sent; the whole
@@ -120,6 +121,20 @@ def sphere_points(n: int) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1).astype(np.float32)
 
 
+async def idle_limited(chunks, seconds: float):
+    """The chunks of an upload stream, UploadError (408) when none comes for ``seconds``."""
+    it = chunks.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), seconds)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadError(408, f"the client sent nothing for {seconds:g} s during its upload (--upload-timeout)"
+                              ) from None
+        yield chunk
+
+
 class Service:
     """One running service: the predictor, its model thread, the admission count, the figures.
 
@@ -197,7 +212,8 @@ class Service:
         directory = tempfile.mkdtemp(dir=self.private_dir)
         try:
             try:
-                name, path = await receive_upload(chunks, content_type, filename, directory, self.limit)
+                name, path = await receive_upload(idle_limited(chunks, self.cfg.upload_timeout), content_type,
+                                                  filename, directory, self.limit)
             except UploadError as exc:
                 return exc.status, {"error": f"pad serve: {exc.message}"}, {}
             except OSError as exc:    # the private directory's disk is full, or similar
@@ -350,6 +366,8 @@ def run_serve(cfg: ServeConfig) -> int:
         raise PadError(f"--queue must be 0 or more (got {cfg.queue})")
     if not (cfg.max_upload_mb > 0 and math.isfinite(cfg.max_upload_mb)):
         raise PadError(f"--max-upload-mb must be more than 0 (got {cfg.max_upload_mb})")
+    if not (cfg.upload_timeout > 0 and math.isfinite(cfg.upload_timeout)):
+        raise PadError(f"--upload-timeout must be more than 0 seconds (got {cfg.upload_timeout})")
     token = read_token(cfg.token_file) if cfg.token_file is not None else None
     sock = bind_socket(cfg.host, cfg.port)
     previous = signal.signal(signal.SIGTERM, _stopped_while_starting)   # clean up like Ctrl-C until serving
