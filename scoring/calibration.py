@@ -301,8 +301,11 @@ def check_applies(cal: Calibration, *, prompts_sha256: str, feature_tag: str, sc
                        cal.path)
     if cal.scoring["multimodal"] != bool(scoring.get("multimodal")):
         kind = {True: "RGB-fused", False: "point-cloud"}
+        fix = ("recalibrate with pad calibrate --no-rgb (pad predict and pad serve score the point cloud alone)"
+               if cal.scoring["multimodal"] else "recalibrate with pad calibrate --rgb")
         raise PadError(f"this calibration was made on the {kind[cal.scoring['multimodal']]} score, not the "
-                       f"{kind[not cal.scoring['multimodal']]} one: {how}", cal.path)
+                       f"{kind[not cal.scoring['multimodal']]} one: {fix}, or --calibration none for scores only",
+                       cal.path)
     for key in ("sigma", "protocol", "fusion"):
         if cal.scoring.get(key) != scoring.get(key):
             raise PadError(f"this calibration was made with --{key} {_show(cal.scoring.get(key))}, not "

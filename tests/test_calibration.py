@@ -248,6 +248,20 @@ def test_a_calibration_applies_only_to_its_checkpoint_features_and_options(tmp_p
         assert "--calibration none" in str(err.value)
 
 
+def test_an_rgb_fused_calibration_used_on_the_point_cloud_score_names_the_option_that_fits(tmp_path):
+    # pad calibrate fuses RGB by default on a cache with RGB features; pad predict and pad serve
+    # score the point cloud alone: the refusal says which calibration they need
+    doc = _doc()
+    doc["scoring"] = scoring_signature(4.0, "points", True, "official")
+    path = str(tmp_path / "calibration.json")
+    write_calibration(path, doc)
+    cal = read_calibration(path)
+    with pytest.raises(PadError, match=re.escape("made on the RGB-fused score, not the point-cloud one: recalibrate "
+                                                 "with pad calibrate --no-rgb")):
+        check_applies(cal, prompts_sha256="ab" * 32, feature_tag="tag1",
+                      scoring=scoring_signature(4.0, "points", False, None))
+
+
 # ---------------------------------------------------------------------------- regions in the 3D view
 def test_a_view_outlines_each_region_with_its_twelve_box_edges():
     from data_cache.viewer import box_edges, viewer_document

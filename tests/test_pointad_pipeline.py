@@ -4,6 +4,7 @@ the official way goes through extract-features, train, score and predict (predic
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -124,6 +125,50 @@ def test_predict_renders_the_official_way_and_equals_score(pointad_run, mvtec, t
     values, cells = mine[np.isfinite(mine)], np.sort(scored)
     at = np.clip(np.searchsorted(cells, values), 1, len(cells) - 1)
     assert np.minimum(np.abs(cells[at] - values), np.abs(cells[at - 1] - values)).max() < 2e-6
+
+
+def test_a_scan_outside_a_dataset_tree_takes_its_class_from_the_class_option(pointad_run, mvtec, tmp_path):
+    # the script sizes points per class (cookie 6 px); a scan copied out of the tree has no class
+    # directory: a note says it took the size of other classes, and --class cookie gives pad
+    # score's score
+    part = tmp_path / "part.tiff"
+    shutil.copy(mvtec / "cookie" / "test" / "defect" / "xyz" / "000.tiff", part)
+    rows = {line.split(",")[0]: float(line.split(",")[4]) for line in
+            (pointad_run["results"] / "scores.csv").read_text().splitlines()[1:]}
+    plain = _pad("predict", part, "--checkpoint", pointad_run["run"], "--out", tmp_path / "plain")
+    assert plain.exit_code == 0 and "is not in the official script's point sizes" in plain.output
+    assert "--class NAME" in plain.output, plain.output
+    named = _pad("predict", part, "--checkpoint", pointad_run["run"], "--out", tmp_path / "named", "--class", "cookie")
+    assert named.exit_code == 0 and "point sizes" not in named.output, named.output
+    score = json.loads((tmp_path / "named" / "part.json").read_text())["score"]
+    assert score == pytest.approx(rows["cookie/test/defect_000"], abs=1e-5)
+    assert json.loads((tmp_path / "plain" / "part.json").read_text())["score"] != pytest.approx(score, abs=1e-5)
+
+
+def test_pad_serve_warms_up_on_a_pointad_run(pointad_run, tmp_path):
+    # the service scores a scan of its own at start-up: for a run of organized scans that must be
+    # an xyz .tiff the layout's script keeps an object of (a sphere .npy was refused)
+    from workflows.options import PredictConfig, ServeConfig
+    from workflows.predict import Predictor
+    from workflows.serve import Service, warm_up_file
+
+    predictor = Predictor(PredictConfig(files=(), checkpoint=str(pointad_run["run"]), device="cpu"))
+    Service(predictor, ServeConfig(checkpoint=str(pointad_run["run"]), device="cpu"), None, str(tmp_path)).warm_up()
+    assert warm_up_file(str(tmp_path), predictor.settings).endswith(".tiff")
+
+
+@pytest.mark.parametrize("layout", ["mvtec3d", "eyecandies"])
+def test_the_warm_up_scan_of_each_organized_layout_keeps_its_object(layout, tmp_path):
+    import tifffile
+
+    from pipeline.ingest import MIN_CLOUD_POINTS
+    from pipeline.ingest.pointad import load_for_prediction, warm_up_grid
+
+    path = tmp_path / "warm-up.tiff"
+    tifffile.imwrite(path, warm_up_grid(layout), photometric="rgb")
+    sample, back, rows, _ = load_for_prediction(str(path), layout, 0)
+    assert sample.n_points >= 20 * MIN_CLOUD_POINTS
+    assert 0 < (back >= 0).sum() < len(back)                # the object kept, the support dropped
 
 
 def test_bad_options_and_mixing_styles_end_in_one_line(pointad_run, mvtec, tmp_path):

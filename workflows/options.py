@@ -9,6 +9,14 @@ from trainer.options import TrainingOptions
 from pipeline.options import MESH_POINTS, MESH_POINTS_HELP
 
 
+# options pad predict and pad serve share (one text each)
+CALIBRATION_HELP = ("Pass/fail decisions: auto (the run's calibration.json when pad calibrate wrote one: p-value, "
+                    "verdict and defect regions per scan), none (scores only), or the path of a calibration.json.")
+CLASS_HELP = ("Class (product) of the scans: its calibration judges them (default: the calibration's only class), "
+              "and for a run of a cache made by 'pad render --style pointad' the official script sizes their points "
+              "by it (default: the class directory of a scan inside a dataset tree).")
+
+
 @dataclass
 class PredictConfig:
     """``pad predict FILES... --checkpoint RUN``: render, extract and score your own scans in one go,
@@ -36,11 +44,8 @@ class PredictConfig:
     view_points: int = option(50000, "At most this many points in a 3D view (larger clouds show their "
                                      "highest-scored points and an even, seeded sample of the rest).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
-    calibration: str = option("auto", "Pass/fail decisions: auto (the run's calibration.json when pad calibrate "
-                                      "wrote one: p-value, verdict and defect regions per file), none (scores "
-                                      "only), or the path of a calibration.json.", metavar="auto|none|PATH")
-    cls: str | None = option(None, "Class (product) of the files, whose calibration judges them (default: the "
-                                   "calibration's only class).", metavar="NAME", flag="class")
+    calibration: str = option("auto", CALIBRATION_HELP, metavar="auto|none|PATH")
+    cls: str | None = option(None, CLASS_HELP, metavar="NAME", flag="class")
     mesh_points: int = option(MESH_POINTS, MESH_POINTS_HELP)
 
 
@@ -87,6 +92,8 @@ class ServeConfig:
                             "included); one more is refused (503, with Retry-After).")
     upload_timeout: float = option(30.0, "Seconds an upload may send nothing before it is dropped (408), so that "
                                          "stalled clients do not hold places in the queue.")
+    calibration: str = option("auto", CALIBRATION_HELP, metavar="auto|none|PATH")
+    cls: str | None = option(None, CLASS_HELP, metavar="NAME", flag="class")
     token_file: str | None = option(None, "File holding a token: every request but GET /health must then send "
                                           "'Authorization: Bearer <token>' (401 otherwise).", metavar="FILE")
 

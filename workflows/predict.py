@@ -268,7 +268,7 @@ class Predictor:
 
         if self.settings.style == "pointad":
             from pipeline.ingest.pointad import load_for_prediction
-            return load_for_prediction(path, self.settings.layout, self.settings.seed)
+            return load_for_prediction(path, self.settings.layout, self.settings.seed, self.cfg.cls)
         cloud = read_input(path, self.cfg.mesh_points)
         n = int(cloud.points.shape[0])
         labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
@@ -281,6 +281,20 @@ class Predictor:
         rows = np.full((kept.shape[0], 3), np.nan, np.float32)
         rows[kept] = cloud.points
         return sample, back, rows, int(cloud.n_dropped_nonfinite)
+
+    def _class_line(self, attrs: dict) -> str | None:
+        """For a ``--style pointad`` run whose script sizes points per class: a line when a scan's
+        class is not in the script's table (no class directory, no ``--class``) and its points
+        took the size of other classes (its scores then differ from those of the same scan under
+        its class); else None."""
+        from pipeline.render.pointad import script_for
+
+        if self.settings.style != "pointad" or attrs.get("point_size_source") == "script" \
+                or not script_for(self.settings.layout).point_sizes:
+            return None
+        return (f"class '{attrs['class']}' is not in the official script's point sizes (no <class>/<split>/<defect>/"
+                f"xyz/ tree around the file, no --class): points drawn {attrs['point_size_window_px']:g} window px "
+                "wide, the run's size for other classes; --class NAME gives the script's size for NAME")
 
     def predict(self, path: str, with_maps: bool = False) -> dict:
         """Score one file; returns the JSON document (see the module docstring) plus arrays for the
@@ -329,6 +343,7 @@ class Predictor:
                "mesh": None if mesh is None else {"vertices": mesh.n_vertices, "faces": mesh.n_faces,
                                                   "points": mesh.n_points},
                "dropped_line": dropped_text(int(dropped), rows, mesh),
+               "class_line": self._class_line(rendered.attrs),
                "point_scores": full_scores, "points": row_points, "labels": full_labels, "scored": kept}
         doc.update(decision_fields(decision, self.calibration, self.calibration_class, back))
         if with_maps:
@@ -396,7 +411,7 @@ def decision_fields(decision, cal, cls: str | None, back: np.ndarray) -> dict:
 
 
 _ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names", "region",
-           "dropped_line")
+           "dropped_line", "class_line")
 
 
 def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
@@ -538,6 +553,8 @@ def run_predict(cfg: PredictConfig) -> int:
         write_prediction(cfg.out, name, doc)
         if cfg.html:
             write_prediction_view(cfg.out, name, doc, cfg.view_points)
+        if doc["class_line"]:
+            tqdm.write(f"pad predict: note: {path}: {doc['class_line']}", file=sys.stderr)
         if doc["dropped_line"]:
             kept = "" if doc["mesh"] else (" (rows kept in the outputs, not scored: null in the JSON, NaN and grey "
                                            "in the PLY)")

@@ -121,6 +121,36 @@ def sphere_points(n: int) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1).astype(np.float32)
 
 
+def class_notes(predictor: Predictor, cfg: ServeConfig) -> list[str]:
+    """A line when the run was rendered ``--style pointad`` by a script that sizes points per
+    class and no ``--class`` names the scans' class (an upload carries none)."""
+    from pipeline.render.pointad import script_for
+
+    settings = predictor.settings
+    if settings.style != "pointad" or cfg.cls is not None or not script_for(settings.layout).point_sizes:
+        return []
+    return [f"this run's cache was made by 'pad render --style pointad' ({settings.layout}), whose official script "
+            "sizes points per class: without --class NAME every scan is drawn with the size of classes outside its "
+            "table"]
+
+
+def warm_up_file(directory: str, settings) -> str:
+    """A scan written into ``directory`` that the run reads as it reads a served scan: an even
+    sphere of WARM_UP_POINTS points (.npy), or, for a run rendered ``--style pointad`` from
+    organized scans, an xyz .tiff grid of that layout (:func:`pipeline.ingest.pointad.warm_up_grid`)."""
+    from pipeline.ingest.pointad import ORGANIZED_LAYOUTS, warm_up_grid
+
+    if settings.style == "pointad" and settings.layout in ORGANIZED_LAYOUTS:
+        import tifffile
+
+        path = os.path.join(directory, "warm-up.tiff")
+        tifffile.imwrite(path, warm_up_grid(settings.layout), photometric="rgb")
+        return path
+    path = os.path.join(directory, "warm-up.npy")
+    np.save(path, sphere_points(WARM_UP_POINTS))
+    return path
+
+
 async def idle_limited(chunks, seconds: float):
     """The chunks of an upload stream, UploadError (408) when none comes for ``seconds``."""
     it = chunks.__aiter__()
@@ -169,8 +199,7 @@ class Service:
         """Score a built-in cloud on the model thread (makes the renderer there); PadError as predict."""
         directory = tempfile.mkdtemp(dir=self.private_dir)
         try:
-            path = os.path.join(directory, "warm-up.npy")
-            np.save(path, sphere_points(WARM_UP_POINTS))
+            path = warm_up_file(directory, self.predictor.settings)
             self.executor.submit(self.predictor.predict, path).result()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
@@ -372,8 +401,9 @@ def run_serve(cfg: ServeConfig) -> int:
     sock = bind_socket(cfg.host, cfg.port)
     previous = signal.signal(signal.SIGTERM, _stopped_while_starting)   # clean up like Ctrl-C until serving
     try:
-        predictor = Predictor(PredictConfig(files=(), checkpoint=cfg.checkpoint, device=cfg.device))
-        for note in predictor.notes:
+        predictor = Predictor(PredictConfig(files=(), checkpoint=cfg.checkpoint, device=cfg.device,
+                                              calibration=cfg.calibration, cls=cfg.cls))
+        for note in predictor.notes + predictor.calibration_notes + class_notes(predictor, cfg):
             print(f"pad serve: note: {note}", file=sys.stderr)
         private_dir = tempfile.mkdtemp(prefix="pad-serve-")       # mode 0700
         service = Service(predictor, cfg, token, private_dir)

@@ -553,11 +553,11 @@ def load_pointad_sample(ref: SampleRef, seed: int) -> Sample:
 ORGANIZED_LAYOUTS = ("mvtec3d", "eyecandies")
 
 
-def organized_ref(path: str, layout: str) -> SampleRef:
+def organized_ref(path: str, layout: str, cls: str | None = None) -> SampleRef:
     """A :class:`SampleRef` for one organized xyz ``.tiff`` given on its own, with the companions
     MVTec 3D-AD keeps beside it (``../rgb/<stem>.png``, ``../gt/<stem>.png``) when they exist.
-    Inside a dataset tree (``<class>/<split>/<defect>/xyz/<stem>.tiff``) its class is that
-    directory's name (the scripts size points per class), else ``predict``."""
+    Its class (the scripts size points per class): ``cls`` when given, else inside a dataset tree
+    (``<class>/<split>/<defect>/xyz/<stem>.tiff``) that directory's name, else ``predict``."""
     import os
 
     full = os.path.abspath(path)
@@ -567,11 +567,38 @@ def organized_ref(path: str, layout: str) -> SampleRef:
                                              ("gt", os.path.join(group, "gt", stem + ".png"))) if os.path.isfile(p))
     parts = full.split(os.sep)
     in_tree = len(parts) >= 6 and parts[-2] == "xyz" and parts[-4] in ("train", "validation", "test")
-    cls = parts[-5] if in_tree else "predict"
+    cls = cls or (parts[-5] if in_tree else "predict")
     return SampleRef(id=f"{cls}/predict/{stem}", cls=cls, split="train", path=full, format=layout, extra=extra)
 
 
-def load_for_prediction(path: str, layout: str, seed: int) -> tuple[Sample, np.ndarray, np.ndarray, int]:
+def warm_up_grid(layout: str) -> np.ndarray:
+    """(H, W, 3) float32 organized scan that ``layout``'s script keeps an object of (zeros: no
+    measurement): a dome on its support, the support where that layout's background removal
+    drops it. For ``pad serve``'s start-up, which must read a file as the run reads scans.
+
+    - mvtec3d: 200×200 pixels of 0.4 mm, the support a plane 0.45 m from the camera, a dome of
+      25 mm radius toward it (the plane fit removes the support, DBSCAN keeps the dome);
+    - eyecandies: 512×512, the support tilted about x (as the script's rule expects it, from the
+      rows it reads), a dome of radius 0.3 below it in the script's frame."""
+    if layout == "mvtec3d":
+        n, pitch, depth, radius = 200, 4e-4, 0.45, 0.025
+        rows, cols = np.mgrid[0:n, 0:n].astype(np.float64)
+        x, y = (cols - n / 2) * pitch, (rows - n / 2) * pitch
+        z = depth - np.sqrt(np.maximum(radius * radius - x * x - y * y, 0.0))
+        return np.stack([x, y, z], axis=-1).astype(np.float32)
+    if layout == "eyecandies":
+        n, radius, angle = 512, 0.3, 0.45
+        rows, cols = np.mgrid[0:n, 0:n].astype(np.float64)
+        x, along = (cols - n / 2) / n * 1.6, 1.6 - rows / n * 1.4
+        dome = np.sqrt(np.maximum(radius * radius - x * x - (along - 0.9) ** 2, 0.0))
+        height = -np.where(dome > 0, dome + 0.03, 0.0)          # the object below −0.02, the support at 0
+        c, s = math.cos(angle), math.sin(angle)
+        return np.stack([x, c * height + s * along, -s * height + c * along + 0.2], axis=-1).astype(np.float32)
+    raise ValueError(f"no organized scan for layout '{layout}'")
+
+
+def load_for_prediction(path: str, layout: str, seed: int, cls: str | None = None
+                        ) -> tuple[Sample, np.ndarray, np.ndarray, int]:
     """One file read as the official script of ``layout`` reads a sample (``pad predict`` on a run
     rendered with ``--style pointad``), and how its points map back to the file's rows.
 
@@ -580,14 +607,15 @@ def load_for_prediction(path: str, layout: str, seed: int) -> tuple[Sample, np.n
     the number of rows dropped as non-finite. Organized layouts read an xyz ``.tiff`` (rows: its
     pixels, row-major; a pixel takes the point of the 336×336 cell it falls in, after the
     official padding for MVTec 3D-AD, if that cell holds one). Unorganized layouts read any point
-    file (rows: its points; a row takes the nearest of the resampled points, itself when kept)."""
+    file (rows: its points; a row takes the nearest of the resampled points, itself when kept).
+    ``cls``: the sample's class (the scripts' point size), see :func:`organized_ref`."""
     import os
 
     if layout in ORGANIZED_LAYOUTS:
         if os.path.splitext(path)[1].lower() not in (".tiff", ".tif"):
             raise PadError(f"this run was rendered with --style pointad from {layout} scans: its official script "
                            "reads organized scans, so pad predict needs an xyz .tiff grid (as in the dataset)", path)
-        ref = organized_ref(path, layout)
+        ref = organized_ref(path, layout, cls)
         xyz, rgb, mask = _organized_files(ref)
         sample = _load_organized(ref, layout, xyz, rgb, mask, seed)
         h, w = xyz.shape[:2]
@@ -608,8 +636,8 @@ def load_for_prediction(path: str, layout: str, seed: int) -> tuple[Sample, np.n
     cloud = read_cloud(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     labels = cloud.labels if cloud.labels is not None else np.zeros(len(cloud.points), np.uint8)
-    raw = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points, point_labels=labels,
-                 source_path=os.path.abspath(path), n_dropped_nonfinite=cloud.n_dropped_nonfinite)
+    raw = Sample(id=f"predict/test/{stem}", cls=cls or "predict", split="test", points=cloud.points,
+                 point_labels=labels, source_path=os.path.abspath(path), n_dropped_nonfinite=cloud.n_dropped_nonfinite)
     sample = load_real3d(raw, seed)
     _, nearest = cKDTree(np.asarray(sample.points, np.float64)).query(np.asarray(cloud.points, np.float64), k=1,
                                                                        workers=1)
