@@ -24,8 +24,8 @@ beyond the one being scored (uploading ones count): one more gets 503 with ``Ret
 (seconds, the last scan's model time rounded up). An upload whose ``Content-Length`` exceeds
 ``--max-upload-mb`` gets 413 before any of it is read, and one without a length is counted as
 it streams (413 as soon as it passes). An upload that sends nothing for ``--upload-timeout``
-seconds is dropped with 408, its place in the queue freed. With ``--token-file`` every request but ``/health``
-needs ``Authorization: Bearer <token>`` (401 otherwise; compared with
+seconds is dropped with 408, its place in the queue freed. With ``--token-file`` every request
+but ``/health`` needs ``Authorization: Bearer <token>`` (401 otherwise; compared with
 :func:`hmac.compare_digest`). Uploads are written only into a private directory (mode 0700)
 made at start, one subdirectory per request, removed when its answer is sent; the whole
 directory is removed at exit. SIGTERM or Ctrl-C: the port is closed, the requests already
