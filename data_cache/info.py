@@ -59,7 +59,7 @@ def render_summary(store) -> dict:
         "image_size": attrs.get("image_size"), "views": len(attrs.get("views", [])),
         "view_names": [v.get("name") for v in attrs.get("views", [])], "supersample": attrs.get("supersample"),
         "knn": attrs.get("knn_k"), "format": (attrs.get("source") or {}).get("format"),
-        "style": (attrs.get("style") or {}).get("name", "pad") if isinstance(attrs.get("style"), dict) else "pad",
+        "style": attrs["style"].get("name", "pad") if isinstance(attrs.get("style"), dict) else "pad",
         "point_size_px": attrs.get("point_size_px"), "has_rgb": bool(attrs.get("has_rgb", False)),
         "fingerprint": attrs.get("fingerprint"), "classes": store.classes(),
         "size_bytes": size, "bytes_per_sample": (size / n_done) if size is not None and n_done else None,

@@ -183,7 +183,7 @@ def render_one(index: int, ref, store: RenderStore, settings, cameras: list) -> 
     attrs.update(rendered.attrs or {})
     attrs["n_dropped_nonfinite"] = dropped
     if mesh is not None:
-        attrs["mesh"] = {"vertices": mesh.n_vertices, "faces": mesh.n_faces, "points": mesh.n_points}
+        attrs["mesh"] = mesh.summary()
         status["mesh"] = attrs["mesh"]
     store.write_sample(index, rendered.arrays, attrs, rendered.images, rendered.gt2d,
                        getattr(rendered, "rgb", None))

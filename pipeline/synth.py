@@ -419,8 +419,7 @@ def _load_normal(path: str, mesh_points: int) -> NormalCloud:
         raise PadError(f"has {int(cloud.labels.sum())} anomalous point labels; --from expects normal clouds",
                        path=path)
     points = np.asarray(cloud.points, dtype=np.float32)
-    mesh = None if cloud.mesh is None else {"vertices": cloud.mesh.n_vertices, "faces": cloud.mesh.n_faces,
-                                            "points": cloud.mesh.n_points}
+    mesh = None if cloud.mesh is None else cloud.mesh.summary()
     read = {"dropped": dropped_line(cloud), "mesh": mesh}
     if not np.ptp(points, axis=0).any():
         raise PadError("has all its points at one position; a defect needs a surface", path=path)

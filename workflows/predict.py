@@ -340,8 +340,7 @@ class Predictor:
                "render": self.choice.source,
                "seconds": {"read": round(t1 - t0, 6), "render": round(t2 - t1, 6), "encode": round(t3 - t2, 6),
                            "score": round(t4 - t3, 6)},
-               "mesh": None if mesh is None else {"vertices": mesh.n_vertices, "faces": mesh.n_faces,
-                                                  "points": mesh.n_points},
+               "mesh": None if mesh is None else mesh.summary(),
                "dropped_line": dropped_text(int(dropped), rows, mesh),
                "class_line": self._class_line(rendered.attrs),
                "point_scores": full_scores, "points": row_points, "labels": full_labels, "scored": kept}

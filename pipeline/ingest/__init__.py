@@ -19,7 +19,7 @@ from __future__ import annotations
 from .cloud import Cloud, MeshInfo
 from .constants import MESH_POINTS, MIN_CLOUD_POINTS
 from .inputs import (CLOUD_EXTENSIONS, POINT_EXTENSIONS, check_input_dir, check_input_file, check_point_count,
-                     dropped_line, mesh_line)
+                     dropped_line)
 from .layouts import EYECANDIES_CLASSES, FORMATS, LAYOUTS, discover
 from .loaders import load_sample
 from .meshes import MESH_EXTENSIONS, check_mesh_points
@@ -41,4 +41,4 @@ def is_one_sided(fmt: str) -> bool:
 __all__ = ["CLOUD_EXTENSIONS", "Cloud", "EYECANDIES_CLASSES", "FORMATS", "LAYOUTS", "MESH_EXTENSIONS", "MESH_POINTS",
            "MIN_CLOUD_POINTS", "MeshInfo", "ONE_SIDED_FORMATS", "POINT_EXTENSIONS", "check_input_dir",
            "check_input_file", "check_mesh_points", "check_point_count", "discover", "dropped_line", "is_mesh_file",
-           "is_one_sided", "load_sample", "mesh_line", "read_cloud", "read_input"]
+           "is_one_sided", "load_sample", "read_cloud", "read_input"]

@@ -19,6 +19,11 @@ class MeshInfo:
     n_points: int
     n_faces_dropped: int = 0
 
+    def summary(self) -> dict:
+        """``{"vertices", "faces", "points"}``: what the outputs (render store, inspect, synth,
+        predict) say of the mesh."""
+        return {"vertices": self.n_vertices, "faces": self.n_faces, "points": self.n_points}
+
 
 @dataclass
 class Cloud:

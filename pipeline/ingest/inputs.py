@@ -115,10 +115,3 @@ def dropped_line(cloud: Cloud) -> str | None:
     """:func:`dropped_text` of a cloud as read."""
     rows = int(cloud.kept.shape[0]) if cloud.kept is not None else cloud.points.shape[0] + cloud.n_dropped_nonfinite
     return dropped_text(cloud.n_dropped_nonfinite, rows, cloud.mesh)
-
-
-def mesh_line(cloud: Cloud) -> str | None:
-    """``sampled 20000 points on a mesh of 3674 faces`` for a cloud drawn from a mesh, else None."""
-    if cloud.mesh is None:
-        return None
-    return f"sampled {cloud.mesh.n_points} points on a mesh of {cloud.mesh.n_faces} faces"

@@ -44,8 +44,7 @@ def summarize(root: str, fmt: str = "auto", progress: bool = True, mesh_points: 
         if sample.warnings:
             warnings[ref.id] = list(sample.warnings)
         if sample.mesh is not None:
-            meshes[ref.id] = {"vertices": sample.mesh.n_vertices, "faces": sample.mesh.n_faces,
-                              "points": sample.mesh.n_points}
+            meshes[ref.id] = sample.mesh.summary()
     for cls, entry in classes.items():
         n = counts[cls]
         entry["points"] = {"min": int(min(n)), "mean": float(sum(n) / len(n)), "max": int(max(n))}

@@ -26,7 +26,7 @@ import re
 from data_cache.errors import PadError
 from pipeline.sample import SampleRef
 
-from .inputs import POINT_EXTENSIONS, check_input_dir
+from .inputs import ORGANIZED_EXTENSIONS, POINT_EXTENSIONS, check_input_dir
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d", "shapenet", "generic")
 EYECANDIES_CLASSES = ("CandyCane", "ChocolateCookie", "ChocolatePraline", "Confetto", "GummyBear",
@@ -43,7 +43,7 @@ LAYOUTS = {
     "shapenet": "<class>/{train,test}/*.pcd + <class>/GT/<stem>.txt",
     "generic": "<class>/{train,test}/*.{ply,pcd,npy,npz,xyz,txt,obj,stl,off,glb}",
 }
-_TIFF = (".tiff", ".tif")
+_TIFF = ORGANIZED_EXTENSIONS
 _IMAGES = (".png", ".jpg", ".jpeg")
 
 

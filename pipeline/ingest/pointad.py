@@ -50,6 +50,9 @@ from scipy.spatial import cKDTree
 from data_cache.errors import PadError
 from pipeline.sample import Sample, SampleRef
 
+from .constants import PLANE_MIN_BORDER_COVERAGE
+from .inputs import ORGANIZED_EXTENSIONS
+
 GRID = 336                  # the scripts' grid and image side
 EDGE = 10                   # preprocess_mvtec3d.get_edges_of_pc: a 10-pixel border
 RANSAC_N = 50
@@ -61,9 +64,6 @@ PLANE_DISTANCE = 0.005
 PAD_MULTIPLE = 100
 DBSCAN_EPS = 0.006
 DBSCAN_MIN_POINTS = 30
-#: Below this fraction of valid pixels in the 10-pixel border no support plane shows: the scan's
-#: background was removed already (PointAD's and M3DM's preprocessed data) and nothing is fitted.
-MIN_BORDER_COVERAGE = 0.5
 
 
 # ------------------------------------------------------------------ MVTec 3D-AD preprocessing
@@ -149,10 +149,16 @@ def pad_to_square(array: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarray
     multiple of ``multiple`` (the official ``pad_cropped_pc``: the extra row or column goes to
     the bottom / right)."""
     h, w = array.shape[:2]
-    side = max(int(math.ceil(h / multiple)) * multiple, int(math.ceil(w / multiple)) * multiple)
-    top, left = (side - h) // 2, (side - w) // 2
+    side, top, left = square_padding(h, w, multiple)
     width = [(top, side - top - h), (left, side - left - w)] + [(0, 0)] * (array.ndim - 2)
     return np.pad(array, width, mode="constant")
+
+
+def square_padding(h: int, w: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int, int]:
+    """(side, top, left) of :func:`pad_to_square` for an H × W grid: the square's side and the
+    rows and columns of zeros above and left of the grid."""
+    side = max(int(math.ceil(h / multiple)) * multiple, int(math.ceil(w / multiple)) * multiple)
+    return side, (side - h) // 2, (side - w) // 2
 
 
 GRID_WINDOW = 3    # grid DBSCAN: neighbours counted in a (2·3 + 1)² pixel window (49 ≥ 30 points)
@@ -308,7 +314,7 @@ def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray |
     grid = np.array(xyz, dtype=np.float32)
     image = None if rgb is None else np.array(rgb, dtype=np.uint8)
     edges, coverage = border_points(grid)
-    if coverage >= MIN_BORDER_COVERAGE and len(edges) >= RANSAC_N:
+    if coverage >= PLANE_MIN_BORDER_COVERAGE and len(edges) >= RANSAC_N:
         plane = ransac_plane(edges, seed)
         flat = grid.reshape(-1, 3).astype(np.float64)
         on_plane = np.abs(flat @ plane[:3] + plane[3]) < PLANE_DISTANCE
@@ -612,16 +618,18 @@ def load_for_prediction(path: str, layout: str, seed: int, cls: str | None = Non
     import os
 
     if layout in ORGANIZED_LAYOUTS:
-        if os.path.splitext(path)[1].lower() not in (".tiff", ".tif"):
+        if os.path.splitext(path)[1].lower() not in ORGANIZED_EXTENSIONS:
             raise PadError(f"this run was rendered with --style pointad from {layout} scans: its official script "
                            "reads organized scans, so pad predict needs an xyz .tiff grid (as in the dataset)", path)
         ref = organized_ref(path, layout, cls)
         xyz, rgb, mask = _organized_files(ref)
         sample = _load_organized(ref, layout, xyz, rgb, mask, seed)
         h, w = xyz.shape[:2]
-        side = max(int(math.ceil(h / PAD_MULTIPLE)), int(math.ceil(w / PAD_MULTIPLE))) * PAD_MULTIPLE
-        top, left, full_h, full_w = ((side - h) // 2, (side - w) // 2, side, side) if layout == "mvtec3d" \
-            else (0, 0, h, w)
+        if layout == "mvtec3d":
+            side, top, left = square_padding(h, w)
+            full_h = full_w = side
+        else:
+            top, left, full_h, full_w = 0, 0, h, w
         cell_row = np.searchsorted(nearest_indices(full_h, GRID), np.arange(h) + top, side="right") - 1
         cell_col = np.searchsorted(nearest_indices(full_w, GRID), np.arange(w) + left, side="right") - 1
         owner = np.full(GRID * GRID, -1, np.int64)

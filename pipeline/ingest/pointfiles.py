@@ -40,7 +40,7 @@ from data_cache.errors import PadError
 from .cloud import Cloud, MeshInfo, fail, finish_cloud, wrap, check_labels
 from .constants import (LZF_MAX_RATIO, MAX_COMPRESSION_RATIO, MESH_POINTS, MESH_SEED, MIN_ASCII_VALUE_BYTES,
                         PCD_MAX_VALUES_PER_POINT)
-from .inputs import POINT_EXTENSIONS, check_input_file
+from .inputs import check_input_file
 from .meshes import MESH_EXTENSIONS, Mesh, check_mesh_points, read_mesh_file, sample_mesh
 
 _HEADER_LIMIT = 1 << 20  # bytes a PLY/PCD header may take
@@ -468,7 +468,7 @@ def _read_ply_data(path: str, **kwargs):
         return PlyData.read(stream, **kwargs)
 
 
-def _ply_faces(path: str, ply, n_vertices: int) -> np.ndarray | None:
+def _ply_faces(path: str, ply) -> np.ndarray | None:
     """(F, 3) int64 triangles of a PLY's ``face`` element (polygons fanned), or None without faces."""
     if "face" not in ply or ply["face"].count == 0:
         return None
@@ -503,7 +503,7 @@ def _read_ply(path: str) -> Cloud | Mesh:
                    if {"nx", "ny", "nz"} <= names else None)
         label_key = next((k for k in ("label", "labels") if k in names), None)
         labels = np.array(vertex[label_key]) if label_key else None
-        faces = _ply_faces(path, ply, points.shape[0])
+        faces = _ply_faces(path, ply)
         del ply, vertex
     except (PlyParseError, OSError, ValueError, IndexError, KeyError, TypeError, EOFError) as exc:
         raise wrap(path, "the PLY file", exc) from exc

@@ -36,6 +36,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from data_cache.errors import PadError
+from pipeline.render.cameras import rotation_x, rotation_y
 from pipeline.render.open3d_camera import LegacyCamera, legacy_camera, project_pinhole
 from pipeline.render.open3d_normals import estimate_normals
 from pipeline.render.open3d_shading import phong_grey
@@ -105,11 +106,7 @@ def point_size_for(script: Script, cls: str, explicit: float | None) -> tuple[fl
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
     """(3, 3) float64 rotation by ``degrees`` about the world ``axis`` ("x" or "y")."""
-    a = math.radians(degrees)
-    c, s = math.cos(a), math.sin(a)
-    if axis == "x":
-        return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    return (rotation_x if axis == "x" else rotation_y)(math.radians(degrees))
 
 
 def script_frame(points: np.ndarray, script: Script, k: int = 0

@@ -116,15 +116,6 @@ def point_size_attr(settings: RenderSettings) -> str | float:
     return f"auto: half-size {SPLAT_FACTOR} x local spacing (from the distance to the {SPACING_K}th neighbour)"
 
 
-def style_of(attrs: dict) -> tuple[str, int]:
-    """(style name, seed) of a render store's attributes (stores made before ``--style`` existed
-    are ``pad``)."""
-    style = attrs.get("style")
-    if isinstance(style, dict):
-        return str(style.get("name", "pad")), int(style.get("seed", 0))
-    return "pad", 0
-
-
 def pointad_point_sizes(settings: RenderSettings, classes) -> dict[str, tuple[float, str]]:
     """Per class of ``classes``: (point size in window pixels, where it came from: ``script``,
     ``--point-size`` or ``default``) under ``--style pointad``."""
