@@ -110,7 +110,7 @@ def _default(f: dataclasses.Field):
 
 def invoke(runner_spec: str, config) -> int:
     """Run one command; map errors to exit codes (PadError: 2, interrupted: 130, bug: 1)."""
-    from data_cache.errors import PadError, log_bug
+    from data_cache.errors import PadError, bug_text
 
     try:
         code = _load(runner_spec)(config)
@@ -123,9 +123,7 @@ def invoke(runner_spec: str, config) -> int:
         click.echo(text or "pad: interrupted; completed work is kept in the cache, re-run to continue.", err=True)
         return 130
     except Exception as exc:  # a bug: keep the traceback, print one line
-        path = log_bug(exc)
-        click.echo(f"pad: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                   f"(traceback in {path})", err=True)
+        click.echo(f"pad: internal error: {bug_text(exc)}", err=True)
         return 1
 
 

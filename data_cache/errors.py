@@ -38,3 +38,9 @@ def log_bug(exc: BaseException) -> str:
         fh.write(" ".join(sys.argv) + "\n")
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=fh)
     return path
+
+
+def bug_text(exc: BaseException) -> str:
+    """``TypeError: <message> (traceback in <log>)``: one line for a bug, its traceback logged
+    with :func:`log_bug` (the message on one line, at most 300 characters)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]} (traceback in {log_bug(exc)})"

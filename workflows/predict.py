@@ -150,16 +150,7 @@ def render_choice(config: dict, cfg: PredictConfig, render_size: int) -> RenderC
     if cfg.supersample is not None and int(cfg.supersample) != supersample:
         differ.append(f"--supersample {cfg.supersample} (the run's cache: {supersample})")
         supersample = int(cfg.supersample)
-    point_size = str(record["point_size"])
-    if cfg.point_size is not None and _point_size_px(cfg.point_size) != _point_size_px(point_size):
-        differ.append(f"--point-size {cfg.point_size} (the run's cache: {point_size})")
-        point_size = str(cfg.point_size)
-    knn = int(record["knn"])
-    if cfg.knn is not None and int(cfg.knn) != knn:
-        differ.append(f"--knn {cfg.knn} (the run's cache: {knn})")
-        knn = int(cfg.knn)
-    if cfg.pretrained is not None and str(cfg.pretrained) != str(config.get("pretrained")):
-        differ.append(f"--pretrained {cfg.pretrained} (the run's features: {config.get('pretrained')})")
+    point_size, knn = _point_size_knn_pretrained(record, config, cfg, differ)
     settings = RenderSettings(image_size=int(record["image_size"]), supersample=supersample,
                               views=views or "default", point_size=point_size, knn=knn)
     notes = []
@@ -169,6 +160,23 @@ def render_choice(config: dict, cfg: PredictConfig, render_size: int) -> RenderC
     if differ:
         notes.append(f"{', '.join(differ)}: scores will not match pad score's on the same cloud")
     return RenderChoice(settings, cameras, "overridden" if differ else "run", notes)
+
+
+def _point_size_knn_pretrained(record: dict, config: dict, cfg: PredictConfig, differ: list[str]
+                               ) -> tuple[str, int]:
+    """The point size and kNN files are rendered with: the run's ``record``, or ``--point-size`` /
+    ``--knn`` where they differ; each difference, and a ``--pretrained`` other than the run's
+    features', is appended to ``differ``."""
+    point_size, knn = str(record["point_size"]), int(record["knn"])
+    if cfg.point_size is not None and _point_size_px(cfg.point_size) != _point_size_px(point_size):
+        differ.append(f"--point-size {cfg.point_size} (the run's cache: {point_size})")
+        point_size = str(cfg.point_size)
+    if cfg.knn is not None and int(cfg.knn) != knn:
+        differ.append(f"--knn {cfg.knn} (the run's cache: {knn})")
+        knn = int(cfg.knn)
+    if cfg.pretrained is not None and str(cfg.pretrained) != str(config.get("pretrained")):
+        differ.append(f"--pretrained {cfg.pretrained} (the run's features: {config.get('pretrained')})")
+    return point_size, knn
 
 
 def _pointad_choice(record: dict, config: dict, cfg: PredictConfig) -> RenderChoice:
@@ -182,16 +190,8 @@ def _pointad_choice(record: dict, config: dict, cfg: PredictConfig) -> RenderCho
         if value is not None:
             raise PadError(f"{flag}: this run's cache was rendered with 'pad render --style pointad' (the "
                            "official scripts' fixed views and window); leave it out")
-    differ = []
-    point_size, knn = str(record["point_size"]), int(record["knn"])
-    if cfg.point_size is not None and _point_size_px(cfg.point_size) != _point_size_px(point_size):
-        differ.append(f"--point-size {cfg.point_size} (the run's cache: {point_size})")
-        point_size = str(cfg.point_size)
-    if cfg.knn is not None and int(cfg.knn) != knn:
-        differ.append(f"--knn {cfg.knn} (the run's cache: {knn})")
-        knn = int(cfg.knn)
-    if cfg.pretrained is not None and str(cfg.pretrained) != str(config.get("pretrained")):
-        differ.append(f"--pretrained {cfg.pretrained} (the run's features: {config.get('pretrained')})")
+    differ: list[str] = []
+    point_size, knn = _point_size_knn_pretrained(record, config, cfg, differ)
     settings = RenderSettings(style="pointad", layout=record["layout"], seed=int(record["seed"]),
                               point_size=point_size, knn=knn)
     notes = [f"{', '.join(differ)}: scores will not match pad score's on the same cloud"] if differ else []
@@ -219,9 +219,10 @@ class Predictor:
         self.calibration, self.calibration_class, self.calibration_notes = predict_calibration(cfg, config,
                                                                                                 self.choice)
         device = str(resolve_device(cfg.device))
-        pretrained = cfg.pretrained or self.spec.pretrained
+        self.pretrained = cfg.pretrained or self.spec.pretrained
         precision = str(config.get("feature_precision") or "fp32")  # as extract-features --precision
-        parts = create_clip(self.spec.backbone, pretrained, seed=self.spec.seed, device=device, precision=precision)
+        parts = create_clip(self.spec.backbone, self.pretrained, seed=self.spec.seed, device=device,
+                            precision=precision)
         if parts.image_size != self.spec.model_size:
             raise PadError(f"backbone '{self.spec.backbone}' takes {parts.image_size} px images but the "
                            f"checkpoint's features ('{config['feature_tag']}') were made at {self.spec.model_size} px",
@@ -282,15 +283,19 @@ class Predictor:
         rows[kept] = cloud.points
         return sample, back, rows, int(cloud.n_dropped_nonfinite)
 
+    @property
+    def sizes_points_by_class(self) -> bool:
+        """Whether files are rendered ``--style pointad`` by a script with a point size per class."""
+        from pipeline.render.pointad import script_for
+
+        return self.settings.style == "pointad" and bool(script_for(self.settings.layout).point_sizes)
+
     def _class_line(self, attrs: dict) -> str | None:
         """For a ``--style pointad`` run whose script sizes points per class: a line when a scan's
         class is not in the script's table (no class directory, no ``--class``) and its points
         took the size of other classes (its scores then differ from those of the same scan under
         its class); else None."""
-        from pipeline.render.pointad import script_for
-
-        if self.settings.style != "pointad" or attrs.get("point_size_source") == "script" \
-                or not script_for(self.settings.layout).point_sizes:
+        if not self.sizes_points_by_class or attrs.get("point_size_source") == "script":
             return None
         return (f"class '{attrs['class']}' is not in the official script's point sizes (no <class>/<split>/<defect>/"
                 f"xyz/ tree around the file, no --class): points drawn {attrs['point_size_window_px']:g} window px "
@@ -409,8 +414,9 @@ def decision_fields(decision, cal, cls: str | None, back: np.ndarray) -> dict:
     return dict(decision.fields(), **{"class": cls, "false_alarm": cal.false_alarm, "region": region})
 
 
-_ARRAYS = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names", "region",
-           "dropped_line", "class_line")
+# entries of a prediction document that are not in its JSON: arrays, and lines for the terminal
+_NOT_IN_JSON = ("points", "labels", "point_scores", "scored", "images", "view_maps", "gt2d", "view_names", "region",
+                "dropped_line", "class_line")
 
 
 def write_prediction(out: str, name: str, doc: dict) -> tuple[str, str]:
@@ -438,7 +444,7 @@ def prediction_json(doc: dict, points: bool = True) -> dict:
     """The JSON document of one prediction (``doc`` from :meth:`Predictor.predict`): every entry
     but the arrays, and with ``points`` ``point_scores``, one per row of the file (6 decimals;
     ``null`` where a row has no score)."""
-    payload = {k: v for k, v in doc.items() if k not in _ARRAYS}
+    payload = {k: v for k, v in doc.items() if k not in _NOT_IN_JSON}
     if points:
         scores = np.asarray(doc["point_scores"], np.float32)
         scored = np.asarray(doc.get("scored", np.isfinite(scores)), bool) & np.isfinite(scores)
@@ -446,7 +452,7 @@ def prediction_json(doc: dict, points: bool = True) -> dict:
     return payload
 
 
-def failure_line(path: str, exc: PadError) -> str:
+def failure_line(path: str, exc: PadError | str) -> str:
     """The one line ``pad predict`` prints for a file it cannot score."""
     return f"pad predict: {exc}" if os.fspath(path) in str(exc) else f"pad predict: {path}: {exc}"
 

@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from data_cache.errors import PadError, log_bug
+from data_cache.errors import PadError, bug_text
 from data_cache.jsonsafe import null_nonfinite
 from workflows.options import PredictConfig, ServeConfig
 from workflows.predict import Predictor, failure_line, prediction_json
@@ -112,26 +112,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def sphere_points(n: int) -> np.ndarray:
-    """(n, 3) float32 points spread evenly on the unit sphere (a Fibonacci lattice; no randomness)."""
-    k = np.arange(n, dtype=np.float64) + 0.5
-    z = 1.0 - 2.0 * k / n
-    r = np.sqrt(1.0 - z * z)
-    phi = k * math.pi * (3.0 - math.sqrt(5.0))
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1).astype(np.float32)
-
-
 def class_notes(predictor: Predictor, cfg: ServeConfig) -> list[str]:
     """A line when the run was rendered ``--style pointad`` by a script that sizes points per
     class and no ``--class`` names the scans' class (an upload carries none)."""
-    from pipeline.render.pointad import script_for
-
-    settings = predictor.settings
-    if settings.style != "pointad" or cfg.cls is not None or not script_for(settings.layout).point_sizes:
+    if cfg.cls is not None or not predictor.sizes_points_by_class:
         return []
-    return [f"this run's cache was made by 'pad render --style pointad' ({settings.layout}), whose official script "
-            "sizes points per class: without --class NAME every scan is drawn with the size of classes outside its "
-            "table"]
+    return [f"this run's cache was made by 'pad render --style pointad' ({predictor.settings.layout}), whose "
+            "official script sizes points per class: without --class NAME every scan is drawn with the size of "
+            "classes outside its table"]
 
 
 def warm_up_file(directory: str, settings) -> str:
@@ -139,6 +127,7 @@ def warm_up_file(directory: str, settings) -> str:
     sphere of WARM_UP_POINTS points (.npy), or, for a run rendered ``--style pointad`` from
     organized scans, an xyz .tiff grid of that layout (:func:`pipeline.ingest.pointad.warm_up_grid`)."""
     from pipeline.ingest.pointad import ORGANIZED_LAYOUTS, warm_up_grid
+    from pipeline.render.cameras import fibonacci_directions
 
     if settings.style == "pointad" and settings.layout in ORGANIZED_LAYOUTS:
         import tifffile
@@ -147,7 +136,7 @@ def warm_up_file(directory: str, settings) -> str:
         tifffile.imwrite(path, warm_up_grid(settings.layout), photometric="rgb")
         return path
     path = os.path.join(directory, "warm-up.npy")
-    np.save(path, sphere_points(WARM_UP_POINTS))
+    np.save(path, fibonacci_directions(WARM_UP_POINTS).astype(np.float32))
     return path
 
 
@@ -206,7 +195,7 @@ class Service:
 
     def health(self) -> dict:
         spec, device = self.predictor.spec, self.predictor.device
-        pretrained = self.predictor.cfg.pretrained or spec.pretrained
+        pretrained = self.predictor.pretrained
         return {"ready": not self.draining, "run": os.path.abspath(self.cfg.checkpoint), "backbone": spec.backbone,
                 "pretrained": pretrained, "random_weights": pretrained == "random",
                 "feature_tag": self.predictor.config["feature_tag"], "render": self.predictor.choice.source,
@@ -257,9 +246,7 @@ class Service:
                 print(line, file=sys.stderr, flush=True)
                 return 400, {"error": line}, {}
             except Exception as exc:  # a bug: one line to the client, the traceback in a log file
-                where = log_bug(exc)
-                line = (f"pad serve: internal error on {name}: {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:300]} (traceback in {where})")
+                line = f"pad serve: internal error on {name}: {bug_text(exc)}"
                 print(line, file=sys.stderr, flush=True)
                 return 500, {"error": line}, {}
             self.model_seconds = end - start
@@ -373,7 +360,7 @@ def serve_forever(service: Service, sock: socket.socket) -> None:
     server = Server(config)
     host, port = sock.getsockname()[:2]
     predictor = service.predictor
-    pretrained = predictor.cfg.pretrained or predictor.spec.pretrained
+    pretrained = predictor.pretrained
     line = (f"pad serve: {_url(host, port)} (run {service.cfg.checkpoint}, backbone {predictor.spec.backbone} "
             f"{pretrained}, {predictor.device}); POST /predict, GET /health, GET /metrics; Ctrl-C stops")
     handled = (signal.SIGINT, signal.SIGTERM)

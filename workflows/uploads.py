@@ -96,9 +96,7 @@ class _MultipartFile:
             self._fh.write(data[start:end])
 
     def _part_end(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self.close()
 
     def _end(self) -> None:
         self.ended = True
@@ -144,17 +142,13 @@ async def receive_upload(chunks: AsyncIterable[bytes], content_type: str | None,
             if received > limit:
                 raise UploadError(413, f"the upload is larger than the service takes ({limit} bytes, "
                                        "--max-upload-mb)")
-            try:
-                write(chunk)
-            except FormParserError as exc:
-                raise UploadError(400, f"the multipart upload cannot be read ({exc})") from None
+            write(chunk)
             if form is not None and form.error is not None:
                 raise form.error
         if form is not None:
-            try:
-                parser.finalize()
-            except FormParserError as exc:
-                raise UploadError(400, f"the multipart upload cannot be read ({exc})") from None
+            parser.finalize()
+    except FormParserError as exc:   # from write (the form parser) or finalize
+        raise UploadError(400, f"the multipart upload cannot be read ({exc})") from None
     finally:
         if fh is not None:
             fh.close()
