@@ -95,7 +95,10 @@ def exists(run_dir: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- writing
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, flushed to
+    disk, then ``os.replace``; an existing file is replaced whole or left as it was (the
+    temporary file removed on any failure, which is raised)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
@@ -147,9 +150,9 @@ def save_checkpoint(run_dir: str, tensors: dict, config: dict, train_state: dict
         state_path = os.path.join(run_dir, STATE_FILE)
         if os.path.isfile(state_path):  # killed before config.json is replaced: resume from this one
             os.replace(state_path, os.path.join(run_dir, PREV_STATE_FILE))
-        _atomic_write(state_path, _tensor_bytes(train_state, meta))
-    _atomic_write(os.path.join(run_dir, PROMPTS_FILE), _tensor_bytes(tensors, {META_KEY: text}))
-    _atomic_write(os.path.join(run_dir, CONFIG_FILE),
+        atomic_write(state_path, _tensor_bytes(train_state, meta))
+    atomic_write(os.path.join(run_dir, PROMPTS_FILE), _tensor_bytes(tensors, {META_KEY: text}))
+    atomic_write(os.path.join(run_dir, CONFIG_FILE),
                   (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 

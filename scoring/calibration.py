@@ -45,7 +45,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from data_cache.checkpoint import PROMPTS_FILE
+from data_cache.checkpoint import PROMPTS_FILE, atomic_write
 from data_cache.errors import PadError
 from scoring import conformal
 from scoring.regions import Regions, describe_regions, find_regions
@@ -174,21 +174,12 @@ def calibration_document(per_class: Mapping[str, tuple[Sequence[float], Sequence
 
 
 def write_calibration(path: str, doc: dict) -> None:
-    """Write ``doc`` to ``path`` atomically (a temporary file in the same directory, then
-    ``os.replace``): an existing file is replaced whole or left as it was."""
+    """Write ``doc`` to ``path`` atomically (:func:`data_cache.checkpoint.atomic_write`): an
+    existing file is replaced whole or left as it was."""
     text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, text.encode("utf-8"))
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise PadError(f"cannot write the calibration ({exc.strerror})", path) from None
 
 

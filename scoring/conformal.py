@@ -106,3 +106,11 @@ def threshold(calibration_sorted: np.ndarray, alpha: float) -> float:
         raise ValueError(f"{c.size} calibration scans cannot set a false-alarm rate of {alpha}: "
                          f"at least {needed_scans(alpha)} are needed")
     return float(c[c.size - k])
+
+
+def decision_facts(decision: dict) -> list[tuple[str, str]]:
+    """The lines a view (report, ``pad predict --html``) shows for a sample's ``decision`` fields
+    (``verdict``, ``p_value``, ``n_regions``): ``("verdict", "anomalous (p = 0.012)")`` and
+    ``("defect regions", "2")``."""
+    return [("verdict", f"{decision['verdict']} (p = {decision['p_value']:.3g})"),
+            ("defect regions", str(decision["n_regions"]))]

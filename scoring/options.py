@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from data_cache.options import option
 from trainer.options import DEVICES
 
+#: Default smallest defect region kept, in points (pad calibrate --min-region-points).
+MIN_REGION_POINTS = 10
+
 
 @dataclass(kw_only=True)
 class MapOptions:
@@ -82,7 +85,7 @@ class CalibrateConfig(MapOptions):
                                      metavar="train[,test]")
     false_alarm: float = option(0.05, "Asked false-alarm rate alpha: the fraction of good parts flagged "
                                       "anomalous, on average over calibrations (0 < alpha < 1).", metavar="ALPHA")
-    min_region_points: int = option(10, "Smallest defect region kept, in points (smaller groups of points above "
+    min_region_points: int = option(MIN_REGION_POINTS, "Smallest defect region kept, in points (smaller groups of points above "
                                         "the point threshold are dropped and counted).")
     out: str | None = option(None, "Directory for calibration.json (default: the run directory, where pad score "
                                    "and pad predict find it).", metavar="DIR")

@@ -23,10 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from scoring.options import MIN_REGION_POINTS
 from trainer.knn_graph import as_numpy, neighbour_mask
-
-#: Default smallest region kept, in points (``pad calibrate --min-region-points``).
-MIN_REGION_POINTS = 10
 
 
 @dataclass

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import numpy as np
 
 from data_cache.viewer import DEFAULT_VIEW_POINTS
+from scoring.conformal import decision_facts
 from scoring.results import METRIC_NAMES
 
 FIGURES_DIR = "figures"
@@ -380,8 +381,7 @@ def write_report(out: str, doc: dict, curves: Mapping[str, ClassCurves], samples
         if sample.multimodal_score is not None:
             facts.append(("multimodal score", f"{sample.multimodal_score:.3f}"))
         if sample.decision is not None:
-            facts += [("verdict", f"{sample.decision['verdict']} (p = {sample.decision['p_value']:.3g})"),
-                      ("defect regions", str(sample.decision["n_regions"]))]
+            facts += decision_facts(sample.decision)
         view = viewer_document(sample.points, sample.point_scores, sample.point_labels, lo=sample.lo, hi=sample.hi,
                                title=sample.id, facts=facts, max_points=view_points, seed=seed + k,
                                show_title=False, boxes=sample.boxes)

@@ -93,17 +93,17 @@ def test_train_killed_while_saving_an_epoch_still_resumes(reference, tmp_path, o
     """The kill lands after train_state.safetensors of epoch 2 is written but before the prompts
     and config.json of epoch 2: resume must continue from epoch 1 with epoch 1's state."""
     run = str(tmp_path / "run")
-    real = ckpt._atomic_write
+    real = ckpt.atomic_write
 
     def dying_write(path: str, data: bytes) -> None:
         if os.path.basename(path) == ckpt.PROMPTS_FILE and _epochs_done(run) == 1:
             raise _Killed()
         real(path, data)
 
-    monkeypatch.setattr(ckpt, "_atomic_write", dying_write)
+    monkeypatch.setattr(ckpt, "atomic_write", dying_write)
     with pytest.raises(_Killed):
         train(TrainConfig(cache=reference["cache"], out=run, **OPTIONS), progress=False)
-    monkeypatch.setattr(ckpt, "_atomic_write", real)
+    monkeypatch.setattr(ckpt, "atomic_write", real)
     assert _epochs_done(run) == 1
     state = ckpt.load_train_state(run)
     assert state is not None and state[1]["epochs_completed"] == 2  # the newer state is on disk

@@ -462,6 +462,7 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
     """Write ``<out>/<name>.html``, the standalone 3D view of one prediction (``doc`` from
     :meth:`Predictor.predict` with maps), and ``<out>/assets/``; returns the page's path."""
     from data_cache.viewer import png_bytes, view_maps_image, viewer_document, write_viewer_page
+    from scoring.conformal import decision_facts
     from scoring.results import inside
 
     page = inside(out, name + ".html")
@@ -477,8 +478,7 @@ def write_prediction_view(out: str, name: str, doc: dict, max_points: int = DEFA
         facts.append(("rows not scored (non-finite)", str(doc["n_dropped_nonfinite"])))
     boxes = None
     if doc.get("verdict") is not None:
-        facts += [("verdict", f"{doc['verdict']} (p = {doc['p_value']:.3g})"),
-                  ("defect regions", str(doc["n_regions"]))]
+        facts += decision_facts(doc)
         boxes = [(r["box_min"], r["box_max"], f"region {r['region']}") for r in doc["regions"]]
     view = viewer_document(doc["points"], doc["point_scores"], labels, lo=0.0, hi=1.0,
                            title=os.path.basename(str(doc["file"])), facts=facts, max_points=max_points, seed=seed,
