@@ -94,7 +94,8 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int
     float64 (unit face normals), ``face`` (n,) int64 and ``bary`` (n, 3) float64 (barycentric
     weights of the face's corners)."""
     tri = np.asarray(vertices, np.float64)[np.asarray(faces, np.int64)]          # (F, 3, 3)
-    area = triangle_areas(tri)
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])              # (F, 3): twice the area, normal
+    area = 0.5 * np.linalg.norm(cross, axis=1)                                   # as triangle_areas
     cdf = np.cumsum(area)
     rng = np.random.default_rng(seed)
     face = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
@@ -104,8 +105,7 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int
     uv[fold] = 1.0 - uv[fold]
     bary = np.column_stack([1.0 - uv.sum(axis=1), uv])
     points = np.einsum("nk,nkd->nd", bary, tri[face])
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])[face]
-    normals = cross / np.linalg.norm(cross, axis=1, keepdims=True)
+    normals = cross[face] / np.linalg.norm(cross[face], axis=1, keepdims=True)
     return points, normals, face.astype(np.int64), bary
 
 
