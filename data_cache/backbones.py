@@ -640,7 +640,7 @@ def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, devi
     entry = get_backbone(name)
     if entry.family != "clip":
         raise PadError(f"backbone '{name}' is not a CLIP backbone (it fills a {entry.store_kind} store for "
-                       f"'pad mutual'; CLIP backbones: {', '.join(list_backbones('clip'))})")
+                       f"MuSc-V2's mutual scoring; CLIP backbones: {', '.join(list_backbones('clip'))})")
     _register_configs()
     pretrained = _resolve(entry, pretrained)
     device = _device(device)

@@ -91,6 +91,21 @@ def feature_summary(fs) -> dict:
     }
 
 
+def token_summary(ts) -> dict:
+    """JSON-ready description of a :class:`~data_cache.token_store.TokenStore` (MuSc-V2's point or
+    image tokens): ``samples``/``done`` as :func:`feature_summary`; ``bytes_per_sample``: the fixed-size
+    payload of one row (the variable-length point arrays of point-tokens stores come on top)."""
+    attrs = ts.attrs
+    f = ts.file
+    done = ts.done()
+    payload = sum(int(np.prod(f[name].shape[1:])) * f[name].dtype.itemsize for name in f.keys()
+                  if name not in ("render_key", "done") and f[name].dtype.kind != "O")
+    return {"tag": ts.tag, "path": ts.path, "kind": ts.kind, "samples": int(done.shape[0]), "done": int(done.sum()),
+            "rows": int(ts.n_rows), "backbone": attrs.get("backbone"), "pretrained": attrs.get("pretrained"),
+            "layers": attrs.get("layers"), "mode": attrs.get("mode"), "grid": attrs.get("grid"),
+            "dim": attrs.get("dim"), "size_bytes": disk_usage(ts.path), "bytes_per_sample": payload}
+
+
 # --------------------------------------------------------------------------- verification
 def verify_render_sample(store, i: int, image_size: int, views: int) -> list[str]:
     """Problems of done render sample ``i`` (empty when complete and consistent)."""
@@ -311,7 +326,19 @@ def collect(cache: str, samples: bool = False) -> dict:
             out["features"].append({"tag": tag, "path": fs.path, "error": str(exc)})
         finally:
             fs.close()
-    if out["render"] is None and not out["features"]:
+    from data_cache.token_store import TokenStore, list_token_tags
+    out["token_stores"] = []
+    for tag in list_token_tags(cache):
+        ts = TokenStore(os.path.join(features_dir(cache), tag + ".h5"))
+        try:
+            out["token_stores"].append(token_summary(ts))
+            if samples:
+                feature_done[tag] = ts.done()
+        except PadError as exc:
+            out["token_stores"].append({"tag": tag, "path": ts.path, "error": str(exc)})
+        finally:
+            ts.close()
+    if out["render"] is None and not out["features"] and not out["token_stores"]:
         raise PadError("no render store and no feature store here (run 'pad render' first)", cache)
     if samples:
         out["samples"] = sample_rows(render, feature_done) if render is not None else []
@@ -347,6 +374,14 @@ def format_text(info: dict, report: dict | None = None) -> str:
                      f"({f['pretrained']}), layers {f['layers']}, dpam {f['dpam_layers']} ({f['dpam_blocks']} blocks), "
                      f"grid {f['grid']}, dim {f['dim']}, {f['precision']}" + (", rgb" if f["has_rgb"] else "")
                      + f"; {human(f['size_bytes'])} on disk, {human(f['bytes_per_sample'])} per sample")
+    for t in info.get("token_stores", []):
+        if "error" in t:
+            lines.append(f"token store {t['tag']}: {t['error']}")
+            continue
+        mode = f", {t['mode']} mode" if t.get("mode") else ""
+        lines.append(f"token store {t['tag']} ({t['kind']}): {t['done']}/{t['samples']} samples done; backbone "
+                     f"{t['backbone']} ({t['pretrained']}), layers {t['layers']}, grid {t['grid']}, dim {t['dim']}{mode}"
+                     f"; {human(t['size_bytes'])} on disk, {human(t['bytes_per_sample'])} per sample")
     if "samples" in info:
         lines.extend(_samples_text(info["samples"]) if info["samples"] else ["samples: none (no render store)"])
     if report is not None:

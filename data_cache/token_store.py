@@ -114,7 +114,7 @@ class TokenStore:
             if not tags:
                 raise PadError(f"no {what} in this cache; run 'pad extract-features --backbone {backbone}' first", cache)
             if len(tags) > 1:
-                raise PadError(f"several {what}s ({', '.join(tags)}); choose one with --features", cache)
+                raise PadError(f"several {what}s ({', '.join(tags)}); name the one to use by its tag", cache)
             tag = tags[0]
         elif tag not in tags:
             raise PadError(f"no {what} with tag '{tag}' (available: {', '.join(tags) or 'none'})", cache)

@@ -118,7 +118,7 @@ def _organized_sample(render, i: int, fmt: str, seed: int, size: int) -> MuscInp
     src = _source_pixels(gi, shape, h, w, full, top, left)
     if src is None:
         raise PadError(f"sample {render.sample_ids[i]}: its render grid {tuple(shape)} matches neither the scan "
-                       f"({h}x{w}) nor the 336 grid of --style pointad; render it again", render.path)
+                       f"({h}x{w}) nor the 336 grid of the pointad style; render the dataset again", render.path)
     sr, sc = src
     cell_r = np.searchsorted(nearest_indices(full[0], size), sr, side="right") - 1
     cell_c = np.searchsorted(nearest_indices(full[1], size), sc, side="right") - 1

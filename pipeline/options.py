@@ -118,7 +118,7 @@ class ExtractConfig:
     cache: str = option(help="Cache directory holding render.zarr.")
     backbone: str = option("ViT-L-14-336", "Backbone: pad-tiny, ViT-B-16, ViT-L-14-336 (the CLIP registry), or any "
                                            "other open_clip ViT name; point-mae or dino-vitb8 for MuSc-V2's "
-                                           "training-free scoring (pad mutual): token stores of its point branch "
+                                           "training-free scoring: token stores of its point branch "
                                            "(Point-MAE) or RGB branch (DINO ViT-B/8, datasets with RGB).")
     pretrained: str = option("auto", "Weights: auto (the backbone's own default: openai for the CLIP "
                                      "backbones, random for pad-tiny, point-mae and dino-vitb8), an open_clip "

@@ -69,8 +69,13 @@ def test_point_tokens_store_schema_grow_and_rerun(tmp_path, one_thread):
     np.testing.assert_array_equal(ts.tokens(0), first)           # untouched row
     ts.close()
     assert extract(_cfg(tmp_path), progress=False)["samples"] == 0   # nothing left to do
-    # token stores sit beside the CLIP stores without being taken for one
+    # token stores sit beside the CLIP stores without being taken for one; pad info lists them
     assert list_tags(str(tmp_path)) == [] and list_token_tags(str(tmp_path), "image-tokens") == []
+    from data_cache.info import collect, format_text
+    info = collect(str(tmp_path))
+    assert [(t["tag"], t["done"], t["samples"]) for t in info["token_stores"]] == \
+        [("point-mae_random_L4-8-12_g16x8", 4, 5)]
+    assert "token store point-mae_random_L4-8-12_g16x8 (point-tokens): 4/5 samples done" in format_text(info)
 
 
 def test_too_few_points_is_one_line_naming_the_sample_and_the_store_is_untouched(tmp_path, one_thread):
