@@ -17,10 +17,11 @@ again from the render store's ``source_paths`` under its dataset root):
    order, are the network input (a point whose coordinate equals the centroid's exactly drops out
    here, as in the official code). ``point_pixel`` = its flat index on the 224 grid.
 
-``point_of_render`` maps each render-store point to an input point: the one on the 224-grid pixel
+```point_of_render`` maps each render-store point to an input point: the one on the 224-grid pixel
 its source pixel falls in (the 224 pixel whose nearest-resize source row/column is the last one at
 or before it), or, when that pixel is background (removed here but kept by the render), the input
-point nearest to it in the scan's own coordinates.
+point nearest to it in the scan's own coordinates (also the rule for a render sample without a
+usable ``grid_index``: its points brought back to scan coordinates by their ``center``/``scale``).
 
 **Unorganized clouds, meshes, own files** (every other layout, pad synth data included): the render
 store's own points, normalized the same way (centre on the mean, divide by the largest norm);
@@ -109,16 +110,19 @@ def _organized_sample(render, i: int, fmt: str, seed: int, size: int) -> MuscInp
     else:
         grid, top, left, full, original = xyz, 0, 0, (h, w), xyz
     points, pixel, raw = organized_input(grid, size)
-    sample = render.read_sample(i, ("grid_index",))
-    gi = sample["grid_index"]
-    shape = sample["attrs"].get("grid_shape")
-    n_render = int(sample["attrs"].get("n_points", 0 if gi is None else len(gi)))
-    if gi is None or shape is None or len(points) == 0:
+    sample = render.read_sample(i, ("points", "grid_index"))
+    gi, attrs = sample["grid_index"], sample["attrs"]
+    shape = attrs.get("grid_shape")
+    n_render = len(sample["points"])
+    if len(points) == 0:          # refused by the caller (fewer points than groups)
         return MuscInput(points, pixel, np.zeros(n_render, np.int32), size)
-    src = _source_pixels(gi, shape, h, w, full, top, left)
-    if src is None:
-        raise PadError(f"sample {render.sample_ids[i]}: its render grid {tuple(shape)} matches neither the scan "
-                       f"({h}x{w}) nor the 336 grid of the pointad style; render the dataset again", render.path)
+    src = None if gi is None or shape is None else _source_pixels(gi, shape, h, w, full, top, left)
+    if src is None:               # no usable grid index: the nearest input point in scan coordinates
+        scale = float(attrs.get("scale", 1.0))
+        center = np.asarray(attrs.get("center", [0.0, 0.0, 0.0]), np.float64)
+        where = np.asarray(sample["points"], np.float64) * scale + center
+        por = cKDTree(raw.astype(np.float64)).query(where, k=1)[1]
+        return MuscInput(points, pixel, por.astype(np.int32), size)
     sr, sc = src
     cell_r = np.searchsorted(nearest_indices(full[0], size), sr, side="right") - 1
     cell_c = np.searchsorted(nearest_indices(full[1], size), sc, side="right") - 1
