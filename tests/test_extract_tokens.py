@@ -107,21 +107,22 @@ def test_refusals_no_rgb_unknown_backbone_and_help(tmp_path):
     assert "point-mae" in helptext and "dino-vitb8" in helptext and "--point-mae-mode" in helptext
 
 
-def _eyecandies_cache(tmp_path):
-    """An organized scan on disk (30×30 xyz TIFF, eyecandies layout) and a render store whose one
-    sample holds the pixels pad's reader keeps (any coordinate non-zero), on the scan's grid."""
+def _organized_cache(tmp_path, fmt: str = "eyecandies", xyz: np.ndarray | None = None):
+    """An organized scan on disk (an xyz TIFF; default 30×30) and a render store whose one sample
+    holds the pixels pad's reader keeps (any coordinate non-zero), on the scan's grid."""
     import tifffile
     root = tmp_path / "data"
     tif = root / "candy" / "test" / "good" / "xyz" / "000.tiff"
     tif.parent.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    h = w = 30
-    xyz = np.zeros((h, w, 3), np.float32)
-    yy, xx = np.mgrid[0:h, 0:w]
-    inside = (yy - 15) ** 2 + (xx - 14) ** 2 < 100
-    xyz[inside] = np.column_stack([xx[inside] * 0.01 + 0.3, yy[inside] * 0.01 + 0.2,
-                                   1.0 + rng.normal(scale=0.002, size=inside.sum())])
-    xyz[15, 14, 0] = 0.0          # kept by pad's reader, not by MuSc-V2's (all three coordinates non-zero)
+    if xyz is None:
+        rng = np.random.default_rng(0)
+        xyz = np.zeros((30, 30, 3), np.float32)
+        yy, xx = np.mgrid[0:30, 0:30]
+        inside = (yy - 15) ** 2 + (xx - 14) ** 2 < 100
+        xyz[inside] = np.column_stack([xx[inside] * 0.01 + 0.3, yy[inside] * 0.01 + 0.2,
+                                       1.0 + rng.normal(scale=0.002, size=inside.sum())])
+        xyz[15, 14, 0] = 0.0      # kept by pad's reader, not by MuSc-V2's (all three coordinates non-zero)
+    h, w = xyz.shape[:2]
     tifffile.imwrite(tif, xyz, photometric="rgb")
     flat = xyz.reshape(-1, 3)
     gi = np.flatnonzero((flat != 0).any(axis=1))
@@ -129,7 +130,7 @@ def _eyecandies_cache(tmp_path):
     attrs = {"image_size": size, "supersample": 1, "normalization": "unit-sphere", "point_size_px": 1.0, "knn_k": 2,
              "views": [{"name": "v0", "world_to_camera": np.eye(4).tolist(),
                         "intrinsics": [[5.0, 0, 8], [0, 5.0, 8], [0, 0, 1]], "projection": "orthographic"}],
-             "source": {"format": "eyecandies", "root": str(root)}}
+             "source": {"format": fmt, "root": str(root)}}
     store = RenderStore.create_or_open(str(tmp_path / "cache"), attrs, ["candy/test/000"], [str(tif)], views, size,
                                        False)
     n = len(gi)
@@ -145,7 +146,7 @@ def _eyecandies_cache(tmp_path):
 
 def test_organized_scan_input_is_the_official_224_grid(tmp_path):
     from pipeline.ingest.pointad import nearest_indices
-    xyz, gi, render = _eyecandies_cache(tmp_path)
+    xyz, gi, render = _organized_cache(tmp_path)
     x = sample_input(render, 0)
     assert x.grid == 224
     rows, cols = nearest_indices(30, 224), nearest_indices(30, 224)
@@ -165,3 +166,26 @@ def test_organized_scan_input_is_the_official_224_grid(tmp_path):
     assert len(lost) == 1
     d = np.linalg.norm(big[fg] - src[lost[0]], axis=1)
     assert d[x.point_of_render[lost[0]]] == pytest.approx(d.min())
+
+
+def test_mvtec_scan_input_is_preprocessed_padded_and_mapped_back(tmp_path):
+    from pipeline.ingest.pointad import preprocess_mvtec, warm_up_grid
+    from pipeline.musc_inputs import organized_input
+    xyz = warm_up_grid("mvtec3d")[20:170]          # a dome on its support, 150×200: padded to 200×200
+    _, gi, render = _organized_cache(tmp_path, "mvtec3d", xyz)
+    x = sample_input(render, 0)
+    pts, pix, raw = organized_input(preprocess_mvtec(xyz, None, None, 0)[0])
+    np.testing.assert_array_equal(x.points, pts)
+    np.testing.assert_array_equal(x.point_pixel, pix)
+    assert len(pts) > 1024 and (raw[:, 2] < 0.445).all()             # the support plane is gone
+    # a render point whose pixel is on the input grid takes exactly that point (padding offset right) ...
+    flat = xyz.reshape(-1, 3)[gi]
+    mapped = raw[x.point_of_render]
+    kept = {tuple(r) for r in raw.tolist()}
+    same = np.array([tuple(f) in kept for f in flat.tolist()])
+    assert same.sum() > 0.3 * len(flat)
+    np.testing.assert_array_equal(mapped[same], flat[same])
+    # ... and one on the removed support takes the nearest input point
+    for j in np.flatnonzero(~same)[::997]:
+        d = np.linalg.norm(raw.astype(np.float64) - flat[j], axis=1)
+        assert d[x.point_of_render[j]] == pytest.approx(d.min())
