@@ -10,13 +10,12 @@ timm's unfused path (scale applied to q before q·kᵀ; DINO applies it after: r
 differences, see docs/fidelity.md).
 
 Input (the official dataset readers): the RGB image resized to 224×224 with PIL's bicubic filter,
-to [0, 1], ImageNet mean/std. pad reads the render store's ``rgb`` (:func:`dino_preprocess`).
+to [0, 1], ImageNet mean/std: :func:`pipeline.musc_inputs.rgb_input` of the render store's ``rgb``.
 """
 from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
 from data_cache.errors import PadError
@@ -88,7 +87,7 @@ def load_dino(pretrained: str, seed: int = 0, **arch_overrides):
 def dino_layers(model, images: torch.Tensor, layers=TAPPED) -> list[torch.Tensor]:
     """Patch tokens of blocks ``layers`` (0-based), each through the final norm, class token dropped.
 
-    ``images`` (B, 3, S, S) float32 normalized (:func:`dino_preprocess`) -> list of (B, G*G, D)
+    ``images`` (B, 3, S, S) float32 normalized (:func:`pipeline.musc_inputs.rgb_input`) -> list of (B, G*G, D)
     (B, 784, 768 for ViT-B/8 at 224), as the official ``get_intermediate_layers`` entries."""
     x = model.patch_embed(images)
     x = model._pos_embed(x)
@@ -104,14 +103,3 @@ def dino_layers(model, images: torch.Tensor, layers=TAPPED) -> list[torch.Tensor
         if i >= max(keep):
             break
     return out
-
-
-def dino_preprocess(rgb: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) float32: PIL bicubic resize (as torchvision's ``Resize``
-    on a PIL image in the official readers), [0, 1], ImageNet mean/std."""
-    from pipeline.ingest.pointad import resize_image
-    img = resize_image(np.asarray(rgb, dtype=np.uint8), size, "bicubic").astype(np.float32) / 255.0
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std

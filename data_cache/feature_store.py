@@ -59,6 +59,16 @@ def feature_tag(backbone: str, pretrained: str, layers: Sequence[int], dpam_laye
     return f"{backbone}_{weights}_L{'-'.join(str(l) for l in layers)}_dpam{dpam_layers}_{image_size}"
 
 
+#: backbones whose stores are token stores (:mod:`data_cache.token_store`) -> their ``kind``; a tag
+#: starts with its backbone name and "_"
+TOKEN_BACKBONES = {"point-mae": "point-tokens", "dino-vitb8": "image-tokens"}
+
+
+def is_token_tag(tag: str) -> bool:
+    """Whether ``tag`` names a token store (its backbone is a token backbone)."""
+    return any(tag.startswith(b + "_") for b in TOKEN_BACKBONES)
+
+
 def features_dir(cache: str) -> str:
     return os.path.join(cache, FEATURES_DIR)
 
@@ -66,7 +76,6 @@ def features_dir(cache: str) -> str:
 def list_tags(cache: str) -> list[str]:
     """Tags of the CLIP feature stores in a cache, sorted (token stores, :mod:`data_cache.token_store`,
     live beside them and are listed by ``list_token_tags``)."""
-    from data_cache.token_store import is_token_tag
     d = features_dir(cache)
     if not os.path.isdir(d):
         return []

@@ -39,22 +39,15 @@ from typing import Sequence
 import numpy as np
 
 from data_cache.errors import PadError
-from data_cache.feature_store import (FLAG_CHUNK, SCHEMA, FeatureLock, _early_dcpl, _plain, _render_keys_of,
-                                      cache_of, features_dir, valid_rows)
+from data_cache.feature_store import (FLAG_CHUNK, SCHEMA, TOKEN_BACKBONES, FeatureLock, _early_dcpl, _plain,
+                                      _render_keys_of, cache_of, features_dir, is_token_tag, valid_rows)
 
 POINT_TOKENS = "point-tokens"
 IMAGE_TOKENS = "image-tokens"
 KINDS = (POINT_TOKENS, IMAGE_TOKENS)
-#: backbone name -> store kind; a tag starts with its backbone name and "_"
-TOKEN_BACKBONES = {"point-mae": POINT_TOKENS, "dino-vitb8": IMAGE_TOKENS}
 VLEN = {"points": np.float32, "point_pixel": np.int32, "point_of_render": np.int32}
 DEFINING_ATTRS = ("kind", "backbone", "pretrained", "weights", "seed", "layers", "n_groups", "group_size", "dim",
                   "mode", "grid", "image_size", "has_rgb")
-
-
-def is_token_tag(tag: str) -> bool:
-    """Whether ``tag`` names a token store (its backbone is a token backbone)."""
-    return any(tag.startswith(b + "_") for b in TOKEN_BACKBONES)
 
 
 def token_tag(backbone: str, pretrained: str, layers: Sequence[int], suffix: str) -> str:

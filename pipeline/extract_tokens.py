@@ -115,10 +115,9 @@ def extract_tokens(cfg: ExtractConfig, progress: bool = True) -> dict:
     """Fill (or complete) the token store of ``cfg.backbone`` (point-mae or dino-vitb8). Returns
     stats: tag, path, samples (written), skipped, stale, not_rendered, seconds."""
     from tqdm import tqdm
-    from data_cache.backbones import _device, create_backbone, get_backbone
+    from data_cache.backbones import _device, create_backbone, default_pretrained, get_backbone
     from data_cache.render_store import RenderStore
     from data_cache.token_store import TokenWriter
-    from pipeline.extract import resolved_pretrained
 
     entry = get_backbone(cfg.backbone)
     if cfg.n_groups < 1 or cfg.group_size < 2:
@@ -131,7 +130,8 @@ def extract_tokens(cfg: ExtractConfig, progress: bool = True) -> dict:
     if entry.family == "dino" and not render.has_rgb:
         raise PadError("--backbone dino-vitb8 needs RGB images, and this cache's dataset has none (only "
                        "--backbone point-mae applies)", render.path)
-    pretrained = resolved_pretrained(cfg)
+    value = (cfg.pretrained or "").strip()
+    pretrained = default_pretrained(cfg.backbone) if value in ("", "auto") else value
     tag, path, attrs, datasets = _plan(cfg, render, entry, pretrained)
     todo, stale = _todo(path, render, rendered)
     device = _device(cfg.device)
@@ -181,12 +181,13 @@ def extract_tokens(cfg: ExtractConfig, progress: bool = True) -> dict:
 
 
 def _dino_rows(model, render, todo: list[int], writer, keys, cfg: ExtractConfig, device: str, bar) -> int:
-    from data_cache.backbones_dino import dino_layers, dino_preprocess
+    from data_cache.backbones_dino import dino_layers
+    from pipeline.musc_inputs import rgb_input
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
     written = 0
     for s in range(0, len(todo), max(1, cfg.batch_size)):
         batch = todo[s:s + max(1, cfg.batch_size)]
-        x = torch.stack([dino_preprocess(render.rgb(i)) for i in batch]).to(device)
+        x = torch.stack([rgb_input(render.rgb(i)) for i in batch]).to(device)
         with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=dtype,
                                                     enabled=dtype is not None):
             layers = dino_layers(model, x, [l - 1 for l in LAYERS])

@@ -23,6 +23,8 @@ or before it), or, when that pixel is background (removed here but kept by the r
 point nearest to it in the scan's own coordinates (also the rule for a render sample without a
 usable ``grid_index``: its points brought back to scan coordinates by their ``center``/``scale``).
 
+**RGB** (DINO ViT-B/8): :func:`rgb_input` of the render store's ``rgb``.
+
 **Unorganized clouds, meshes, own files** (every other layout, pad synth data included): the render
 store's own points, normalized the same way (centre on the mean, divide by the largest norm);
 ``point_of_render`` is the identity and ``point_pixel`` empty.
@@ -159,3 +161,17 @@ def sample_input(render, i: int, size: int = GRID) -> MuscInput:
     pts = render.read_sample(i, ("points",))["points"]
     p = normalize_points(torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32))).numpy()
     return MuscInput(p, np.zeros(0, np.int32), np.arange(len(p), dtype=np.int32), 0)
+
+
+def rgb_input(rgb: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """DINO's input of one RGB image as the official readers make it: (H, W, 3) uint8 -> (3, size,
+    size) float32, PIL bicubic resize (torchvision's ``Resize`` on a PIL image), [0, 1], ImageNet
+    mean/std (:mod:`data_cache.backbones_dino`)."""
+    from data_cache.backbones_dino import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.ingest.pointad import resize_image
+    size = IMAGE_SIZE if size is None else int(size)
+    img = resize_image(np.asarray(rgb, dtype=np.uint8), size, "bicubic").astype(np.float32) / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return (x - mean) / std

@@ -91,7 +91,8 @@ def test_checkpoints_holding_objects_or_other_tensors_are_refused(tmp_path, mae)
 
 
 def test_dino_checkpoint_keys_and_taps(tmp_path, one_thread):
-    from data_cache.backbones_dino import dino_layers, dino_preprocess, load_dino
+    from data_cache.backbones_dino import dino_layers, load_dino
+    from pipeline.musc_inputs import rgb_input
     small = dict(embed_dim=32, num_heads=2)
     model = load_dino("random", seed=1, **small)
     sd = {"module.backbone." + k if k.startswith("blocks.0.") else k: v for k, v in model.state_dict().items()}
@@ -100,7 +101,7 @@ def test_dino_checkpoint_keys_and_taps(tmp_path, one_thread):
     torch.save(sd, path)
     loaded = load_dino(str(path), seed=7, **small)
     rgb = np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8)
-    x = dino_preprocess(rgb)[None]
+    x = rgb_input(rgb)[None]
     assert x.shape == (1, 3, 224, 224)
     with torch.inference_mode():
         taps = dino_layers(loaded, x)
