@@ -16,6 +16,10 @@ CLASS_HELP = ("Class (product) of the scans: its calibration judges them (defaul
               "and for a run of a cache made by 'pad render --style pointad' the official script sizes their points "
               "by it (default: the class directory of a scan inside a dataset tree).")
 
+REFERENCE_HELP = ("Score against this reference set of good parts instead of a checkpoint (training-free, saved by "
+                  "pad mutual): the scan's Point-MAE tokens against the reference scans'; with a "
+                  "calibration.json beside it (pad calibrate --reference), verdicts and regions.")
+
 
 @dataclass
 class PredictConfig:
@@ -25,7 +29,8 @@ class PredictConfig:
     pad score gives the same cloud. Overriding one of those options prints a notice."""
     files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt) or meshes (.obj .stl .off .glb, "
                                ".ply with faces).", argument=True, nargs=-1)
-    checkpoint: str = option(help="Run directory written by pad train.")
+    checkpoint: str | None = option(None, "Run directory written by pad train (or --reference).", metavar="RUN")
+    reference: str | None = option(None, REFERENCE_HELP, metavar="REF")
     out: str = option("pad-predictions", "Output directory (a coloured PLY and a JSON per file, and with "
                                          "--html an interactive 3D view).")
     views: str | None = option(None, "Camera set (see pad render --help); default: the cameras the run's "
@@ -82,7 +87,8 @@ class ServeConfig:
     one scan exactly as pad predict does (same rendering, same answer), one scan at a time on the
     model. GET /health says whether it is ready, GET /metrics gives Prometheus figures. Stop it with
     Ctrl-C or SIGTERM: it stops taking requests, answers those in flight, and exits."""
-    checkpoint: str = option(help="Run directory written by pad train.")
+    checkpoint: str | None = option(None, "Run directory written by pad train (or --reference).", metavar="RUN")
+    reference: str | None = option(None, REFERENCE_HELP, metavar="REF")
     host: str = option("127.0.0.1", "Address to listen on (the default: this machine only).")
     port: int = option(8000, "Port to listen on; 0 picks a free one (printed at start).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
