@@ -158,19 +158,21 @@ def _calibrate_reference(cfg: CalibrateConfig, classes: list[str], splits: list[
     calibration.json tied to the set's digest, in --out (default: REF's directory)."""
     from data_cache.render_store import RenderStore
     from scoring.calibration import CALIBRATION_FILE, calibration_document, write_calibration
+    from scoring.mutual.reference import load_reference
     from scoring.mutual.reference_calibrate import reference_identity, reference_signature, score_normal_scans
 
     if cfg.checkpoint is not None:
         raise PadError("--checkpoint and --reference: give one (a run's prompts, or a reference set)")
+    ref = load_reference(cfg.reference)
     out = cfg.out or os.path.dirname(os.path.abspath(cfg.reference))
     if os.path.exists(out) and not os.path.isdir(out):
         raise PadError("--out must be a directory (calibration.json is written into it)", out)
     render = RenderStore.open(cfg.cache)
     chosen = normal_scans(render, classes, splits, {})
     _check_counts({c: len(v) for c, v in chosen.items()}, cfg.false_alarm, splits, cfg.cache)
-    per_class, ref, tag = score_normal_scans(cfg.cache, cfg.reference, render, chosen, cfg.device, progress)
+    per_class = score_normal_scans(cfg.cache, ref, render, chosen, cfg.device, progress)
     doc = calibration_document(per_class, cfg.false_alarm, cfg.min_region_points, run=cfg.reference,
-                               prompts_sha256="", feature_tag=tag, scoring=reference_signature(), cache=cfg.cache,
+                               prompts_sha256="", feature_tag=str(ref.features.get("tag")), scoring=reference_signature(), cache=cfg.cache,
                                splits=splits, reference=reference_identity(ref))
     try:
         os.makedirs(out, exist_ok=True)

@@ -12,8 +12,8 @@ the points, object score = max of the map, no RsCon), exactly as ``pad mutual --
 
 With a calibration made on this reference set (``pad calibrate --reference REF``; ``--calibration
 auto`` reads ``calibration.json`` beside REF), each file gets the same p-value, verdict and defect
-regions as with a checkpoint (:meth:`scoring.calibration.Calibration.judge`; the regions over the
-file's kNN graph of ``--knn`` neighbours, default 10). The outputs (PLY, JSON, ``--html``) are
+regions as with a checkpoint (:meth:`scoring.calibration.Calibration.judge`; the map smoothed and
+the regions grouped over the file's kNN graph of the reference cache's k neighbours). The outputs (PLY, JSON, ``--html``) are
 ``pad predict``'s; the JSON's ``checkpoint`` is null and ``reference`` names the set, ``render``
 is ``"none"`` (nothing is rendered), ``view_probs`` is empty.
 """
@@ -63,7 +63,6 @@ class ReferencePredictor(Predictor):
     files; :meth:`predict` gives ``pad predict``'s document of one file (see the module docstring)."""
 
     def __init__(self, cfg: PredictConfig):   # noqa: super().__init__ builds a checkpoint's model: not called
-        from pipeline.extract_tokens import PointTokenEncoder
         from pipeline.render import RenderSettings
         from scoring.mutual.reference import check_features, class_reference, load_reference
         from trainer.loop import resolve_device
@@ -86,6 +85,8 @@ class ReferencePredictor(Predictor):
         self.cls, self.cls_ref = class_reference(ref, cfg.cls or self.calibration_class)
         self.device = str(resolve_device(cfg.device))
         features = ref.features
+        from pipeline.extract_tokens import PointTokenEncoder   # after the reference set's own checks
+
         self.encoder = PointTokenEncoder(features, self.device)
         check_features(ref, self.encoder.identity, "the features pad computes for new files")
         self.ref = ref
@@ -94,13 +95,17 @@ class ReferencePredictor(Predictor):
                                 seed=int(features.get("seed", 0) or 0), layers=list(features.get("layers", [])),
                                 dpam_layers=0, model_size=0, render_size=0)
         notes = []
-        if cfg.sigma != PredictConfig.sigma:
-            notes.append(f"--sigma {cfg.sigma:g} does not apply with --reference (the map is blurred as the reference "
-                         "set's scores were)")
+        if cfg.sigma != PredictConfig.sigma and cfg.sigma != ref.meta.get("sigma"):
+            notes.append(f"--sigma {cfg.sigma:g} does not apply with --reference: maps are smoothed as the reference "
+                         f"set's scores were (sigma {ref.meta.get('sigma')})")
         self.settings = RenderSettings()          # nothing is rendered; serve's warm-up reads .style
         self.choice = RenderChoice(self.settings, [], "none", notes)
         self.cameras = []
-        self.knn = int(cfg.knn or REGION_KNN)
+        self.knn = int(ref.meta.get("knn", REGION_KNN))
+        if cfg.knn is not None and int(cfg.knn) != self.knn:
+            notes.append(f"--knn {cfg.knn} (the reference set's cache: {self.knn}): scores will not match pad mutual's "
+                         "on the same cloud")
+            self.knn = int(cfg.knn)
         self.config = {"feature_tag": str(features.get("tag"))}
         self.cfg = cfg
 
@@ -120,13 +125,13 @@ class ReferencePredictor(Predictor):
         mesh = getattr(sample, "mesh", None)
         row = dict(self.encoder.encode_cloud(np.asarray(sample.points, np.float32)), grid=0)
         t2 = time.perf_counter()
-        scored = score_row(row, self.ref, self.cls_ref, -1, device=self.device)
-        scores = np.asarray(scored.extra["scan_points"], np.float32)
+        knn, knn_dist = knn_graph(sample.points, self.knn)   # the map's smoothing and the regions
+        scored = score_row(row, self.ref, self.cls_ref, -1, knn, knn_dist, device=self.device)
+        scores = np.asarray(scored.points, np.float32)
         t3 = time.perf_counter()
         top = np.sort(scores)[-max(1, int(math.ceil(0.01 * n))):]
         decision = None
         if self.calibration is not None:   # points in the file's own coordinates: regions in its units
-            knn, knn_dist = knn_graph(sample.points, self.knn)
             decision = self.calibration.judge(self.calibration_class, scored.score, scores, sample.points, knn,
                                               knn_dist)
         kept = back >= 0

@@ -17,13 +17,13 @@ The score of one scan against a reference set (:func:`center_scores`, :func:`obj
 1. MSM per layer against the reference scans (:func:`scoring.mutual.msm.mutual_scores` with a
    ``reference``), leaving the scan itself out when it is one of them (``leave_out``), the
    per-layer patch scores averaged over the layers -> (M,) centre scores;
-2. the map (:func:`point_map`): centre scores to every input point (3-nearest-centre
-   interpolation), on the grid blurred as the official code blurs (organized scans), then to
-   the scan's own points;
-3. the object score: the **max of the point map, without RsCon**. RsCon re-scores relative to
+2. the map (:func:`scan_map`): centre scores to every input point (3-nearest-centre
+   interpolation), then as ``pad mutual`` forms it: organized scans blurred on the grid as the
+   official code blurs, unorganized ones smoothed over their points' kNN graph;
+3. the object score: the **maximum of the map, without RsCon**. RsCon re-scores relative to
    the batch being scored (min-max normalization over it, neighbours among it); one new scan
    at a time has no batch, and a score that depended on which scans were scored with it could
-   not be calibrated. The max of the map depends on the scan and the reference set only.
+   not be calibrated. The maximum of the map depends on the scan and the reference set only.
 
 The number of nearest reference scans averaged (MSM's "smallest 30 %") is
 ``k = max(1, int(topmin * (R - 1)))`` for every scan, in the reference or not: a scan of the
@@ -35,13 +35,15 @@ fixed, one more reference scan can only lower the mean of the k smallest distanc
 patch. So the calibration scores are at least the exchangeable ones, every p-value is at least
 the exact one, and the false-alarm guarantee still holds (conservative; exact when the
 calibration scans are not in the reference set: split conformal with the reference fixed).
-The map step (interpolation, blur) is monotone in the centre scores up to the official blur's
-8-bit rounding (at most 1/255 of a map's maximum).
+The map step (interpolation, kNN smoothing: positive linear maps) is monotone in the centre
+scores; the official grid blur is too, up to its 8-bit rounding (at most 1/255 of a map's
+maximum).
 
 File format (one file, never pickle): safetensors, tensors ``<class>/z3d`` (L, R, M, C)
 float16, header entry ``pad_reference`` (JSON)::
 
-    {"pad_reference": 1, "modality": "3d", "r_list": [1, 3, 5], "topmin": 0.3,
+    {"pad_reference": 1, "modality": "3d", "r_list": [1, 3, 5], "topmin": 0.3, "sigma": 4.0,
+     "knn": k (the render store's kNN graph: unorganized maps are smoothed over k neighbours),
      "features": {"tag", "backbone", "pretrained", "weights", "seed", "layers", "n_groups",
                   "group_size", "dim", "mode", "grid"} (those the token store has),
      "render_fingerprint": str, "cache": path, "split": "train",
@@ -77,6 +79,8 @@ FEATURE_KEYS = ("tag", "backbone", "pretrained", "weights", "seed", "layers", "n
 MODALITIES = ("3d",)
 DEFAULT_TOPMIN = 0.3
 DEFAULT_R_LIST = (1, 3, 5)
+#: Smoothing of unorganized scans' maps over their kNN graph, in median kNN distances (as pad mutual).
+DEFAULT_SIGMA = 4.0
 
 
 @dataclass
@@ -155,7 +159,7 @@ def _digest(meta: dict, tensors: Mapping[str, np.ndarray]) -> str:
 # ---------------------------------------------------------------------------- building and writing
 def make_reference(z_by_class: Mapping[str, tuple[Sequence[str], object]], *, features: Mapping, modality: str,
                    r_list: Sequence[int], topmin: float, render_fingerprint: str, cache: str,
-                   split: str) -> ReferenceSet:
+                   split: str, sigma: float = DEFAULT_SIGMA, knn: int = 10) -> ReferenceSet:
     """A reference set from each class's (sample ids (R,), z (L, R, M, C)) features. PadError for
     a class with no scan; ValueError for shapes that disagree (a bug of the caller)."""
     import torch
@@ -174,6 +178,7 @@ def make_reference(z_by_class: Mapping[str, tuple[Sequence[str], object]], *, fe
                            cache)
         classes[str(cls)] = ClassReference([str(i) for i in ids], z)
     meta = {META_KEY: SCHEMA, "modality": modality, "r_list": [int(r) for r in r_list], "topmin": float(topmin),
+            "sigma": float(sigma), "knn": int(knn),
             "features": feature_identity(features), "render_fingerprint": str(render_fingerprint),
             "cache": os.path.abspath(cache) if "://" not in str(cache) else str(cache), "split": str(split)}
     ref = ReferenceSet(meta, classes)
@@ -291,20 +296,17 @@ def _topmin_for(k: int, n: int) -> float:
 
 
 def aggregate(tokens, centers, curvature, r_list: Sequence[int] = DEFAULT_R_LIST):
-    """One scan's aggregated features, as MuSc-V2 feeds MSM on the point branch: each tapped
-    layer's tokens L2-normalized, then SNAMD (:func:`scoring.mutual.snamd.snamd_3d`).
+    """One scan's aggregated features, as MuSc-V2 feeds MSM on the point branch
+    (:func:`scoring.mutual.snamd.aggregate_point_tokens`: each layer L2-normalized, then SNAMD).
 
     ``tokens``: (L, M, D) float (float16 as stored), ``centers``: (M, 3) float32,
     ``curvature``: (M,) float32 (numpy or torch). Returns (L, M, D) float16 torch tensor."""
     import torch
 
-    from scoring.mutual.snamd import snamd_3d
+    from scoring.mutual.snamd import aggregate_point_tokens
 
-    t = torch.as_tensor(np.asarray(tokens)).float()
-    c = torch.as_tensor(np.asarray(centers, np.float32))
-    k = torch.as_tensor(np.asarray(curvature, np.float32))
-    t = t / t.norm(dim=-1, keepdim=True)
-    return torch.stack([snamd_3d(t[layer], c, k, r_list=tuple(r_list)) for layer in range(t.shape[0])]).half()
+    return aggregate_point_tokens(torch.as_tensor(np.asarray(tokens)), torch.as_tensor(np.asarray(centers, np.float32)),
+                                  torch.as_tensor(np.asarray(curvature, np.float32)), tuple(r_list))
 
 
 def center_scores(z, reference, leave_out=None, topmin: float = DEFAULT_TOPMIN, device: str | None = None):
@@ -314,7 +316,9 @@ def center_scores(z, reference, leave_out=None, topmin: float = DEFAULT_TOPMIN, 
     ``reference``: (L, R, M, C) float16 (:attr:`ClassReference.z`); ``leave_out``: (N,) int, for
     each scan its index among the R reference scans (it is left out of its own reference) or −1
     (None: all −1). Every scan averages the same k = :func:`kept_count` (R, topmin) closest
-    reference scans. Returns (N, M) float32 torch tensor, on ``device`` (default: z's)."""
+    reference scans (:func:`scoring.mutual.msm.mutual_scores` in bounded memory, given the
+    topmin that makes its k this one). Returns (N, M) float32 torch tensor, on ``device``
+    (default: z's)."""
     import torch
 
     from scoring.mutual.msm import mutual_scores
@@ -322,63 +326,63 @@ def center_scores(z, reference, leave_out=None, topmin: float = DEFAULT_TOPMIN, 
     z = torch.as_tensor(z)
     ref = torch.as_tensor(reference)
     if device is not None:
-        z, ref = z.to(device), ref.to(device)
+        z = z.to(device)
     ref = ref.to(z.device)
-    n_layers, n, m = z.shape[0], z.shape[1], z.shape[2]
+    n_layers, n = z.shape[0], z.shape[1]
     r = ref.shape[1]
     if ref.shape[0] != n_layers or ref.shape[2:] != z.shape[2:]:
         raise ValueError(f"scans {tuple(z.shape)} and reference {tuple(ref.shape)} differ in layers, patches or "
                          "channels")
-    out = torch.zeros((n, m), dtype=torch.float32, device=z.device)
     leave = np.full(n, -1, np.int64) if leave_out is None else np.asarray(leave_out, np.int64).reshape(n)
-    k = kept_count(r, topmin)
-    outside = np.flatnonzero(leave < 0)
-    if outside.size:
-        idx = torch.as_tensor(outside, device=z.device)
-        for layer in range(n_layers):
-            out[idx] += mutual_scores(z[layer, idx], topmin=_topmin_for(k, r), reference=ref[layer]).float()
-    inside = np.flatnonzero(leave >= 0)
-    if inside.size and r < 2:
+    if (leave >= 0).any() and r < 2:
         raise PadError("a reference set of one scan leaves nothing to compare that scan with")
-    for i in inside:   # each against the R - 1 others (one MSM call per scan and layer, no per-patch loop)
-        j = int(leave[i])
-        keep = torch.as_tensor(np.delete(np.arange(r), j), device=z.device)
-        for layer in range(n_layers):
-            out[int(i)] += mutual_scores(z[layer, int(i):int(i) + 1], topmin=_topmin_for(k, r - 1),
-                                         reference=ref[layer, keep])[0].float()
-    return out / n_layers
+    exclude = torch.as_tensor(leave, device=z.device)
+    n_eff = r - 1 if (leave >= 0).any() else r           # what mutual_scores counts its k from
+    topmin_given = _topmin_for(kept_count(r, topmin), n_eff)
+    total = torch.zeros(z.shape[1:3], dtype=torch.float32, device=z.device)
+    for layer in range(n_layers):
+        total += mutual_scores(z[layer].half(), topmin=topmin_given, reference=ref[layer].half(), exclude=exclude)
+    return total / n_layers
 
 
-def point_map(scores, centers, points, point_pixel=None, grid: int = 0, sigma: int = 4) -> np.ndarray:
-    """The map of one scan on its input points from its centre scores.
+def scan_map(scores, row: Mapping, knn=None, knn_dist=None, sigma: float = 4.0) -> tuple[np.ndarray, float]:
+    """The map of one scan on its own points, and its object score, from its centre scores.
 
-    ``scores``: (M,) float centre scores; ``centers``: (M, 3) float32; ``points``: (P, 3) float32
-    the network's input points; ``point_pixel``: (P,) int32 flat grid index of each (organized
-    scans) or None/empty; ``grid``: the grid side (0: unorganized, no blur). Centre scores go to
-    every point by 3-nearest-centre inverse squared distance
-    (:func:`scoring.mutual.maps.interpolate_to_points`); on the grid they are blurred as the
-    official code does (:func:`scoring.mutual.maps.blur_grid_map`, σ = ``sigma``) and read back
-    at each point's pixel. Returns (P,) float32."""
+    ``scores``: (M,) float centre scores; ``row``: ``centers`` (M, 3), ``points`` (P, 3) the
+    network's input points, ``point_pixel`` (P,) flat pixel of each (organized) or empty,
+    ``point_of_render`` (N,) the input point each of the scan's own N points takes its score
+    from, ``grid`` (0: unorganized). Centre scores go to every input point by 3-nearest-centre
+    interpolation (:func:`scoring.mutual.maps.interpolate_to_points`). Organized scans: the
+    official blur on the grid (:func:`scoring.mutual.maps.organized_point_scores`), object score
+    the maximum of the blurred grid. Unorganized: the scan's points smoothed over their kNN graph
+    (``knn`` (N, k) int, ``knn_dist`` (N, k) float; :func:`scoring.smoothing.smooth_knn`, σ =
+    ``sigma`` median kNN distances; none when the graph is None or σ = 0), object score the
+    maximum of that map. Returns ((N,) float32, float)."""
     import torch
 
-    from scoring.mutual.maps import blur_grid_map, interpolate_to_points
+    from scoring.mutual.maps import interpolate_to_points, organized_point_scores
 
-    s = interpolate_to_points(torch.as_tensor(np.asarray(points, np.float32)),
-                              torch.as_tensor(np.asarray(centers, np.float32)),
+    s = interpolate_to_points(torch.as_tensor(np.asarray(row["points"], np.float32)),
+                              torch.as_tensor(np.asarray(row["centers"], np.float32)),
                               torch.as_tensor(np.asarray(scores, np.float32)))
     s = np.asarray(s.detach().cpu() if hasattr(s, "detach") else s, np.float32).reshape(-1)
-    pix = None if point_pixel is None else np.asarray(point_pixel, np.int64).reshape(-1)
-    if grid and pix is not None and pix.size == s.size:
-        flat = np.zeros(int(grid) * int(grid), np.float32)
-        flat[pix] = s
-        blurred = np.asarray(blur_grid_map(flat.reshape(int(grid), int(grid)), sigma), np.float32).reshape(-1)
-        s = blurred[pix]
-    return s.astype(np.float32)
+    por = row.get("point_of_render")
+    por = np.arange(s.size) if por is None or len(por) == 0 else np.asarray(por, np.int64)
+    grid = int(row.get("grid", 0) or 0)
+    if grid:
+        on_points, peak = organized_point_scores(s, np.asarray(row["point_pixel"], np.int64), grid)
+        return np.asarray(on_points, np.float32)[por], float(peak)
+    own = s[por]
+    if knn is not None and sigma > 0:
+        from scoring.smoothing import smooth_knn
+
+        own = smooth_knn(own, knn, knn_dist, sigma).astype(np.float32)
+    return own.astype(np.float32), object_score(own)
 
 
 def object_score(point_scores) -> float:
-    """The object score against a reference set: the max of the scan's point map (no RsCon; see
-    the module docstring). ``point_scores``: (N,) float."""
+    """The max of a map (N,) float: the object score against a reference set, no RsCon (see the
+    module docstring)."""
     s = np.asarray(point_scores, np.float64).reshape(-1)
     return float(np.max(s, initial=-math.inf))
 
@@ -386,23 +390,20 @@ def object_score(point_scores) -> float:
 @dataclass
 class ScanScore:
     """One scan scored against a reference set: ``centers`` (M,) float32 centre scores,
-    ``points`` (P,) float32 the map on the network's input points, ``score`` the object score."""
+    ``points`` (N,) float32 the map on the scan's own points, ``score`` the object score."""
     centers: np.ndarray
     points: np.ndarray
     score: float
-    extra: dict = field(default_factory=dict)
 
 
-def score_row(row: Mapping, ref: ReferenceSet, cls_ref: ClassReference, leave_out: int = -1,
-              device: str | None = None) -> ScanScore:
+def score_row(row: Mapping, ref: ReferenceSet, cls_ref: ClassReference, leave_out: int = -1, knn=None,
+              knn_dist=None, device: str | None = None) -> ScanScore:
     """Score one scan given as a token-store row against ``cls_ref`` (of ``ref``): ``row`` holds
-    ``tokens`` (L, M, D), ``centers`` (M, 3), ``curvature`` (M,), ``points`` (P, 3),
-    ``point_pixel`` (P,) or (0,), and the store's ``grid``; ``leave_out``: its index among the
-    reference scans or −1. The object score is the max over the map of ``point_of_render``'s
-    points when the row has it (the scan's own points), else over the input points."""
+    ``tokens`` (L, M, D), ``centers`` (M, 3), ``curvature`` (M,), ``points``, ``point_pixel``,
+    ``point_of_render`` and ``grid`` (see :func:`scan_map`); ``leave_out``: its index among the
+    reference scans or −1; ``knn``/``knn_dist``: the scan's own points' kNN graph (unorganized
+    scans are smoothed over it with the reference set's σ)."""
     z = aggregate(row["tokens"], row["centers"], row["curvature"], ref.meta.get("r_list", DEFAULT_R_LIST))
     c = center_scores(z[:, None], cls_ref.z, [leave_out], ref.topmin, device=device)[0].cpu().numpy()
-    pts = point_map(c, row["centers"], row["points"], row.get("point_pixel"), int(row.get("grid", 0) or 0))
-    por = row.get("point_of_render")
-    own = pts if por is None or len(por) == 0 else pts[np.asarray(por, np.int64)]
-    return ScanScore(c.astype(np.float32), pts, object_score(own), {"scan_points": own})
+    own, score = scan_map(c, row, knn, knn_dist, float(ref.meta.get("sigma", DEFAULT_SIGMA)))
+    return ScanScore(c.astype(np.float32), own, score)

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from data_cache.errors import PadError
-from scoring.mutual.reference import (DEFAULT_R_LIST, DEFAULT_TOPMIN, ClassReference, ReferenceSet, ScanScore,
+from scoring.mutual.reference import (DEFAULT_R_LIST, DEFAULT_SIGMA, DEFAULT_TOPMIN, ClassReference, ReferenceSet, ScanScore,
                                       aggregate, check_features, make_reference, score_row)
 
 KIND = "point-tokens"
@@ -66,7 +66,7 @@ def reference_scans(render, store, classes: Sequence[str], split: str) -> dict[s
 
 def build_reference(cache: str, split: str, classes: Sequence[str], *, tag: str | None = None,
                     r_list: Sequence[int] = DEFAULT_R_LIST, topmin: float = DEFAULT_TOPMIN,
-                    device: str = "cpu", render=None, store=None) -> ReferenceSet:
+                    sigma: float = DEFAULT_SIGMA, device: str = "cpu", render=None, store=None) -> ReferenceSet:
     """The reference set of ``classes``: the aggregated features of their normal scans in
     ``split`` (:func:`reference_scans`), with the token store's feature identity and the render
     store's fingerprint."""
@@ -82,8 +82,11 @@ def build_reference(cache: str, split: str, classes: Sequence[str], *, tag: str 
     for cls, rows in chosen.items():
         zs = [aggregate(store.tokens(i), store.centers(i), store.curvature(i), r_list).to(device) for i in rows]
         z_by_class[cls] = ([ids[i] for i in rows], torch.stack(zs, dim=1).cpu())
+    first = next(iter(chosen.values()))[0]
+    knn = int(np.asarray(render.read_sample(first, ("knn",))["knn"]).shape[1])
     return make_reference(z_by_class, features=dict(store.attrs, tag=store.tag), modality="3d", r_list=r_list,
-                          topmin=topmin, render_fingerprint=render.fingerprint, cache=cache, split=split)
+                          topmin=topmin, render_fingerprint=render.fingerprint, cache=cache, split=split,
+                          sigma=sigma, knn=knn)
 
 
 def leave_out_index(cls_ref: ClassReference, sample_id: str) -> int:
@@ -99,7 +102,8 @@ def score_scans(render, store, indices: Sequence[int], ref: ReferenceSet, cls: s
     """Score store rows ``indices`` of class ``cls`` against ``ref``, each leaving itself out
     when it is one of the reference scans (matched by sample id). PadError, one line, when the
     store's features differ from the reference set's (:func:`scoring.mutual.reference.check_features`)
-    or the class is not in it. ``progress``: called once per scan (or None)."""
+    or the class is not in it. Unorganized scans' maps are smoothed over the render store's kNN
+    graph of each scan (as ``pad mutual``). ``progress``: called once per scan (or None)."""
     check_features(ref, dict(store.attrs, tag=store.tag), render.path)
     if cls not in ref.classes:
         raise PadError(f"the reference set has no class '{cls}' (it holds {', '.join(sorted(ref.classes))})",
@@ -108,7 +112,9 @@ def score_scans(render, store, indices: Sequence[int], ref: ReferenceSet, cls: s
     ids = render.sample_ids
     out = []
     for i in indices:
-        out.append(score_row(store_row(store, i), ref, cls_ref, leave_out_index(cls_ref, ids[i]), device=device))
+        graph = render.read_sample(i, ("knn", "knn_dist"))    # unorganized maps are smoothed over it
+        out.append(score_row(store_row(store, i), ref, cls_ref, leave_out_index(cls_ref, ids[i]), graph["knn"],
+                             graph["knn_dist"], device=device))
         if progress is not None:
             progress()
     return out

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from data_cache.errors import PadError
-from scoring.mutual.reference import ReferenceSet, load_reference
+from scoring.mutual.reference import ReferenceSet
 
 #: The scoring signature of scores against a reference set (the point branch's fixed map).
 BLUR_SIGMA = 4.0
@@ -41,22 +41,21 @@ def reference_identity(ref: ReferenceSet) -> dict:
     return {"path": os.path.abspath(ref.path), "sha256": ref.digest}
 
 
-def score_normal_scans(cache: str, ref_path: str, render, chosen: dict[str, list[int]], device: str = "auto",
-                       progress: bool = True) -> tuple[dict, ReferenceSet, str]:
+def score_normal_scans(cache: str, ref: ReferenceSet, render, chosen: dict[str, list[int]], device: str = "auto",
+                       progress: bool = True) -> dict:
     """Object scores and largest point scores of the chosen normal scans of each class against
-    the reference set at ``ref_path``: ({class: (scores (n,), peaks (n,), sample ids (n,))}, the
-    reference set, the feature tag). PadError, one line, for a reference set that cannot be
-    read, made with other features than the cache's, or without one of the classes."""
+    the reference set ``ref`` (:func:`scoring.mutual.reference.load_reference`): {class: (scores
+    (n,), peaks (n,), sample ids (n,))}. PadError, one line, for a reference set made with other
+    features than the cache's, or without one of the classes."""
     from tqdm import tqdm
 
     from scoring.mutual.reference_cache import open_tokens, score_scans
     from trainer.loop import resolve_device
 
-    ref = load_reference(ref_path)
     missing = [c for c in chosen if c not in ref.classes]
     if missing:
         raise PadError(f"the reference set has no class {', '.join(repr(c) for c in missing)} (it holds "
-                       f"{', '.join(sorted(ref.classes))})", ref_path)
+                       f"{', '.join(sorted(ref.classes))})", ref.path)
     store = open_tokens(cache, ref.features.get("tag"), render)
     dev = str(resolve_device(device))
     bar = tqdm(total=sum(len(v) for v in chosen.values()), desc="pad calibrate", unit="scan", file=sys.stderr,
@@ -72,11 +71,11 @@ def score_normal_scans(cache: str, ref_path: str, render, chosen: dict[str, list
                                f"(e.g. {lacking[0]}): run pad extract-features --backbone point-mae", cache)
             scored = score_scans(render, store, rows, ref, cls, device=dev, progress=lambda: bar.update(1))
             per_class[cls] = ([s.score for s in scored],
-                              [float(np.max(s.extra["scan_points"], initial=-np.inf)) for s in scored],
+                              [float(np.max(s.points, initial=-np.inf)) for s in scored],
                               [ids[i] for i in rows])
     finally:
         bar.close()
-    return per_class, ref, str(ref.features.get("tag"))
+    return per_class
 
 
 def check_reference_applies(cal, ref: ReferenceSet) -> None:
