@@ -8,6 +8,11 @@ scores and largest point scores become the class's calibration
 (:func:`scoring.calibration.calibration_document`, the rule in :mod:`scoring.conformal`),
 written atomically to ``<out>/calibration.json`` (``--out``, default the run directory).
 
+With ``--reference REF`` instead of ``--checkpoint`` (training-free scores against a reference set
+saved by ``pad mutual``), the normal scans are scored against REF, each leaving itself out when
+it is one of its scans (:mod:`scoring.mutual.reference_calibrate`), and the calibration is tied
+to REF's digest instead of a checkpoint (``--out`` defaults to REF's directory).
+
 Refused in one line, before anything is scored and with an existing ``calibration.json`` left
 as it was: an α outside (0, 1); a class with no normal scan in the calibration splits; a class
 with fewer than 1/α − 1 normal scans (the line says how many are needed); scans the prompts
