@@ -3,9 +3,8 @@ time against a saved reference set of good parts (training-free; beyond the MuSc
 
 Per file: read it as ``pad predict`` reads any file (:meth:`workflows.predict.Predictor._read`:
 non-finite rows kept and not scored, meshes sampled on their surface); its Point-MAE tokens
-computed with the reference set's features (the same backbone, weights, layers, grouping and
-mode: ``pipeline.extract_tokens.PointTokenEncoder``, built once from the set's feature record,
-and refused in one line when what it would compute differs from it); scored against the class's
+computed with the reference set's features (the same backbone, weights, layers, grouping,
+precision and mode: :class:`CloudEncoder`, built once from the set's feature record); scored against the class's
 reference scans (:func:`scoring.mutual.reference.score_row`: MSM against all of them, the map on
 the points, object score = max of the map, no RsCon), exactly as ``pad mutual --reference`` and
 ``pad calibrate --reference`` score a cache scan that is not in the reference set.
@@ -58,13 +57,56 @@ def reference_calibration(cfg: PredictConfig, ref, cls: str | None):
     return cal, cls, []
 
 
+class CloudEncoder:
+    """Point-MAE tokens of one new cloud, computed as ``pad extract-features --backbone point-mae``
+    computes a cache sample's (same weights, seed, mode, groups, precision): the model from the
+    reference set's feature record (:func:`data_cache.backbones.create_backbone`,
+    :func:`data_cache.backbones_pointmae.set_point_mae_mode`), the input normalized
+    (:func:`pipeline.musc_inputs.normalize_points`), grouping and encoder
+    (:func:`pipeline.extract_tokens.point_tokens`)."""
+
+    def __init__(self, features: dict, device: str):
+        from data_cache.backbones import create_backbone
+        from data_cache.backbones_pointmae import set_point_mae_mode
+
+        self.features = dict(features)
+        self.device = device
+        self.mode = str(features.get("mode", "eval"))
+        self.seed = int(features.get("seed", 0) or 0)
+        self.n_groups = int(features["n_groups"])
+        self.group_size = int(features["group_size"])
+        self.precision = str(features.get("precision") or "fp32")
+        self.model = set_point_mae_mode(create_backbone(str(features["backbone"]), str(features["pretrained"]),
+                                                        seed=self.seed, device=device), self.mode)
+
+    def encode_cloud(self, points: np.ndarray) -> dict:
+        """(P, 3) float32 points of one unorganized cloud -> a point-token store row: ``tokens`` (L, M, D)
+        float16, ``centers`` (M, 3), ``curvature`` (M,), ``points`` (P, 3) the network input,
+        ``point_pixel`` (0,), ``point_of_render`` (P,) int32, ``grid`` 0. PadError for fewer points
+        than group centres. Train mode draws its DropPath decisions from (seed, 0), as sample 0."""
+        import torch
+
+        from pipeline.extract_tokens import point_tokens, sample_generator
+        from pipeline.musc_inputs import normalize_points
+
+        if len(points) < self.n_groups:
+            raise PadError(f"{len(points)} points, fewer than the {self.n_groups} group centres of the reference "
+                           "set's features")
+        p = normalize_points(torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))).numpy()
+        gen = sample_generator(self.seed, 0) if self.mode == "train" else None
+        row = point_tokens(self.model, p, self.n_groups, self.group_size, self.device, gen, self.precision)
+        row.update(points=p, point_pixel=np.zeros(0, np.int32), point_of_render=np.arange(len(p), dtype=np.int32),
+                   grid=0)
+        return row
+
+
 class ReferencePredictor(Predictor):
     """The reference set, its class, the token encoder and the calibration, built once for all
     files; :meth:`predict` gives ``pad predict``'s document of one file (see the module docstring)."""
 
     def __init__(self, cfg: PredictConfig):   # noqa: super().__init__ builds a checkpoint's model: not called
         from pipeline.render import RenderSettings
-        from scoring.mutual.reference import check_features, class_reference, load_reference
+        from scoring.mutual.reference import class_reference, load_reference
         from trainer.loop import resolve_device
 
         if cfg.view_points < 1:
@@ -85,10 +127,10 @@ class ReferencePredictor(Predictor):
         self.cls, self.cls_ref = class_reference(ref, cfg.cls or self.calibration_class)
         self.device = str(resolve_device(cfg.device))
         features = ref.features
-        from pipeline.extract_tokens import PointTokenEncoder   # after the reference set's own checks
-
-        self.encoder = PointTokenEncoder(features, self.device)
-        check_features(ref, self.encoder.identity, "the features pad computes for new files")
+        if int(features.get("grid", 0) or 0):
+            raise PadError("this reference set was made from organized scans (a 224 x 224 grid): pad predict scores "
+                           "unorganized clouds against a reference set made from unorganized ones", cfg.reference)
+        self.encoder = CloudEncoder(features, self.device)
         self.ref = ref
         self.pretrained = str(features.get("pretrained", ""))
         self.spec = FeatureSpec(backbone=str(features.get("backbone", "")), pretrained=self.pretrained,
@@ -123,7 +165,10 @@ class ReferencePredictor(Predictor):
         n = sample.n_points
         check_point_count(path, n)
         mesh = getattr(sample, "mesh", None)
-        row = dict(self.encoder.encode_cloud(np.asarray(sample.points, np.float32)), grid=0)
+        try:
+            row = self.encoder.encode_cloud(np.asarray(sample.points, np.float32))
+        except PadError as exc:
+            raise PadError(str(exc), path) from None
         t2 = time.perf_counter()
         knn, knn_dist = knn_graph(sample.points, self.knn)   # the map's smoothing and the regions
         scored = score_row(row, self.ref, self.cls_ref, -1, knn, knn_dist, device=self.device)

@@ -74,7 +74,7 @@ META_KEY = "pad_reference"
 #: The point-token store attributes that make the features: a reference set made with other
 #: values than the features it is compared with is refused (:func:`check_features`).
 FEATURE_KEYS = ("tag", "backbone", "pretrained", "weights", "seed", "layers", "n_groups", "group_size", "dim",
-                "mode", "grid")
+                "mode", "grid", "precision")
 #: Modalities a reference set can hold (the point branch; files brought to pad predict are clouds).
 MODALITIES = ("3d",)
 DEFAULT_TOPMIN = 0.3
@@ -118,6 +118,14 @@ def feature_identity(attrs: Mapping) -> dict:
     """The :data:`FEATURE_KEYS` of a point-token store's attributes (those it has), as plain
     JSON values (tuples and arrays become lists)."""
     out = {}
+    options = attrs.get("options")
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except ValueError:
+            options = None
+    if isinstance(options, dict) and "precision" not in attrs and options.get("precision"):
+        attrs = dict(attrs, precision=options["precision"])      # extract-features --precision, in its options
     for key in FEATURE_KEYS:
         if key in attrs and attrs[key] is not None:
             value = attrs[key]

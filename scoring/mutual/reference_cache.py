@@ -82,8 +82,8 @@ def build_reference(cache: str, split: str, classes: Sequence[str], *, tag: str 
     for cls, rows in chosen.items():
         zs = [aggregate(store.tokens(i), store.centers(i), store.curvature(i), r_list).to(device) for i in rows]
         z_by_class[cls] = ([ids[i] for i in rows], torch.stack(zs, dim=1).cpu())
-    first = next(iter(chosen.values()))[0]
-    knn = int(np.asarray(render.read_sample(first, ("knn",))["knn"]).shape[1])
+    graph = np.asarray(render.read_sample(next(iter(chosen.values()))[0], ("knn",))["knn"])
+    knn = graph.shape[1] - int(bool((graph[:, 0] == np.arange(graph.shape[0])).all()))   # neighbours besides self
     return make_reference(z_by_class, features=dict(store.attrs, tag=store.tag), modality="3d", r_list=r_list,
                           topmin=topmin, render_fingerprint=render.fingerprint, cache=cache, split=split,
                           sigma=sigma, knn=knn)
