@@ -32,8 +32,8 @@ def random_z(rng, layers=2, scans=5, patches=7, channels=6) -> torch.Tensor:
 
 
 def make(tmp_path, rng, classes=("ring",), scans=5, **features) -> tuple[str, object]:
-    z_by_class = {c: ([f"{c}/train/good/{k:03d}" for k in range(scans)], random_z(rng, scans=scans))
-                  for c in classes}
+    z_by_class = {c: ([f"{c}/train/good/{k:03d}" for k in range(scans)], random_z(rng, scans=scans),
+                      [2 ** 63 + 7 * k for k in range(scans)]) for c in classes}
     ref = make_reference(z_by_class, features=dict(FEATURES, **features), modality="3d", r_list=(1, 3, 5),
                          topmin=0.3, render_fingerprint="f" * 16, cache=str(tmp_path / "cache"), split="train")
     path = str(tmp_path / "good.musc.safetensors")
@@ -48,9 +48,13 @@ def test_save_then_load_gives_back_every_feature_id_and_setting(tmp_path):
     assert back.digest == ref.digest and len(back.digest) == 64
     assert back.meta == ref.meta and back.features == FEATURES and back.topmin == 0.3
     for cls in ("ring", "tyre"):
-        assert back.classes[cls].ids == ref.classes[cls].ids
+        assert back.classes[cls].ids == ref.classes[cls].ids and back.classes[cls].keys == ref.classes[cls].keys
         assert back.classes[cls].z.dtype == torch.float16
         assert torch.equal(back.classes[cls].z, ref.classes[cls].z)
+    # "itself" is the same id with the same content: a scan of another cache under that id is not left out
+    tyre = back.classes["tyre"]
+    assert tyre.index_of("tyre/train/good/003", 2 ** 63 + 21) == 3 and tyre.index_of("tyre/train/good/003") == 3
+    assert tyre.index_of("tyre/train/good/003", 12345) == -1 and tyre.index_of("tyre/test/x") == -1
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))          # written atomically
     with open(path, "rb") as fh:                                                     # no pickle anywhere
         assert b"\x80\x04" not in fh.read(16)

@@ -49,6 +49,7 @@ def test_predict_against_the_saved_set_equals_the_batch_path_on_the_same_clouds(
     render, store, ref = musc_cache["render"], musc_cache["store"], musc_cache["ref"]
     ids = render.sample_ids
     assert ref.classes["ring"].ids == [i for i in ids if i.startswith("ring/train/")]      # the 4 normal scans
+    assert ref.classes["ring"].keys == [int(render.sample_keys()[ids.index(i)]) for i in ref.classes["ring"].ids]
     assert ref.meta["knn"] == 7 and ref.features["n_groups"] == 24 and ref.features["mode"] == "eval"
     test = [i for i, sid in enumerate(ids) if "/test/" in sid]
     batch = score_scans(render, store, test, ref, "ring")

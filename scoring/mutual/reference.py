@@ -47,7 +47,8 @@ float16, header entry ``pad_reference`` (JSON)::
      "features": {"tag", "backbone", "pretrained", "weights", "seed", "layers", "n_groups",
                   "group_size", "dim", "mode", "grid"} (those the token store has),
      "render_fingerprint": str, "cache": path, "split": "train",
-     "classes": {class: {"ids": [R sample ids], "n_scans": R}},
+     "classes": {class: {"ids": [R sample ids], "keys": [R sample keys, decimal strings],
+                         "n_scans": R}},
      "digest": sha256 hex of everything above and of the tensors}
 
 Written atomically (:func:`data_cache.checkpoint.atomic_write`); read back checked
@@ -86,9 +87,23 @@ DEFAULT_SIGMA = 4.0
 @dataclass
 class ClassReference:
     """One class of a reference set: ``ids`` (R,) sample ids, ``z`` (L, R, M, C) float16 torch
-    tensor (layer, scan, patch, channel), the aggregated features MSM compares."""
+    tensor (layer, scan, patch, channel), the aggregated features MSM compares, ``keys`` (R,) the
+    render store's content key of each scan (``sample_key``: a scan is "itself" only when id and
+    content both match, so a scan of another cache with the same id is not left out)."""
     ids: list[str]
     z: object
+    keys: list[int] = field(default_factory=list)
+
+    def index_of(self, sample_id: str, key: int | None = None) -> int:
+        """The index of the reference scan with this id (and content key, when both sides have
+        one), or −1."""
+        try:
+            j = self.ids.index(sample_id)
+        except ValueError:
+            return -1
+        if key is not None and self.keys and int(self.keys[j]) != int(key):
+            return -1
+        return j
 
     @property
     def n_scans(self) -> int:
@@ -165,10 +180,10 @@ def _digest(meta: dict, tensors: Mapping[str, np.ndarray]) -> str:
 
 
 # ---------------------------------------------------------------------------- building and writing
-def make_reference(z_by_class: Mapping[str, tuple[Sequence[str], object]], *, features: Mapping, modality: str,
+def make_reference(z_by_class: Mapping[str, tuple], *, features: Mapping, modality: str,
                    r_list: Sequence[int], topmin: float, render_fingerprint: str, cache: str,
                    split: str, sigma: float = DEFAULT_SIGMA, knn: int = 10) -> ReferenceSet:
-    """A reference set from each class's (sample ids (R,), z (L, R, M, C)) features. PadError for
+    """A reference set from each class's (sample ids (R,), z (L, R, M, C)[, sample keys (R,)]) features. PadError for
     a class with no scan; ValueError for shapes that disagree (a bug of the caller)."""
     import torch
 
@@ -177,14 +192,14 @@ def make_reference(z_by_class: Mapping[str, tuple[Sequence[str], object]], *, fe
     if not z_by_class:
         raise PadError(f"no normal scan in split '{split}' to make a reference set from", cache)
     classes = {}
-    for cls, (ids, z) in z_by_class.items():
+    for cls, (ids, z, *keys) in z_by_class.items():
         z = torch.as_tensor(z).to("cpu", torch.float16).contiguous()
         if z.ndim != 4 or z.shape[1] != len(ids):
             raise ValueError(f"class {cls}: z must be (L, R, M, C) with R = {len(ids)} ids, got {tuple(z.shape)}")
         if len(ids) == 0:
             raise PadError(f"class '{cls}' has no normal scan in split '{split}': a reference set needs good parts",
                            cache)
-        classes[str(cls)] = ClassReference([str(i) for i in ids], z)
+        classes[str(cls)] = ClassReference([str(i) for i in ids], z, [int(k) for k in (keys[0] if keys else [])])
     meta = {META_KEY: SCHEMA, "modality": modality, "r_list": [int(r) for r in r_list], "topmin": float(topmin),
             "sigma": float(sigma), "knn": int(knn),
             "features": feature_identity(features), "render_fingerprint": str(render_fingerprint),
@@ -195,7 +210,8 @@ def make_reference(z_by_class: Mapping[str, tuple[Sequence[str], object]], *, fe
 
 
 def _header(ref: ReferenceSet) -> dict:
-    return dict(ref.meta, classes={c: {"ids": list(r.ids), "n_scans": r.n_scans} for c, r in ref.classes.items()})
+    return dict(ref.meta, classes={c: {"ids": list(r.ids), "keys": [str(k) for k in r.keys], "n_scans": r.n_scans}
+                                   for c, r in ref.classes.items()})
 
 
 def _tensors(ref: ReferenceSet) -> dict[str, np.ndarray]:
@@ -270,8 +286,12 @@ def load_reference(path: str) -> ReferenceSet:
         _need(z.dtype == np.float16 and z.ndim == 4 and z.shape[1] == len(ids), path,
               f"class '{cls}': z3d must be float16 (L, R, M, C) with R = {len(ids)}")
         _need(len(ids) >= 1, path, f"class '{cls}' has no reference scan")
+        keys = c.get("keys", [])
+        _need(isinstance(keys, list) and len(keys) in (0, len(ids)) and all(isinstance(k, str) and k.isdigit()
+                                                                          for k in keys), path,
+              f"class '{cls}': keys must list n_scans sample keys")
         _need(bool(np.isfinite(z).all()), path, f"class '{cls}': z3d holds non-finite values")
-        classes[str(cls)] = ClassReference(list(ids), torch.from_numpy(np.array(z)))
+        classes[str(cls)] = ClassReference(list(ids), torch.from_numpy(np.array(z)), [int(k) for k in keys])
     meta = {k: v for k, v in header.items() if k not in ("classes", "digest")}
     return ReferenceSet(meta, classes, header["digest"], os.fspath(path))
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from data_cache.errors import PadError
-from scoring.mutual.reference import (DEFAULT_R_LIST, DEFAULT_SIGMA, DEFAULT_TOPMIN, ClassReference, ReferenceSet, ScanScore,
+from scoring.mutual.reference import (DEFAULT_R_LIST, DEFAULT_SIGMA, DEFAULT_TOPMIN, ReferenceSet, ScanScore,
                                       aggregate, check_features, make_reference, score_row)
 
 KIND = "point-tokens"
@@ -78,10 +78,11 @@ def build_reference(cache: str, split: str, classes: Sequence[str], *, tag: str 
     store = store or open_tokens(cache, tag, render)
     chosen = reference_scans(render, store, classes, split)
     ids = render.sample_ids
+    keys = render.sample_keys()
     z_by_class = {}
     for cls, rows in chosen.items():
         zs = [aggregate(store.tokens(i), store.centers(i), store.curvature(i), r_list).to(device) for i in rows]
-        z_by_class[cls] = ([ids[i] for i in rows], torch.stack(zs, dim=1).cpu())
+        z_by_class[cls] = ([ids[i] for i in rows], torch.stack(zs, dim=1).cpu(), [int(keys[i]) for i in rows])
     graph = np.asarray(render.read_sample(next(iter(chosen.values()))[0], ("knn",))["knn"])
     knn = graph.shape[1] - int(bool((graph[:, 0] == np.arange(graph.shape[0])).all()))   # neighbours besides self
     return make_reference(z_by_class, features=dict(store.attrs, tag=store.tag), modality="3d", r_list=r_list,
@@ -89,18 +90,10 @@ def build_reference(cache: str, split: str, classes: Sequence[str], *, tag: str 
                           sigma=sigma, knn=knn)
 
 
-def leave_out_index(cls_ref: ClassReference, sample_id: str) -> int:
-    """The index of ``sample_id`` among the reference scans of a class, or −1."""
-    try:
-        return cls_ref.ids.index(sample_id)
-    except ValueError:
-        return -1
-
-
 def score_scans(render, store, indices: Sequence[int], ref: ReferenceSet, cls: str, device: str = "cpu",
                 progress=None) -> list[ScanScore]:
     """Score store rows ``indices`` of class ``cls`` against ``ref``, each leaving itself out
-    when it is one of the reference scans (matched by sample id). PadError, one line, when the
+    when it is one of the reference scans (same sample id and content key). PadError, one line, when the
     store's features differ from the reference set's (:func:`scoring.mutual.reference.check_features`)
     or the class is not in it. Unorganized scans' maps are smoothed over the render store's kNN
     graph of each scan (as ``pad mutual``). ``progress``: called once per scan (or None)."""
@@ -110,10 +103,11 @@ def score_scans(render, store, indices: Sequence[int], ref: ReferenceSet, cls: s
                        ref.path)
     cls_ref = ref.classes[cls]
     ids = render.sample_ids
+    keys = render.sample_keys()
     out = []
     for i in indices:
         graph = render.read_sample(i, ("knn", "knn_dist"))    # unorganized maps are smoothed over it
-        out.append(score_row(store_row(store, i), ref, cls_ref, leave_out_index(cls_ref, ids[i]), graph["knn"],
+        out.append(score_row(store_row(store, i), ref, cls_ref, cls_ref.index_of(ids[i], int(keys[i])), graph["knn"],
                              graph["knn_dist"], device=device))
         if progress is not None:
             progress()
