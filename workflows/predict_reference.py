@@ -4,17 +4,18 @@ time against a saved reference set of good parts (training-free; beyond the MuSc
 Per file: read it as ``pad predict`` reads any file (:meth:`workflows.predict.Predictor._read`:
 non-finite rows kept and not scored, meshes sampled on their surface); its Point-MAE tokens
 computed with the reference set's features (the same backbone, weights, layers, grouping,
-precision and mode: :class:`CloudEncoder`, built once from the set's feature record); scored against the class's
-reference scans (:func:`scoring.mutual.reference.score_row`: MSM against all of them, the map on
+precision and mode: :class:`CloudEncoder`, built once from the set's feature record); scored
+against the class's reference scans (:func:`scoring.mutual.reference.score_row`: MSM against all of them, the map on
 the points, object score = max of the map, no RsCon), exactly as ``pad mutual --reference`` and
 ``pad calibrate --reference`` score a cache scan that is not in the reference set.
 
 With a calibration made on this reference set (``pad calibrate --reference REF``; ``--calibration
 auto`` reads ``calibration.json`` beside REF), each file gets the same p-value, verdict and defect
-regions as with a checkpoint (:meth:`scoring.calibration.Calibration.judge`; the map smoothed and
-the regions grouped over the file's kNN graph of the reference cache's k neighbours). The outputs (PLY, JSON, ``--html``) are
-``pad predict``'s; the JSON's ``checkpoint`` is null and ``reference`` names the set, ``render``
-is ``"none"`` (nothing is rendered), ``view_probs`` is empty.
+regions as with a checkpoint (:meth:`scoring.calibration.Calibration.judge`; the map smoothed
+and the regions grouped over the file's kNN graph of the reference cache's k neighbours). The
+outputs (PLY, JSON, ``--html``) are ``pad predict``'s; the JSON's ``checkpoint`` is null and
+``reference`` names the set, ``render`` is ``"none"`` (nothing is rendered), ``view_probs`` is
+empty.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from data_cache.errors import PadError
 from workflows.options import PredictConfig
 from workflows.predict import FeatureSpec, Predictor, RenderChoice, decision_fields
 
-#: Neighbours of the kNN graph the regions are grouped over when --knn is not given.
+#: Neighbours of a file's kNN graph (map smoothing, regions) for a reference set that records none.
 REGION_KNN = 10
 
 
