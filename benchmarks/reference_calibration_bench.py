@@ -14,7 +14,8 @@ flagged. Object score: the max of the centre scores. Averaged over ``--trials`` 
 - ``split``: calibration on ``--refs`` other normal scans that are not in the set (split
   conformal: exact).
 
-Prints one line: per alpha, the three measured rates and the ratio official_k / loo.
+Prints one line of key=value figures: per alpha, ``far_<how>_<alpha>`` the three measured rates
+and ``official_over_loo_<alpha>`` their ratio.
 
     python benchmarks/reference_calibration_bench.py               # R = 20, 300 trials
     python benchmarks/reference_calibration_bench.py --quick       # 40 trials
@@ -84,14 +85,13 @@ def main() -> None:
             rates[(a, "official_k")].append(float(np.mean(new_official > t_loo)))
             rates[(a, "split")].append(float(np.mean(new > conformal.threshold(conformal.sorted_scores(split), a))))
     seconds = time.perf_counter() - t0
-    parts = [f"R={r} k={k_pad} (official k for new scans {k_official}) trials={trials}"]
+    parts = [f"refs={r}", f"k={k_pad}", f"k_official={k_official}", f"trials={trials}"]
     for a in ALPHAS:
         m = {how: float(np.mean(rates[(a, how)])) for how in ("loo", "official_k", "split")}
-        ratio = m["official_k"] / m["loo"] if m["loo"] > 0 else float("inf")
-        parts.append(f"alpha={a:g}: loo {m['loo']:.3f} official_k {m['official_k']:.3f} split {m['split']:.3f} "
-                     f"(official_k/loo {ratio:.2f}x)")
-    print("; ".join(parts) + f"; {seconds:.1f} s")
-
+        parts += [f"far_{how}_{a:g}={m[how]:.3f}" for how in ("loo", "official_k", "split")]
+        parts.append(f"official_over_loo_{a:g}={m['official_k'] / m['loo']:.2f}" if m["loo"] > 0 else
+                     f"official_over_loo_{a:g}=inf")
+    print(" ".join(parts) + f" seconds={seconds:.1f}")
 
 if __name__ == "__main__":
     main()
