@@ -26,7 +26,8 @@ class PredictConfig:
     """``pad predict FILES... --checkpoint RUN``: render, extract and score your own scans in one go,
     exactly as pad render / extract-features / score did for the run's cache (same cameras, image
     size, supersampling, splat size, kNN, backbone and weights), so a file's scores equal what
-    pad score gives the same cloud. Overriding one of those options prints a notice."""
+    pad score gives the same cloud. Overriding one of those options prints a notice. With --reference REF
+    instead of --checkpoint: training-free, each file scored against a reference set of good parts."""
     files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt) or meshes (.obj .stl .off .glb, "
                                ".ply with faces).", argument=True, nargs=-1)
     checkpoint: str | None = option(None, "Run directory written by pad train (or --reference).", metavar="RUN")
@@ -82,7 +83,8 @@ class DemoConfig:
 
 @dataclass
 class ServeConfig:
-    """``pad serve --checkpoint RUN``: a warm scoring service for an inspection line. The backbone,
+    """``pad serve --checkpoint RUN`` (or ``--reference REF``, a reference set of good parts, training-free):
+    a warm scoring service for an inspection line. The backbone,
     the prompts' text features and the renderer are made once at start-up; each POST /predict scores
     one scan exactly as pad predict does (same rendering, same answer), one scan at a time on the
     model. GET /health says whether it is ready, GET /metrics gives Prometheus figures. Stop it with
