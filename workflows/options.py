@@ -26,8 +26,8 @@ class PredictConfig:
     """``pad predict FILES... --checkpoint RUN``: render, extract and score your own scans in one go,
     exactly as pad render / extract-features / score did for the run's cache (same cameras, image
     size, supersampling, splat size, kNN, backbone and weights), so a file's scores equal what
-    pad score gives the same cloud. Overriding one of those options prints a notice. With --reference REF
-    instead of --checkpoint: training-free, each file scored against a reference set of good parts."""
+    pad score gives the same cloud. Overriding one of those options prints a notice; with --reference REF
+    instead of --checkpoint, training-free: each file scored against a reference set of good parts."""
     files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt) or meshes (.obj .stl .off .glb, "
                                ".ply with faces).", argument=True, nargs=-1)
     checkpoint: str | None = option(None, "Run directory written by pad train (or --reference).", metavar="RUN")
