@@ -8,6 +8,11 @@ scores and largest point scores become the class's calibration
 (:func:`scoring.calibration.calibration_document`, the rule in :mod:`scoring.conformal`),
 written atomically to ``<out>/calibration.json`` (``--out``, default the run directory).
 
+With ``--reference REF`` instead of ``--checkpoint`` (training-free scores against a reference set
+saved by ``pad mutual``), the normal scans are scored against REF, each leaving itself out when
+it is one of its scans (:mod:`scoring.mutual.reference_calibrate`), and the calibration is tied
+to REF's digest instead of a checkpoint (``--out`` defaults to REF's directory).
+
 Refused in one line, before anything is scored and with an existing ``calibration.json`` left
 as it was: an α outside (0, 1); a class with no normal scan in the calibration splits; a class
 with fewer than 1/α − 1 normal scans (the line says how many are needed); scans the prompts
@@ -97,6 +102,11 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> tuple[dict, str]:
     from scoring.score import class_texts, decision_score, plan_score, score_stored
 
     classes, splits = _check_options(cfg)
+    if cfg.reference is not None:
+        return _calibrate_reference(cfg, classes, splits, progress)
+    if cfg.checkpoint is None:
+        raise PadError("give --checkpoint RUN (a run's prompts) or --reference REF (a reference set written by "
+                       "pad mutual --save-reference)")
     out = cfg.out or cfg.checkpoint
     if os.path.exists(out) and not os.path.isdir(out):
         raise PadError("--out must be a directory (calibration.json is written into it)", out)
@@ -146,6 +156,38 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> tuple[dict, str]:
     return doc, path
 
 
+def _calibrate_reference(cfg: CalibrateConfig, classes: list[str], splits: list[str], progress: bool
+                         ) -> tuple[dict, str]:
+    """``pad calibrate --reference REF``: the normal scans scored against the reference set, each
+    leaving itself out when it is one of its scans (:mod:`scoring.mutual.reference_calibrate`);
+    calibration.json tied to the set's digest, in --out (default: REF's directory)."""
+    from data_cache.render_store import RenderStore
+    from scoring.calibration import CALIBRATION_FILE, calibration_document, write_calibration
+    from scoring.mutual.reference import load_reference
+    from scoring.mutual.reference_calibrate import reference_identity, reference_signature, score_normal_scans
+
+    if cfg.checkpoint is not None:
+        raise PadError("--checkpoint and --reference: give one (a run's prompts, or a reference set)")
+    ref = load_reference(cfg.reference)
+    out = cfg.out or os.path.dirname(os.path.abspath(cfg.reference))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PadError("--out must be a directory (calibration.json is written into it)", out)
+    render = RenderStore.open(cfg.cache)
+    chosen = normal_scans(render, classes, splits, {})
+    _check_counts({c: len(v) for c, v in chosen.items()}, cfg.false_alarm, splits, cfg.cache)
+    per_class = score_normal_scans(cfg.cache, ref, render, chosen, cfg.device, progress)
+    doc = calibration_document(per_class, cfg.false_alarm, cfg.min_region_points, run=cfg.reference,
+                               prompts_sha256="", feature_tag=str(ref.features.get("tag")), scoring=reference_signature(), cache=cfg.cache,
+                               splits=splits, reference=reference_identity(ref))
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise PadError(f"cannot create the output directory ({exc.strerror})", out) from None
+    path = os.path.join(out, CALIBRATION_FILE)
+    write_calibration(path, doc)
+    return doc, path
+
+
 def run_calibrate(cfg: CalibrateConfig) -> int:
     """CLI runner of ``pad calibrate`` (see :class:`scoring.options.CalibrateConfig`)."""
     doc, path = calibrate(cfg)
@@ -153,6 +195,7 @@ def run_calibrate(cfg: CalibrateConfig) -> int:
     for cls, c in doc["classes"].items():
         print(f"{cls}: {c['n_scans']} normal scans; anomalous when the {doc['score']} > {c['object_threshold']:.6g} "
               f"(p <= {alpha:g}); regions: points scoring > {c['point_threshold']:.6g}")
-    print(f"pad calibrate: wrote {path} (pad score and pad predict with this run now give p-values, verdicts "
-          "and defect regions)")
+    what = ("pad predict and pad serve with --reference now give" if doc.get("reference") else
+            "pad score and pad predict with this run now give")
+    print(f"pad calibrate: wrote {path} ({what} p-values, verdicts and defect regions)")
     return 0

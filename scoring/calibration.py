@@ -20,6 +20,8 @@ Layout (``pad_calibration`` 1)::
 
     {"pad_calibration": 1, "false_alarm": α, "min_region_points": m,
      "checkpoint": {"run": path, "prompts_sha256": hex}, "feature_tag": tag,
+     ("checkpoint": null, "reference": {"path": REF, "sha256": digest} for scores against a
+      reference set: pad calibrate --reference, :mod:`scoring.mutual.reference_calibrate`)
      "scoring": {"sigma": σ, "protocol": ..., "multimodal": bool, "fusion": ... or null},
      "score": "object score" | "multimodal score",
      "cache": path, "splits": [...], "rule": text,
@@ -128,6 +130,7 @@ class Calibration:
     scoring: dict
     classes: dict[str, ClassCalibration]
     cache: str = ""          # the cache whose scans calibrated (their ids are in ``ClassCalibration.scans``)
+    reference_sha256: str = ""   # a calibration of scores against a reference set (pad calibrate --reference)
 
     def used_scans(self, cache: str, cls: str) -> set[str]:
         """Ids of the scans of ``cls`` that made this calibration, when ``cache`` is the cache they
@@ -151,11 +154,13 @@ class Calibration:
 # ---------------------------------------------------------------------------- writing
 def calibration_document(per_class: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[str]]],
                          alpha: float, min_region_points: int, *, run: str, prompts_sha256: str, feature_tag: str,
-                         scoring: dict, cache: str, splits: Sequence[str]) -> dict:
+                         scoring: dict, cache: str, splits: Sequence[str], reference: dict | None = None) -> dict:
     """The ``calibration.json`` object. ``per_class``: class -> (object scores (n,), largest point
     score of each scan (n,), sample ids (n,)) of its normal scans (the ids are written in the order
     of the sorted scores). ValueError when a class has
-    too few scans for α (:func:`scoring.conformal.needed_scans`)."""
+    too few scans for α (:func:`scoring.conformal.needed_scans`). ``reference``: ``{"path", "sha256"}``
+    of the reference set the scores were computed against (``pad calibrate --reference``): the
+    calibration is then tied to it (its digest) instead of a checkpoint (``checkpoint`` null)."""
     classes = {}
     for cls, (scores, peaks, scans) in per_class.items():
         s, m = conformal.sorted_scores(scores), conformal.sorted_scores(peaks)
@@ -166,8 +171,10 @@ def calibration_document(per_class: Mapping[str, tuple[Sequence[float], Sequence
                         "point_threshold": conformal.threshold(m, alpha),
                         "normal_scores": [float(v) for v in s], "normal_peaks": [float(v) for v in m],
                         "scans": [str(x) for x in scans]}
+    ckpt = None if reference else {"run": os.path.abspath(run), "prompts_sha256": str(prompts_sha256)}
+    tie = {"reference": {"path": str(reference["path"]), "sha256": str(reference["sha256"])}} if reference else {}
     return {"pad_calibration": SCHEMA, "false_alarm": float(alpha), "min_region_points": int(min_region_points),
-            "checkpoint": {"run": os.path.abspath(run), "prompts_sha256": str(prompts_sha256)},
+            "checkpoint": ckpt, **tie,
             "feature_tag": str(feature_tag), "scoring": dict(scoring),
             "score": "multimodal score" if scoring.get("multimodal") else "object score",
             "cache": os.path.abspath(cache), "splits": list(splits), "rule": RULE, "classes": classes}
@@ -220,6 +227,11 @@ def read_calibration(path: str) -> Calibration:
     _need(isinstance(min_points, int) and not isinstance(min_points, bool) and min_points >= 1, path,
           "min_region_points must be an integer of at least 1")
     ckpt = doc.get("checkpoint")
+    reference = doc.get("reference")
+    if ckpt is None and reference is not None:   # scores against a reference set (pad calibrate --reference)
+        _need(isinstance(reference, dict) and isinstance(reference.get("sha256"), str)
+              and isinstance(reference.get("path"), str), path, "reference must give path and sha256")
+        ckpt = {"run": reference["path"], "prompts_sha256": ""}
     _need(isinstance(ckpt, dict) and isinstance(ckpt.get("prompts_sha256"), str)
           and isinstance(ckpt.get("run"), str), path, "checkpoint must give run and prompts_sha256")
     _need(isinstance(doc.get("feature_tag"), str), path, "feature_tag must be a string")
@@ -258,7 +270,8 @@ def read_calibration(path: str) -> Calibration:
     return Calibration(path=os.fspath(path), false_alarm=alpha, min_region_points=int(min_points),
                        prompts_sha256=ckpt["prompts_sha256"], run=ckpt["run"], feature_tag=doc["feature_tag"],
                        scoring=signature, classes=classes,
-                       cache=doc["cache"] if isinstance(doc.get("cache"), str) else "")
+                       cache=doc["cache"] if isinstance(doc.get("cache"), str) else "",
+                       reference_sha256=reference["sha256"] if doc.get("checkpoint") is None and reference else "")
 
 
 def resolve_calibration(option: str | None, run_dir: str | None) -> Calibration | None:
@@ -284,6 +297,9 @@ def check_applies(cal: Calibration, *, prompts_sha256: str, feature_tag: str, sc
     """PadError, one line, when ``cal`` was made with another checkpoint, feature tag or scoring
     options than the ones given (what a scoring command is about to use)."""
     how = "recalibrate with pad calibrate, or --calibration none for scores only"
+    if cal.reference_sha256:
+        raise PadError(f"this calibration was made for scores against the reference set {cal.run} (pad calibrate "
+                       f"--reference), not for a checkpoint: {how}", cal.path)
     if cal.prompts_sha256 != prompts_sha256:
         raise PadError(f"this calibration was made with another checkpoint ({cal.run}, whose prompts differ from "
                        f"this run's): {how}", cal.path)

@@ -71,14 +71,20 @@ class ScoreConfig(ScoringOptions):
 
 @dataclass(kw_only=True)
 class CalibrateConfig(MapOptions):
-    """``pad calibrate --cache CACHE --checkpoint RUN --classes a,b``: score the normal scans of each
+    """``pad calibrate --cache CACHE --checkpoint RUN --classes a,b`` (or ``--reference REF --out DIR``
+    for training-free scores against a saved reference set): score the normal scans of each
     class (never an anomalous one) and write RUN/calibration.json: per class the object-score
     threshold that flags at most --false-alarm of good parts on average (split-conformal), the
     sorted normal scores for p-values, and the point-score threshold for defect regions. pad score
     and pad predict then give each sample a p-value, a verdict and its regions. Needs at least
     1/alpha - 1 normal scans per class (19 for 0.05, 99 for 0.01)."""
     cache: str = option(help="Cache directory.")
-    checkpoint: str = option(help="Run directory written by pad train or pad import-checkpoint.", metavar="RUN")
+    checkpoint: str | None = option(None, "Run directory written by pad train or pad import-checkpoint (or "
+                                          "--reference).", metavar="RUN")
+    reference: str | None = option(None, "Calibrate training-free scores against this reference set (saved by "
+                                         "pad mutual) instead of a checkpoint: each normal scan is "
+                                         "scored against it, leaving itself out when it is one of its scans.",
+                                   metavar="REF")
     classes: str = option(help="Classes (products) to calibrate, comma-separated.", metavar="a[,b]")
     calibration_splits: str = option("train", "Splits whose normal scans calibrate (comma-separated; anomalous "
                                               "samples are never used, nor scans the prompts were trained on).",

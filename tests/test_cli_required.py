@@ -65,7 +65,7 @@ def test_each_required_option_left_out_is_one_line_and_exit_2(tmp_path):
             assert f"'pad {' '.join(path)} --help'" in lines[0], lines[0]
             checked.add((" ".join(path), name))
     # the cases a newcomer met (issue 21): each now one line naming the option
-    assert {("render", "--cache"), ("info", "--cache"), ("extract-features", "--cache"), ("predict", "--checkpoint"),
+    assert {("render", "--cache"), ("info", "--cache"), ("extract-features", "--cache"),
             ("train", "--out"), ("score", "--out"), ("show", "--out"), ("predict", "FILES...")} <= checked
 
 

@@ -16,16 +16,22 @@ CLASS_HELP = ("Class (product) of the scans: its calibration judges them (defaul
               "and for a run of a cache made by 'pad render --style pointad' the official script sizes their points "
               "by it (default: the class directory of a scan inside a dataset tree).")
 
+REFERENCE_HELP = ("Score against this reference set of good parts instead of a checkpoint (training-free, saved by "
+                  "pad mutual): the scan's Point-MAE tokens against the reference scans'; with a "
+                  "calibration.json beside it (pad calibrate --reference), verdicts and regions.")
+
 
 @dataclass
 class PredictConfig:
     """``pad predict FILES... --checkpoint RUN``: render, extract and score your own scans in one go,
     exactly as pad render / extract-features / score did for the run's cache (same cameras, image
     size, supersampling, splat size, kNN, backbone and weights), so a file's scores equal what
-    pad score gives the same cloud. Overriding one of those options prints a notice."""
+    pad score gives the same cloud. Overriding one of those options prints a notice; with --reference REF
+    instead of --checkpoint, training-free: each file scored against a reference set of good parts."""
     files: tuple = option(help="Point cloud files (.ply .pcd .npy .npz .xyz .txt) or meshes (.obj .stl .off .glb, "
                                ".ply with faces).", argument=True, nargs=-1)
-    checkpoint: str = option(help="Run directory written by pad train.")
+    checkpoint: str | None = option(None, "Run directory written by pad train (or --reference).", metavar="RUN")
+    reference: str | None = option(None, REFERENCE_HELP, metavar="REF")
     out: str = option("pad-predictions", "Output directory (a coloured PLY and a JSON per file, and with "
                                          "--html an interactive 3D view).")
     views: str | None = option(None, "Camera set (see pad render --help); default: the cameras the run's "
@@ -77,12 +83,14 @@ class DemoConfig:
 
 @dataclass
 class ServeConfig:
-    """``pad serve --checkpoint RUN``: a warm scoring service for an inspection line. The backbone,
+    """``pad serve --checkpoint RUN`` (or ``--reference REF``, a reference set of good parts, training-free):
+    a warm scoring service for an inspection line. The backbone,
     the prompts' text features and the renderer are made once at start-up; each POST /predict scores
     one scan exactly as pad predict does (same rendering, same answer), one scan at a time on the
     model. GET /health says whether it is ready, GET /metrics gives Prometheus figures. Stop it with
     Ctrl-C or SIGTERM: it stops taking requests, answers those in flight, and exits."""
-    checkpoint: str = option(help="Run directory written by pad train.")
+    checkpoint: str | None = option(None, "Run directory written by pad train (or --reference).", metavar="RUN")
+    reference: str | None = option(None, REFERENCE_HELP, metavar="REF")
     host: str = option("127.0.0.1", "Address to listen on (the default: this machine only).")
     port: int = option(8000, "Port to listen on; 0 picks a free one (printed at start).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))

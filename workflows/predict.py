@@ -513,8 +513,10 @@ def _pointad_run(run_dir: str) -> bool:
         return False
 
 
-def run_predict(cfg: PredictConfig) -> int:
-    """CLI runner of ``pad predict`` (see :class:`workflows.options.PredictConfig`)."""
+def run_predict(cfg: PredictConfig, make_predictor=None) -> int:
+    """CLI runner of ``pad predict`` (see :class:`workflows.options.PredictConfig`); ``make_predictor``
+    (cfg -> predictor, default :class:`Predictor`): ``--reference`` passes its own
+    (:mod:`workflows.predict_reference`)."""
     from tqdm import tqdm
 
     from pipeline.ingest import POINT_EXTENSIONS, check_input_file, check_mesh_points
@@ -526,7 +528,7 @@ def run_predict(cfg: PredictConfig) -> int:
     check_mesh_points(cfg.mesh_points)
     failed = 0
     readable = []
-    extensions = POINT_EXTENSIONS + (ORGANIZED_EXTENSIONS if _pointad_run(cfg.checkpoint) else ())
+    extensions = POINT_EXTENSIONS + (ORGANIZED_EXTENSIONS if cfg.checkpoint and _pointad_run(cfg.checkpoint) else ())
     for path in files:  # before the model loads: a path that cannot be a cloud is said at once
         try:
             check_input_file(path, extensions)
@@ -538,7 +540,7 @@ def run_predict(cfg: PredictConfig) -> int:
         if failed > 1:
             print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
         return 2
-    predictor = Predictor(cfg)  # checkpoint, backbone or weights problems stop here (exit 2)
+    predictor = (make_predictor or Predictor)(cfg)  # checkpoint, backbone or weights problems stop here (exit 2)
     for note in predictor.notes + predictor.calibration_notes:
         print(f"pad predict: note: {note}", file=sys.stderr)
     try:

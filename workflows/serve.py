@@ -196,7 +196,8 @@ class Service:
     def health(self) -> dict:
         spec, device = self.predictor.spec, self.predictor.device
         pretrained = self.predictor.pretrained
-        return {"ready": not self.draining, "run": os.path.abspath(self.cfg.checkpoint), "backbone": spec.backbone,
+        run = self.cfg.checkpoint or self.cfg.reference
+        return {"ready": not self.draining, "run": os.path.abspath(run), "backbone": spec.backbone,
                 "pretrained": pretrained, "random_weights": pretrained == "random",
                 "feature_tag": self.predictor.config["feature_tag"], "render": self.predictor.choice.source,
                 "device": device, "uptime_s": round(time.monotonic() - self.started, 3),
@@ -376,8 +377,9 @@ def _stopped_while_starting(signum, frame) -> None:
     raise KeyboardInterrupt("pad serve: stopped before it was ready")
 
 
-def run_serve(cfg: ServeConfig) -> int:
-    """CLI runner of ``pad serve`` (see :class:`workflows.options.ServeConfig`)."""
+def run_serve(cfg: ServeConfig, make_predictor=None) -> int:
+    """CLI runner of ``pad serve`` (see :class:`workflows.options.ServeConfig`); ``make_predictor``
+    (default :class:`Predictor`): ``--reference`` passes its own (:mod:`workflows.predict_reference`)."""
     if cfg.queue < 0:
         raise PadError(f"--queue must be 0 or more (got {cfg.queue})")
     if not (cfg.max_upload_mb > 0 and math.isfinite(cfg.max_upload_mb)):
@@ -388,8 +390,9 @@ def run_serve(cfg: ServeConfig) -> int:
     sock = bind_socket(cfg.host, cfg.port)
     previous = signal.signal(signal.SIGTERM, _stopped_while_starting)   # clean up like Ctrl-C until serving
     try:
-        predictor = Predictor(PredictConfig(files=(), checkpoint=cfg.checkpoint, device=cfg.device,
-                                              calibration=cfg.calibration, cls=cfg.cls))
+        predictor = (make_predictor or Predictor)(PredictConfig(files=(), checkpoint=cfg.checkpoint, device=cfg.device,
+                                                                calibration=cfg.calibration, cls=cfg.cls,
+                                                                reference=cfg.reference))
         for note in predictor.notes + predictor.calibration_notes + class_notes(predictor, cfg):
             print(f"pad serve: note: {note}", file=sys.stderr)
         private_dir = tempfile.mkdtemp(prefix="pad-serve-")       # mode 0700
