@@ -22,6 +22,7 @@ is undone for orthographic cameras).
 """
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import glob
 import os
@@ -115,13 +116,47 @@ def scaled_intrinsics(intrinsics: np.ndarray, factor: int) -> np.ndarray:
     return k
 
 
+def context_address(context) -> int:
+    """The address of an OpenGL context handle (an OSMesa/EGL opaque ctypes pointer, or an
+    int), equal for every handle of the same context."""
+    if context is None or isinstance(context, int):
+        return int(context or 0)
+    return ctypes.cast(context, ctypes.c_void_p).value or 0
+
+
+def program_cache(shader_dir: str):
+    """A pyrender shader-program cache reading ``shader_dir`` that finds a compiled program
+    again on every draw.
+
+    pyrender's own cache keys programs on ``OpenGL.contextdata.getContext()``, which under
+    OSMesa and EGL is a new ctypes pointer object on every call (hashed by identity): no key
+    ever matches, so every draw compiled its programs again and memory grew by megabytes a scan.
+    This one keys on the context's address. One cache belongs to one renderer (one context), and
+    pyrender deletes its programs when the renderer is deleted."""
+    import OpenGL.contextdata
+    from pyrender.shader_program import ShaderProgram, ShaderProgramCache
+
+    class ProgramCache(ShaderProgramCache):
+        def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
+            defines = dict(defines or {})
+            files = [name for name in (vertex_shader, fragment_shader, geometry_shader) if name is not None]
+            key = (context_address(OpenGL.contextdata.getContext()),
+                   tuple(sorted(os.path.basename(name) for name in files)), tuple(sorted(defines.items())))
+            program = self._program_cache.get(key)
+            if program is None:
+                paths = [os.path.join(self.shader_dir, name) for name in files] + [None] * (3 - len(files))
+                program = self._program_cache[key] = ShaderProgram(*paths, defines=defines)
+            return program
+
+    return ProgramCache(shader_dir=shader_dir)
+
+
 class SplatRenderer:
     """An offscreen renderer of ``width``×``height`` pixels with one scene (camera,
     headlight, at most one mesh). Reused across samples via :func:`get_renderer`."""
 
     def __init__(self, width: int, height: int):
         import pyrender
-        from pyrender.shader_program import ShaderProgramCache
 
         from pipeline.render.shaders import shader_dir
 
@@ -129,7 +164,7 @@ class SplatRenderer:
         self.width, self.height = int(width), int(height)
         self._offscreen = pyrender.OffscreenRenderer(self.width, self.height)
         # pad's shaders instead of pyrender's PBR ones (see pipeline.render.shaders)
-        self._offscreen._renderer._program_cache = ShaderProgramCache(shader_dir=shader_dir())
+        self._offscreen._renderer._program_cache = program_cache(shader_dir())
         self.scene = pyrender.Scene(bg_color=(*BACKGROUND, 1.0), ambient_light=(AMBIENT,) * 3)
         self._camera = _MatrixCamera(np.eye(4), Z_NEAR, Z_FAR, pyrender.Camera)
         self._camera_node = self.scene.add(self._camera, pose=np.eye(4))
@@ -211,14 +246,12 @@ class PointRenderer:
         self.scene.add(self._camera, pose=np.eye(4))        # V = identity: P carries the whole MVP
 
     def _use_point_size(self, point_size: float) -> None:
-        from pyrender.shader_program import ShaderProgramCache
-
         from pipeline.render.shaders import point_shader_dir
 
         size = float(point_size)
         cache = self._caches.get(size)
         if cache is None:
-            cache = self._caches[size] = ShaderProgramCache(shader_dir=point_shader_dir(size))
+            cache = self._caches[size] = program_cache(point_shader_dir(size))
         self._offscreen._renderer._program_cache = cache
 
     def render(self, points: np.ndarray, grey: np.ndarray, mvp: np.ndarray, point_size: float,
