@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import stat
@@ -41,6 +42,7 @@ TOL = 1e-5
 MIB = 1 << 20
 PAD = os.path.join(os.path.dirname(sys.executable), "pad")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback: never through a proxy
+HEADER_TIMEOUT = 3.0
 
 
 def _bumpy_sphere(n: int, seed: int) -> np.ndarray:
@@ -144,7 +146,7 @@ def world(tmp_path_factory):
                       prompt_length=4, deep_depth=3, deep_length=2, geometry_points=128), progress=False)
     (root / "token.txt").write_text(TOKEN + "\n")
     service = Service(run, root / "service", "--token-file", str(root / "token.txt"), "--max-upload-mb", "1",
-                      "--queue", "7")
+                      "--queue", "7", "--header-timeout", str(HEADER_TIMEOUT))
     try:
         scans = root / "scans"
         scans.mkdir()
@@ -313,6 +315,86 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read_whole(world):
     assert MIB < sent < total
     status, answer, _ = _predict(service, world["good"][2])
     assert status == 200 and abs(answer["score"] - world["expected"]["scan2.npy"]["score"]) <= TOL
+
+
+def _status_of_big_upload(client: str, url: str, body: bytes, token: str | None = TOKEN) -> tuple[int, bytes]:
+    """(status, body) a client library reads for a raw upload of ``body`` sent whole, as that
+    client sends it."""
+    target = f"{url}/predict?filename=big.ply"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if client == "urllib":
+        try:
+            with OPENER.open(urllib.request.Request(target, data=body, method="POST", headers=headers), timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+    if client == "requests":
+        requests = pytest.importorskip("requests")
+        r = requests.post(target, data=body, headers=headers, timeout=60, proxies={"http": None})
+        return r.status_code, r.content
+    if client == "httpx":
+        httpx = pytest.importorskip("httpx")
+        r = httpx.post(target, content=body, headers=headers, timeout=60, trust_env=False)
+        return r.status_code, r.content
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:     # everything sent, then read
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        sock.sendall(f"POST /predict?filename=big.ply HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head, _, rest = _reply(sock).partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest
+
+
+@pytest.mark.parametrize("client", ["urllib", "requests", "httpx", "socket"])
+def test_every_client_reads_the_refusal_of_an_upload_it_sends_whole(world, client, tmp_path):
+    """20 MB over a 1 MiB limit: the service answers 413 at once, then reads and drops what is still
+    coming before it closes, so that a client that sends everything before it reads (urllib asks for
+    Connection: close) reads the 413 instead of a reset. The same for an early 401."""
+    service, body = world["service"], b"x" * (20 * MIB)
+    status, answer = _status_of_big_upload(client, service.url, body)
+    assert status == 413 and b"--max-upload-mb" in answer, (status, answer[:200])
+    if client in ("urllib", "socket"):
+        status, answer = _status_of_big_upload(client, service.url, body, token=None)
+        assert status == 401 and b"Bearer" in answer, (status, answer[:200])
+    if client == "socket" and shutil.which("curl"):
+        (tmp_path / "big.ply").write_bytes(body)
+        for how in (["--data-binary", f"@{tmp_path / 'big.ply'}"], ["-F", f"file=@{tmp_path / 'big.ply'}"]):
+            done = subprocess.run(["curl", "-sS", "--noproxy", "*", "-o", "-", "-w", "\n%{http_code}", *how, "-H",
+                                   f"Authorization: Bearer {TOKEN}", f"{service.url}/predict?filename=big.ply"],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.stdout.rsplit("\n", 1)[-1] == "413" and "--max-upload-mb" in done.stdout, done
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return bool(select.select([sock], [], [], 0)[0]) and sock.recv(64) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_neither_delay_answers_nor_stay_open(world):
+    """300 loopback sockets that send nothing (or a third of a request line): /health and /predict
+    still answer within a second (the default --max-connections 256: the oldest idle ones make room),
+    and every one of them is closed once --header-timeout has passed."""
+    service = world["service"]
+    host, port = service.url.split("//")[1].split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(300)]
+    try:
+        for sock in idle[::3]:
+            sock.sendall(b"GET /health HT")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        status, _, _ = _call(f"{service.url}/health", timeout=5)
+        assert status == 200 and time.monotonic() - t0 < 1.0
+        status, answer, _ = _predict(service, world["good"][2])
+        assert status == 200 and answer["seconds"]["upload"] + answer["seconds"]["queue"] < 1.0, answer["seconds"]
+        deadline = time.monotonic() + HEADER_TIMEOUT + 10
+        while time.monotonic() < deadline and not all(_closed(sock) for sock in idle):
+            time.sleep(0.2)
+        assert all(_closed(sock) for sock in idle), f"{sum(map(_closed, idle))} of 300 idle sockets closed"
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_eight_concurrent_clients_each_get_their_own_answer(world):

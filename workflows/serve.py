@@ -56,6 +56,7 @@ from data_cache.errors import PadError, bug_text
 from data_cache.jsonsafe import null_nonfinite
 from workflows.options import PredictConfig, ServeConfig
 from workflows.predict import Predictor, failure_line, prediction_json
+from workflows.serve_http import drain_bytes, protocol_class
 from workflows.serve_metrics import CONTENT_TYPE, STAGES, ServeMetrics
 from workflows.uploads import UploadError, receive_upload
 
@@ -355,8 +356,11 @@ def serve_forever(service: Service, sock: socket.socket) -> None:
             service.draining = True
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(make_app(service), log_level="warning", access_log=False, lifespan="off", http="h11",
-                            loop="asyncio", timeout_graceful_shutdown=None, server_header=False)
+    cfg = service.cfg
+    config = uvicorn.Config(make_app(service), log_level="warning", access_log=False, lifespan="off",
+                            http=protocol_class(cfg.max_connections, cfg.header_timeout, drain_bytes(service.limit)),
+                            limit_concurrency=cfg.max_connections + 1, loop="asyncio",
+                            timeout_graceful_shutdown=None, server_header=False)
     server = Server(config)
     host, port = sock.getsockname()[:2]
     predictor = service.predictor
@@ -384,6 +388,10 @@ def run_serve(cfg: ServeConfig) -> int:
         raise PadError(f"--max-upload-mb must be more than 0 (got {cfg.max_upload_mb})")
     if not (cfg.upload_timeout > 0 and math.isfinite(cfg.upload_timeout)):
         raise PadError(f"--upload-timeout must be more than 0 seconds (got {cfg.upload_timeout})")
+    if cfg.max_connections < 1:
+        raise PadError(f"--max-connections must be 1 or more (got {cfg.max_connections})")
+    if not (cfg.header_timeout > 0 and math.isfinite(cfg.header_timeout)):
+        raise PadError(f"--header-timeout must be more than 0 seconds (got {cfg.header_timeout})")
     token = read_token(cfg.token_file) if cfg.token_file is not None else None
     sock = bind_socket(cfg.host, cfg.port)
     previous = signal.signal(signal.SIGTERM, _stopped_while_starting)   # clean up like Ctrl-C until serving
