@@ -571,6 +571,76 @@ def test_a_stalled_upload_is_dropped_with_408_and_frees_its_place(world, tmp_pat
         service.stop()
 
 
+# ---------------------------------------------------------------------------- decisions: one rule
+@pytest.fixture(scope="module")
+def two_products(world, tmp_path_factory):
+    """A copy of the run with a calibration of two products (ring, cup; 19 normal scores each, as
+    pad calibrate writes them, at false-alarm rate 0.1)."""
+    import shutil as sh
+
+    from scoring.calibration import calibration_document, checkpoint_digest, scoring_signature, write_calibration
+    from data_cache import checkpoint as ckpt
+
+    run = str(tmp_path_factory.mktemp("calibrated") / "run")
+    sh.copytree(world["run"], run)
+    rng = np.random.default_rng(0)
+    per_class = {c: (rng.uniform(0.3, 0.6, 19).tolist(), rng.uniform(0.5, 0.9, 19).tolist(),
+                     [f"{c}/train/{k:03d}" for k in range(19)]) for c in ("ring", "cup")}
+    write_calibration(os.path.join(run, "calibration.json"), calibration_document(
+        per_class, 0.1, 3, run=run, prompts_sha256=checkpoint_digest(run),
+        feature_tag=ckpt.load_config(run)["feature_tag"], scoring=scoring_signature(4.0, "points", False, None),
+        cache=run, splits=["train"]))
+    return run
+
+
+def test_several_products_without_class_give_scores_and_one_note(world, two_products, tmp_path):
+    """No --class with a calibration of two products: exit 0, scores without verdicts, one note that
+    names --class NAME and --calibration none; --class cup: cup's verdicts."""
+    out = tmp_path / "out"
+    base = ["predict", str(world["good"][0]), "--checkpoint", two_products, "--out", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 0, result.output
+    notes = [ln for ln in result.stderr.splitlines() if "calibration" in ln]
+    assert len(notes) == 1 and "--class NAME" in notes[0] and "--calibration none" in notes[0], result.stderr
+    assert "cup, ring" in notes[0]
+    doc = json.loads((out / "scan0.json").read_text())
+    assert doc["verdict"] is None and doc["class"] is None and np.isfinite(doc["score"])
+    result = CliRunner().invoke(main, base + ["--class", "cup"])
+    assert result.exit_code == 0 and "calibration" not in result.stderr, result.output
+    doc = json.loads((out / "scan0.json").read_text())
+    assert doc["class"] == "cup" and doc["verdict"] in ("normal", "anomalous") and doc["false_alarm"] == 0.1
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_a_class_the_calibration_does_not_hold_is_refused(world, two_products, tmp_path, command):
+    args = ([command, str(world["good"][0]), "--out", str(tmp_path / "out")] if command == "predict"
+            else [command, "--port", "0"])
+    result = CliRunner().invoke(main, args + ["--checkpoint", two_products, "--device", "cpu", "--class", "rnig"],
+                                terminal_width=200)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--class rnig: no such product" in lines[0] and "calibrated: cup, ring" in lines[0]
+
+
+def test_health_says_which_product_decisions_and_rate_are_in_force(world, two_products, tmp_path):
+    from workflows.options import PredictConfig, ServeConfig
+    from workflows.predict import Predictor
+    from workflows.serve import Service as Served
+
+    status, _, body = _call(f"{world['service'].url}/health")
+    assert status == 200
+    assert {k: json.loads(body)[k] for k in ("class", "decisions", "false_alarm")} == \
+        {"class": None, "decisions": "off", "false_alarm": None}             # the module's run: no calibration
+    for cls, expected in ((None, {"class": None, "decisions": "off", "false_alarm": None}),
+                          ("ring", {"class": "ring", "decisions": "on", "false_alarm": 0.1})):
+        predictor = Predictor(PredictConfig(files=(), checkpoint=two_products, device="cpu", cls=cls))
+        served = Served(predictor, ServeConfig(checkpoint=two_products, cls=cls), None, str(tmp_path))
+        try:
+            assert {k: served.health()[k] for k in expected} == expected
+        finally:
+            served.executor.shutdown()
+
+
 def test_sigterm_answers_the_upload_in_flight_then_exits_0(world):
     service = world["service"]
     path = world["good"][5]

@@ -370,9 +370,12 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 def predict_calibration(cfg: PredictConfig, config: dict, choice: RenderChoice):
     """The calibration that judges the files (``--calibration``, ``--class``): (calibration or None,
-    its class or None, notice lines). PadError, one line, when it does not apply: another
-    checkpoint, features or smoothing, files rendered otherwise than the run's cache, or several
-    calibrated classes and no ``--class``."""
+    its class or None, notice lines). One rule for pad predict and pad serve: a calibration of
+    several products and no ``--class`` gives scores without verdicts and one note naming
+    ``--class NAME`` and ``--calibration none``; a ``--class`` the calibration does not hold is a
+    PadError listing the calibrated products. PadError, one line, also when the calibration does not
+    apply: another checkpoint, features or smoothing, or files rendered otherwise than the run's
+    cache."""
     from scoring.calibration import AUTO, check_applies, checkpoint_digest, resolve_calibration, scoring_signature
 
     cal = resolve_calibration(cfg.calibration, cfg.checkpoint)
@@ -390,12 +393,13 @@ def predict_calibration(cfg: PredictConfig, config: dict, choice: RenderChoice):
     classes = sorted(cal.classes)
     if cfg.cls is None:
         if len(classes) > 1:
-            raise PadError(f"the calibration holds classes {', '.join(classes)}: say which product the files are "
-                           "with --class NAME", cal.path)
+            return None, None, [f"the calibration {cal.path} holds several products ({', '.join(classes)}): scores "
+                                "without verdicts; --class NAME judges the scans as product NAME, --calibration none "
+                                "asks for scores only without this note"]
         return cal, classes[0], []
     if cfg.cls not in cal.classes:
-        return None, None, [f"class '{cfg.cls}' has no calibration in {cal.path} (calibrated: {', '.join(classes)}): "
-                            "scores only"]
+        raise PadError(f"--class {cfg.cls}: no such product in this calibration (calibrated: {', '.join(classes)}); "
+                       "give one of them, or --calibration none for scores only", cal.path)
     return cal, str(cfg.cls), []
 
 

@@ -6,7 +6,8 @@ settings), and one built-in cloud is scored on the model thread, which makes the
 OpenGL context there and warms every path. Then one line on stdout gives the URL, and:
 
 - ``GET /health``: ``{"ready", "run", "backbone", "pretrained", "random_weights", "feature_tag",
-  "render", "device", "uptime_s", "requests_served", "queue": {"length", "capacity"}}``
+  "render", "device", "uptime_s", "requests_served", "class", "decisions", "false_alarm",
+  "queue": {"length", "capacity"}}`` (``decisions`` "on" or "off", ``false_alarm`` the rate in force)
   (``ready`` turns false once the service is stopping); never needs the token.
 - ``POST /predict``: one scan, as a multipart upload (its file part; ``curl -F file=@scan.ply``)
   or as the raw body with ``?filename=scan.ply``. The answer is the JSON document ``pad predict``
@@ -123,6 +124,15 @@ def class_notes(predictor: Predictor, cfg: ServeConfig) -> list[str]:
             "classes outside its table"]
 
 
+def decisions_in_force(predictor: Predictor) -> dict:
+    """``class`` (the calibrated product the scans are judged as, or None), ``decisions`` ("on"
+    or "off") and ``false_alarm`` (the calibration's α, or None) of /health."""
+    cal = predictor.calibration
+    return {"class": predictor.calibration_class if cal is not None else None,
+            "decisions": "on" if cal is not None else "off",
+            "false_alarm": float(cal.false_alarm) if cal is not None else None}
+
+
 def warm_up_file(directory: str, settings) -> str:
     """A scan written into ``directory`` that the run reads as it reads a served scan: an even
     sphere of WARM_UP_POINTS points (.npy), or, for a run rendered ``--style pointad`` from
@@ -201,7 +211,7 @@ class Service:
                 "pretrained": pretrained, "random_weights": pretrained == "random",
                 "feature_tag": self.predictor.config["feature_tag"], "render": self.predictor.choice.source,
                 "device": device, "uptime_s": round(time.monotonic() - self.started, 3),
-                "requests_served": self.metrics.served(),
+                "requests_served": self.metrics.served(), **decisions_in_force(self.predictor),
                 "queue": {"length": self.queue_length(), "capacity": self.capacity - 1}}
 
     def queue_length(self) -> int:
