@@ -7,7 +7,7 @@ Builds a small pad-tiny run (``pad synth`` → ``pad render --image-size 64 --su
   scan ``--scans`` times in a row (multipart ``POST /predict``); the service's RSS (``VmRSS``)
   read every 50 scans;
 - **render**: one process doing what a ``pad render`` worker does per sample (read the file,
-  :func:`pipeline.render.render_sample` with the run's settings, 9 views) for ``--scans``
+  :func:`pipeline.render.render_sample` with the run's settings, ``--views``) for ``--scans``
   samples, cycling over the dataset's files, its RSS read every 50 samples.
 
 ``*_mb_per_scan``: the least-squares slope of RSS against scans after the first 50 (warm-up);
@@ -17,7 +17,7 @@ state before :func:`pipeline.render.gl.program_cache`, patched in the child proc
 script only): ``naive_*_mb_per_scan``, and ``ratio_*`` = naive slope / slope.
 
     python benchmarks/soak.py                        # 1,000 scans each, 150 naive
-    python benchmarks/soak.py --scans 300 --naive-scans 100
+    python benchmarks/soak.py --scans 300 --naive-scans 100 --views 3   # a busy 2-core machine
 """
 from __future__ import annotations
 
@@ -45,8 +45,10 @@ EVERY = 50
 WARM_UP = 50
 # pyrender's own cache back in place of pad's (the naive way): used only by this benchmark.
 NAIVE = ("import pipeline.render.gl as gl\n"
-         "from pyrender.shader_program import ShaderProgramCache\n"
-         "gl.program_cache = lambda shader_dir: ShaderProgramCache(shader_dir=shader_dir)\n")
+         "def naive_cache(shader_dir):\n"
+         "    from pyrender.shader_program import ShaderProgramCache\n"
+         "    return ShaderProgramCache(shader_dir=shader_dir)\n"
+         "gl.program_cache = naive_cache\n")
 SERVE = "import sys\nfrom cli import main\nsys.argv[0] = 'pad'\nmain()\n"
 WORKER = """
 import json, sys, itertools
@@ -56,8 +58,9 @@ from pipeline.render import render_sample
 from pipeline.render_job import plan_render
 from trainer.memory import resident_mb
 
-data, scans, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-plan = plan_render(RenderConfig(dataset=data, cache=sys.argv[4], image_size=64, supersample=1, splits="test"))
+data, scans, every, views = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
+plan = plan_render(RenderConfig(dataset=data, cache=sys.argv[4], image_size=64, supersample=1, splits="test",
+                                views=views))
 for n, ref in enumerate(itertools.islice(itertools.cycle(plan.refs), scans), start=1):
     render_sample(load_sample(ref), plan.settings, plan.cameras)
     if n % every == 0:
@@ -66,12 +69,14 @@ print(json.dumps(["peak", resident_mb(field="VmHWM")]), flush=True)
 """
 
 
-def make_run(work: Path) -> tuple[Path, str]:
-    """(the synthetic dataset, a pad-tiny run rendered at 64 px without supersampling)."""
+def make_run(work: Path, views: str) -> tuple[Path, str]:
+    """(the synthetic dataset, a pad-tiny run rendered at 64 px without supersampling, ``views``)."""
     data, cache, run = work / "data", work / "cache", work / "run"
+    if (run / "prompts.safetensors").exists():          # --work of an earlier soak: reuse its run
+        return data, str(run)
     steps = [["synth", str(data), "--n-classes", "2", "--per-class", "2", "--points", "3000"],
              ["render", str(data), "--cache", str(cache), "--splits", "test", "--workers", "1", "--image-size", "64",
-              "--supersample", "1"],
+              "--supersample", "1", "--views", views],
              ["extract-features", "--cache", str(cache), "--backbone", "pad-tiny", "--pretrained", "random",
               "--device", "cpu"]]
     for args in steps:
@@ -99,11 +104,11 @@ def soak_serve(run: str, scan: Path, work: Path, scans: int, naive: bool) -> dic
     args = ["serve", "--checkpoint", run, "--port", "0", "--device", "cpu"]
     command = [sys.executable, "-c", NAIVE + SERVE, *args] if naive else pad_command() + args
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = subprocess.Popen(command, stdout=fo, stderr=fe, cwd=ROOT)
+        proc = subprocess.Popen(command, stdout=fo, stderr=fe, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
         t0 = time.monotonic()
         while not (found := re.search(r"http://127\.0\.0\.1:\d+", out.read_text())):
-            if proc.poll() is not None or time.monotonic() - t0 > 600:
+            if proc.poll() is not None or time.monotonic() - t0 > 1800:
                 raise SystemExit(f"soak: pad serve did not start: {err.read_text()[-2000:]}")
             time.sleep(0.05)
         url, samples, t0 = found.group(0), [(0, resident_mb(proc.pid))], time.perf_counter()
@@ -123,11 +128,11 @@ def soak_serve(run: str, scan: Path, work: Path, scans: int, naive: bool) -> dic
     return {"samples": samples, "peak": peak, "scans_per_s": scans / seconds}
 
 
-def soak_render(data: Path, work: Path, scans: int, naive: bool) -> dict:
+def soak_render(data: Path, work: Path, scans: int, naive: bool, views: str) -> dict:
     """RSS of one process rendering ``scans`` samples as a render worker does."""
     code = (NAIVE if naive else "") + WORKER
     done = subprocess.run([sys.executable, "-c", code, str(data), str(scans), str(min(EVERY, scans)),
-                           str(work / "cache-plan")], cwd=ROOT, capture_output=True, text=True,
+                           str(work / "cache-plan"), views], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if done.returncode != 0:
         raise SystemExit(f"soak: the render worker failed: {done.stderr[-2000:]}")
@@ -140,17 +145,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=1000)
     parser.add_argument("--naive-scans", type=int, default=150, help="0: skip the naive runs")
+    parser.add_argument("--views", default="9", help="views per scan (pad render --views)")
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args()
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     with tempfile.TemporaryDirectory(prefix="pad-soak-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        data, run = make_run(work)
+        data, run = make_run(work, args.views)
         scan = write_scan(work / "scan.ply", 3000, seed=5)
-        figures: dict[str, float] = {"scans": args.scans}
+        figures: dict[str, float] = {"scans": args.scans, "views": args.views}
         for name, measure in (("serve", lambda n, naive: soak_serve(run, scan, work, n, naive)),
-                              ("render", lambda n, naive: soak_render(data, work, n, naive))):
+                              ("render", lambda n, naive: soak_render(data, work, n, naive, args.views))):
             print(f"soak: {name}, {args.scans} scans ...", file=sys.stderr, flush=True)
             got = measure(args.scans, False)
             after = [mb for n, mb in got["samples"] if n >= WARM_UP]
