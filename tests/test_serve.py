@@ -571,6 +571,18 @@ def test_a_stalled_upload_is_dropped_with_408_and_frees_its_place(world, tmp_pat
         service.stop()
 
 
+def test_pad_predict_checks_file_contents_before_the_model_loads(world, tmp_path):
+    """Every bad file (empty, cut short, all NaN, not a cloud, 5 points) gets its one line before the
+    model loads: with weights that do not exist, nothing is said about them, because nothing loads."""
+    result = CliRunner().invoke(main, ["predict", *map(str, world["bad"]), "--checkpoint", world["run"], "--out",
+                                       str(tmp_path / "out"), "--device", "cpu", "--pretrained",
+                                       str(tmp_path / "missing-weights.pt")], terminal_width=200)
+    assert result.exit_code == 2
+    for path in world["bad"]:
+        assert len(_lines_of(result.stderr, path)) == 1, (path, result.stderr)
+    assert "missing-weights" not in result.output and not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------- decisions: one rule
 @pytest.fixture(scope="module")
 def two_products(world, tmp_path_factory):

@@ -93,6 +93,8 @@ def feature_spec(config: dict, run_dir: str) -> FeatureSpec:
 RENDER_DEFAULTS = {"views": "paper", "supersample": 2, "point_size": "auto", "knn": 10}
 #: The grey of a row that has no score (non-finite coordinates) in the coloured PLY.
 NO_SCORE_RGB = (128, 128, 128)
+#: Rows of files pad predict keeps as read by its early check, to score without reading them again.
+EARLY_KEEP_ROWS = 5_000_000
 
 
 @dataclass
@@ -199,6 +201,46 @@ def _pointad_choice(record: dict, config: dict, cfg: PredictConfig) -> RenderCho
     return RenderChoice(settings, [dict(c) for c in record["cameras"]], "overridden" if differ else "run", notes)
 
 
+def read_scan(path: str, settings, cfg: PredictConfig):
+    """The sample to render for ``path`` and how it maps back to the file's rows: (Sample,
+    (R,) int64 point of each row or −1, (R, 3) float32 row coordinates (NaN where not
+    finite), rows dropped as non-finite). A mesh is sampled (``--mesh-points``; ``Sample.mesh``
+    says so, its rows are the points drawn). With a run rendered ``--style pointad``
+    (``settings``), the file is read as the official script of the run's layout reads a sample
+    (:func:`pipeline.ingest.pointad.load_for_prediction`). PadError naming the file for one that
+    cannot be read or has too few usable points: needs no model, so pad predict calls it before the
+    model loads and pad serve before an upload joins the queue."""
+    from pipeline.ingest import check_point_count, read_input
+    from pipeline.sample import Sample
+
+    if settings.style == "pointad":
+        from pipeline.ingest.pointad import load_for_prediction
+        scan = load_for_prediction(path, settings.layout, settings.seed, cfg.cls)
+        check_point_count(path, scan[0].n_points)
+        return scan
+    cloud = read_input(path, cfg.mesh_points)
+    n = int(cloud.points.shape[0])
+    labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    sample = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points,
+                    point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals, mesh=cloud.mesh)
+    kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
+    back = np.full(kept.shape[0], -1, np.int64)
+    back[kept] = np.arange(n)
+    rows = np.full((kept.shape[0], 3), np.nan, np.float32)
+    rows[kept] = cloud.points
+    return sample, back, rows, int(cloud.n_dropped_nonfinite)
+
+
+def early_settings(cfg: PredictConfig):
+    """The render settings files are read with (the run's, as :class:`Predictor` takes them), from
+    the run's configuration alone: no backbone, no model."""
+    from data_cache import checkpoint as ckpt
+
+    config = ckpt.load_config(cfg.checkpoint)
+    return render_choice(config, cfg, feature_spec(config, cfg.checkpoint).render_size).settings
+
+
 class Predictor:
     """Checkpoint, backbone and renderer settings, built once for all files."""
 
@@ -258,30 +300,8 @@ class Predictor:
         return np.concatenate(gs).astype(np.float16), np.concatenate(ps).astype(np.float16)
 
     def _read(self, path: str):
-        """The sample to render for ``path`` and how it maps back to the file's rows: (Sample,
-        (R,) int64 point of each row or −1, (R, 3) float32 row coordinates (NaN where not
-        finite), rows dropped as non-finite). A mesh is sampled (``--mesh-points``; ``Sample.mesh``
-        says so, its rows are the points drawn). With a run rendered ``--style pointad``, the file
-        is read as the official script of the run's layout reads a sample
-        (:func:`pipeline.ingest.pointad.load_for_prediction`)."""
-        from pipeline.ingest import read_input
-        from pipeline.sample import Sample
-
-        if self.settings.style == "pointad":
-            from pipeline.ingest.pointad import load_for_prediction
-            return load_for_prediction(path, self.settings.layout, self.settings.seed, self.cfg.cls)
-        cloud = read_input(path, self.cfg.mesh_points)
-        n = int(cloud.points.shape[0])
-        labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        sample = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points,
-                        point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals, mesh=cloud.mesh)
-        kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
-        back = np.full(kept.shape[0], -1, np.int64)
-        back[kept] = np.arange(n)
-        rows = np.full((kept.shape[0], 3), np.nan, np.float32)
-        rows[kept] = cloud.points
-        return sample, back, rows, int(cloud.n_dropped_nonfinite)
+        """:func:`read_scan` of ``path`` with this run's settings."""
+        return read_scan(path, self.settings, self.cfg)
 
     @property
     def sizes_points_by_class(self) -> bool:
@@ -301,22 +321,21 @@ class Predictor:
                 f"xyz/ tree around the file, no --class): points drawn {attrs['point_size_window_px']:g} window px "
                 "wide, the run's size for other classes; --class NAME gives the script's size for NAME")
 
-    def predict(self, path: str, with_maps: bool = False) -> dict:
+    def predict(self, path: str, with_maps: bool = False, scan: tuple | None = None) -> dict:
         """Score one file; returns the JSON document (see the module docstring) plus arrays for the
         PLY and the view: ``points`` (R, 3) float32 (R rows of the file; NaN on unscored rows),
         ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
         with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
-        PadError for a bad file, and for a cloud under pad's minimum point count."""
-        from pipeline.ingest import check_point_count
+        PadError for a bad file, and for a cloud under pad's minimum point count. ``scan``: what
+        :func:`read_scan` returned for ``path`` (read already; not read again)."""
         from pipeline.ingest.inputs import dropped_text
         from pipeline.render import render_sample
         from scoring.sample_score import score_sample
 
         t0 = time.perf_counter()
-        sample, back, row_points, dropped = self._read(path)
+        sample, back, row_points, dropped = scan if scan is not None else self._read(path)
         t1 = time.perf_counter()
         n = sample.n_points
-        check_point_count(path, n)
         mesh = getattr(sample, "mesh", None)
         rendered = render_sample(sample, self.settings, self.cameras)
         t2 = time.perf_counter()
@@ -538,6 +557,20 @@ def run_predict(cfg: PredictConfig) -> int:
         except PadError as exc:
             failed += 1
             print(f"pad predict: {exc}", file=sys.stderr)
+    settings = early_settings(cfg) if readable else None
+    scans: dict[str, tuple] = {}
+    kept_rows = 0
+    for path in list(readable):  # contents too (format, readable, enough points, faces), still before the model
+        try:
+            scan = read_scan(path, settings, cfg)
+        except PadError as exc:
+            failed += 1
+            readable.remove(path)
+            print(failure_line(path, exc), file=sys.stderr)
+            continue
+        if kept_rows + len(scan[1]) <= EARLY_KEEP_ROWS:  # read once; past the budget read again when scored
+            scans[path] = scan
+            kept_rows += len(scan[1])
     if not readable:
         if failed > 1:
             print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
@@ -553,7 +586,7 @@ def run_predict(cfg: PredictConfig) -> int:
     meshes = 0
     for path in tqdm(readable, desc="pad predict", unit="file", file=sys.stderr, disable=len(readable) < 2):
         try:
-            doc = predictor.predict(path, with_maps=cfg.html)
+            doc = predictor.predict(path, with_maps=cfg.html, scan=scans.pop(path, None))
         except PadError as exc:
             failed += 1
             tqdm.write(failure_line(path, exc), file=sys.stderr)

@@ -56,7 +56,7 @@ import numpy as np
 from data_cache.errors import PadError, bug_text
 from data_cache.jsonsafe import null_nonfinite
 from workflows.options import PredictConfig, ServeConfig
-from workflows.predict import Predictor, failure_line, prediction_json
+from workflows.predict import Predictor, failure_line, prediction_json, read_scan
 from workflows.serve_http import drain_bytes, protocol_class
 from workflows.serve_metrics import CONTENT_TYPE, STAGES, ServeMetrics
 from workflows.uploads import UploadError, receive_upload
@@ -186,12 +186,13 @@ class Service:
         self.metrics = ServeMetrics()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pad-serve-model")
 
-    def _score(self, path: str) -> tuple[dict, float, float]:
-        """On the model thread: (pad predict's document of ``path``, start, end perf_counter)."""
+    def _score(self, path: str, scan: tuple) -> tuple[dict, float, float]:
+        """On the model thread: (pad predict's document of ``path``, read already as ``scan``, start,
+        end perf_counter)."""
         start = time.perf_counter()
         self.scoring = 1
         try:
-            return self.predictor.predict(path), start, time.perf_counter()
+            return self.predictor.predict(path, scan=scan), start, time.perf_counter()
         finally:
             self.scoring = 0
 
@@ -250,8 +251,12 @@ class Service:
                 print(line, file=sys.stderr, flush=True)
                 return 507 if exc.errno == errno.ENOSPC else 500, {"error": line}, {}
             t1 = time.perf_counter()
-            try:
-                doc, start, end = await asyncio.get_running_loop().run_in_executor(self.executor, self._score, path)
+            try:   # the file's contents are checked before it joins the model's queue (another thread)
+                scan = await asyncio.to_thread(read_scan, path, self.predictor.settings, self.predictor.cfg)
+                t2 = time.perf_counter()
+                doc, start, end = await asyncio.get_running_loop().run_in_executor(self.executor, self._score, path,
+                                                                                   scan)
+                doc["seconds"]["read"] = round(t2 - t1, 6)
             except PadError as exc:
                 line = failure_line(name, str(exc).replace(path, name))
                 print(line, file=sys.stderr, flush=True)
@@ -263,7 +268,7 @@ class Service:
             self.model_seconds = end - start
             answer = prediction_json(doc, points=points)
             answer["file"] = name
-            seconds = {"upload": t1 - t0, "queue": max(0.0, start - t1), **doc["seconds"],
+            seconds = {"upload": t1 - t0, "queue": max(0.0, start - t2), **doc["seconds"],
                        "total": time.perf_counter() - t0}
             answer["seconds"] = {k: round(float(seconds[k]), 6) for k in STAGES}
             for stage in STAGES:
