@@ -607,11 +607,17 @@ def two_products(world, tmp_path_factory):
 
 def test_several_products_without_class_give_scores_and_one_note(world, two_products, tmp_path):
     """No --class with a calibration of two products: exit 0, scores without verdicts, one note that
-    names --class NAME and --calibration none; --class cup: cup's verdicts."""
-    out = tmp_path / "out"
-    base = ["predict", str(world["good"][0]), "--checkpoint", two_products, "--out", str(out), "--device", "cpu"]
+    names --class NAME and --calibration none; --class cup: cup's verdicts. (The two files share a
+    stem: the second is written as scan0-2.*, and the summary line says so.)"""
+    out, twin = tmp_path / "out", tmp_path / "again" / world["good"][0].name     # two files, one stem
+    twin.parent.mkdir()
+    twin.write_bytes(world["good"][0].read_bytes())
+    base = ["predict", str(world["good"][0]), str(twin), "--checkpoint", two_products, "--out", str(out), "--device",
+            "cpu"]
     result = CliRunner().invoke(main, base)
     assert result.exit_code == 0, result.output
+    assert f"written under other names, their stems being taken: {twin} as scan0-2.*" in result.stderr
+    assert json.loads((out / "scan0-2.json").read_text())["file"] == str(twin)
     notes = [ln for ln in result.stderr.splitlines() if "calibration" in ln]
     assert len(notes) == 1 and "--class NAME" in notes[0] and "--calibration none" in notes[0], result.stderr
     assert "cup, ring" in notes[0]

@@ -583,6 +583,7 @@ def run_predict(cfg: PredictConfig) -> int:
     except OSError as exc:
         raise PadError(f"cannot create the output directory ({exc.strerror})", cfg.out) from None
     used: set[str] = set()
+    renamed: list[str] = []   # outputs named otherwise than their file's stem (two files, one stem)
     meshes = 0
     for path in tqdm(readable, desc="pad predict", unit="file", file=sys.stderr, disable=len(readable) < 2):
         try:
@@ -591,7 +592,10 @@ def run_predict(cfg: PredictConfig) -> int:
             failed += 1
             tqdm.write(failure_line(path, exc), file=sys.stderr)
             continue
-        name = _unique_name(os.path.splitext(os.path.basename(path))[0], used)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name = _unique_name(stem, used)
+        if name != _unique_name(stem, set()):
+            renamed.append(f"{path} as {name}.*")
         write_prediction(cfg.out, name, doc)
         if cfg.html:
             write_prediction_view(cfg.out, name, doc, cfg.view_points)
@@ -608,6 +612,8 @@ def run_predict(cfg: PredictConfig) -> int:
                    f"top-1% mean={doc['top1pct_mean']:.3f}{drawn}" + verdict_text(doc), file=sys.stdout)
     of_meshes = (f" ({meshes} of them mesh{'es' if meshes > 1 else ''}, sampled with {cfg.mesh_points} points on "
                  "the surface: --mesh-points)" if meshes else "")
+    if renamed:
+        of_meshes += f"; written under other names, their stems being taken: {', '.join(renamed)}"
     if failed:   # each failed file's own line said why
         if failed < len(files):
             print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in "
