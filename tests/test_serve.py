@@ -324,7 +324,8 @@ def _status_of_big_upload(client: str, url: str, body: bytes, token: str | None 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if client == "urllib":
         try:
-            with OPENER.open(urllib.request.Request(target, data=body, method="POST", headers=headers), timeout=60) as r:
+            request = urllib.request.Request(target, data=body, method="POST", headers=headers)
+            with OPENER.open(request, timeout=60) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -567,6 +568,9 @@ def test_a_stalled_upload_is_dropped_with_408_and_frees_its_place(world, tmp_pat
         status, answer, _ = _predict(service, world["good"][0])
         assert status == 200
         _assert_same_answer(answer, world["expected"]["scan0.ply"], "scan0.ply")
+        service.proc.send_signal(signal.SIGHUP)                  # a closed terminal: a clean stop too
+        assert service.proc.wait(timeout=60) == 0
+        assert list(service.tmp.iterdir()) == []                 # no directory of pad's left (shaders, uploads)
     finally:
         service.stop()
 
@@ -681,4 +685,5 @@ def test_sigterm_answers_the_upload_in_flight_then_exits_0(world):
     _assert_same_answer(json.loads(body), world["expected"][path.name], path.name)
     assert service.proc.wait(timeout=60) == 0
     assert service.private_dirs() == []                     # removed at exit
+    assert list(service.tmp.iterdir()) == []                # and nothing else of pad's (shader files)
     assert "stopped;" in service.err.read_text()

@@ -29,7 +29,7 @@ seconds is dropped with 408, its place in the queue freed. With ``--token-file``
 but ``/health`` needs ``Authorization: Bearer <token>`` (401 otherwise; compared with
 :func:`hmac.compare_digest`). Uploads are written only into a private directory (mode 0700)
 made at start, one subdirectory per request, removed when its answer is sent; the whole
-directory is removed at exit. SIGTERM or Ctrl-C: the port is closed, the requests already
+directory is removed at exit. SIGTERM, SIGHUP or Ctrl-C: the port is closed, the requests already
 taken are answered, and the process exits 0 (a second Ctrl-C stops at once).
 
 Other errors: 400 for a malformed upload, 507 for an upload that cannot be stored for lack of
@@ -363,7 +363,7 @@ async def _serve(server, sock: socket.socket, ready_line: str) -> None:
 
 
 def serve_forever(service: Service, sock: socket.socket) -> None:
-    """Serve on ``sock`` until SIGTERM / SIGINT, then drain (uvicorn on asyncio, h11)."""
+    """Serve on ``sock`` until SIGTERM / SIGINT / SIGHUP, then drain (uvicorn on asyncio, h11)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -384,6 +384,8 @@ def serve_forever(service: Service, sock: socket.socket) -> None:
             f"{pretrained}, {predictor.device}); POST /predict, GET /health, GET /metrics; Ctrl-C stops")
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, _ignore) for sig in handled}
+    # a closed terminal (SIGHUP) stops as SIGTERM does: drained, the private directory removed
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda sig, frame: server.handle_exit(signal.SIGTERM, frame))
     try:
         asyncio.run(_serve(server, sock, line))
     finally:
@@ -409,7 +411,8 @@ def run_serve(cfg: ServeConfig) -> int:
         raise PadError(f"--header-timeout must be more than 0 seconds (got {cfg.header_timeout})")
     token = read_token(cfg.token_file) if cfg.token_file is not None else None
     sock = bind_socket(cfg.host, cfg.port)
-    previous = signal.signal(signal.SIGTERM, _stopped_while_starting)   # clean up like Ctrl-C until serving
+    stops = (signal.SIGTERM, signal.SIGHUP)     # until serving: clean up as Ctrl-C does
+    previous = {sig: signal.signal(sig, _stopped_while_starting) for sig in stops}
     try:
         predictor = Predictor(PredictConfig(files=(), checkpoint=cfg.checkpoint, device=cfg.device,
                                               calibration=cfg.calibration, cls=cfg.cls))
@@ -424,7 +427,8 @@ def run_serve(cfg: ServeConfig) -> int:
             service.executor.shutdown(wait=True)
             shutil.rmtree(private_dir, ignore_errors=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
     print(f"pad serve: stopped; {service.metrics.served()} scan(s) served", file=sys.stderr)
     return 0
