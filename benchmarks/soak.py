@@ -44,10 +44,15 @@ from trainer.memory import resident_mb  # noqa: E402
 EVERY = 50
 WARM_UP = 50
 # pyrender's own cache back in place of pad's (the naive way): used only by this benchmark.
-NAIVE = ("import pipeline.render.gl as gl\n"
-         "def naive_cache(shader_dir):\n"
+NAIVE = ("import os, tempfile\n"
+         "import pipeline.render.gl as gl\n"
+         "def naive_cache(sources):\n"
          "    from pyrender.shader_program import ShaderProgramCache\n"
-         "    return ShaderProgramCache(shader_dir=shader_dir)\n"
+         "    folder = tempfile.mkdtemp(prefix='pad-soak-naive-')\n"
+         "    for name, text in sources.items():\n"
+         "        with open(os.path.join(folder, name), 'w') as fh:\n"
+         "            fh.write(text)\n"
+         "    return ShaderProgramCache(shader_dir=folder)\n"
          "gl.program_cache = naive_cache\n")
 SERVE = "import sys\nfrom cli import main\nsys.argv[0] = 'pad'\nmain()\n"
 WORKER = """

@@ -2,7 +2,8 @@
 scan again compiles no shader program and keeps the resident memory flat (pyrender's own
 program cache missed on every draw under OSMesa/EGL and grew a worker by megabytes a scan; see
 :func:`pipeline.render.gl.program_cache`). Measured in a fresh process, so that nothing else
-this test session holds moves the figure."""
+this test session holds moves the figure. And no shader file of pad's stays in the temporary
+directory while the renderers live (they are written only while a program compiles)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ SCANS = 200
 MB_PER_SCAN = 0.1   # the unfixed cache grew by ~2.5 MB per scan of these three views
 
 CODE = """
-import json, sys
+import glob, json, os, sys, tempfile
 import numpy as np
 from pipeline.render.cameras import make_cameras
 from pipeline.render.gl import get_point_renderer, get_renderer
@@ -46,13 +47,14 @@ for _ in range(10):
 warm = (programs(), resident_mb())
 for _ in range(scans):
     scan()
-print(json.dumps({"programs": [warm[0], programs()], "mb": [warm[1], resident_mb()]}))
+left = glob.glob(os.path.join(tempfile.gettempdir(), "pad-*"))     # while the renderers live
+print(json.dumps({"programs": [warm[0], programs()], "mb": [warm[1], resident_mb()], "left": left}))
 """
 
 
-def test_drawing_again_compiles_nothing_and_memory_stays_flat():
+def test_drawing_again_compiles_nothing_and_memory_stays_flat(tmp_path):
     platform = os.environ.get("PYOPENGL_PLATFORM", "osmesa")      # egl on a GPU machine
-    env = dict(os.environ, PYOPENGL_PLATFORM=platform, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYOPENGL_PLATFORM=platform, PYTHONPATH=ROOT, TMPDIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", CODE, str(SCANS), platform], env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     figures = json.loads(out.strip().splitlines()[-1])
@@ -60,3 +62,5 @@ def test_drawing_again_compiles_nothing_and_memory_stays_flat():
     assert before == after, f"{after - before} shader programs compiled again in {SCANS} scans"
     grown = figures["mb"][1] - figures["mb"][0]
     assert grown < MB_PER_SCAN * SCANS, f"resident memory grew {grown:.1f} MB over {SCANS} scans"
+    # shader files exist only while a program compiles: a stop of any kind leaves none behind
+    assert figures["left"] == [] and list(tmp_path.iterdir()) == []

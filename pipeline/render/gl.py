@@ -27,6 +27,7 @@ import ctypes.util
 import glob
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -124,15 +125,17 @@ def context_address(context) -> int:
     return ctypes.cast(context, ctypes.c_void_p).value or 0
 
 
-def program_cache(shader_dir: str):
-    """A pyrender shader-program cache reading ``shader_dir`` that finds a compiled program
-    again on every draw.
+def program_cache(sources: dict[str, str]):
+    """A pyrender shader-program cache of ``sources`` (file name -> GLSL source, as
+    :mod:`pipeline.render.shaders` gives them) that finds a compiled program again on every draw.
 
     pyrender's own cache keys programs on ``OpenGL.contextdata.getContext()``, which under
     OSMesa and EGL is a new ctypes pointer object on every call (hashed by identity): no key
     ever matches, so every draw compiled its programs again and memory grew by megabytes a scan.
     This one keys on the context's address. One cache belongs to one renderer (one context), and
-    pyrender deletes its programs when the renderer is deleted."""
+    pyrender deletes its programs when the renderer is deleted. pyrender compiles from files: a
+    program's files are written into a temporary directory (``pad-shaders-*``) that exists only
+    while it is compiled, here, when first asked for (the context is current then)."""
     import OpenGL.contextdata
     from pyrender.shader_program import ShaderProgram, ShaderProgramCache
 
@@ -144,11 +147,17 @@ def program_cache(shader_dir: str):
                    tuple(sorted(os.path.basename(name) for name in files)), tuple(sorted(defines.items())))
             program = self._program_cache.get(key)
             if program is None:
-                paths = [os.path.join(self.shader_dir, name) for name in files] + [None] * (3 - len(files))
-                program = self._program_cache[key] = ShaderProgram(*paths, defines=defines)
+                with tempfile.TemporaryDirectory(prefix="pad-shaders-") as folder:
+                    paths = [os.path.join(folder, os.path.basename(name)) for name in files]
+                    for path in paths:
+                        with open(path, "w") as fh:
+                            fh.write(sources[os.path.basename(path)])
+                    program = ShaderProgram(*(paths + [None] * (3 - len(paths))), defines=defines)
+                    program._add_to_context()
+                self._program_cache[key] = program
             return program
 
-    return ProgramCache(shader_dir=shader_dir)
+    return ProgramCache()
 
 
 class SplatRenderer:
@@ -158,13 +167,13 @@ class SplatRenderer:
     def __init__(self, width: int, height: int):
         import pyrender
 
-        from pipeline.render.shaders import shader_dir
+        from pipeline.render.shaders import shader_sources
 
         self._pyrender = pyrender
         self.width, self.height = int(width), int(height)
         self._offscreen = pyrender.OffscreenRenderer(self.width, self.height)
         # pad's shaders instead of pyrender's PBR ones (see pipeline.render.shaders)
-        self._offscreen._renderer._program_cache = program_cache(shader_dir())
+        self._offscreen._renderer._program_cache = program_cache(shader_sources())
         self.scene = pyrender.Scene(bg_color=(*BACKGROUND, 1.0), ambient_light=(AMBIENT,) * 3)
         self._camera = _MatrixCamera(np.eye(4), Z_NEAR, Z_FAR, pyrender.Camera)
         self._camera_node = self.scene.add(self._camera, pose=np.eye(4))
@@ -246,12 +255,12 @@ class PointRenderer:
         self.scene.add(self._camera, pose=np.eye(4))        # V = identity: P carries the whole MVP
 
     def _use_point_size(self, point_size: float) -> None:
-        from pipeline.render.shaders import point_shader_dir
+        from pipeline.render.shaders import point_shader_sources
 
         size = float(point_size)
         cache = self._caches.get(size)
         if cache is None:
-            cache = self._caches[size] = program_cache(point_shader_dir(size))
+            cache = self._caches[size] = program_cache(point_shader_sources(size))
         self._offscreen._renderer._program_cache = cache
 
     def render(self, points: np.ndarray, grey: np.ndarray, mvp: np.ndarray, point_size: float,
