@@ -25,7 +25,10 @@ beyond the one being scored (uploading ones count): one more gets 503 with ``Ret
 (seconds, the last scan's model time rounded up). An upload whose ``Content-Length`` exceeds
 ``--max-upload-mb`` gets 413 before any of it is read, and one without a length is counted as
 it streams (413 as soon as it passes). An upload that sends nothing for ``--upload-timeout``
-seconds is dropped with 408, its place in the queue freed. With ``--token-file`` every request
+seconds is dropped with 408, its place in the queue freed. An early answer is read by every
+client (a lingering close), a request's headers must come within ``--header-timeout`` and at most
+``--max-connections`` are open (:mod:`workflows.serve_http`). An upload's contents are read (the
+checks of ``pad predict``) before it joins the model's queue. With ``--token-file`` every request
 but ``/health`` needs ``Authorization: Bearer <token>`` (401 otherwise; compared with
 :func:`hmac.compare_digest`). Uploads are written only into a private directory (mode 0700)
 made at start, one subdirectory per request, removed when its answer is sent; the whole
