@@ -17,7 +17,6 @@ small run is built in a temporary directory: :func:`soak.make_run`) on 127.0.0.1
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import shutil

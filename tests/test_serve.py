@@ -592,13 +592,11 @@ def test_pad_predict_checks_file_contents_before_the_model_loads(world, tmp_path
 def two_products(world, tmp_path_factory):
     """A copy of the run with a calibration of two products (ring, cup; 19 normal scores each, as
     pad calibrate writes them, at false-alarm rate 0.1)."""
-    import shutil as sh
-
     from scoring.calibration import calibration_document, checkpoint_digest, scoring_signature, write_calibration
     from data_cache import checkpoint as ckpt
 
     run = str(tmp_path_factory.mktemp("calibrated") / "run")
-    sh.copytree(world["run"], run)
+    shutil.copytree(world["run"], run)
     rng = np.random.default_rng(0)
     per_class = {c: (rng.uniform(0.3, 0.6, 19).tolist(), rng.uniform(0.5, 0.9, 19).tolist(),
                      [f"{c}/train/{k:03d}" for k in range(19)]) for c in ("ring", "cup")}

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import time
 
-MIB = 1 << 20
 DRAIN_SECONDS = 5.0          # longest time spent reading a body nobody will use
-DRAIN_FLOOR = 64 * MIB       # bytes drained at least, whatever the upload limit
+DRAIN_FLOOR = 64 << 20       # bytes (64 MiB) drained at least, whatever the upload limit
 
 
 def drain_bytes(limit: int) -> int:
