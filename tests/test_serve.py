@@ -587,6 +587,24 @@ def test_pad_predict_checks_file_contents_before_the_model_loads(world, tmp_path
     assert "missing-weights" not in result.output and not (tmp_path / "out").exists()
 
 
+def test_one_predictor_compiles_its_shaders_once(world):
+    """Scans through one Predictor (in this process, as the service's model thread does) after the
+    first compile no shader program again: the cause of a service's memory growing 7-8 MB a scan."""
+    from pipeline.render.gl import _RENDERERS
+    from workflows.options import PredictConfig
+    from workflows.predict import Predictor
+
+    def programs() -> int:
+        return sum(len(r._offscreen._renderer._program_cache._program_cache) for r in _RENDERERS.values())
+
+    predictor = Predictor(PredictConfig(files=(), checkpoint=world["run"], device="cpu"))
+    predictor.predict(str(world["good"][2]))
+    first = programs()
+    for _ in range(2):
+        predictor.predict(str(world["good"][2]))
+    assert programs() == first > 0
+
+
 # ---------------------------------------------------------------------------- decisions: one rule
 @pytest.fixture(scope="module")
 def two_products(world, tmp_path_factory):
