@@ -128,8 +128,9 @@ class Served:
         self.url = found.group(0)
 
     def peak_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024.0
+        from trainer.memory import resident_mb
+
+        return resident_mb(self.proc.pid, "VmHWM")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

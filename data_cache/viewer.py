@@ -42,6 +42,9 @@ TOP_FRACTION = 0.25          # of a decimated view: the highest-valued points, t
 GROUND_TRUTH_FRACTION = 0.2  # of the budget at most for the ground-truth trace
 GT_COLOR = "rgb(255,0,255)"  # magenta: not a colour of the score maps (jet, viridis)
 BOX_COLOR = "rgb(20,20,20)"  # defect-region boxes: near black, apart from the jet colours
+BOX_MIN_FRACTION = 0.06      # a region box spans at least this fraction of the view's largest extent
+BOX_MARGIN_FRACTION = 0.015  # and reaches this far beyond its region's points, so that it stands out of the surface
+LABEL_LIFT_FRACTION = 0.06   # region names sit this far above the cloud's top
 OBJECT_GREY = "rgb(211,211,211)"  # the object under "ground truth only": light grey, so the magenta stands out
 ID_PREFIX = "pad-view-"
 
@@ -126,6 +129,29 @@ def box_edges(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return seg.reshape(-1, 3)
 
 
+def shown_boxes(low: np.ndarray, high: np.ndarray, extent: float) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes as drawn: ``low``/``high`` (R, 3) float corners of the regions, grown about their
+    centres by ``BOX_MARGIN_FRACTION`` of ``extent`` (the view's largest side) on every side, and
+    to at least ``BOX_MIN_FRACTION`` of it along every axis: a small defect's box then stands out of
+    the surface around it instead of hiding inside the points, and is never a dot on screen.
+    Returns (R, 3) float64 corners."""
+    low = np.asarray(low, np.float64).reshape(-1, 3)
+    high = np.asarray(high, np.float64).reshape(-1, 3)
+    centre = (low + high) / 2
+    half = np.maximum((high - low) / 2 + BOX_MARGIN_FRACTION * extent, BOX_MIN_FRACTION * extent / 2)
+    return centre - half, centre + half
+
+
+def label_anchors(low: np.ndarray, high: np.ndarray, top: float, extent: float) -> np.ndarray:
+    """Where the region names go: (R, 3) float64, above each box's centre at ``LABEL_LIFT_FRACTION``
+    of ``extent`` over ``top`` (the highest z of the cloud and the boxes): seen from any camera
+    above the cloud, as the default one is, nothing lies between a name and the eye, so it shows
+    whole."""
+    anchors = (np.asarray(low, np.float64) + np.asarray(high, np.float64)) / 2
+    anchors[:, 2] = top + LABEL_LIFT_FRACTION * extent
+    return anchors
+
+
 def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray | None, *, lo: float, hi: float,
                     title: str, facts: Sequence[tuple[str, str]] = (), color_title: str = "point score",
                     colorscale: str = "Jet", max_points: int = DEFAULT_VIEW_POINTS, seed: int = 0,
@@ -137,8 +163,10 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
     coordinate or value are not shown. ``title`` and ``facts`` ((name, value) pairs, e.g. class,
     label, object score) are shown as text above the view (the title only with ``show_title``: a
     page that already heads the view with the name). ``boxes``: defect regions to outline, each
-    (low (3,), high (3,), name) in the coordinates of ``points``, drawn as dark boxes with their
-    name at the upper corner (the ground-truth buttons leave them shown). The axes span the whole
+    (low (3,), high (3,), name) in the coordinates of ``points``, drawn as dark boxes
+    (:func:`shown_boxes`: a margin around the region, a minimum size) with their name above the
+    cloud (:func:`label_anchors`), joined to the box by a line (the ground-truth buttons leave them
+    shown). The axes span the whole
     shown cloud and the boxes whichever traces are visible. Returns ``{"figure": plotly figure
     (dict), "caption": {"title", "facts"}, "shown": M, "total": N}``."""
     go, pio = _plotly()
@@ -178,19 +206,26 @@ def viewer_document(points: np.ndarray, values: np.ndarray, labels: np.ndarray |
                                         ("ground truth only", grey_only))]
     box_low = np.array([b[0] for b in boxes or ()], np.float64).reshape(-1, 3)
     box_high = np.array([b[1] for b in boxes or ()], np.float64).reshape(-1, 3)
-    if boxes:
-        edges = box_edges(box_low, box_high)
-        traces.append(go.Scatter3d(x=edges[:, 0], y=edges[:, 1], z=edges[:, 2], mode="lines", name="defect regions",
-                                   line=dict(color=BOX_COLOR, width=4), hoverinfo="skip", connectgaps=False))
-        traces.append(go.Scatter3d(x=box_high[:, 0], y=box_high[:, 1], z=box_high[:, 2], mode="text",
-                                   text=[str(b[2]) for b in boxes], textposition="top center",
-                                   textfont=dict(color=BOX_COLOR, size=12), name="region names", hoverinfo="skip"))
     if keep.size:
         low, high = pts[keep].min(axis=0).astype(np.float64), pts[keep].max(axis=0).astype(np.float64)
     else:
         low, high = np.full(3, -1.0), np.full(3, 1.0)
     if box_low.size:
         low, high = np.minimum(low, box_low.min(axis=0)), np.maximum(high, box_high.max(axis=0))
+        extent = max(float((high - low).max()), 1e-9)
+        box_low, box_high = shown_boxes(box_low, box_high, extent)
+        low, high = np.minimum(low, box_low.min(axis=0)), np.maximum(high, box_high.max(axis=0))
+        anchors = label_anchors(box_low, box_high, float(high[2]), extent)
+        edges = box_edges(box_low, box_high)
+        tops = np.column_stack([(box_low[:, :2] + box_high[:, :2]) / 2, box_high[:, 2]])
+        leaders = np.concatenate([tops, anchors, np.full_like(tops, np.nan)], axis=1).reshape(-1, 3)
+        edges = np.concatenate([edges, leaders])
+        traces.append(go.Scatter3d(x=edges[:, 0], y=edges[:, 1], z=edges[:, 2], mode="lines", name="defect regions",
+                                   line=dict(color=BOX_COLOR, width=4), hoverinfo="skip", connectgaps=False))
+        traces.append(go.Scatter3d(x=anchors[:, 0], y=anchors[:, 1], z=anchors[:, 2], mode="text",
+                                   text=[str(b[2]) for b in boxes], textposition="top center",
+                                   textfont=dict(color=BOX_COLOR, size=12), name="region names", hoverinfo="skip"))
+        high[2] = max(high[2], float(anchors[:, 2].max()) + LABEL_LIFT_FRACTION * extent)   # room for the text
     margin = 0.03 * max(float((high - low).max()), 1e-9)
     low, high = low - margin, high + margin
     span = high - low

@@ -24,3 +24,14 @@ def without_our_scripts(page: str) -> str:
     for source in OUR_SOURCES:
         page = page.replace(source, "")
     return page
+
+
+def plotly_array(array) -> "np.ndarray":
+    """A plotly typed array ({"dtype", "bdata"}) or list -> numpy."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
+    return np.asarray(array)

@@ -248,8 +248,8 @@ def test_predict_gives_the_decisions_pad_score_gives(pipeline_run, tmp_path):
     assert view["caption"]["regions"] == doc["n_regions"]
     result = CliRunner().invoke(main, ["predict", str(bad), "--checkpoint", run, "--out", str(out), "--device", "cpu",
                                        "--class", "cup"])
-    assert result.exit_code == 0 and "class 'cup' has no calibration" in result.stderr
-    assert json.loads((out / "bad_00.json").read_text())["verdict"] is None
+    assert result.exit_code == 2 and "--class cup: no such product in this calibration (calibrated: ring)" in \
+        result.output
     result = CliRunner().invoke(main, ["predict", str(bad), "--checkpoint", run, "--out", str(out), "--device", "cpu",
                                        "--views", "paper"])
     assert result.exit_code == 2 and "are not judged by its calibration" in result.output

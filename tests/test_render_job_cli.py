@@ -157,3 +157,15 @@ def test_interrupted_and_killed_runs_resume(tmp_path):
     assert RenderStore.open(str(cache)).done().all()
     # samples done before were not rewritten
     assert {name: os.path.getmtime(os.path.join(group, name, "c", "0", "0")) for name in stamps} == stamps
+
+
+def test_pointad_on_a_generic_dataset_names_the_command_that_renders_it(rendered, tmp_path):
+    """The refusal points to the same command without --style pointad, which is the one the
+    module's fixture ran (exit 0) on this very dataset."""
+    data, _, _, first = rendered
+    assert first.returncode == 0, first.stderr
+    result = run_pad("render", data, "--cache", tmp_path / "c", "--workers", 1, "--style", "pointad")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "the 'generic' layout has none" in lines[0] and "without --style pointad" in lines[0]
+    assert "--format" not in lines[0]

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import stat
@@ -41,6 +42,7 @@ TOL = 1e-5
 MIB = 1 << 20
 PAD = os.path.join(os.path.dirname(sys.executable), "pad")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback: never through a proxy
+HEADER_TIMEOUT = 3.0
 
 
 def _bumpy_sphere(n: int, seed: int) -> np.ndarray:
@@ -144,7 +146,7 @@ def world(tmp_path_factory):
                       prompt_length=4, deep_depth=3, deep_length=2, geometry_points=128), progress=False)
     (root / "token.txt").write_text(TOKEN + "\n")
     service = Service(run, root / "service", "--token-file", str(root / "token.txt"), "--max-upload-mb", "1",
-                      "--queue", "7")
+                      "--queue", "7", "--header-timeout", str(HEADER_TIMEOUT))
     try:
         scans = root / "scans"
         scans.mkdir()
@@ -313,6 +315,87 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read_whole(world):
     assert MIB < sent < total
     status, answer, _ = _predict(service, world["good"][2])
     assert status == 200 and abs(answer["score"] - world["expected"]["scan2.npy"]["score"]) <= TOL
+
+
+def _status_of_big_upload(client: str, url: str, body: bytes, token: str | None = TOKEN) -> tuple[int, bytes]:
+    """(status, body) a client library reads for a raw upload of ``body`` sent whole, as that
+    client sends it."""
+    target = f"{url}/predict?filename=big.ply"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if client == "urllib":
+        try:
+            request = urllib.request.Request(target, data=body, method="POST", headers=headers)
+            with OPENER.open(request, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+    if client == "requests":
+        requests = pytest.importorskip("requests")
+        r = requests.post(target, data=body, headers=headers, timeout=60, proxies={"http": None})
+        return r.status_code, r.content
+    if client == "httpx":
+        httpx = pytest.importorskip("httpx")
+        r = httpx.post(target, content=body, headers=headers, timeout=60, trust_env=False)
+        return r.status_code, r.content
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:     # everything sent, then read
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        sock.sendall(f"POST /predict?filename=big.ply HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head, _, rest = _reply(sock).partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest
+
+
+@pytest.mark.parametrize("client", ["urllib", "requests", "httpx", "socket"])
+def test_every_client_reads_the_refusal_of_an_upload_it_sends_whole(world, client, tmp_path):
+    """20 MB over a 1 MiB limit: the service answers 413 at once, then reads and drops what is still
+    coming before it closes, so that a client that sends everything before it reads (urllib asks for
+    Connection: close) reads the 413 instead of a reset. The same for an early 401."""
+    service, body = world["service"], b"x" * (20 * MIB)
+    status, answer = _status_of_big_upload(client, service.url, body)
+    assert status == 413 and b"--max-upload-mb" in answer, (status, answer[:200])
+    if client in ("urllib", "socket"):
+        status, answer = _status_of_big_upload(client, service.url, body, token=None)
+        assert status == 401 and b"Bearer" in answer, (status, answer[:200])
+    if client == "socket" and shutil.which("curl"):
+        (tmp_path / "big.ply").write_bytes(body)
+        for how in (["--data-binary", f"@{tmp_path / 'big.ply'}"], ["-F", f"file=@{tmp_path / 'big.ply'}"]):
+            done = subprocess.run(["curl", "-sS", "--noproxy", "*", "-o", "-", "-w", "\n%{http_code}", *how, "-H",
+                                   f"Authorization: Bearer {TOKEN}", f"{service.url}/predict?filename=big.ply"],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.stdout.rsplit("\n", 1)[-1] == "413" and "--max-upload-mb" in done.stdout, done
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return bool(select.select([sock], [], [], 0)[0]) and sock.recv(64) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_neither_delay_answers_nor_stay_open(world):
+    """300 loopback sockets that send nothing (or a third of a request line): /health and /predict
+    still answer within a second (the default --max-connections 256: the oldest idle ones make room),
+    and every one of them is closed once --header-timeout has passed."""
+    service = world["service"]
+    host, port = service.url.split("//")[1].split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(300)]
+    try:
+        for sock in idle[::3]:
+            sock.sendall(b"GET /health HT")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        status, _, _ = _call(f"{service.url}/health", timeout=5)
+        assert status == 200 and time.monotonic() - t0 < 1.0
+        status, answer, _ = _predict(service, world["good"][2])
+        assert status == 200 and answer["seconds"]["upload"] + answer["seconds"]["queue"] < 1.0, answer["seconds"]
+        deadline = time.monotonic() + HEADER_TIMEOUT + 10
+        while time.monotonic() < deadline and not all(_closed(sock) for sock in idle):
+            time.sleep(0.2)
+        assert all(_closed(sock) for sock in idle), f"{sum(map(_closed, idle))} of 300 idle sockets closed"
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_eight_concurrent_clients_each_get_their_own_answer(world):
@@ -485,8 +568,115 @@ def test_a_stalled_upload_is_dropped_with_408_and_frees_its_place(world, tmp_pat
         status, answer, _ = _predict(service, world["good"][0])
         assert status == 200
         _assert_same_answer(answer, world["expected"]["scan0.ply"], "scan0.ply")
+        service.proc.send_signal(signal.SIGHUP)                  # a closed terminal: a clean stop too
+        assert service.proc.wait(timeout=60) == 0
+        assert list(service.tmp.iterdir()) == []                 # no directory of pad's left (shaders, uploads)
     finally:
         service.stop()
+
+
+def test_pad_predict_checks_file_contents_before_the_model_loads(world, tmp_path):
+    """Every bad file (empty, cut short, all NaN, not a cloud, 5 points) gets its one line before the
+    model loads: with weights that do not exist, nothing is said about them, because nothing loads."""
+    result = CliRunner().invoke(main, ["predict", *map(str, world["bad"]), "--checkpoint", world["run"], "--out",
+                                       str(tmp_path / "out"), "--device", "cpu", "--pretrained",
+                                       str(tmp_path / "missing-weights.pt")], terminal_width=200)
+    assert result.exit_code == 2
+    for path in world["bad"]:
+        assert len(_lines_of(result.stderr, path)) == 1, (path, result.stderr)
+    assert "missing-weights" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_one_predictor_compiles_its_shaders_once(world):
+    """Scans through one Predictor (in this process, as the service's model thread does) after the
+    first compile no shader program again: the cause of a service's memory growing 7-8 MB a scan."""
+    from pipeline.render.gl import _RENDERERS
+    from workflows.options import PredictConfig
+    from workflows.predict import Predictor
+
+    def programs() -> int:
+        return sum(len(r._offscreen._renderer._program_cache._program_cache) for r in _RENDERERS.values())
+
+    predictor = Predictor(PredictConfig(files=(), checkpoint=world["run"], device="cpu"))
+    predictor.predict(str(world["good"][2]))
+    first = programs()
+    for _ in range(2):
+        predictor.predict(str(world["good"][2]))
+    assert programs() == first > 0
+
+
+# ---------------------------------------------------------------------------- decisions: one rule
+@pytest.fixture(scope="module")
+def two_products(world, tmp_path_factory):
+    """A copy of the run with a calibration of two products (ring, cup; 19 normal scores each, as
+    pad calibrate writes them, at false-alarm rate 0.1)."""
+    from scoring.calibration import calibration_document, checkpoint_digest, scoring_signature, write_calibration
+    from data_cache import checkpoint as ckpt
+
+    run = str(tmp_path_factory.mktemp("calibrated") / "run")
+    shutil.copytree(world["run"], run)
+    rng = np.random.default_rng(0)
+    per_class = {c: (rng.uniform(0.3, 0.6, 19).tolist(), rng.uniform(0.5, 0.9, 19).tolist(),
+                     [f"{c}/train/{k:03d}" for k in range(19)]) for c in ("ring", "cup")}
+    write_calibration(os.path.join(run, "calibration.json"), calibration_document(
+        per_class, 0.1, 3, run=run, prompts_sha256=checkpoint_digest(run),
+        feature_tag=ckpt.load_config(run)["feature_tag"], scoring=scoring_signature(4.0, "points", False, None),
+        cache=run, splits=["train"]))
+    return run
+
+
+def test_several_products_without_class_give_scores_and_one_note(world, two_products, tmp_path):
+    """No --class with a calibration of two products: exit 0, scores without verdicts, one note that
+    names --class NAME and --calibration none; --class cup: cup's verdicts. (The two files share a
+    stem: the second is written as scan0-2.*, and the summary line says so.)"""
+    out, twin = tmp_path / "out", tmp_path / "again" / world["good"][0].name     # two files, one stem
+    twin.parent.mkdir()
+    twin.write_bytes(world["good"][0].read_bytes())
+    base = ["predict", str(world["good"][0]), str(twin), "--checkpoint", two_products, "--out", str(out), "--device",
+            "cpu"]
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 0, result.output
+    assert f"written under other names, their stems being taken: {twin} as scan0-2.*" in result.stderr
+    assert json.loads((out / "scan0-2.json").read_text())["file"] == str(twin)
+    notes = [ln for ln in result.stderr.splitlines() if "calibration" in ln]
+    assert len(notes) == 1 and "--class NAME" in notes[0] and "--calibration none" in notes[0], result.stderr
+    assert "cup, ring" in notes[0]
+    doc = json.loads((out / "scan0.json").read_text())
+    assert doc["verdict"] is None and doc["class"] is None and np.isfinite(doc["score"])
+    result = CliRunner().invoke(main, base + ["--class", "cup"])
+    assert result.exit_code == 0 and "calibration" not in result.stderr, result.output
+    doc = json.loads((out / "scan0.json").read_text())
+    assert doc["class"] == "cup" and doc["verdict"] in ("normal", "anomalous") and doc["false_alarm"] == 0.1
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_a_class_the_calibration_does_not_hold_is_refused(world, two_products, tmp_path, command):
+    args = ([command, str(world["good"][0]), "--out", str(tmp_path / "out")] if command == "predict"
+            else [command, "--port", "0"])
+    result = CliRunner().invoke(main, args + ["--checkpoint", two_products, "--device", "cpu", "--class", "rnig"],
+                                terminal_width=200)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--class rnig: no such product" in lines[0] and "calibrated: cup, ring" in lines[0]
+
+
+def test_health_says_which_product_decisions_and_rate_are_in_force(world, two_products, tmp_path):
+    from workflows.options import PredictConfig, ServeConfig
+    from workflows.predict import Predictor
+    from workflows.serve import Service as Served
+
+    status, _, body = _call(f"{world['service'].url}/health")
+    assert status == 200
+    assert {k: json.loads(body)[k] for k in ("class", "decisions", "false_alarm")} == \
+        {"class": None, "decisions": "off", "false_alarm": None}             # the module's run: no calibration
+    for cls, expected in ((None, {"class": None, "decisions": "off", "false_alarm": None}),
+                          ("ring", {"class": "ring", "decisions": "on", "false_alarm": 0.1})):
+        predictor = Predictor(PredictConfig(files=(), checkpoint=two_products, device="cpu", cls=cls))
+        served = Served(predictor, ServeConfig(checkpoint=two_products, cls=cls), None, str(tmp_path))
+        try:
+            assert {k: served.health()[k] for k in expected} == expected
+        finally:
+            served.executor.shutdown()
 
 
 def test_sigterm_answers_the_upload_in_flight_then_exits_0(world):
@@ -511,4 +701,5 @@ def test_sigterm_answers_the_upload_in_flight_then_exits_0(world):
     _assert_same_answer(json.loads(body), world["expected"][path.name], path.name)
     assert service.proc.wait(timeout=60) == 0
     assert service.private_dirs() == []                     # removed at exit
+    assert list(service.tmp.iterdir()) == []                # and nothing else of pad's (shader files)
     assert "stopped;" in service.err.read_text()

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import cli  # noqa: E402
+from _page_checks import plotly_array  # noqa: E402
 from _render_job_helpers import write_dataset  # noqa: E402
 from data_cache.render_store import RenderStore  # noqa: E402
 from pipeline.contact_sheet import GAP, LABEL_HEIGHT, OUTLINE_RGB, _tile_scale, mask_boundary  # noqa: E402
@@ -106,15 +107,6 @@ def test_bad_sample_is_a_one_line_error(store, tmp_path, capsys, sample, words):
     assert not (tmp_path / "x.png").exists()
 
 
-def _decode(array) -> np.ndarray:
-    """A plotly typed array ({"dtype", "bdata"}) or list -> numpy."""
-    import base64
-
-    if isinstance(array, dict):
-        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
-    return np.asarray(array)
-
-
 def test_show_3d_writes_a_standalone_view_beside_the_sheet(store, tmp_path):
     from click.testing import CliRunner
 
@@ -136,10 +128,10 @@ def test_show_3d_writes_a_standalone_view_beside_the_sheet(store, tmp_path):
     trace, truth = view["figure"]["data"]
     seen = sample["visible"].sum(axis=1)
     assert view["caption"]["title"] == "cup/test/bad_00" and view["shown"] == len(seen)
-    np.testing.assert_array_equal(_decode(trace["marker"]["color"]), seen)      # coloured by views seeing it
+    np.testing.assert_array_equal(plotly_array(trace["marker"]["color"]), seen)      # coloured by views seeing it
     assert trace["marker"]["cmax"] == len(store.views)
     original = sample["points"][:, 0] * attrs["scale"] + attrs["center"][0]    # the dataset's coordinates
-    np.testing.assert_allclose(_decode(trace["x"]), original, rtol=1e-5, atol=1e-5)
-    assert _decode(truth["x"]).size == int(sample["labels"].sum()) > 0
+    np.testing.assert_allclose(plotly_array(trace["x"]), original, rtol=1e-5, atol=1e-5)
+    assert plotly_array(truth["x"]).size == int(sample["labels"].sum()) > 0
     assert ["points never seen", str(int((seen == 0).sum()))] in view["caption"]["facts"]
     assert "3D view" in result.output

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from _page_checks import json_blocks, without_our_scripts
+from _page_checks import json_blocks, plotly_array, without_our_scripts
 from data_cache.viewer import (ASSETS_DIR, GROUND_TRUTH_FRACTION, PLOTLY_JS, VIEWER_JS, decimate, json_block,
                                script_json, shown_points, viewer_document, write_viewer_page)
 from scoring.report import ClassCurves, ReportSample, write_report
@@ -115,3 +115,31 @@ def test_standalone_page_and_report_share_one_plotly_copy(tmp_path):
     assert page.count(f'<script src="assets/{PLOTLY_JS}">') == 1 and len(json_blocks(page)) == 5
     assert sorted(os.listdir(results / ASSETS_DIR)) == sorted([PLOTLY_JS, VIEWER_JS])
     assert os.path.getsize(results / "report.html") < 200_000       # the data, not a copy of plotly.js each
+
+
+def test_a_small_region_box_stands_out_of_the_cloud_and_its_name_sits_above_it():
+    """A 1 mm defect on a 100 mm sphere: its box is drawn at least BOX_MIN_FRACTION of the view wide
+    and beyond the region's points, and its whole name sits above the cloud's top (nothing between it
+    and a camera above), joined to the box by a line."""
+    from data_cache.viewer import BOX_MIN_FRACTION
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(4000, 3))
+    pts = 50.0 * d / np.linalg.norm(d, axis=1, keepdims=True)
+    spot = np.array([0.0, 50.0, 0.0])
+    doc = viewer_document(pts, np.zeros(len(pts)), None, lo=0.0, hi=1.0, title="part",
+                          boxes=[(spot - 0.5, spot + 0.5, "region 1 (4.12 mm)")])
+    traces = {t["name"]: t for t in doc["figure"]["data"]}
+    lines = np.array([plotly_array(traces["defect regions"][k]) for k in "xyz"], dtype=float).T
+    box = lines[:12 * 3][np.isfinite(lines[:12 * 3]).all(axis=1)]
+    assert np.all(box.max(axis=0) - box.min(axis=0) >= BOX_MIN_FRACTION * 100.0 - 1e-6)
+    assert np.all(box.min(axis=0) < spot - 0.5) and np.all(box.max(axis=0) > spot + 0.5)
+    names = traces["region names"]
+    assert names["text"] == ["region 1 (4.12 mm)"]
+    label = np.array([plotly_array(names[k])[0] for k in "xyz"], dtype=float)
+    assert label[2] > pts[:, 2].max() and label[2] > box[:, 2].max()
+    np.testing.assert_allclose(label[:2], spot[:2], atol=1e-9)
+    leader = lines[12 * 3:][np.isfinite(lines[12 * 3:]).all(axis=1)]
+    np.testing.assert_allclose(leader[-1], label)                  # the line ends at the name
+    scene = doc["figure"]["layout"]["scene"]
+    assert scene["zaxis"]["range"][1] > label[2]                  # the axes leave room for the text

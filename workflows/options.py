@@ -100,6 +100,10 @@ class ServeConfig:
                             "included); one more is refused (503, with Retry-After).")
     upload_timeout: float = option(30.0, "Seconds an upload may send nothing before it is dropped (408), so that "
                                          "stalled clients do not hold places in the queue.")
+    max_connections: int = option(256, "Open connections at most; at the cap a new one pushes out the oldest "
+                                       "idle one (503 when all are busy).")
+    header_timeout: float = option(10.0, "Seconds a connection may take to send a request's headers (after it "
+                                         "opens or after its previous answer) before it is closed.")
     calibration: str = option("auto", CALIBRATION_HELP, metavar="auto|none|PATH")
     cls: str | None = option(None, CLASS_HELP, metavar="NAME", flag="class")
     token_file: str | None = option(None, "File holding a token: every request but GET /health must then send "

@@ -93,6 +93,8 @@ def feature_spec(config: dict, run_dir: str) -> FeatureSpec:
 RENDER_DEFAULTS = {"views": "paper", "supersample": 2, "point_size": "auto", "knn": 10}
 #: The grey of a row that has no score (non-finite coordinates) in the coloured PLY.
 NO_SCORE_RGB = (128, 128, 128)
+#: Rows of files pad predict keeps as read by its early check, to score without reading them again.
+EARLY_KEEP_ROWS = 5_000_000
 
 
 @dataclass
@@ -199,6 +201,46 @@ def _pointad_choice(record: dict, config: dict, cfg: PredictConfig) -> RenderCho
     return RenderChoice(settings, [dict(c) for c in record["cameras"]], "overridden" if differ else "run", notes)
 
 
+def read_scan(path: str, settings, cfg: PredictConfig):
+    """The sample to render for ``path`` and how it maps back to the file's rows: (Sample,
+    (R,) int64 point of each row or −1, (R, 3) float32 row coordinates (NaN where not
+    finite), rows dropped as non-finite). A mesh is sampled (``--mesh-points``; ``Sample.mesh``
+    says so, its rows are the points drawn). With a run rendered ``--style pointad``
+    (``settings``), the file is read as the official script of the run's layout reads a sample
+    (:func:`pipeline.ingest.pointad.load_for_prediction`). PadError naming the file for one that
+    cannot be read or has too few usable points: needs no model, so pad predict calls it before the
+    model loads and pad serve before an upload joins the queue."""
+    from pipeline.ingest import check_point_count, read_input
+    from pipeline.sample import Sample
+
+    if settings.style == "pointad":
+        from pipeline.ingest.pointad import load_for_prediction
+        scan = load_for_prediction(path, settings.layout, settings.seed, cfg.cls)
+        check_point_count(path, scan[0].n_points)
+        return scan
+    cloud = read_input(path, cfg.mesh_points)
+    n = int(cloud.points.shape[0])
+    labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    sample = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points,
+                    point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals, mesh=cloud.mesh)
+    kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
+    back = np.full(kept.shape[0], -1, np.int64)
+    back[kept] = np.arange(n)
+    rows = np.full((kept.shape[0], 3), np.nan, np.float32)
+    rows[kept] = cloud.points
+    return sample, back, rows, int(cloud.n_dropped_nonfinite)
+
+
+def early_settings(cfg: PredictConfig):
+    """The render settings files are read with (the run's, as :class:`Predictor` takes them), from
+    the run's configuration alone: no backbone, no model."""
+    from data_cache import checkpoint as ckpt
+
+    config = ckpt.load_config(cfg.checkpoint)
+    return render_choice(config, cfg, feature_spec(config, cfg.checkpoint).render_size).settings
+
+
 class Predictor:
     """Checkpoint, backbone and renderer settings, built once for all files."""
 
@@ -258,30 +300,8 @@ class Predictor:
         return np.concatenate(gs).astype(np.float16), np.concatenate(ps).astype(np.float16)
 
     def _read(self, path: str):
-        """The sample to render for ``path`` and how it maps back to the file's rows: (Sample,
-        (R,) int64 point of each row or −1, (R, 3) float32 row coordinates (NaN where not
-        finite), rows dropped as non-finite). A mesh is sampled (``--mesh-points``; ``Sample.mesh``
-        says so, its rows are the points drawn). With a run rendered ``--style pointad``, the file
-        is read as the official script of the run's layout reads a sample
-        (:func:`pipeline.ingest.pointad.load_for_prediction`)."""
-        from pipeline.ingest import read_input
-        from pipeline.sample import Sample
-
-        if self.settings.style == "pointad":
-            from pipeline.ingest.pointad import load_for_prediction
-            return load_for_prediction(path, self.settings.layout, self.settings.seed, self.cfg.cls)
-        cloud = read_input(path, self.cfg.mesh_points)
-        n = int(cloud.points.shape[0])
-        labels = cloud.labels if cloud.labels is not None else np.zeros(n, np.uint8)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        sample = Sample(id=f"predict/test/{stem}", cls="predict", split="test", points=cloud.points,
-                        point_labels=labels, source_path=os.path.abspath(path), normals=cloud.normals, mesh=cloud.mesh)
-        kept = cloud.kept if cloud.kept is not None else np.ones(n, bool)
-        back = np.full(kept.shape[0], -1, np.int64)
-        back[kept] = np.arange(n)
-        rows = np.full((kept.shape[0], 3), np.nan, np.float32)
-        rows[kept] = cloud.points
-        return sample, back, rows, int(cloud.n_dropped_nonfinite)
+        """:func:`read_scan` of ``path`` with this run's settings."""
+        return read_scan(path, self.settings, self.cfg)
 
     @property
     def sizes_points_by_class(self) -> bool:
@@ -301,22 +321,21 @@ class Predictor:
                 f"xyz/ tree around the file, no --class): points drawn {attrs['point_size_window_px']:g} window px "
                 "wide, the run's size for other classes; --class NAME gives the script's size for NAME")
 
-    def predict(self, path: str, with_maps: bool = False) -> dict:
+    def predict(self, path: str, with_maps: bool = False, scan: tuple | None = None) -> dict:
         """Score one file; returns the JSON document (see the module docstring) plus arrays for the
         PLY and the view: ``points`` (R, 3) float32 (R rows of the file; NaN on unscored rows),
         ``point_scores`` (R,) float32 (NaN there), ``labels`` (R,) uint8, ``scored`` (R,) bool, and
         with ``with_maps`` ``images`` (V, H, W, 3) uint8, ``view_maps`` (V, H, W) float32, ``gt2d``.
-        PadError for a bad file, and for a cloud under pad's minimum point count."""
-        from pipeline.ingest import check_point_count
+        PadError for a bad file, and for a cloud under pad's minimum point count. ``scan``: what
+        :func:`read_scan` returned for ``path`` (read already; not read again)."""
         from pipeline.ingest.inputs import dropped_text
         from pipeline.render import render_sample
         from scoring.sample_score import score_sample
 
         t0 = time.perf_counter()
-        sample, back, row_points, dropped = self._read(path)
+        sample, back, row_points, dropped = scan if scan is not None else self._read(path)
         t1 = time.perf_counter()
         n = sample.n_points
-        check_point_count(path, n)
         mesh = getattr(sample, "mesh", None)
         rendered = render_sample(sample, self.settings, self.cameras)
         t2 = time.perf_counter()
@@ -370,9 +389,12 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 def predict_calibration(cfg: PredictConfig, config: dict, choice: RenderChoice):
     """The calibration that judges the files (``--calibration``, ``--class``): (calibration or None,
-    its class or None, notice lines). PadError, one line, when it does not apply: another
-    checkpoint, features or smoothing, files rendered otherwise than the run's cache, or several
-    calibrated classes and no ``--class``."""
+    its class or None, notice lines). One rule for pad predict and pad serve: a calibration of
+    several products and no ``--class`` gives scores without verdicts and one note naming
+    ``--class NAME`` and ``--calibration none``; a ``--class`` the calibration does not hold is a
+    PadError listing the calibrated products. PadError, one line, also when the calibration does not
+    apply: another checkpoint, features or smoothing, or files rendered otherwise than the run's
+    cache."""
     from scoring.calibration import AUTO, check_applies, checkpoint_digest, resolve_calibration, scoring_signature
 
     cal = resolve_calibration(cfg.calibration, cfg.checkpoint)
@@ -390,12 +412,13 @@ def predict_calibration(cfg: PredictConfig, config: dict, choice: RenderChoice):
     classes = sorted(cal.classes)
     if cfg.cls is None:
         if len(classes) > 1:
-            raise PadError(f"the calibration holds classes {', '.join(classes)}: say which product the files are "
-                           "with --class NAME", cal.path)
+            return None, None, [f"the calibration {cal.path} holds several products ({', '.join(classes)}): scores "
+                                "without verdicts; --class NAME judges the scans as product NAME, --calibration none "
+                                "asks for scores only without this note"]
         return cal, classes[0], []
     if cfg.cls not in cal.classes:
-        return None, None, [f"class '{cfg.cls}' has no calibration in {cal.path} (calibrated: {', '.join(classes)}): "
-                            "scores only"]
+        raise PadError(f"--class {cfg.cls}: no such product in this calibration (calibrated: {', '.join(classes)}); "
+                       "give one of them, or --calibration none for scores only", cal.path)
     return cal, str(cfg.cls), []
 
 
@@ -536,6 +559,20 @@ def run_predict(cfg: PredictConfig, make_predictor=None) -> int:
         except PadError as exc:
             failed += 1
             print(f"pad predict: {exc}", file=sys.stderr)
+    settings = early_settings(cfg) if readable else None
+    scans: dict[str, tuple] = {}
+    kept_rows = 0
+    for path in list(readable):  # contents too (format, readable, enough points, faces), still before the model
+        try:
+            scan = read_scan(path, settings, cfg)
+        except PadError as exc:
+            failed += 1
+            readable.remove(path)
+            print(failure_line(path, exc), file=sys.stderr)
+            continue
+        if kept_rows + len(scan[1]) <= EARLY_KEEP_ROWS:  # read once; past the budget read again when scored
+            scans[path] = scan
+            kept_rows += len(scan[1])
     if not readable:
         if failed > 1:
             print(f"pad predict: none of the {failed} files could be scored", file=sys.stderr)
@@ -548,15 +585,19 @@ def run_predict(cfg: PredictConfig, make_predictor=None) -> int:
     except OSError as exc:
         raise PadError(f"cannot create the output directory ({exc.strerror})", cfg.out) from None
     used: set[str] = set()
+    renamed: list[str] = []   # outputs named otherwise than their file's stem (two files, one stem)
     meshes = 0
     for path in tqdm(readable, desc="pad predict", unit="file", file=sys.stderr, disable=len(readable) < 2):
         try:
-            doc = predictor.predict(path, with_maps=cfg.html)
+            doc = predictor.predict(path, with_maps=cfg.html, scan=scans.pop(path, None))
         except PadError as exc:
             failed += 1
             tqdm.write(failure_line(path, exc), file=sys.stderr)
             continue
-        name = _unique_name(os.path.splitext(os.path.basename(path))[0], used)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name = _unique_name(stem, used)
+        if name != _unique_name(stem, set()):
+            renamed.append(f"{path} as {name}.*")
         write_prediction(cfg.out, name, doc)
         if cfg.html:
             write_prediction_view(cfg.out, name, doc, cfg.view_points)
@@ -573,6 +614,8 @@ def run_predict(cfg: PredictConfig, make_predictor=None) -> int:
                    f"top-1% mean={doc['top1pct_mean']:.3f}{drawn}" + verdict_text(doc), file=sys.stdout)
     of_meshes = (f" ({meshes} of them mesh{'es' if meshes > 1 else ''}, sampled with {cfg.mesh_points} points on "
                  "the surface: --mesh-points)" if meshes else "")
+    if renamed:
+        of_meshes += f"; written under other names, their stems being taken: {', '.join(renamed)}"
     if failed:   # each failed file's own line said why
         if failed < len(files):
             print(f"pad predict: {failed} of {len(files)} file(s) failed; results of the others are in "

@@ -6,7 +6,8 @@ settings), and one built-in cloud is scored on the model thread, which makes the
 OpenGL context there and warms every path. Then one line on stdout gives the URL, and:
 
 - ``GET /health``: ``{"ready", "run", "backbone", "pretrained", "random_weights", "feature_tag",
-  "render", "device", "uptime_s", "requests_served", "queue": {"length", "capacity"}}``
+  "render", "device", "uptime_s", "requests_served", "class", "decisions", "false_alarm",
+  "queue": {"length", "capacity"}}`` (``decisions`` "on" or "off", ``false_alarm`` the rate in force)
   (``ready`` turns false once the service is stopping); never needs the token.
 - ``POST /predict``: one scan, as a multipart upload (its file part; ``curl -F file=@scan.ply``)
   or as the raw body with ``?filename=scan.ply``. The answer is the JSON document ``pad predict``
@@ -24,11 +25,14 @@ beyond the one being scored (uploading ones count): one more gets 503 with ``Ret
 (seconds, the last scan's model time rounded up). An upload whose ``Content-Length`` exceeds
 ``--max-upload-mb`` gets 413 before any of it is read, and one without a length is counted as
 it streams (413 as soon as it passes). An upload that sends nothing for ``--upload-timeout``
-seconds is dropped with 408, its place in the queue freed. With ``--token-file`` every request
+seconds is dropped with 408, its place in the queue freed. An early answer is read by every
+client (a lingering close), a request's headers must come within ``--header-timeout`` and at most
+``--max-connections`` are open (:mod:`workflows.serve_http`). An upload's contents are read (the
+checks of ``pad predict``) before it joins the model's queue. With ``--token-file`` every request
 but ``/health`` needs ``Authorization: Bearer <token>`` (401 otherwise; compared with
 :func:`hmac.compare_digest`). Uploads are written only into a private directory (mode 0700)
 made at start, one subdirectory per request, removed when its answer is sent; the whole
-directory is removed at exit. SIGTERM or Ctrl-C: the port is closed, the requests already
+directory is removed at exit. SIGTERM, SIGHUP or Ctrl-C: the port is closed, the requests already
 taken are answered, and the process exits 0 (a second Ctrl-C stops at once).
 
 Other errors: 400 for a malformed upload, 507 for an upload that cannot be stored for lack of
@@ -55,7 +59,8 @@ import numpy as np
 from data_cache.errors import PadError, bug_text
 from data_cache.jsonsafe import null_nonfinite
 from workflows.options import PredictConfig, ServeConfig
-from workflows.predict import Predictor, failure_line, prediction_json
+from workflows.predict import Predictor, failure_line, prediction_json, read_scan
+from workflows.serve_http import drain_bytes, protocol_class
 from workflows.serve_metrics import CONTENT_TYPE, STAGES, ServeMetrics
 from workflows.uploads import UploadError, receive_upload
 
@@ -122,6 +127,15 @@ def class_notes(predictor: Predictor, cfg: ServeConfig) -> list[str]:
             "classes outside its table"]
 
 
+def decisions_in_force(predictor: Predictor) -> dict:
+    """``class`` (the calibrated product the scans are judged as, or None), ``decisions`` ("on"
+    or "off") and ``false_alarm`` (the calibration's α, or None) of /health."""
+    cal = predictor.calibration
+    return {"class": predictor.calibration_class if cal is not None else None,
+            "decisions": "on" if cal is not None else "off",
+            "false_alarm": float(cal.false_alarm) if cal is not None else None}
+
+
 def warm_up_file(directory: str, settings) -> str:
     """A scan written into ``directory`` that the run reads as it reads a served scan: an even
     sphere of WARM_UP_POINTS points (.npy), or, for a run rendered ``--style pointad`` from
@@ -175,12 +189,13 @@ class Service:
         self.metrics = ServeMetrics()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pad-serve-model")
 
-    def _score(self, path: str) -> tuple[dict, float, float]:
-        """On the model thread: (pad predict's document of ``path``, start, end perf_counter)."""
+    def _score(self, path: str, scan: tuple) -> tuple[dict, float, float]:
+        """On the model thread: (pad predict's document of ``path``, read already as ``scan``, start,
+        end perf_counter)."""
         start = time.perf_counter()
         self.scoring = 1
         try:
-            return self.predictor.predict(path), start, time.perf_counter()
+            return self.predictor.predict(path, scan=scan), start, time.perf_counter()
         finally:
             self.scoring = 0
 
@@ -201,7 +216,7 @@ class Service:
                 "pretrained": pretrained, "random_weights": pretrained == "random",
                 "feature_tag": self.predictor.config["feature_tag"], "render": self.predictor.choice.source,
                 "device": device, "uptime_s": round(time.monotonic() - self.started, 3),
-                "requests_served": self.metrics.served(),
+                "requests_served": self.metrics.served(), **decisions_in_force(self.predictor),
                 "queue": {"length": self.queue_length(), "capacity": self.capacity - 1}}
 
     def queue_length(self) -> int:
@@ -240,8 +255,12 @@ class Service:
                 print(line, file=sys.stderr, flush=True)
                 return 507 if exc.errno == errno.ENOSPC else 500, {"error": line}, {}
             t1 = time.perf_counter()
-            try:
-                doc, start, end = await asyncio.get_running_loop().run_in_executor(self.executor, self._score, path)
+            try:   # the file's contents are checked before it joins the model's queue (another thread)
+                scan = await asyncio.to_thread(read_scan, path, self.predictor.settings, self.predictor.cfg)
+                t2 = time.perf_counter()
+                doc, start, end = await asyncio.get_running_loop().run_in_executor(self.executor, self._score, path,
+                                                                                   scan)
+                doc["seconds"]["read"] = round(t2 - t1, 6)
             except PadError as exc:
                 line = failure_line(name, str(exc).replace(path, name))
                 print(line, file=sys.stderr, flush=True)
@@ -253,7 +272,7 @@ class Service:
             self.model_seconds = end - start
             answer = prediction_json(doc, points=points)
             answer["file"] = name
-            seconds = {"upload": t1 - t0, "queue": max(0.0, start - t1), **doc["seconds"],
+            seconds = {"upload": t1 - t0, "queue": max(0.0, start - t2), **doc["seconds"],
                        "total": time.perf_counter() - t0}
             answer["seconds"] = {k: round(float(seconds[k]), 6) for k in STAGES}
             for stage in STAGES:
@@ -348,7 +367,7 @@ async def _serve(server, sock: socket.socket, ready_line: str) -> None:
 
 
 def serve_forever(service: Service, sock: socket.socket) -> None:
-    """Serve on ``sock`` until SIGTERM / SIGINT, then drain (uvicorn on asyncio, h11)."""
+    """Serve on ``sock`` until SIGTERM / SIGINT / SIGHUP, then drain (uvicorn on asyncio, h11)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -356,8 +375,11 @@ def serve_forever(service: Service, sock: socket.socket) -> None:
             service.draining = True
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(make_app(service), log_level="warning", access_log=False, lifespan="off", http="h11",
-                            loop="asyncio", timeout_graceful_shutdown=None, server_header=False)
+    cfg = service.cfg
+    config = uvicorn.Config(make_app(service), log_level="warning", access_log=False, lifespan="off",
+                            http=protocol_class(cfg.max_connections, cfg.header_timeout, drain_bytes(service.limit)),
+                            limit_concurrency=cfg.max_connections + 1, loop="asyncio",
+                            timeout_graceful_shutdown=None, server_header=False)
     server = Server(config)
     host, port = sock.getsockname()[:2]
     predictor = service.predictor
@@ -366,6 +388,8 @@ def serve_forever(service: Service, sock: socket.socket) -> None:
             f"{pretrained}, {predictor.device}); POST /predict, GET /health, GET /metrics; Ctrl-C stops")
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, _ignore) for sig in handled}
+    # a closed terminal (SIGHUP) stops as SIGTERM does: drained, the private directory removed
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda sig, frame: server.handle_exit(signal.SIGTERM, frame))
     try:
         asyncio.run(_serve(server, sock, line))
     finally:
@@ -386,9 +410,14 @@ def run_serve(cfg: ServeConfig, make_predictor=None) -> int:
         raise PadError(f"--max-upload-mb must be more than 0 (got {cfg.max_upload_mb})")
     if not (cfg.upload_timeout > 0 and math.isfinite(cfg.upload_timeout)):
         raise PadError(f"--upload-timeout must be more than 0 seconds (got {cfg.upload_timeout})")
+    if cfg.max_connections < 1:
+        raise PadError(f"--max-connections must be 1 or more (got {cfg.max_connections})")
+    if not (cfg.header_timeout > 0 and math.isfinite(cfg.header_timeout)):
+        raise PadError(f"--header-timeout must be more than 0 seconds (got {cfg.header_timeout})")
     token = read_token(cfg.token_file) if cfg.token_file is not None else None
     sock = bind_socket(cfg.host, cfg.port)
-    previous = signal.signal(signal.SIGTERM, _stopped_while_starting)   # clean up like Ctrl-C until serving
+    stops = (signal.SIGTERM, signal.SIGHUP)     # until serving: clean up as Ctrl-C does
+    previous = {sig: signal.signal(sig, _stopped_while_starting) for sig in stops}
     try:
         predictor = (make_predictor or Predictor)(PredictConfig(files=(), checkpoint=cfg.checkpoint, device=cfg.device,
                                                                 calibration=cfg.calibration, cls=cfg.cls,
@@ -404,7 +433,8 @@ def run_serve(cfg: ServeConfig, make_predictor=None) -> int:
             service.executor.shutdown(wait=True)
             shutil.rmtree(private_dir, ignore_errors=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
     print(f"pad serve: stopped; {service.metrics.served()} scan(s) served", file=sys.stderr)
     return 0

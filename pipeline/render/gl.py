@@ -22,10 +22,12 @@ is undone for orthographic cameras).
 """
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import glob
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -115,21 +117,63 @@ def scaled_intrinsics(intrinsics: np.ndarray, factor: int) -> np.ndarray:
     return k
 
 
+def context_address(context) -> int:
+    """The address of an OpenGL context handle (an OSMesa/EGL opaque ctypes pointer, or an
+    int), equal for every handle of the same context."""
+    if context is None or isinstance(context, int):
+        return int(context or 0)
+    return ctypes.cast(context, ctypes.c_void_p).value or 0
+
+
+def program_cache(sources: dict[str, str]):
+    """A pyrender shader-program cache of ``sources`` (file name -> GLSL source, as
+    :mod:`pipeline.render.shaders` gives them) that finds a compiled program again on every draw.
+
+    pyrender's own cache keys programs on ``OpenGL.contextdata.getContext()``, which under
+    OSMesa and EGL is a new ctypes pointer object on every call (hashed by identity): no key
+    ever matches, so every draw compiled its programs again and memory grew by megabytes a scan.
+    This one keys on the context's address. One cache belongs to one renderer (one context), and
+    pyrender deletes its programs when the renderer is deleted. pyrender compiles from files: a
+    program's files are written into a temporary directory (``pad-shaders-*``) that exists only
+    while it is compiled, here, when first asked for (the context is current then)."""
+    import OpenGL.contextdata
+    from pyrender.shader_program import ShaderProgram, ShaderProgramCache
+
+    class ProgramCache(ShaderProgramCache):
+        def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
+            defines = dict(defines or {})
+            files = [name for name in (vertex_shader, fragment_shader, geometry_shader) if name is not None]
+            key = (context_address(OpenGL.contextdata.getContext()),
+                   tuple(sorted(os.path.basename(name) for name in files)), tuple(sorted(defines.items())))
+            program = self._program_cache.get(key)
+            if program is None:
+                with tempfile.TemporaryDirectory(prefix="pad-shaders-") as folder:
+                    paths = [os.path.join(folder, os.path.basename(name)) for name in files]
+                    for path in paths:
+                        with open(path, "w") as fh:
+                            fh.write(sources[os.path.basename(path)])
+                    program = ShaderProgram(*(paths + [None] * (3 - len(paths))), defines=defines)
+                    program._add_to_context()
+                self._program_cache[key] = program
+            return program
+
+    return ProgramCache()
+
+
 class SplatRenderer:
     """An offscreen renderer of ``width``×``height`` pixels with one scene (camera,
     headlight, at most one mesh). Reused across samples via :func:`get_renderer`."""
 
     def __init__(self, width: int, height: int):
         import pyrender
-        from pyrender.shader_program import ShaderProgramCache
 
-        from pipeline.render.shaders import shader_dir
+        from pipeline.render.shaders import shader_sources
 
         self._pyrender = pyrender
         self.width, self.height = int(width), int(height)
         self._offscreen = pyrender.OffscreenRenderer(self.width, self.height)
         # pad's shaders instead of pyrender's PBR ones (see pipeline.render.shaders)
-        self._offscreen._renderer._program_cache = ShaderProgramCache(shader_dir=shader_dir())
+        self._offscreen._renderer._program_cache = program_cache(shader_sources())
         self.scene = pyrender.Scene(bg_color=(*BACKGROUND, 1.0), ambient_light=(AMBIENT,) * 3)
         self._camera = _MatrixCamera(np.eye(4), Z_NEAR, Z_FAR, pyrender.Camera)
         self._camera_node = self.scene.add(self._camera, pose=np.eye(4))
@@ -211,14 +255,12 @@ class PointRenderer:
         self.scene.add(self._camera, pose=np.eye(4))        # V = identity: P carries the whole MVP
 
     def _use_point_size(self, point_size: float) -> None:
-        from pyrender.shader_program import ShaderProgramCache
-
-        from pipeline.render.shaders import point_shader_dir
+        from pipeline.render.shaders import point_shader_sources
 
         size = float(point_size)
         cache = self._caches.get(size)
         if cache is None:
-            cache = self._caches[size] = ShaderProgramCache(shader_dir=point_shader_dir(size))
+            cache = self._caches[size] = program_cache(point_shader_sources(size))
         self._offscreen._renderer._program_cache = cache
 
     def render(self, points: np.ndarray, grey: np.ndarray, mvp: np.ndarray, point_size: float,

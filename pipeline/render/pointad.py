@@ -89,8 +89,8 @@ def script_for(fmt: str) -> Script:
     script = SCRIPTS.get(fmt)
     if script is None:
         raise PadError(f"--style pointad reproduces the official scripts of MVTec 3D-AD, Eyecandies, Real3D-AD "
-                       f"and Anomaly-ShapeNet; the '{fmt}' layout has none (use --style pad, or --format real3d "
-                       "for unorganized clouds in that layout)")
+                       f"and Anomaly-ShapeNet; the '{fmt}' layout has none: render it with pad's renderer (the same "
+                       "pad render command without --style pointad)")
     return script
 
 

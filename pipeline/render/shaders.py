@@ -1,9 +1,10 @@
 """GLSL sources of the splat renderer (pad's own, small on purpose).
 
-pyrender looks shaders up by file name in a directory (``mesh.vert``/``mesh.frag``
-for lit meshes, ``flat.vert``/``flat.frag`` with ``RenderFlags.FLAT``); :func:`shader_dir`
-writes these sources into a per-process directory that :mod:`pipeline.render.gl`
-hands to pyrender's shader cache. pyrender substitutes the ``*_LOC`` names and
+pyrender asks for shaders by file name (``mesh.vert``/``mesh.frag`` for lit meshes,
+``flat.vert``/``flat.frag`` with ``RenderFlags.FLAT``); :func:`shader_sources` gives these
+sources by those names to pad's program cache (:func:`pipeline.render.gl.program_cache`), which
+writes a program's files into a temporary directory only while it compiles that program: no
+shader file of pad's stays on disk, whatever stops the process. pyrender substitutes the ``*_LOC`` names and
 resolves ``#ifdef`` lines before compiling, and sets the uniforms by name
 (``V``, ``P``, ``M``, ``ambient_light``, ``directional_lights[i].*``,
 ``material.base_color_factor``).
@@ -17,7 +18,7 @@ per-fragment lighting, at the fragment cost of a flat colour: llvmpipe spends
 most of a view on fragments).
 Flat (``flat.*``): the per-vertex colour as is (index-map tests, label images).
 
-Points (``--style pointad``, :func:`point_shader_dir`): OpenGL points of a fixed size in window
+Points (``--style pointad``, :func:`point_shader_sources`): OpenGL points of a fixed size in window
 pixels (``gl_PointSize``), each drawn in its vertex colour, at ``P · position`` where ``P`` is
 the whole float32 model-view-projection matrix of Open3D's legacy camera (pyrender's ``V`` and
 ``M`` are the identity then). The colours are computed on the CPU (Open3D's Phong lighting,
@@ -26,11 +27,6 @@ the whole float32 model-view-projection matrix of Open3D's legacy camera (pyrend
 turns multisampling off, so a point covers whole pixels as in Open3D's single-sampled buffer.
 """
 from __future__ import annotations
-
-import atexit
-import os
-import shutil
-import tempfile
 
 _MESH_VERT = """#version 330 core
 struct DirectionalLight {
@@ -154,30 +150,12 @@ void main()
 SOURCES = {"mesh.vert": _MESH_VERT, "mesh.frag": _MESH_FRAG,
            "flat.vert": _FLAT_VERT, "flat.frag": _FLAT_FRAG}
 
-_DIRS: dict[str, str] = {}
+def shader_sources() -> dict[str, str]:
+    """The splat shaders (:data:`SOURCES`), file name -> GLSL source."""
+    return dict(SOURCES)
 
 
-def _write_dir(key: str, sources: dict[str, str]) -> str:
-    """A directory holding ``sources`` as files (created once per process and key, removed
-    at exit)."""
-    path = _DIRS.get(key)
-    if path is None or not os.path.isdir(path):
-        path = tempfile.mkdtemp(prefix="pad-shaders-")
-        for name, text in sources.items():
-            with open(os.path.join(path, name), "w") as f:
-                f.write(text)
-        atexit.register(shutil.rmtree, path, True)
-        _DIRS[key] = path
-    return path
-
-
-def shader_dir() -> str:
-    """The directory of the splat shaders (:data:`SOURCES`)."""
-    return _write_dir("splats", SOURCES)
-
-
-def point_shader_dir(point_size: float) -> str:
-    """The directory of the point shaders drawing points ``point_size`` window pixels wide."""
-    size = float(point_size)
-    text = _POINT_VERT.replace("POINT_SIZE", repr(size))
-    return _write_dir(f"points-{size!r}", {"segmentation.vert": text, "segmentation.frag": _POINT_FRAG})
+def point_shader_sources(point_size: float) -> dict[str, str]:
+    """The point shaders drawing points ``point_size`` window pixels wide, file name -> source."""
+    text = _POINT_VERT.replace("POINT_SIZE", repr(float(point_size)))
+    return {"segmentation.vert": text, "segmentation.frag": _POINT_FRAG}
