@@ -237,6 +237,9 @@ def early_settings(cfg: PredictConfig):
     the run's configuration alone: no backbone, no model."""
     from data_cache import checkpoint as ckpt
 
+    if cfg.checkpoint is None:   # --reference: nothing is rendered, files are read as any cloud
+        from pipeline.render import RenderSettings
+        return RenderSettings()
     config = ckpt.load_config(cfg.checkpoint)
     return render_choice(config, cfg, feature_spec(config, cfg.checkpoint).render_size).settings
 

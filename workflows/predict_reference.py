@@ -141,7 +141,7 @@ class ReferencePredictor(Predictor):
         if cfg.sigma != PredictConfig.sigma and cfg.sigma != ref.meta.get("sigma"):
             notes.append(f"--sigma {cfg.sigma:g} does not apply with --reference: maps are smoothed as the reference "
                          f"set's scores were (sigma {ref.meta.get('sigma')})")
-        self.settings = RenderSettings()          # nothing is rendered; serve's warm-up reads .style
+        self.settings = RenderSettings()          # as early_settings without a checkpoint; serve's warm-up reads .style
         self.choice = RenderChoice(self.settings, [], "none", notes)
         self.cameras = []
         self.knn = int(ref.meta.get("knn", REGION_KNN))
@@ -152,7 +152,7 @@ class ReferencePredictor(Predictor):
         self.config = {"feature_tag": str(features.get("tag"))}
         self.cfg = cfg
 
-    def predict(self, path: str, with_maps: bool = False) -> dict:
+    def predict(self, path: str, with_maps: bool = False, scan: tuple | None = None) -> dict:
         """Score one file against the reference set; ``pad predict``'s document (see
         :meth:`workflows.predict.Predictor.predict`), without view maps."""
         from pipeline.ingest import check_point_count
@@ -161,7 +161,7 @@ class ReferencePredictor(Predictor):
         from scoring.mutual.reference import score_row
 
         t0 = time.perf_counter()
-        sample, back, row_points, dropped = self._read(path)
+        sample, back, row_points, dropped = scan if scan is not None else self._read(path)
         t1 = time.perf_counter()
         n = sample.n_points
         check_point_count(path, n)
@@ -199,17 +199,20 @@ class ReferencePredictor(Predictor):
         return doc
 
 
+def check_model_choice(cfg) -> None:
+    """PadError, one line, unless exactly one of ``--checkpoint`` and ``--reference`` is given."""
+    if cfg.reference is not None and cfg.checkpoint is not None:
+        raise PadError("--checkpoint and --reference: give one (a trained run, or a reference set of good parts)")
+    if cfg.reference is None and cfg.checkpoint is None:
+        raise PadError("give --checkpoint RUN (a trained run) or --reference REF (a reference set saved by "
+                       "pad mutual)")
+
+
 def make_predictor(cfg: PredictConfig) -> Predictor:
     """The predictor ``pad predict`` / ``pad serve`` use: against a reference set (``--reference``)
     or with a checkpoint (``--checkpoint``); PadError, one line, for both or neither."""
-    if cfg.reference is not None and cfg.checkpoint is not None:
-        raise PadError("--checkpoint and --reference: give one (a trained run, or a reference set of good parts)")
-    if cfg.reference is not None:
-        return ReferencePredictor(cfg)
-    if cfg.checkpoint is None:
-        raise PadError("give --checkpoint RUN (a trained run) or --reference REF (a reference set saved by "
-                       "pad mutual)")
-    return Predictor(cfg)
+    check_model_choice(cfg)
+    return ReferencePredictor(cfg) if cfg.reference is not None else Predictor(cfg)
 
 
 def run_predict(cfg: PredictConfig) -> int:
@@ -217,8 +220,8 @@ def run_predict(cfg: PredictConfig) -> int:
     :func:`make_predictor` chooses."""
     from workflows import predict
 
-    if cfg.reference is None and cfg.checkpoint is None and cfg.files:
-        make_predictor(cfg)            # the one line saying what is missing, before the files are checked
+    if cfg.files:
+        check_model_choice(cfg)        # the one line saying what is missing, before the files are read
     return predict.run_predict(cfg, make_predictor)
 
 
@@ -227,6 +230,5 @@ def run_serve(cfg) -> int:
     :func:`make_predictor` chooses (``--reference`` or ``--checkpoint``)."""
     from workflows import serve
 
-    if cfg.reference is None and cfg.checkpoint is None:
-        make_predictor(PredictConfig(files=(), checkpoint=None))
+    check_model_choice(cfg)
     return serve.run_serve(cfg, make_predictor)
