@@ -129,3 +129,12 @@ class ExtractConfig:
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
     precision: str = option("fp32", "Compute precision.", choices=("fp32", "fp16", "bf16"))
     seed: int = option(0, "Seed for --pretrained random.")
+    workers: int = option(0, "Encode on a LocalCluster of this many worker processes (with CUDA, worker k uses "
+                             "GPU k modulo the GPU count); 0: in this process, no Dask.")
+    scheduler: str | None = option(None, "Address of an existing Dask scheduler (tcp://host:8786): its workers "
+                                         "encode, each writing shards of its own that this process merges.",
+                                   metavar="ADDRESS")
+    task_samples: int = option(8, "With --workers or --scheduler: samples per Dask task (one shard each).")
+    no_worker_timeout: float = option(120.0, "With --workers or --scheduler: seconds to wait while the cluster has "
+                                             "no worker before stopping with exit 2; a rerun resumes.",
+                                      metavar="SECONDS")

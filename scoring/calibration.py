@@ -47,6 +47,7 @@ import numpy as np
 
 from data_cache.checkpoint import PROMPTS_FILE, atomic_write
 from data_cache.errors import PadError
+from data_cache.location import absolute
 from scoring import conformal
 from scoring.regions import Regions, describe_regions, find_regions
 from scoring.sample_score import FUSIONS, PROTOCOLS
@@ -170,7 +171,7 @@ def calibration_document(per_class: Mapping[str, tuple[Sequence[float], Sequence
             "checkpoint": {"run": os.path.abspath(run), "prompts_sha256": str(prompts_sha256)},
             "feature_tag": str(feature_tag), "scoring": dict(scoring),
             "score": "multimodal score" if scoring.get("multimodal") else "object score",
-            "cache": os.path.abspath(cache), "splits": list(splits), "rule": RULE, "classes": classes}
+            "cache": absolute(cache), "splits": list(splits), "rule": RULE, "classes": classes}
 
 
 def write_calibration(path: str, doc: dict) -> None:
