@@ -22,10 +22,13 @@ PARTIAL = ".partial"
 class StagedFile:
     """``local``: where to write; ``path``: where the file lives (local path or URL).
 
-    ``download``: copy an existing object first (False: start from nothing)."""
+    ``download``: copy an existing object first (False: start from nothing). ``direct``: upload straight
+    to ``path`` (one PUT: an object store shows the object whole or not at all) instead of through
+    ``<path>.partial``, for files nothing else writes (a worker's shard)."""
 
-    def __init__(self, path: str, download: bool = True):
+    def __init__(self, path: str, download: bool = True, direct: bool = False):
         self.path = path
+        self.direct = direct
         self._tmp: str | None = None
         if not is_url(path):
             self.local = path
@@ -55,8 +58,11 @@ class StagedFile:
             if upload and os.path.exists(self.local):
                 fs, p = filesystem(self.path)
                 try:
-                    fs.put_file(self.local, p + PARTIAL)
-                    fs.mv(p + PARTIAL, p)
+                    if self.direct:
+                        fs.put_file(self.local, p)
+                    else:
+                        fs.put_file(self.local, p + PARTIAL)
+                        fs.mv(p + PARTIAL, p)
                     fs.invalidate_cache(p)
                 except Exception as exc:
                     raise remote_error(exc, self.path, "uploading the store failed (the copy in the "

@@ -27,6 +27,7 @@ import numpy as np
 
 from data_cache.errors import PadError
 from data_cache.location import filesystem, is_url, join, listdir, remote_error, remove
+from data_cache.staged import PARTIAL
 from pipeline.options import ExtractConfig
 
 SHARDS_SUFFIX = ".shards"
@@ -90,7 +91,7 @@ def write_shard(path: str, plan, rows) -> int:
     import h5py
     from data_cache.staged import StagedFile
 
-    staged = StagedFile(path, download=False)
+    staged = StagedFile(path, download=False, direct=True)
     local = staged.local if staged.remote else path + ".partial"
     os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
     gg, n_layers = plan.grid * plan.grid, len(plan.layers)
@@ -164,28 +165,40 @@ def encode_task(cfg: ExtractConfig, plan, indices: list[int], keys: list[int], s
     return {"shard": shard, "samples": n, "seconds": time.perf_counter() - t0}
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def _open_shard(path: str):
-    """``(h5py.File, file object or None)`` of a shard (a local path or a URL)."""
+    """``(h5py.File, file object or None)`` of a shard (a local path or a URL); None when the file is not
+    an HDF5 file (a damaged shard: its samples are encoded again). Object-store failures raise."""
     import h5py
     if not is_url(path):
+        with open(path, "rb") as fh:
+            if fh.read(8) != HDF5_SIGNATURE:
+                return None
         return h5py.File(path, "r", locking=False), None
     fs, p = filesystem(path)
+    fs.invalidate_cache(p)
     fh = fs.open(p, "rb", block_size=8 << 20, cache_type="readahead")
+    if fh.read(8) != HDF5_SIGNATURE:
+        fh.close()
+        return None
+    fh.seek(0)
     return h5py.File(fh, "r"), fh
 
 
 def merge_shard(writer, path: str, plan, render_keys: np.ndarray) -> list[int]:
     """Write the rows of the shard at ``path`` into ``writer`` (each marked done after its data), the
     rows whose render key is still the render store's; returns their indices. A shard of another
-    tag or render store, or one that cannot be read, merges nothing (it is deleted with the others)."""
+    tag or render store, or a damaged one, merges nothing (it is deleted with the others); a shard
+    that cannot be read (the object store does not answer) is one :class:`PadError` line."""
     try:
-        f, fh = _open_shard(path)
-    except FileNotFoundError:
-        return []
-    except OSError:
-        return []  # not an HDF5 file: a damaged shard, its samples are encoded again
+        opened = _open_shard(path)
+        if opened is None:
+            return []
+        f, fh = opened
     except Exception as exc:
-        raise remote_error(exc, path) from None
+        raise remote_error(exc, path, "reading a shard failed") from None
     merged = []
     try:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
@@ -199,6 +212,10 @@ def merge_shard(writer, path: str, plan, render_keys: np.ndarray) -> list[int]:
             writer.write_sample(i, f["global"][r], f["patch"][r], f["rgb_global"][r] if rgb else None,
                                 f["rgb_patch"][r] if rgb else None, render_key=key)
             merged.append(i)
+    except PadError:
+        raise
+    except Exception as exc:
+        raise remote_error(exc, path, "reading a shard failed") from None
     finally:
         f.close()
         if fh is not None:
@@ -276,7 +293,9 @@ def _extract(client, cfg: ExtractConfig, store, progress: bool) -> dict:
         earlier = 0
         try:
             for name in sorted(listdir(shard_dir)):  # what an earlier run encoded and did not merge
-                if name.endswith(".h5"):
+                if name.endswith(PARTIAL):  # an upload cut short
+                    remove(join(shard_dir, name))
+                elif name.endswith(".h5"):
                     path = join(shard_dir, name)
                     earlier += len(merge_shard(writer, path, plan, render_keys))
                     merged_shards.append(path)
