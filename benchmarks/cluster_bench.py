@@ -7,7 +7,7 @@
   --workers 2``, ``pad train``, ``pad score``) on an ``s3://`` cache on a local S3 server (moto) against
   the same on a local directory; ratio = s3 time / local time.
 
-    python benchmarks/cluster_bench.py [--per-class 2] [--classes 3]
+    python benchmarks/cluster_bench.py [--quick] [--per-class 2] [--classes 3]
 
 pad-tiny with random weights, CPU. Needs ``pad[s3]`` and ``moto[server]`` (the test extra).
 """
@@ -70,7 +70,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-class", type=int, default=2, help="test scans per class (plus one train scan)")
     ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="2 classes")
     args = ap.parse_args()
+    if args.quick:
+        args.classes = 2
     from pathlib import Path
     from _cloud_helpers import BUCKET, S3Server, make_bucket, s3_env
     from _render_job_helpers import write_dataset

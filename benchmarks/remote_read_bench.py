@@ -3,7 +3,7 @@ reads it (``FeatureStore.global_(i)`` and ``FeatureStore.patch(i)``, one sample 
 shuffled epoch order), from a local file and from ``s3://`` on a local S3 server (moto, loopback),
 in the same run. Prints one line: MB/s of each and the ratio bucket/local.
 
-    python benchmarks/remote_read_bench.py [--samples 12] [--views 9] [--dim 768] [--epochs 2]
+    python benchmarks/remote_read_bench.py [--quick] [--samples 12] [--views 9] [--dim 768] [--epochs 2]
 
 Rows of ViT-L-14-336's size by default (9 views, one layer, 24x24 patches, D 768: 8 MB per sample).
 Needs ``pad[s3]`` and ``moto[server]`` (the test extra).
@@ -53,7 +53,10 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=9)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="6 samples, one epoch")
     args = ap.parse_args()
+    if args.quick:
+        args.samples, args.epochs = 6, 1
     from _cloud_helpers import BUCKET, S3Server, make_bucket, s3_env
 
     server = S3Server()

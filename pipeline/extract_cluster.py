@@ -318,6 +318,9 @@ def _extract(client, cfg: ExtractConfig, store, progress: bool) -> dict:
             raise
         writer.close()
         staged.finish()
+        if progress and watch.rescheduled:
+            print(f"pad extract-features: {watch.rescheduled} task(s) rescheduled after a lost worker",
+                  file=sys.stderr)
     for path in merged_shards:  # their rows are in the store now
         remove(path)
     seconds = time.perf_counter() - t0
