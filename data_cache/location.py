@@ -131,6 +131,13 @@ def absolute(path: str) -> str:
     return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
 
 
+def same(a: str, b: str) -> bool:
+    """Whether two locations name the same cache (URLs compared as written, local paths resolved)."""
+    if is_url(a) or is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def parent(path: str) -> str:
     """The directory holding ``path`` (URL-aware)."""
     if is_url(path):
