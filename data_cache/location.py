@@ -25,7 +25,8 @@ from data_cache.errors import PadError
 
 #: ``scheme://``: an fsspec URL.
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-#: ``scheme:/...`` with a scheme of two letters or more (``s3:/bucket``, ``s3:bucket``): meant as a URL.
+#: ``scheme:`` with a scheme of two letters or more: meant as a URL when a slash follows (``s3:/bucket``)
+#: or the scheme is a protocol fsspec knows (``s3:bucket``); ``run:2`` stays a local name.
 _URL_LIKE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
 #: Config fields that name a cache (read and written through fsspec when a URL).
 CACHE_FIELDS = ("cache", "source", "target")
@@ -49,6 +50,11 @@ def protocol(path: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
+def _known(scheme: str) -> bool:
+    from fsspec.registry import known_implementations, registry
+    return scheme.lower() in known_implementations or scheme.lower() in registry
+
+
 def check_location(value: str, option: str = "--cache") -> str:
     """``value`` as pad uses it: a local path unchanged (``~`` expanded), ``file://`` URLs as local
     paths, other URLs without a trailing slash once fsspec can serve them; :class:`PadError` (one
@@ -58,7 +64,7 @@ def check_location(value: str, option: str = "--cache") -> str:
     proto = protocol(value)
     if proto is None:
         m = _URL_LIKE.match(value)
-        if m and not os.path.exists(value):
+        if m and not os.path.exists(value) and (value[m.end():m.end() + 1] in ("/", "") or _known(m.group(1))):
             raise PadError(f"{option} {value}: looks like a URL but is not one (write {m.group(1)}://...), "
                            "or give a local path")
         return os.path.expanduser(value)

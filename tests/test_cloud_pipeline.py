@@ -249,3 +249,14 @@ def test_outputs_behind_a_url_are_refused_in_one_line(tmp_path, monkeypatch):
     code, text = pad("train", "--cache", "c", "--train-classes", "a", "--out", "s3://bucket/run")
     assert code == 2 and text.count("\n") == 1 and "--out s3://bucket/run: must be a local" in text
     assert os.listdir(tmp_path) == []
+
+
+def test_what_counts_as_a_url():
+    from data_cache.errors import PadError
+    from data_cache.location import check_location
+    assert check_location("runs:2") == "runs:2"                     # a local name with a colon
+    assert check_location("file:///tmp/cache") == "/tmp/cache"
+    assert check_location("s3://bucket/cache/") == "s3://bucket/cache"
+    for value in ("s3:/bucket/cache", "s3:bucket/cache", "nosuch://x"):
+        with pytest.raises(PadError):
+            check_location(value)
