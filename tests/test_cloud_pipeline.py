@@ -36,6 +36,8 @@ TAG = "pad-tiny_random_L6_dpam20_336"
 def cloud(tmp_path_factory):
     """moto behind a relay, the S3 settings in this process's environment, a bucket, a scheduler and
     two workers; everything stopped by PID at the end."""
+    for package in ("moto", "s3fs"):  # the test extra has them: pip install -e '.[test]'
+        pytest.importorskip(package, reason=f"{package} is missing: pip install -e '.[test]' (make test does)")
     server = S3Server()
     relay = Relay(server.port)
     env = s3_env(relay.endpoint)
