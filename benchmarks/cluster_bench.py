@@ -7,7 +7,7 @@
   --workers 2``, ``pad train``, ``pad score``) on an ``s3://`` cache on a local S3 server (moto) against
   the same on a local directory; ratio = s3 time / local time.
 
-    python benchmarks/cluster_bench.py [--quick] [--per-class 2] [--classes 3]
+    python benchmarks/cluster_bench.py [--quick] [--only extract|pipeline] [--per-class 2] [--classes 3]
 
 pad-tiny with random weights, CPU. Needs ``pad[s3]`` and ``moto[server]`` (the test extra).
 """
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=2, help="test scans per class (plus one train scan)")
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="2 classes")
+    ap.add_argument("--only", choices=("extract", "pipeline"), help="one of the two figures")
     args = ap.parse_args()
     if args.quick:
         args.classes = 2
@@ -86,9 +87,12 @@ def main() -> None:
         data = os.path.join(work, "data")
         names = ("cup", "ring", "vase", "bowl", "cone")[: args.classes]
         n = len(write_dataset(Path(data), classes=names, n_test=args.per_class, n_train=1, points=1500))
-        one, two = extract_scaling(data, work)
-        print(f"cluster_extract samples={n} workers1_s={one:.1f} workers2_s={two:.1f} scaling={one / two:.2f}",
-              flush=True)
+        if args.only != "pipeline":
+            one, two = extract_scaling(data, work)
+            print(f"cluster_extract samples={n} workers1_s={one:.1f} workers2_s={two:.1f} scaling={one / two:.2f}",
+                  flush=True)
+        if args.only == "extract":
+            return
         local = pipeline(data, os.path.join(work, "pipeline-cache"), work)
         remote = pipeline(data, f"s3://{BUCKET}/pipeline-cache", work)
         print(f"cluster_s3_pipeline samples={n} local_s={local:.1f} s3_s={remote:.1f} ratio_s3_over_local="
