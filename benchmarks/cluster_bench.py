@@ -76,6 +76,8 @@ def main() -> None:
     if args.quick:
         args.classes = 2
     from pathlib import Path
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run_all.sh's timeout: stop the S3 server too
     from _cloud_helpers import BUCKET, S3Server, make_bucket, s3_env
     from _render_job_helpers import write_dataset
 

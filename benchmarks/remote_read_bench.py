@@ -57,6 +57,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.samples, args.epochs = 6, 1
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run_all.sh's timeout: stop the S3 server too
     from _cloud_helpers import BUCKET, S3Server, make_bucket, s3_env
 
     server = S3Server()
