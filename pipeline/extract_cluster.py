@@ -3,8 +3,10 @@
 The samples to encode (every done render sample whose feature row is missing or stale) are cut into
 tasks of ``--task-samples``. A task runs on a worker: the backbone is built once per worker process
 (:func:`_encoder`, kept for the process's life), the task's images are read from the render store,
-encoded in batches of ``--batch-size``, and each finished sample is written at once into a shard of
-its own (no two tasks share a file), so a worker holds at most one batch of results. A shard is
+encoded one sample per forward pass (its views, and its RGB image: a row never depends on which
+samples shared its task, so a rerun after a lost worker is bit-identical to an uninterrupted run),
+and each sample is written at once into a shard of its own task (no two tasks share a file), so a
+worker holds one sample's results at a time. A shard is
 ``<cache>/features/<tag>.h5.shards/<first>-<count>-<token>.h5`` (layout: :func:`write_shard`); it
 becomes visible whole (``os.replace`` of a ``.partial`` file, or one upload to an object store).
 
@@ -130,36 +132,21 @@ def encode_task(cfg: ExtractConfig, plan, indices: list[int], keys: list[int], s
     returns {shard, samples, seconds}."""
     import torch
     from data_cache.render_store import RenderStore
-    from pipeline.extract import _batches, _Pending
 
     t0 = time.perf_counter()
     _, encoder = _encoder(cfg)
     store = RenderStore.open(cfg.cache)
     key_of = dict(zip(indices, keys))
-    gg = plan.grid * plan.grid
-
-    def items():
-        for i in indices:
-            yield i, store.images(i), store.rgb(i) if plan.has_rgb else None
 
     def rows():
-        pending: dict[int, _Pending] = {}
         with torch.inference_mode():
-            for images, meta in _batches(items(), cfg.batch_size, plan.views):
-                if images is None:
-                    pending[meta[0][0]] = _Pending(plan.views, len(plan.layers), gg, plan.dim, plan.has_rgb)
-                    continue
+            for i in indices:  # one forward pass per sample: its row never depends on its task's other samples
+                images = store.images(i)
+                if plan.has_rgb:
+                    images = np.concatenate([images, store.rgb(i)[None]], axis=0)
                 g, p = encoder.encode(images)
-                for k, (i, slot) in enumerate(meta):
-                    s = pending[i]
-                    if slot == plan.views:
-                        s.rg[:], s.rp[:] = g[k], p[k]
-                    else:
-                        s.g[slot], s.p[slot] = g[k], p[k]
-                    s.left -= 1
-                    if s.left == 0:
-                        del pending[i]
-                        yield i, s.g, s.p, s.rg, s.rp, key_of[i]
+                rg, rp = (g[plan.views], p[plan.views]) if plan.has_rgb else (None, None)
+                yield i, g[: plan.views], p[: plan.views], rg, rp, key_of[i]
 
     n = write_shard(shard, plan, rows())
     return {"shard": shard, "samples": n, "seconds": time.perf_counter() - t0}

@@ -125,7 +125,8 @@ class ExtractConfig:
                                "for backbones of other depths, scaled.", metavar="24|6,12,18,24")
     dpam_layers: int = option(20, "DPAM depth as in the reference (DPAM_layer=20 rewires the last 19 of "
                                   "24 blocks; scaled for other depths; 0 disables).")
-    batch_size: int = option(8, "Images per forward pass.")
+    batch_size: int = option(8, "Images per forward pass (with --workers or --scheduler: one sample's images "
+                                "per pass, whatever this says).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
     precision: str = option("fp32", "Compute precision.", choices=("fp32", "fp16", "bf16"))
     seed: int = option(0, "Seed for --pretrained random.")
