@@ -111,9 +111,10 @@ def _default(f: dataclasses.Field):
 def invoke(runner_spec: str, config) -> int:
     """Run one command; map errors to exit codes (PadError: 2, interrupted: 130, bug: 1)."""
     from data_cache.errors import PadError, bug_text
+    from data_cache.location import check_config
 
     try:
-        code = _load(runner_spec)(config)
+        code = _load(runner_spec)(check_config(config))
         return int(code or 0)
     except PadError as exc:
         click.echo(f"pad: error: {exc}", err=True)

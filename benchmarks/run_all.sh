@@ -11,7 +11,8 @@
 # The full output of each benchmark (stderr included) is in bench-out/<name>.log.
 # Environment: PY (python, default .venv/bin/python), BENCH_TIMEOUT (seconds per benchmark,
 # default 300 quick / 7200 full), BENCHES (a space-separated subset of: render_bench extract_bench
-# train_bench score_bench metrics_bench calibration_bench cache_bench fuzz_readers demo_bench serve_bench).
+# train_bench score_bench metrics_bench calibration_bench cache_bench fuzz_readers demo_bench serve_bench
+# remote_read_bench cluster_bench).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-osmesa}
 if [ "$MODE" = quick ]; then FLAG=--quick; TIMEOUT=${BENCH_TIMEOUT:-300}; else FLAG=; TIMEOUT=${BENCH_TIMEOUT:-7200}; fi
-BENCHES=${BENCHES:-"render_bench extract_bench train_bench score_bench metrics_bench calibration_bench cache_bench fuzz_readers demo_bench serve_bench"}
+BENCHES=${BENCHES:-"render_bench extract_bench train_bench score_bench metrics_bench calibration_bench cache_bench fuzz_readers demo_bench serve_bench remote_read_bench cluster_bench"}
 
 OUT=bench-out
 mkdir -p "$OUT"

@@ -43,12 +43,17 @@ from typing import Sequence
 import numpy as np
 
 from data_cache.errors import PadError
+from data_cache.location import is_url
 
 SCHEMA = 2
 DPAM_WIRING = "official-dual-path"
 FEATURES_DIR = "features"
 DATASETS = ("global", "patch", "rgb_global", "rgb_patch")
 FLAG_CHUNK = 1024  # rows per chunk of render_key and done
+#: Reading a store behind a URL: bytes per range request, and how many ranges are kept (see
+#: :meth:`FeatureStore._open_remote`); 8 MiB holds one sample's patch chunk of ViT-L-14-336 (9 views).
+REMOTE_BLOCK = 8 << 20
+REMOTE_BLOCKS = 4
 
 
 def feature_tag(backbone: str, pretrained: str, layers: Sequence[int], dpam_layers: int, image_size: int) -> str:
@@ -70,16 +75,22 @@ def is_token_tag(tag: str) -> bool:
 
 
 def features_dir(cache: str) -> str:
-    return os.path.join(cache, FEATURES_DIR)
+    """``<cache>/features`` (cache: a local path or an fsspec URL)."""
+    from data_cache.location import join
+    return join(cache, FEATURES_DIR)
+
+
+def store_file(cache: str, tag: str) -> str:
+    """``<cache>/features/<tag>.h5``."""
+    from data_cache.location import join
+    return join(features_dir(cache), tag + ".h5")
 
 
 def list_tags(cache: str) -> list[str]:
     """Tags of the CLIP feature stores in a cache, sorted (token stores, :mod:`data_cache.token_store`,
     live beside them and are listed by ``list_token_tags``)."""
-    d = features_dir(cache)
-    if not os.path.isdir(d):
-        return []
-    return sorted(f[:-3] for f in os.listdir(d) if f.endswith(".h5") and not is_token_tag(f[:-3]))
+    from data_cache.location import listdir
+    return sorted(f[:-3] for f in listdir(features_dir(cache)) if f.endswith(".h5") and not is_token_tag(f[:-3]))
 
 
 def resolve_tag(cache: str, tag: str | None) -> str:
@@ -98,7 +109,8 @@ def resolve_tag(cache: str, tag: str | None) -> str:
 
 def cache_of(path: str) -> str:
     """The cache directory of the feature store at ``path`` (``<cache>/features/<tag>.h5``)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    from data_cache.location import parent
+    return parent(parent(path))
 
 
 def _plain(value):
@@ -165,10 +177,11 @@ class FeatureStore:
         self.path = path
         self.render = render
         self._file = None
+        self._remote = None  # the fsspec file object h5py reads through, for a store behind a URL
 
     @classmethod
     def open(cls, cache: str, tag: str | None = None, render=None) -> "FeatureStore":
-        store = cls(os.path.join(features_dir(cache), resolve_tag(cache, tag) + ".h5"), render)
+        store = cls(store_file(cache, resolve_tag(cache, tag)), render)
         store.file  # validate now
         return store
 
@@ -177,7 +190,7 @@ class FeatureStore:
         if self._file is None:
             import h5py
             try:
-                f = h5py.File(self.path, "r")
+                f = h5py.File(self._open_remote(), "r") if is_url(self.path) else h5py.File(self.path, "r")
             except OSError as exc:
                 raise PadError(f"cannot open the feature store ({' '.join(str(exc).split())})", self.path) from None
             try:
@@ -188,10 +201,28 @@ class FeatureStore:
             self._file = f
         return self._file
 
+    def _open_remote(self):
+        """The store behind a URL as a read-only file object for h5py (:data:`REMOTE_BLOCK` byte ranges,
+        the last :data:`REMOTE_BLOCKS` of them kept: HDF5's metadata and a sample's chunk are each a
+        few reads). Object-store failures become one :class:`PadError` line."""
+        from data_cache.location import filesystem, remote_error
+        fs, p = filesystem(self.path)
+        try:
+            self._remote = fs.open(p, "rb", block_size=REMOTE_BLOCK, cache_type="blockcache",
+                                   cache_options={"maxblocks": REMOTE_BLOCKS})
+        except FileNotFoundError:
+            raise PadError("no such feature store", self.path) from None
+        except Exception as exc:
+            raise remote_error(exc, self.path) from None
+        return self._remote
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
 
     def __getstate__(self):
         return {"path": self.path, "render": self.render}
@@ -201,7 +232,7 @@ class FeatureStore:
 
     @property
     def tag(self) -> str:
-        return os.path.basename(self.path)[:-3]
+        return self.path.rstrip("/").rsplit("/", 1)[-1][:-3]
 
     @property
     def attrs(self) -> dict:

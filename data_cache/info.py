@@ -20,8 +20,12 @@ NORM_TOLERANCE = 2e-2   # stored float16 embeddings must have |‖e‖ - 1| belo
 
 # --------------------------------------------------------------------------- sizes
 def disk_usage(path: str) -> int | None:
-    """Bytes a file or directory tree occupies on disk (allocated blocks; sparse-aware). None for URLs."""
-    if "://" in path or not os.path.exists(path):
+    """Bytes a file or directory tree occupies on disk (allocated blocks; sparse-aware); behind a URL,
+    the bytes of its objects as the object store reports them. None when absent."""
+    from data_cache.location import is_url, size
+    if is_url(path):
+        return size(path)
+    if not os.path.exists(path):
         return None
     if os.path.isfile(path):
         st = os.stat(path)
@@ -196,7 +200,8 @@ def verify(cache: str, repair: bool = False, progress: bool = True) -> dict:
     """Check every done sample of every store in ``cache``; with ``repair`` clear ``done`` of broken ones
     (a broken render sample also clears that sample in every feature store). Returns a report dict."""
     from tqdm import tqdm
-    from data_cache.feature_store import FeatureStore, FeatureWriter, features_dir, list_tags
+    from data_cache.feature_store import FeatureStore, FeatureWriter, list_tags, store_file
+    from data_cache.staged import StagedFile
     from data_cache.render_store import RenderStore
 
     report: dict[str, Any] = {"render": None, "features": {}, "repaired": bool(repair)}
@@ -213,7 +218,7 @@ def verify(cache: str, repair: bool = False, progress: bool = True) -> dict:
                 broken_render[int(i)] = problems
         report["render"] = {"checked": int(render_done.sum()), "broken": _named(render, broken_render)}
     for tag in list_tags(cache):
-        path = os.path.join(features_dir(cache), tag + ".h5")
+        path = store_file(cache, tag)
         entry: dict[str, Any] = {"checked": 0, "broken": [], "store_problems": []}
         report["features"][tag] = entry
         try:
@@ -247,7 +252,7 @@ def verify(cache: str, repair: bool = False, progress: bool = True) -> dict:
         entry["broken"] = _named(render, broken)
         fs.close()
         if repair and broken:
-            with FeatureWriter.open_existing(path) as writer:
+            with StagedFile(path) as staged, FeatureWriter.open_existing(staged.local) as writer:
                 writer.clear_done(broken)
     if repair and broken_render:
         done_arr = render.root["done"] if render.mode != "r" else RenderStore.open(cache, "r+").root["done"]
@@ -302,7 +307,7 @@ def _named(render, broken: dict[int, list[str]]) -> list[dict]:
 def collect(cache: str, samples: bool = False) -> dict:
     """Summaries of every store in ``cache`` (:class:`PadError` when it holds none); with ``samples``
     also ``"samples"``: :func:`sample_rows` of the render store (empty without one)."""
-    from data_cache.feature_store import FeatureStore, features_dir, list_tags
+    from data_cache.feature_store import FeatureStore, list_tags, store_file
     from data_cache.render_store import RenderStore
 
     if "://" not in cache and not os.path.isdir(cache):
@@ -317,7 +322,7 @@ def collect(cache: str, samples: bool = False) -> dict:
             out["render"], render = {"error": str(exc)}, None
     feature_done: dict[str, np.ndarray] = {}
     for tag in list_tags(cache):
-        fs = FeatureStore(os.path.join(features_dir(cache), tag + ".h5"))
+        fs = FeatureStore(store_file(cache, tag))
         try:
             out["features"].append(feature_summary(fs))
             if samples:

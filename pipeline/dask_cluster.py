@@ -93,6 +93,7 @@ class PadWorkerPlugin(WorkerPlugin):
                           f"PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')!r} instead of {platform!r} "
                           "(set it in the workers' environment)")
         os.environ.update(env)
+        _import_torch_first()
         try:  # numpy's BLAS may already be loaded: cap its pool too
             from threadpoolctl import threadpool_limits
             threadpool_limits(1)
@@ -103,6 +104,17 @@ class PadWorkerPlugin(WorkerPlugin):
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             except ValueError:  # not the main thread: nothing to do
                 pass
+
+
+def _import_torch_first() -> None:
+    """Load torch and torchvision in a worker before it makes an OpenGL context: loading torchvision
+    (which pulls in triton) after an OSMesa context exists crashes the process, and the same workers
+    that render also encode features (``pad extract-features --scheduler``)."""
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:  # a rendering-only worker environment: nothing to protect
+        pass
 
 
 @contextlib.contextmanager

@@ -126,12 +126,12 @@ def plan_extract(cfg: ExtractConfig, render_store, parts) -> ExtractPlan:
     """Resolve weights, layers, DPAM depth, tag and store attributes for ``cfg`` on ``render_store``
     (the tag names the resolved weights: ``--pretrained auto`` and the default it stands for share it)."""
     from data_cache.backbones import resolve_dpam, resolve_layers
-    from data_cache.feature_store import feature_tag, features_dir
+    from data_cache.feature_store import feature_tag, store_file
     pretrained = resolved_pretrained(cfg)
     layers = resolve_layers(cfg.layers, parts.n_vision_blocks)
     dpam_blocks = resolve_dpam(cfg.dpam_layers, parts.n_vision_blocks)
     tag = feature_tag(cfg.backbone, pretrained, layers, cfg.dpam_layers, parts.image_size)
-    path = os.path.join(features_dir(cfg.cache), tag + ".h5")
+    path = store_file(cfg.cache, tag)
     random = pretrained == "random"
     is_file = not random and (os.path.isfile(pretrained) or os.sep in pretrained)
     weights = os.path.basename(parts.weights_path) if is_file else pretrained  # 'random', a tag or a file name
@@ -291,6 +291,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
     from data_cache.backbones import create_clip
     from data_cache.feature_store import FeatureWriter, valid_rows
     from data_cache.render_store import RenderStore
+    from data_cache.staged import StagedFile
 
     if cfg.batch_size < 1:
         raise PadError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
@@ -305,8 +306,14 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
         raise ValueError("parts were built for another backbone, weights or precision than cfg asks for")
     plan = plan_extract(cfg, store, parts)
     render_keys = store.render_keys()
-    writer = FeatureWriter.create_or_open(plan.path, plan.attrs, store.n_samples, plan.views, len(plan.layers),
-                                          plan.grid, plan.dim, plan.has_rgb, render_keys=render_keys)
+    staged = StagedFile(plan.path)  # a store behind a URL: written locally, uploaded when the writer closes
+    try:
+        writer = FeatureWriter.create_or_open(staged.local, plan.attrs, store.n_samples, plan.views,
+                                              len(plan.layers), plan.grid, plan.dim, plan.has_rgb,
+                                              render_keys=render_keys)
+    except BaseException:
+        staged.discard()
+        raise
     t0 = time.perf_counter()
     stop = threading.Event()
     written: list[int] = []
@@ -388,6 +395,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
         if writer_t is not None and writer_t.is_alive():
             writer_t.join(timeout=120)  # it writes what is queued (complete samples), then sees stop
         writer.close()
+        staged.finish()  # the samples written so far, also after an error or Ctrl-C
     seconds = time.perf_counter() - t0
     n_written = len(written) * (plan.views + int(plan.has_rgb))
     return {"tag": plan.tag, "path": plan.path, "samples": len(written), "images": n_written,
@@ -397,8 +405,12 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
 
 
 def run_extract(cfg: ExtractConfig) -> int:
-    """CLI runner of ``pad extract-features``."""
-    stats = extract(cfg)
+    """CLI runner of ``pad extract-features`` (on Dask workers with --workers or --scheduler)."""
+    if cfg.workers or cfg.scheduler:
+        from pipeline.extract_cluster import extract_on_cluster
+        stats = extract_on_cluster(cfg)
+    else:
+        stats = extract(cfg)
     note = f", {stats['skipped']} already done" if stats["skipped"] else ""
     if stats.get("stale"):
         note += f", {stats['stale']} encoded again (re-rendered since)"

@@ -131,7 +131,8 @@ class ExtractConfig:
                                "blocks 4,8,12, as MuSc-V2.", metavar="24|6,12,18,24")
     dpam_layers: int = option(20, "DPAM depth as in the reference (DPAM_layer=20 rewires the last 19 of "
                                   "24 blocks; scaled for other depths; 0 disables).")
-    batch_size: int = option(8, "Images per forward pass.")
+    batch_size: int = option(8, "Images per forward pass (with --workers or --scheduler: one sample's images "
+                                "per pass, whatever this says).")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
     precision: str = option("fp32", "Compute precision.", choices=("fp32", "fp16", "bf16"))
     seed: int = option(0, "Seed for --pretrained random.")
@@ -143,3 +144,12 @@ class ExtractConfig:
                                  "A scan with fewer input points is refused.")
     group_size: int = option(128, "point-mae: points per group (Iterative Point Grouping); MuSc-V2: 128, with "
                                   "256 neighbours searched and groups grown by 80 (scaled with it).")
+    workers: int = option(0, "Encode on a LocalCluster of this many worker processes (with CUDA, worker k uses "
+                             "GPU k modulo the GPU count); 0: in this process, no Dask.")
+    scheduler: str | None = option(None, "Address of an existing Dask scheduler (tcp://host:8786): its workers "
+                                         "encode, each writing shards of its own that this process merges.",
+                                   metavar="ADDRESS")
+    task_samples: int = option(8, "With --workers or --scheduler: samples per Dask task (one shard each).")
+    no_worker_timeout: float = option(120.0, "With --workers or --scheduler: seconds to wait while the cluster has "
+                                             "no worker before stopping with exit 2; a rerun resumes.",
+                                      metavar="SECONDS")

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from data_cache.errors import PadError
+from data_cache.location import absolute
 from data_cache.options import split_csv
 from data_cache.render_store import RenderStore
 from pipeline.options import RenderConfig
@@ -277,7 +278,7 @@ def _absolute(cfg: RenderConfig) -> RenderConfig:
     """Workers may run elsewhere (another cwd, another host): make local paths absolute."""
     import dataclasses
 
-    cache = cfg.cache if "://" in cfg.cache else os.path.abspath(os.path.expanduser(cfg.cache))
+    cache = absolute(cfg.cache)
     dataset = os.path.abspath(os.path.expanduser(cfg.dataset))
     return dataclasses.replace(cfg, cache=cache, dataset=dataset)
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from data_cache.checkpoint import PROMPTS_FILE, atomic_write
 from data_cache.errors import PadError
+from data_cache.location import absolute, same
 from scoring import conformal
 from scoring.regions import Regions, describe_regions, find_regions
 from scoring.sample_score import FUSIONS, PROTOCOLS
@@ -135,7 +136,7 @@ class Calibration:
     def used_scans(self, cache: str, cls: str) -> set[str]:
         """Ids of the scans of ``cls`` that made this calibration, when ``cache`` is the cache they
         came from (else none)."""
-        if not self.cache or os.path.realpath(self.cache) != os.path.realpath(cache) or cls not in self.classes:
+        if not self.cache or not same(self.cache, cache) or cls not in self.classes:
             return set()
         return set(self.classes[cls].scans)
 
@@ -177,7 +178,7 @@ def calibration_document(per_class: Mapping[str, tuple[Sequence[float], Sequence
             "checkpoint": ckpt, **tie,
             "feature_tag": str(feature_tag), "scoring": dict(scoring),
             "score": "multimodal score" if scoring.get("multimodal") else "object score",
-            "cache": os.path.abspath(cache), "splits": list(splits), "rule": RULE, "classes": classes}
+            "cache": absolute(cache), "splits": list(splits), "rule": RULE, "classes": classes}
 
 
 def write_calibration(path: str, doc: dict) -> None:

@@ -9,6 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from data_cache.location import absolute
 from data_cache.viewer import DEFAULT_VIEW_POINTS
 
 RANDOM_WEIGHTS_BANNER = ("The backbone's weights are random (pad-tiny, or pad extract-features --pretrained "
@@ -28,7 +29,7 @@ def random_weights_notice(config: Mapping) -> str | None:
 def report_facts(cfg, plan, total: int) -> list[tuple[str, str]]:
     """The header facts of the report of one pad score run."""
     config = plan.model.config
-    return [("cache", os.path.abspath(cfg.cache)),
+    return [("cache", absolute(cfg.cache)),
             ("checkpoint", os.path.abspath(cfg.checkpoint) if cfg.checkpoint else "none (CLIP + Rendering baseline)"),
             ("model", f"{config.get('model')} ({config.get('prompt_style')} prompts)"),
             ("features", plan.tag), ("trained on", ", ".join(config.get("training_classes", [])) or "nothing"),
