@@ -165,6 +165,21 @@ def valid_rows(done: np.ndarray, keys: np.ndarray, render_keys: np.ndarray) -> n
     return out
 
 
+def open_remote(path: str, what: str):
+    """A store behind a URL as a read-only file object for h5py (:data:`REMOTE_BLOCK` byte ranges, the
+    last :data:`REMOTE_BLOCKS` of them kept: HDF5's metadata and a sample's chunk are each a few reads).
+    Object-store failures become one :class:`PadError` line (``what``: the store's name in it)."""
+    from data_cache.location import filesystem, remote_error
+    fs, p = filesystem(path)
+    try:
+        return fs.open(p, "rb", block_size=REMOTE_BLOCK, cache_type="blockcache",
+                       cache_options={"maxblocks": REMOTE_BLOCKS})
+    except FileNotFoundError:
+        raise PadError(f"no such {what}", path) from None
+    except Exception as exc:
+        raise remote_error(exc, path) from None
+
+
 class FeatureStore:
     """Read access to one feature store (open lazily, safe to pass to a worker).
 
@@ -202,18 +217,7 @@ class FeatureStore:
         return self._file
 
     def _open_remote(self):
-        """The store behind a URL as a read-only file object for h5py (:data:`REMOTE_BLOCK` byte ranges,
-        the last :data:`REMOTE_BLOCKS` of them kept: HDF5's metadata and a sample's chunk are each a
-        few reads). Object-store failures become one :class:`PadError` line."""
-        from data_cache.location import filesystem, remote_error
-        fs, p = filesystem(self.path)
-        try:
-            self._remote = fs.open(p, "rb", block_size=REMOTE_BLOCK, cache_type="blockcache",
-                                   cache_options={"maxblocks": REMOTE_BLOCKS})
-        except FileNotFoundError:
-            raise PadError("no such feature store", self.path) from None
-        except Exception as exc:
-            raise remote_error(exc, self.path) from None
+        self._remote = open_remote(self.path, "feature store")
         return self._remote
 
     def close(self) -> None:

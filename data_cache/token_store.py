@@ -40,7 +40,9 @@ import numpy as np
 
 from data_cache.errors import PadError
 from data_cache.feature_store import (FLAG_CHUNK, SCHEMA, TOKEN_BACKBONES, FeatureLock, _early_dcpl, _plain,
-                                      _render_keys_of, cache_of, features_dir, is_token_tag, valid_rows)
+                                      _render_keys_of, cache_of, features_dir, is_token_tag, open_remote, store_file,
+                                      valid_rows)
+from data_cache.location import is_url
 
 POINT_TOKENS = "point-tokens"
 IMAGE_TOKENS = "image-tokens"
@@ -60,10 +62,8 @@ def token_tag(backbone: str, pretrained: str, layers: Sequence[int], suffix: str
 
 def list_token_tags(cache: str, kind: str | None = None) -> list[str]:
     """Tags of the token stores of a cache (of ``kind`` when given), sorted."""
-    d = features_dir(cache)
-    if not os.path.isdir(d):
-        return []
-    tags = sorted(f[:-3] for f in os.listdir(d) if f.endswith(".h5") and is_token_tag(f[:-3]))
+    from data_cache.location import listdir
+    tags = sorted(f[:-3] for f in listdir(features_dir(cache)) if f.endswith(".h5") and is_token_tag(f[:-3]))
     if kind is None:
         return tags
     return [t for t in tags if TOKEN_BACKBONES[t.split("_", 1)[0]] == kind]
@@ -95,6 +95,7 @@ class TokenStore:
         self.path = path
         self.render = render
         self._file = None
+        self._remote = None  # the fsspec file object h5py reads through, for a store behind a URL
 
     @classmethod
     def open(cls, cache: str, tag: str | None = None, kind: str | None = None, render=None) -> "TokenStore":
@@ -111,7 +112,7 @@ class TokenStore:
             tag = tags[0]
         elif tag not in tags:
             raise PadError(f"no {what} with tag '{tag}' (available: {', '.join(tags) or 'none'})", cache)
-        store = cls(os.path.join(features_dir(cache), tag + ".h5"), render)
+        store = cls(store_file(cache, tag), render)
         store.file  # validate now
         return store
 
@@ -120,7 +121,9 @@ class TokenStore:
         if self._file is None:
             import h5py
             try:
-                f = h5py.File(self.path, "r")
+                if is_url(self.path):   # read in place through fsspec, as the CLIP stores
+                    self._remote = open_remote(self.path, "token store")
+                f = h5py.File(self._remote if is_url(self.path) else self.path, "r")
             except OSError as exc:
                 raise PadError(f"cannot open the token store ({' '.join(str(exc).split())})", self.path) from None
             try:
@@ -135,6 +138,9 @@ class TokenStore:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
 
     def __getstate__(self):
         return {"path": self.path, "render": self.render}

@@ -407,6 +407,10 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
 def run_extract(cfg: ExtractConfig) -> int:
     """CLI runner of ``pad extract-features`` (on Dask workers with --workers or --scheduler)."""
     if cfg.workers or cfg.scheduler:
+        from data_cache.backbones import family_of
+        if family_of(cfg.backbone) != "clip":
+            raise PadError(f"--backbone {cfg.backbone} is encoded in this process (its token store is one writer's): "
+                           "leave out --workers/--scheduler")
         from pipeline.extract_cluster import extract_on_cluster
         stats = extract_on_cluster(cfg)
     else:

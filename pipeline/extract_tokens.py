@@ -61,7 +61,7 @@ def point_tokens(model, points: np.ndarray, n_groups: int = 1024, group_size: in
 
 
 def _plan(cfg: ExtractConfig, render, entry, pretrained: str) -> tuple[str, str, dict, dict]:
-    from data_cache.feature_store import features_dir
+    from data_cache.feature_store import store_file
     from data_cache.token_store import image_datasets, point_datasets, token_tag
     from pipeline.musc_inputs import GRID, is_organized
     random = pretrained == "random"
@@ -85,7 +85,7 @@ def _plan(cfg: ExtractConfig, render, entry, pretrained: str) -> tuple[str, str,
         attrs = dict(common, kind="image-tokens", tag=tag, seed=int(cfg.seed) if random else 0, grid=DGRID, dim=DIM,
                      image_size=IMAGE_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
         datasets = image_datasets(len(LAYERS), DGRID * DGRID, DIM)
-    return tag, os.path.join(features_dir(cfg.cache), tag + ".h5"), attrs, datasets
+    return tag, store_file(cfg.cache, tag), attrs, datasets
 
 
 def _todo(path: str, render, rendered: list[int]) -> tuple[list[int], int]:
@@ -114,10 +114,9 @@ def random_note(entry) -> str:
 def extract_tokens(cfg: ExtractConfig, progress: bool = True) -> dict:
     """Fill (or complete) the token store of ``cfg.backbone`` (point-mae or dino-vitb8). Returns
     stats: tag, path, samples (written), skipped, stale, not_rendered, seconds."""
-    from tqdm import tqdm
-    from data_cache.backbones import _device, create_backbone, default_pretrained, get_backbone
+    from data_cache.backbones import default_pretrained, get_backbone
     from data_cache.render_store import RenderStore
-    from data_cache.token_store import TokenWriter
+    from data_cache.staged import StagedFile
 
     entry = get_backbone(cfg.backbone)
     if cfg.n_groups < 1 or cfg.group_size < 2:
@@ -133,7 +132,22 @@ def extract_tokens(cfg: ExtractConfig, progress: bool = True) -> dict:
     value = (cfg.pretrained or "").strip()
     pretrained = default_pretrained(cfg.backbone) if value in ("", "auto") else value
     tag, path, attrs, datasets = _plan(cfg, render, entry, pretrained)
-    todo, stale = _todo(path, render, rendered)
+    staged = StagedFile(path)  # a store behind a URL: written locally, uploaded when the writer closes
+    try:
+        return _extract_into(cfg, render, rendered, entry, pretrained, tag, path, staged.local, attrs, datasets,
+                             progress)
+    finally:
+        staged.finish()  # the samples written so far, also after an error or Ctrl-C
+
+
+def _extract_into(cfg: ExtractConfig, render, rendered: list[int], entry, pretrained: str, tag: str, path: str,
+                  local: str, attrs: dict, datasets: dict, progress: bool) -> dict:
+    """:func:`extract_tokens` writing the store's (staged) local file ``local``; ``path``: where it lives."""
+    from tqdm import tqdm
+    from data_cache.backbones import _device, create_backbone
+    from data_cache.token_store import TokenWriter
+
+    todo, stale = _todo(local, render, rendered)
     device = _device(cfg.device)
     inputs = {}
     if entry.family == "point-mae":
@@ -156,7 +170,7 @@ def extract_tokens(cfg: ExtractConfig, progress: bool = True) -> dict:
             from data_cache.backbones_pointmae import set_point_mae_mode
             set_point_mae_mode(model, cfg.point_mae_mode)
         keys = render.render_keys()
-        writer = TokenWriter.create_or_open(path, attrs, render.n_samples, datasets)
+        writer = TokenWriter.create_or_open(local, attrs, render.n_samples, datasets)
         try:
             bar = tqdm(total=len(todo), desc=f"extract {tag}", unit="scan", file=sys.stderr, disable=not progress)
             if entry.family == "point-mae":

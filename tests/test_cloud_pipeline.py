@@ -30,6 +30,7 @@ from _render_job_helpers import write_dataset  # noqa: E402
 pytestmark = pytest.mark.slow
 CACHE = f"s3://{BUCKET}/cache"
 TAG = "pad-tiny_random_L6_dpam20_336"
+TOKEN_TAG = "point-mae_random_L4-8-12_g64x16"
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,9 @@ def pipeline(cloud, tmp_path_factory):
         out["calibrate"] = pad("calibrate", "--cache", CACHE, "--checkpoint", "run", "--classes", "ring",
                                "--false-alarm", "0.5", "--device", "cpu")
         out["show"] = pad("show", "--cache", CACHE, "--sample", "0", "--out", "sheet.png")
+        out["tokens"] = pad("extract-features", "--cache", CACHE, "--backbone", "point-mae", "--pretrained", "random",
+                            "--n-groups", "64", "--group-size", "16", "--device", "cpu")
+        out["token_files"] = bucket_files()
         out["local"] = sorted(os.listdir(elsewhere))
         yield out
     finally:
@@ -142,13 +146,15 @@ def pipeline(cloud, tmp_path_factory):
 
 
 def test_every_stage_runs_on_the_bucket_and_every_store_lives_there(pipeline, cloud):
-    for stage in ("render", "extract", "info", "train", "score", "calibrate", "show"):
+    for stage in ("render", "extract", "info", "train", "score", "calibrate", "show", "tokens"):
         code, text = pipeline[stage]
         assert code == 0, (stage, text)
     files = pipeline["files"]
     assert f"{BUCKET}/cache/render.zarr/zarr.json" in files
     assert f"{BUCKET}/cache/features/{TAG}.h5" in files
     assert not [f for f in files if ".shards" in f or f.endswith(".partial")], files
+    tokens = f"{BUCKET}/cache/features/{TOKEN_TAG}.h5"              # MuSc-V2's token store too, staged and uploaded
+    assert tokens in pipeline["token_files"] and not [f for f in pipeline["token_files"] if f.endswith(".partial")]
     assert pipeline["local"] == ["results", "run", "sheet.png"]        # no 's3:' directory, no store
     assert f"-> {CACHE}/features/{TAG}.h5" in pipeline["extract"][1]
     assert pipeline["killed"], "no worker was killed mid-extraction"        # and yet every sample is done:
