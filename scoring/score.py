@@ -176,6 +176,18 @@ def open_feature_store_for(cache: str, model_config: dict, checkpoint: str):
     return FeatureStore.open(cache, tag), tag
 
 
+def wanted_classes(render, classes: str, cache: str) -> list[str]:
+    """The classes a ``--classes`` value names (``all``: every class of the render store, sorted);
+    PadError naming the unknown ones."""
+    known = render.classes()
+    wanted = known if classes.strip() in ("", "all") else list(dict.fromkeys(split_csv(classes)))
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise PadError(f"no class {', '.join(repr(c) for c in unknown)} in this cache "
+                       f"(classes: {', '.join(known)})", cache)
+    return wanted
+
+
 def plan_score(cfg: ScoreConfig) -> ScorePlan:
     """Open the stores and the checkpoint, check they fit, select the samples to score."""
     from data_cache import checkpoint as ckpt
@@ -204,12 +216,7 @@ def plan_score(cfg: ScoreConfig) -> ScorePlan:
         raise PadError(f"the features have dimension {dim} but the checkpoint's text embeddings have "
                        f"{config['embed_dim']}", features.path)
 
-    known = render.classes()
-    wanted = known if cfg.classes.strip() in ("", "all") else list(dict.fromkeys(split_csv(cfg.classes)))
-    unknown = [c for c in wanted if c not in known]
-    if unknown:
-        raise PadError(f"no class {', '.join(repr(c) for c in unknown)} in this cache "
-                       f"(classes: {', '.join(known)})", cfg.cache)
+    wanted = wanted_classes(render, cfg.classes, cfg.cache)
     notes: list[str] = []
     training = [c for c in config["training_classes"] if c in wanted]
     if training and not cfg.include_train_classes:
@@ -325,10 +332,11 @@ def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
         hi = float(max(s.max(initial=-np.inf) for s in ranged))
         ranges[cls] = (lo, hi)
         del p_labels, p_scores, p_mm, regions, ranged
-        _write_class_plys(cfg.out, render, cls, indices, lo, hi)
+        write_class_plys(cfg.out, render, cls, indices, lo, hi)
     bar.close()
 
     doc = res.metrics_document(per_class, per_class_mm if plan.use_rgb else None)
+    doc["method"] = method_of(model.config)
     doc["protocol"] = cfg.protocol
     notes = list(plan.notes)
     if cal is not None:
@@ -355,6 +363,13 @@ def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
     from scoring.score_report import random_weights_notice
 
     return dict(doc, notes=notes, warning=random_weights_notice(model.config))
+
+
+def method_of(config: dict) -> str:
+    """The ``method`` field of metrics.json of a pad score run: the checkpoint's model (``pointad``,
+    ``pointad+``) or ``clip`` (the CLIP + Rendering baseline); pad mutual writes ``musc-v2``, so the
+    results of several methods on one cache say which made them."""
+    return str(config.get("model") or "unknown").lower()
 
 
 def class_texts(model) -> Callable[[str], dict]:
@@ -449,7 +464,7 @@ def _evaluated_maps(sample: dict, labels: np.ndarray, result: SampleScore):
     return mask.reshape(-1).astype(np.uint8), result.grid_map.reshape(-1), grid_regions_2d(mask), mm
 
 
-def _write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: float, hi: float) -> None:
+def write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: float, hi: float) -> None:
     """One PLY per sample of the class, coloured in the class's score range [lo, hi]."""
     for i in indices:
         sid = render.sample_ids[i]
