@@ -1,4 +1,9 @@
-"""The CLIP backbone registry and factory (shared by feature extraction and the trainer's text tower).
+"""The backbone registry and factory (shared by feature extraction and the trainer's text tower).
+
+Families (``Backbone.family``): ``clip`` (open_clip ViTs, this module; CLIP feature stores),
+``point-mae`` (:mod:`data_cache.backbones_pointmae`) and ``dino`` (:mod:`data_cache.backbones_dino`),
+the two last filling the token stores of :mod:`data_cache.token_store` (``store_kind``) for MuSc-V2's
+training-free scoring. :func:`create_backbone` is the one factory over all of them.
 
 One :class:`Backbone` entry per backbone: open_clip model name, default pretrained tag, default
 tapped layers, DPAM depth and input size. :func:`create_clip` returns the open_clip model with
@@ -52,6 +57,8 @@ class Backbone:
     random_only: bool = False       # no pretrained weights exist (pad-tiny)
     open_clip_name: str | None = None
     description: str = ""
+    family: str = "clip"            # clip (open_clip, CLIP feature store), point-mae or dino (token stores)
+    store_kind: str = "clip"        # the feature store it fills: clip, point-tokens or image-tokens
 
     @property
     def model_name(self) -> str:
@@ -64,7 +71,16 @@ REGISTRY: dict[str, Backbone] = {b.name: b for b in (
     Backbone("ViT-B-16", "openai", image_size=224, description="CLIP ViT-B/16, 224 px, 14x14 grid"),
     Backbone("ViT-L-14-336", "openai", image_size=336,
              description="CLIP ViT-L/14 @ 336 px, 24x24 grid (the paper's backbone)"),
+    Backbone("point-mae", "random", layers="4,8,12", dpam_layers=0, image_size=0, family="point-mae",
+             store_kind="point-tokens",
+             description="MuSc-V2's point branch: Point-MAE on 1024 groups of 128 points, blocks 4, 8, 12 "
+                         "(data_cache.backbones_pointmae); weights: random or Point-MAE's pretrain checkpoint"),
+    Backbone("dino-vitb8", "random", layers="4,8,12", dpam_layers=0, image_size=224, family="dino",
+             store_kind="image-tokens",
+             description="MuSc-V2's RGB branch: DINO ViT-B/8 at 224 px, blocks 4, 8, 12 (data_cache.backbones_dino); "
+                         "weights: random or dino_vitbase8_pretrain.pth"),
 )}
+FAMILIES = ("clip", "point-mae", "dino")
 DEFAULT_BACKBONE = "ViT-L-14-336"
 
 
@@ -111,9 +127,34 @@ def _register_configs() -> None:
         _CONFIGS_ADDED = True
 
 
-def list_backbones() -> list[str]:
-    """Names of the registry entries (any other open_clip ViT name is accepted too)."""
-    return list(REGISTRY)
+def list_backbones(family: str | None = None) -> list[str]:
+    """Names of the registry entries, of ``family`` when given (any other open_clip ViT name is
+    accepted too, as a CLIP backbone)."""
+    return [n for n, b in REGISTRY.items() if family is None or b.family == family]
+
+
+def family_of(name: str) -> str:
+    """The family of a backbone name (``clip`` for any open_clip name outside the registry)."""
+    return REGISTRY[name].family if name in REGISTRY else "clip"
+
+
+def create_backbone(name: str, pretrained: str | None = None, *, seed: int = 0, device: str = "cpu",
+                    precision: str = "fp32"):
+    """The one factory: a CLIP backbone (:func:`create_clip`, returns :class:`ClipParts`), Point-MAE
+    (:func:`data_cache.backbones_pointmae.load_point_mae`) or DINO ViT-B/8
+    (:func:`data_cache.backbones_dino.load_dino`) — the two last as frozen ``nn.Module`` in eval
+    mode on ``device``. ``pretrained`` None/``auto``: the entry's default; ``random``: seeded."""
+    entry = get_backbone(name)
+    if entry.family == "clip":
+        return create_clip(name, pretrained, seed=seed, device=device, precision=precision)
+    pretrained = _resolve(entry, pretrained)
+    if entry.family == "point-mae":
+        from data_cache.backbones_pointmae import load_point_mae
+        model = load_point_mae(pretrained, seed)
+    else:
+        from data_cache.backbones_dino import load_dino
+        model = load_dino(pretrained, seed)
+    return model.to(_device(device))
 
 
 def get_backbone(name: str) -> Backbone:
@@ -597,6 +638,9 @@ def create_clip(name: str, pretrained: str | None = None, *, seed: int = 0, devi
     if precision not in PRECISIONS:
         raise PadError(f"unknown precision '{precision}' (choices: {', '.join(PRECISIONS)})")
     entry = get_backbone(name)
+    if entry.family != "clip":
+        raise PadError(f"backbone '{name}' is not a CLIP backbone (it fills a {entry.store_kind} store for "
+                       f"'pad mutual'; CLIP backbones: {', '.join(list_backbones('clip'))})")
     _register_configs()
     pretrained = _resolve(entry, pretrained)
     device = _device(device)

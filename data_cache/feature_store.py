@@ -64,11 +64,13 @@ def features_dir(cache: str) -> str:
 
 
 def list_tags(cache: str) -> list[str]:
-    """Tags of the feature stores in a cache, sorted."""
+    """Tags of the CLIP feature stores in a cache, sorted (token stores, :mod:`data_cache.token_store`,
+    live beside them and are listed by ``list_token_tags``)."""
+    from data_cache.token_store import is_token_tag
     d = features_dir(cache)
     if not os.path.isdir(d):
         return []
-    return sorted(f[:-3] for f in os.listdir(d) if f.endswith(".h5"))
+    return sorted(f[:-3] for f in os.listdir(d) if f.endswith(".h5") and not is_token_tag(f[:-3]))
 
 
 def resolve_tag(cache: str, tag: str | None) -> str:

@@ -1,5 +1,6 @@
 """``pad extract-features``: run the frozen CLIP vision tower (with DPAM) once over every rendering
 and cache the embeddings in ``<cache>/features/<tag>.h5`` (layout: ``data_cache.feature_store``).
+``--backbone point-mae`` / ``dino-vitb8`` (MuSc-V2's features) go to :mod:`pipeline.extract_tokens`.
 
 Three stages overlap: a reader thread pulls done samples from the render store into a bounded
 queue; the main thread packs their views (and RGB image) into batches across sample boundaries,
@@ -281,6 +282,10 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
     content the render store no longer holds). ``parts``: an already created
     :class:`data_cache.backbones.ClipParts` (else built from ``cfg``).
     """
+    from data_cache.backbones import family_of
+    if family_of(cfg.backbone) != "clip":  # point-mae, dino-vitb8: MuSc-V2's token stores
+        from pipeline.extract_tokens import extract_tokens
+        return extract_tokens(cfg, progress=progress)
     import torch
     from tqdm import tqdm
     from data_cache.backbones import create_clip
@@ -399,6 +404,9 @@ def run_extract(cfg: ExtractConfig) -> int:
         note += f", {stats['stale']} encoded again (re-rendered since)"
     if stats["not_rendered"]:
         note += f", {stats['not_rendered']} not rendered (skipped)"
+    if "images" not in stats:  # token stores: one scan or image per sample
+        print(f"extracted {stats['samples']} samples ({stats['samples_per_s']:.2f} samples/s){note} -> {stats['path']}")
+        return 0
     print(f"extracted {stats['samples']} samples ({stats['images']} images, {stats['images_per_s']:.1f} img/s)"
           f"{note} -> {stats['path']}")
     return 0

@@ -116,16 +116,30 @@ class ExtractConfig:
     """``pad extract-features --cache CACHE``: run the frozen CLIP encoder (with DPAM) once
     over every rendering and cache global and patch embeddings in HDF5."""
     cache: str = option(help="Cache directory holding render.zarr.")
-    backbone: str = option("ViT-L-14-336", "Backbone: pad-tiny, ViT-B-16, ViT-L-14-336 (the registry), or any other open_clip ViT name.")
+    backbone: str = option("ViT-L-14-336", "Backbone: pad-tiny, ViT-B-16, ViT-L-14-336 (the CLIP registry), or any "
+                                           "other open_clip ViT name; point-mae or dino-vitb8 for MuSc-V2's "
+                                           "training-free scoring (pad mutual): token stores of its point branch "
+                                           "(Point-MAE) or RGB branch (DINO ViT-B/8, datasets with RGB).")
     pretrained: str = option("auto", "Weights: auto (the backbone's own default: openai for the CLIP "
-                                     "backbones, random for pad-tiny), an open_clip pretrained tag, a local "
-                                     "checkpoint file, or 'random' (seeded random weights, for timing and tests).",
+                                     "backbones, random for pad-tiny, point-mae and dino-vitb8), an open_clip "
+                                     "pretrained tag, a local checkpoint file (point-mae: Point-MAE's pretrain.pth; "
+                                     "dino-vitb8: dino_vitbase8_pretrain.pth), or 'random' (seeded random weights, "
+                                     "for timing and tests).",
                              metavar="auto|openai|PATH|random")
     layers: str = option("24", "Blocks whose patch tokens are stored (comma-separated, 1-based); "
-                               "for backbones of other depths, scaled.", metavar="24|6,12,18,24")
+                               "for backbones of other depths, scaled. point-mae and dino-vitb8 always store "
+                               "blocks 4,8,12, as MuSc-V2.", metavar="24|6,12,18,24")
     dpam_layers: int = option(20, "DPAM depth as in the reference (DPAM_layer=20 rewires the last 19 of "
                                   "24 blocks; scaled for other depths; 0 disables).")
     batch_size: int = option(8, "Images per forward pass.")
     device: str = option("auto", "Torch device.", choices=("auto", "cpu", "cuda"))
     precision: str = option("fp32", "Compute precision.", choices=("fp32", "fp16", "bf16"))
     seed: int = option(0, "Seed for --pretrained random.")
+    point_mae_mode: str = option("eval", "point-mae: eval (BatchNorm running statistics, no DropPath: deterministic "
+                                         "inference) or train (what the official MuSc-V2 code runs: each scan's own "
+                                         "BatchNorm statistics, DropPath drawn from --seed and the sample index).",
+                                 choices=("eval", "train"))
+    n_groups: int = option(1024, "point-mae: group centres per scan (farthest point sampling); MuSc-V2: 1024. "
+                                 "A scan with fewer input points is refused.")
+    group_size: int = option(128, "point-mae: points per group (Iterative Point Grouping); MuSc-V2: 128, with "
+                                  "256 neighbours searched and groups grown by 80 (scaled with it).")
