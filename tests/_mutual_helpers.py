@@ -1,5 +1,5 @@
-"""Token stores for the pad mutual tests, written directly with h5py following the schema of
-/work/specs/musc-interface.md (``kind`` point-tokens / image-tokens), on top of the tiny render
+"""Token stores for the pad mutual tests, written directly with h5py in the schema of
+:mod:`data_cache.token_store` (``kind`` point-tokens / image-tokens; no Point-MAE run), on top of the tiny render
 stores of tests/_cache_fixtures.py and tests/_score_helpers.py. Anomalous centres carry a fixed
 direction, so mutual scoring finds them: normal centres look like the centres of other scans."""
 from __future__ import annotations
