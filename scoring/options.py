@@ -106,9 +106,9 @@ class MutualConfig(ReportOptions):
     """``pad mutual --cache CACHE --out RESULTS``: MuSc-V2's training-free zero-shot scoring. Every
     scan of a class is scored against the other scans of the same class (no training, no labels):
     normal patches find close patches in most other scans, defects do not. Needs the cache's
-    Point-MAE token store (pad extract-features --backbone point-mae; for --modality 2d or 2d+3d also
-    --backbone dino-vitb8 on a dataset with RGB). Assumes defects are rare across the scans of a
-    class. Writes the results layout of pad score (metrics, scores.csv, per-point scores, PLYs,
+    Point-MAE token store (pad extract-features --backbone point-mae) and, for --modality 2d or
+    2d+3d on a dataset with RGB, its DINO one (pad extract-features --backbone dino-vitb8). Assumes
+    defects are rare across the scans of a class. Writes the results layout of pad score (metrics, scores.csv, per-point scores, PLYs,
     report.html)."""
     cache: str = option(help="Cache directory.")
     out: str = option(help="Results directory (as pad score's --out: a new run replaces every file a previous "
