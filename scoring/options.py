@@ -127,5 +127,13 @@ class MutualConfig(ReportOptions):
     sigma: float = option(4.0, "Unorganized clouds only: Gaussian smoothing of the point maps over the cached kNN "
                                "graph, in median kNN distances (0 disables); organized scans get the official "
                                "blur (radius 4 on the 224x224 grid).")
+    reference: str | None = option(None, "Score each scan against the normal scans of this split (e.g. train) "
+                                         "instead of against the other scans of its class: a fixed reference, so "
+                                         "new scans can be scored one at a time; a scan of that split is left out "
+                                         "of its own reference. Object score: the max of the map (no RsCon).",
+                                   metavar="SPLIT")
+    save_reference: str | None = option(None, "Also save the reference set made by --reference to this file "
+                                              "(safetensors): pad predict, pad serve and pad calibrate score against "
+                                              "it with --reference.", metavar="REF")
     seed: int = option(0, "Seed of the subset draw (--subset-size) and of the report's figures.")
     device: str = option("auto", "Torch device.", choices=DEVICES)

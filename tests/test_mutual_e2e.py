@@ -108,4 +108,10 @@ def test_mutual_refusals(unorganized, tmp_path):
     for modality in ("2d+3d", "2d"):
         _one_line_refusal(_pad("mutual", "--cache", unorganized, "--out", str(tmp_path / "d"), "--modality", modality),
                           f"--modality {modality} needs RGB images", "--modality 3d")
-    assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "d")   # refused before writing
+    # the reference-set options: --save-reference alone, --reference on a 2D modality
+    _one_line_refusal(_pad("mutual", "--cache", unorganized, "--out", str(tmp_path / "e"), "--save-reference",
+                           str(tmp_path / "ref.safetensors")), "--save-reference needs --reference SPLIT")
+    _one_line_refusal(_pad("mutual", "--cache", unorganized, "--out", str(tmp_path / "e"), "--reference", "train",
+                           "--modality", "2d+3d"), "--reference scores the point branch (--modality 3d)")
+    for name in "bde":
+        assert not os.path.exists(tmp_path / name)      # refused before writing anything

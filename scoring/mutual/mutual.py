@@ -19,6 +19,10 @@ Per class (or per subset of it, ``--subset-size``), from the token stores only:
 4. **RsCon** (:func:`scoring.mutual.rscon.rscon`) on the object scores, with each scan's middle-layer
    SNAMD feature at the argmax of its layer-mean map (2D+3D: the 2D and 3D ones concatenated).
 
+With ``--reference SPLIT`` each scan is scored instead against a fixed reference set, the normal
+scans of that split (helper B2's :mod:`scoring.mutual.reference_cache`; object score = the map's
+maximum, no RsCon), saved with ``--save-reference REF`` for pad predict / serve / calibrate.
+
 The results directory is written with pad score's code (:mod:`scoring.results`, ``class_metrics``,
 the PLYs and the report), ``metrics.json`` saying ``"method": "musc-v2"`` and the modality.
 """
@@ -62,6 +66,10 @@ class MutualPlan:
 
 
 def _check_options(cfg: MutualConfig) -> None:
+    if cfg.save_reference and not cfg.reference:
+        raise PadError("--save-reference needs --reference SPLIT (the split whose normal scans make the reference set)")
+    if cfg.reference and cfg.modality != "3d":
+        raise PadError("--reference scores the point branch (--modality 3d)")
     if cfg.subset_size < 0 or cfg.subset_size == 1:
         raise PadError(f"--subset-size must be 0 (the whole class) or at least 2 (got {cfg.subset_size})")
     if not (cfg.sigma >= 0 and math.isfinite(cfg.sigma)):
@@ -110,11 +118,14 @@ def plan_mutual(cfg: MutualConfig) -> MutualPlan:
         notes.append(f"{missing} rendered sample(s) have no token features yet and were left out (run "
                      f"'{POINT_FIX}'{' and ' + repr(IMAGE_FIX) if images is not None else ''} to complete the store)")
     few = {c: len(by_class.get(c, [])) for c in wanted if len(by_class.get(c, [])) < 2}
-    if few:
+    if few and not cfg.reference:
         listed = ", ".join(f"'{c}' ({n})" for c, n in few.items())
         raise PadError(f"mutual scoring compares each scan with the other scans of its class, and class(es) {listed} "
                        f"have fewer than 2 scans with token features in split(s) {cfg.splits}: add scans, or leave "
                        "the class out with --classes", cfg.cache)
+    if not by_class:
+        raise PadError(f"nothing to score: no scan with token features of class(es) {', '.join(wanted)} in split(s) "
+                       f"{cfg.splits}", cfg.cache)
     ids = render.sample_ids
     ordered = {c: sorted(by_class[c], key=lambda i: ids[i]) for c in sorted(by_class)}
     return MutualPlan(render, points, images, ordered, resolve_device(cfg.device), cfg.modality, notes)
@@ -304,47 +315,94 @@ def mutual_cache(cfg: MutualConfig, progress: bool = True) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def batch_scores(cfg: MutualConfig, plan: MutualPlan, indices: Sequence[int], groups: Sequence[str],
+                 workdir: str, on_scan=None) -> dict[int, tuple[np.ndarray, float]]:
+    """MuSc-V2 on the scans ``indices`` of one class, each against the others (in subsets of
+    ``--subset-size``, ``groups``: each scan's defect group for the split): render-store index ->
+    ((N,) float32 point map, object score after RsCon). ``on_scan()`` is called once per scan."""
+    from scoring.mutual.rscon import rscon
+
+    out: dict[int, tuple[np.ndarray, float]] = {}
+    for subset in split_subsets(groups, cfg.subset_size, cfg.seed):
+        chosen = [indices[k] for k in subset]
+        feats = class_features(plan, chosen, workdir)
+        s3d, s2d = class_scores(feats, plan.device)
+        maps, raw = [], np.zeros(len(chosen), np.float32)
+        for row, i in enumerate(chosen):
+            sample = plan.render.read_sample(i, RENDER_FIELDS)
+            point_map, raw[row] = scan_map(plan, i, sample, None if s3d is None else s3d[row],
+                                           None if s2d is None else s2d[row], cfg.sigma)
+            maps.append(point_map)
+            if on_scan is not None:
+                on_scan()
+        final = rscon(raw, salient_of(feats, s3d, s2d))
+        out.update({i: (m, float(s)) for i, m, s in zip(chosen, maps, final)})
+        del feats
+    return out
+
+
+def _reference(cfg: MutualConfig, plan: MutualPlan):
+    """The reference set of ``--reference SPLIT`` (helper B2's :mod:`scoring.mutual.reference_cache`),
+    saved to ``--save-reference`` when asked; None without ``--reference``."""
+    if not cfg.reference:
+        return None
+    try:
+        from scoring.mutual.reference_cache import build_reference
+    except ImportError:
+        raise PadError("--reference needs scoring.mutual.reference_cache, which this build of pad lacks") from None
+    ref = build_reference(cfg.cache, cfg.reference, list(plan.classes), tag=plan.points.tag, sigma=cfg.sigma,
+                          device=str(plan.device), render=plan.render, store=plan.points)
+    if cfg.save_reference:
+        from scoring.mutual.reference import save_reference
+
+        save_reference(cfg.save_reference, ref)
+    return ref
+
+
+def reference_scores(plan: MutualPlan, ref, cls: str, indices: Sequence[int],
+                     on_scan=None) -> dict[int, tuple[np.ndarray, float]]:
+    """The scans ``indices`` of class ``cls`` scored against the reference set ``ref`` (no RsCon):
+    render-store index -> ((N,) float32 point map, object score)."""
+    from scoring.mutual.reference_cache import score_scans
+
+    scored = score_scans(plan.render, plan.points, indices, ref, cls, str(plan.device), progress=on_scan)
+    return {i: (np.asarray(s.points, np.float32), float(s.score)) for i, s in zip(indices, scored)}
+
+
 def _mutual(cfg: MutualConfig, plan: MutualPlan, workdir: str, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from scoring.mutual.rscon import rscon
     from scoring.score import class_metrics, regions_of, write_class_plys
 
     render = plan.render
+    ref = _reference(cfg, plan)
     per_class, curves, ranges = {}, {}, {}
     rows: list[list] = []
     total = sum(len(v) for v in plan.classes.values())
     bar = tqdm(total=total, desc="pad mutual", unit="scan", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for cls, indices in plan.classes.items():
         labels = [int(render.sample_attrs(i).get("label", 0)) for i in indices]
-        groups = [defect_group(render.sample_ids[i], lab) for i, lab in zip(indices, labels)]
-        obj_scores = np.zeros(len(indices), np.float32)
-        p_labels, p_scores, regions, lows, highs = {}, {}, {}, [], []
-        for subset in split_subsets(groups, cfg.subset_size, cfg.seed):
-            chosen = [indices[k] for k in subset]
-            feats = class_features(plan, chosen, workdir)
-            s3d, s2d = class_scores(feats, plan.device)
-            raw = np.zeros(len(chosen), np.float64)
-            for row, i in enumerate(chosen):
-                sample = render.read_sample(i, RENDER_FIELDS)
-                point_map, raw[row] = scan_map(plan, i, sample, None if s3d is None else s3d[row],
-                                               None if s2d is None else s2d[row], cfg.sigma)
-                sid = render.sample_ids[i]
-                lab = np.asarray(sample["labels"], np.uint8)
-                res.write_point_scores(cfg.out, cls, sid, point_map, lab)
-                p_labels[i], p_scores[i], regions[i] = lab, point_map, regions_of(sample)
-                lows.append(float(point_map.min(initial=np.inf)))
-                highs.append(float(point_map.max(initial=-np.inf)))
-                bar.update(1)
-            obj_scores[subset] = rscon(raw.astype(np.float32), salient_of(feats, s3d, s2d))
-            del feats
-        per_class[cls], curves[cls] = class_metrics(np.asarray(labels), obj_scores, [p_labels[i] for i in indices],
-                                                    [p_scores[i] for i in indices], [regions[i] for i in indices])
-        ranges[cls] = (min(lows), max(highs))
-        for i, lab, score in zip(indices, labels, obj_scores):
+        if ref is None:
+            groups = [defect_group(render.sample_ids[i], lab) for i, lab in zip(indices, labels)]
+            scored = batch_scores(cfg, plan, indices, groups, workdir, on_scan=lambda: bar.update(1))
+        else:
+            scored = reference_scores(plan, ref, cls, indices, on_scan=lambda: bar.update(1))
+        p_labels, p_scores, regions = [], [], []
+        for i, label in zip(indices, labels):
             sid = render.sample_ids[i]
-            rows.append([sid, cls, sid.split("/")[1], lab, float(score)])
-        del p_labels, p_scores, regions
+            sample = render.read_sample(i, RENDER_FIELDS)
+            point_map, score = scored[i]
+            lab = np.asarray(sample["labels"], np.uint8)
+            res.write_point_scores(cfg.out, cls, sid, point_map, lab)
+            p_labels.append(lab)
+            p_scores.append(point_map)
+            regions.append(regions_of(sample))
+            rows.append([sid, cls, sid.split("/")[1], label, score])
+        obj = np.array([scored[i][1] for i in indices], np.float64)
+        per_class[cls], curves[cls] = class_metrics(np.asarray(labels), obj, p_labels, p_scores, regions)
+        ranges[cls] = (float(min(m.min(initial=np.inf) for m in p_scores)),
+                       float(max(m.max(initial=-np.inf) for m in p_scores)))
+        del p_labels, p_scores, regions, scored
         write_class_plys(cfg.out, render, cls, indices, *ranges[cls])
     bar.close()
     shutil.rmtree(workdir, ignore_errors=True)   # before the manifest lists what this run wrote
@@ -352,6 +410,9 @@ def _mutual(cfg: MutualConfig, plan: MutualPlan, workdir: str, progress: bool) -
     doc = res.metrics_document(per_class)
     doc["method"] = METHOD
     doc["modality"] = cfg.modality
+    if ref is not None:
+        doc["reference"] = {"split": cfg.reference, "file": os.path.abspath(cfg.save_reference)
+                            if cfg.save_reference else None}
     res.write_metrics(cfg.out, doc)
     res.write_scores_csv(cfg.out, rows, False)
     res.write_json(os.path.join(cfg.out, "score_config.json"),
@@ -402,9 +463,10 @@ def _write_report(cfg: MutualConfig, plan: MutualPlan, rows, ranges, doc, curves
              ("point tokens", plan.points.tag)]
     if plan.images is not None:
         facts.append(("image tokens", plan.images.tag))
-    facts += [("scored", f"{total} scans of {len(plan.classes)} class(es), split(s) {cfg.splits}, each against the "
-                         "other scans of its class" + (f" in subsets of about {cfg.subset_size}" if cfg.subset_size
-                                                       else "")),
+    against = (f"the normal scans of split {cfg.reference} (a fixed reference set, no RsCon)" if cfg.reference else
+               "the other scans of its class" + (f" in subsets of about {cfg.subset_size}" if cfg.subset_size else ""))
+    facts += [("scored", f"{total} scans of {len(plan.classes)} class(es), split(s) {cfg.splits}, each against "
+                         f"{against}"),
               ("maps", "official blur (radius 4, 224x224 grid) on organized scans; "
                        f"kNN smoothing sigma {cfg.sigma:g} on unorganized clouds")]
     info = ReportInfo(title="pad mutual", notes=list(notes), facts=facts, banner=warning)
