@@ -133,7 +133,7 @@ class MutualConfig(ReportOptions):
                                          "of its own reference. Object score: the max of the map (no RsCon).",
                                    metavar="SPLIT")
     save_reference: str | None = option(None, "Also save the reference set made by --reference to this file "
-                                              "(safetensors): pad predict, pad serve and pad calibrate score against "
-                                              "it with --reference.", metavar="REF")
+                                              "(safetensors), to score new scans against it later (pad predict, "
+                                              "pad serve, pad calibrate).", metavar="REF")
     seed: int = option(0, "Seed of the subset draw (--subset-size) and of the report's figures.")
     device: str = option("auto", "Torch device.", choices=DEVICES)
