@@ -9,8 +9,12 @@ the process's peak resident memory (``VmHWM``; on CUDA ``torch.cuda.max_memory_a
   (L × (N−1)·L) cdist per scan, :func:`scoring.mutual.msm.official_single`), same inputs, same
   process kind: scans/s, peak memory, and that both give the same numbers;
 - ``memory``: pad at N = 100, 500, 2000 scans (one layer; the three layers of a run are scored one
-  after the other, so a run's peak is one layer's), timing ``--queries`` query scans against all
-  N − 1 others (a full class scores N of them: multiply the time).
+  after the other, so a run's peak is one layer's): the N scans' features in memory, ``--queries``
+  query scans scored against the first ``--reference-limit`` of the others (default 128 = two
+  distance blocks: later blocks reuse the same buffers, so the peak is reached there; the query's
+  (1, L, N) minima are allocated whole as in a full run). On a 2-core CPU a full query at N = 2000
+  takes half an hour; ``--reference-limit 0`` scores against all N − 1. Reported: peak memory and
+  scan pairs per second (a whole class is N·(N − 1) pairs per layer).
 
 Prints one line. ``--sizes`` / ``--compare-n`` / ``--queries`` shrink it for a quick check.
 """
@@ -42,14 +46,15 @@ def _features(n: int, seed: int, device):
 
     g = torch.Generator().manual_seed(seed)
     z = torch.empty((n, PATCHES, DIM), dtype=torch.float16)
-    for start in range(0, n, 50):                     # no float32 copy of the whole class
-        block = torch.randn((min(50, n - start), PATCHES, DIM), generator=g)
+    for start in range(0, n, 10):                     # no float32 copy of the whole class
+        block = torch.randn((min(10, n - start), PATCHES, DIM), generator=g)
         z[start:start + block.shape[0]] = l2_normalize(block).half()
     return z.to(device)
 
 
-def run_case(kind: str, n: int, queries: int, device_name: str) -> dict:
-    """One measurement in this process: pad's way or the official's on ``queries`` query scans of N."""
+def run_case(kind: str, n: int, queries: int, device_name: str, limit: int = 0) -> dict:
+    """One measurement in this process: pad's way or the official's on ``queries`` query scans of N
+    (pad: against the first ``limit`` others when ``limit`` > 0)."""
     import torch
 
     sys.path.insert(0, ROOT)
@@ -58,22 +63,31 @@ def run_case(kind: str, n: int, queries: int, device_name: str) -> dict:
     device = torch.device(device_name)
     torch.manual_seed(0)
     z = _features(n, 0, device)
+    try:                                              # restart the high-water mark: the features' creation is not measured
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
     base = _rss_kb("VmRSS")
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
     start = time.perf_counter()
+    refs = n if not limit else min(n, queries + limit)
     if kind == "pad":
-        # the first `queries` scans, each against the other n − 1 (the reference set = all n, its own
-        # copy left out: exactly the leave-one-out numbers of a full run)
-        scores = mutual_scores(z[:queries], reference=z, exclude=torch.arange(queries, device=device))
+        # the first `queries` scans, each against the other scans (the reference set = the first `refs`
+        # scans, its own copy left out: with refs = n exactly the leave-one-out numbers of a full run)
+        full_minima = torch.zeros((queries, PATCHES, n), dtype=torch.float16, device=device)   # as a full run holds
+        scores = mutual_scores(z[:queries], reference=z[:refs], exclude=torch.arange(queries, device=device))
+        del full_minima
     else:
         scores = torch.stack([official_single(z, i) for i in range(queries)])
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     out = {"kind": kind, "n": n, "queries": queries, "seconds": seconds, "scans_per_s": queries / seconds,
+           "references": refs - 1, "pairs_per_s": queries * (refs - 1) / seconds,
            "peak_rss_gb": _rss_kb("VmHWM") / 2 ** 20, "peak_over_features_gb": (_rss_kb("VmHWM") - base) / 2 ** 20,
            "features_gb": z.numel() * 2 / 2 ** 30, "checksum": scores.double().sum().item(),
            "scores": scores[:, :8].cpu().tolist()}
@@ -83,9 +97,9 @@ def run_case(kind: str, n: int, queries: int, device_name: str) -> dict:
     return out
 
 
-def _sub(kind: str, n: int, queries: int, device: str) -> dict:
+def _sub(kind: str, n: int, queries: int, device: str, limit: int = 0) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--case", kind, "--n", str(n), "--queries", str(queries),
-           "--device", device]
+           "--device", device, "--reference-limit", str(limit)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -96,6 +110,8 @@ def main() -> None:
     ap.add_argument("--compare-n", type=int, default=20, help="class size of the pad vs official run")
     ap.add_argument("--queries", type=int, default=1, help="query scans timed per case")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--reference-limit", type=int, default=128,
+                    help="memory runs: reference scans scored per query (0: all N - 1)")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -103,9 +119,9 @@ def main() -> None:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.case:
-        print(json.dumps(run_case(args.case, args.n, args.queries, device)))
+        print(json.dumps(run_case(args.case, args.n, args.queries, device, args.reference_limit)))
         return
-    pad = _sub("pad", args.compare_n, args.queries, device)
+    pad = _sub("pad", args.compare_n, args.queries, device)      # against all N − 1, as the official
     official = _sub("official", args.compare_n, args.queries, device)
     same = pad["scores"] == official["scores"] and pad["checksum"] == official["checksum"]
     parts = [f"mutual_bench ({device}, {PATCHES} patches x {DIM} dims, float16, {args.queries} query scan(s) "
@@ -116,10 +132,11 @@ def main() -> None:
              f"{official['peak_over_features_gb'] / max(pad['peak_over_features_gb'], 1e-9):.1f}x less, "
              f"same scores: {same}"]
     for n in [int(s) for s in args.sizes.split(",") if s]:
-        r = _sub("pad", n, args.queries, device)
+        r = _sub("pad", n, args.queries, device, args.reference_limit)
         peak = r.get("peak_gpu_gb", r["peak_rss_gb"])
         parts.append(f"N={n}: peak {peak:.2f} GB ({r['features_gb']:.2f} GB features + "
-                     f"{r['peak_over_features_gb']:.2f} GB), {r['seconds'] / args.queries:.1f} s per query scan")
+                     f"{r['peak_over_features_gb']:.2f} GB; {r['references']} reference scans scored, "
+                     f"{r['pairs_per_s']:.2f} scan pairs/s)")
     print("; ".join(parts))
 
 
