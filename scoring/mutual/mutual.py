@@ -117,7 +117,10 @@ def plan_mutual(cfg: MutualConfig) -> MutualPlan:
     if missing:
         notes.append(f"{missing} rendered sample(s) have no token features yet and were left out (run "
                      f"'{POINT_FIX}'{' and ' + repr(IMAGE_FIX) if images is not None else ''} to complete the store)")
-    few = {c: len(by_class.get(c, [])) for c in wanted if len(by_class.get(c, [])) < 2}
+    empty = [c for c in wanted if c not in by_class]
+    if empty:
+        notes.append(f"no scan with token features in split(s) {cfg.splits} for class(es) {', '.join(empty)}")
+    few = {c: len(v) for c, v in by_class.items() if len(v) < 2}
     if few and not cfg.reference:
         listed = ", ".join(f"'{c}' ({n})" for c, n in few.items())
         raise PadError(f"mutual scoring compares each scan with the other scans of its class, and class(es) {listed} "
