@@ -16,6 +16,8 @@ the process's peak resident memory (``VmHWM``; on CUDA ``torch.cuda.max_memory_a
   takes half an hour; ``--reference-limit 0`` scores against all N − 1. Reported: peak memory and
   scan pairs per second (a whole class is N·(N − 1) pairs per layer).
 
+- ``--official-sizes``: the official way's memory and speed at those N (a whole query each).
+
 Prints one line. ``--sizes`` / ``--compare-n`` / ``--queries`` shrink it for a quick check.
 """
 from __future__ import annotations
@@ -74,7 +76,7 @@ def run_case(kind: str, n: int, queries: int, device_name: str, limit: int = 0) 
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
     start = time.perf_counter()
-    refs = n if not limit else min(n, queries + limit)
+    refs = n if not limit or kind != "pad" else min(n, queries + limit)
     if kind == "pad":
         # the first `queries` scans, each against the other scans (the reference set = the first `refs`
         # scans, its own copy left out: with refs = n exactly the leave-one-out numbers of a full run)
@@ -109,6 +111,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,500,2000", help="class sizes N of the memory runs")
     ap.add_argument("--compare-n", type=int, default=20, help="class size of the pad vs official run")
     ap.add_argument("--queries", type=int, default=1, help="query scans timed per case")
+    ap.add_argument("--official-sizes", default="",
+                    help="class sizes N at which the official full-matrix way is also measured (one whole query "
+                         "each: it cannot be chunked), e.g. 100,500")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--reference-limit", type=int, default=128,
                     help="memory runs: reference scans scored per query (0: all N - 1)")
@@ -121,16 +126,24 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args.n, args.queries, device, args.reference_limit)))
         return
-    pad = _sub("pad", args.compare_n, args.queries, device)      # against all N − 1, as the official
-    official = _sub("official", args.compare_n, args.queries, device)
-    same = pad["scores"] == official["scores"] and pad["checksum"] == official["checksum"]
     parts = [f"mutual_bench ({device}, {PATCHES} patches x {DIM} dims, float16, {args.queries} query scan(s) "
-             f"timed per case): N={args.compare_n} pad {pad['scans_per_s']:.3f} scans/s, peak +"
-             f"{pad['peak_over_features_gb']:.3f} GB over the features; official full matrix "
-             f"{official['scans_per_s']:.3f} scans/s, peak +{official['peak_over_features_gb']:.3f} GB; "
-             f"speed ratio {pad['scans_per_s'] / official['scans_per_s']:.2f}x, memory ratio "
-             f"{official['peak_over_features_gb'] / max(pad['peak_over_features_gb'], 1e-9):.1f}x less, "
-             f"same scores: {same}"]
+             "timed per case)"]
+    if args.compare_n:
+        pad = _sub("pad", args.compare_n, args.queries, device)      # against all N − 1, as the official
+        official = _sub("official", args.compare_n, args.queries, device)
+        same = pad["scores"] == official["scores"] and pad["checksum"] == official["checksum"]
+        parts.append(f"N={args.compare_n} pad {pad['scans_per_s']:.3f} scans/s, peak +"
+                     f"{pad['peak_over_features_gb']:.3f} GB over the features; official full matrix "
+                     f"{official['scans_per_s']:.3f} scans/s, peak +{official['peak_over_features_gb']:.3f} GB; "
+                     f"speed ratio {pad['scans_per_s'] / official['scans_per_s']:.2f}x, memory ratio "
+                     f"{official['peak_over_features_gb'] / max(pad['peak_over_features_gb'], 1e-9):.1f}x less, "
+                     f"same scores: {same}")
+    for n in [int(s) for s in args.official_sizes.split(",") if s]:
+        r = _sub("official", n, args.queries, device)
+        peak = r.get("peak_gpu_gb", r["peak_rss_gb"])
+        parts.append(f"official full matrix N={n}: peak {peak:.2f} GB ({r['features_gb']:.2f} GB features + "
+                     f"{r['peak_over_features_gb']:.2f} GB; {r['references']} reference scans scored, "
+                     f"{r['pairs_per_s']:.2f} scan pairs/s)")
     for n in [int(s) for s in args.sizes.split(",") if s]:
         r = _sub("pad", n, args.queries, device, args.reference_limit)
         peak = r.get("peak_gpu_gb", r["peak_rss_gb"])

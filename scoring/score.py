@@ -188,6 +188,20 @@ def wanted_classes(render, classes: str, cache: str) -> list[str]:
     return wanted
 
 
+def samples_by_class(render, classes: Sequence[str], splits: str, ready: np.ndarray) -> tuple[dict[str, list[int]], int]:
+    """The rendered samples of ``classes`` in ``splits`` (comma-separated) whose features are
+    ``ready`` ((S,) bool), grouped by class (store order), and how many were left out for want of
+    features."""
+    by_class: dict[str, list[int]] = {}
+    missing = 0
+    for i in render.select(classes=classes, splits=split_csv(splits) or None):
+        if not ready[i]:
+            missing += 1
+            continue
+        by_class.setdefault(render.sample_ids[i].split("/")[0], []).append(i)
+    return by_class, missing
+
+
 def plan_score(cfg: ScoreConfig) -> ScorePlan:
     """Open the stores and the checkpoint, check they fit, select the samples to score."""
     from data_cache import checkpoint as ckpt
@@ -223,15 +237,7 @@ def plan_score(cfg: ScoreConfig) -> ScorePlan:
         wanted = [c for c in wanted if c not in training]
         notes.append(f"left out the checkpoint's training class(es) {', '.join(training)} "
                      "(--include-train-classes scores them too)")
-    splits = split_csv(cfg.splits)
-    feature_done = features.done()
-    by_class: dict[str, list[int]] = {}
-    missing = 0
-    for i in render.select(classes=wanted, splits=splits or None):
-        if not feature_done[i]:
-            missing += 1
-            continue
-        by_class.setdefault(render.sample_ids[i].split("/")[0], []).append(i)
+    by_class, missing = samples_by_class(render, wanted, cfg.splits, features.done())
     if missing:
         notes.append(f"{missing} rendered sample(s) have no features yet and were left out "
                      "(run 'pad extract-features' to complete the store)")
@@ -477,7 +483,13 @@ def write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: flo
 
 def run_score(cfg: ScoreConfig) -> int:
     """CLI runner of ``pad score`` (see :class:`scoring.options.ScoreConfig`)."""
-    doc = score_cache(cfg)
+    print_results(score_cache(cfg), "pad score", cfg.out)
+    return 0
+
+
+def print_results(doc: dict, command: str, out: str) -> None:
+    """The terminal account of a scoring run (pad score, pad mutual): the metrics table(s), the
+    operating points, the notes and warning, where the results are."""
     print(res.format_table(doc))
     if doc.get("multimodal"):
         print("\nmultimodal (RGB fused)")
@@ -489,5 +501,4 @@ def run_score(cfg: ScoreConfig) -> int:
         print(f"note: {note}")
     if doc.get("warning"):
         print(f"note: {doc['warning']}")
-    print(f"pad score: wrote {cfg.out} (metrics.json, scores.csv, report.html)")
-    return 0
+    print(f"{command}: wrote {out} (metrics.json, scores.csv, report.html)")

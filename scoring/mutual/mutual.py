@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from data_cache.errors import PadError
-from data_cache.options import split_csv, to_dict
+from data_cache.options import to_dict
 from scoring import results as res
 from scoring.mutual.tokens import IMAGE_TOKENS, POINT_TOKENS, open_tokens
 from scoring.options import MutualConfig
@@ -85,7 +85,7 @@ def plan_mutual(cfg: MutualConfig) -> MutualPlan:
     cache without the needed token store, a 2D modality without RGB, or a class with fewer than 2
     scans."""
     from data_cache.render_store import RenderStore
-    from scoring.score import wanted_classes
+    from scoring.score import samples_by_class, wanted_classes
     from trainer.loop import resolve_device
 
     _check_options(cfg)
@@ -102,17 +102,10 @@ def plan_mutual(cfg: MutualConfig) -> MutualPlan:
                            "each point's pixel) and this cache holds unorganized clouds: use --modality 3d", cfg.cache)
         images = open_tokens(cfg.cache, IMAGE_TOKENS, cfg.image_features, render, IMAGE_FIX, "--image-features")
     wanted = wanted_classes(render, cfg.classes, cfg.cache)
-    splits = split_csv(cfg.splits)
     ready = points.done(render)
     if images is not None:
         ready = ready & images.done(render)
-    by_class: dict[str, list[int]] = {}
-    missing = 0
-    for i in render.select(classes=wanted, splits=splits or None):
-        if not ready[i]:
-            missing += 1
-            continue
-        by_class.setdefault(render.sample_ids[i].split("/")[0], []).append(i)
+    by_class, missing = samples_by_class(render, wanted, cfg.splits, ready)
     notes = []
     if missing:
         notes.append(f"{missing} rendered sample(s) have no token features yet and were left out (run "
@@ -444,12 +437,10 @@ def random_weights_warning(plan: MutualPlan) -> str | None:
 
 def _write_report(cfg: MutualConfig, plan: MutualPlan, rows, ranges, doc, curves, notes, warning, total) -> None:
     from scoring.report import ReportInfo, ReportSample, write_report
-    from scoring.report_selection import select_report_samples
+    from scoring.score_report import report_choices
 
     render = plan.render
-    by_id = {str(r[0]): r for r in rows}
-    chosen = select_report_samples([(r[0], r[1], r[3], r[4]) for r in rows], cfg.report_samples)
-    view_names = [v.get("name", f"view {k}") for k, v in enumerate(render.views)]
+    by_id, chosen, view_names = report_choices(render, rows, cfg.report_samples)
     samples = []
     for sid, reason in chosen:
         i = render.index_of(sid)
@@ -479,11 +470,7 @@ def _write_report(cfg: MutualConfig, plan: MutualPlan, rows, ranges, doc, curves
 
 def run_mutual(cfg: MutualConfig) -> int:
     """CLI runner of ``pad mutual`` (see :class:`scoring.options.MutualConfig`)."""
-    doc = mutual_cache(cfg)
-    print(res.format_table(doc))
-    for note in doc["notes"]:
-        print(f"note: {note}")
-    if doc.get("warning"):
-        print(f"note: {doc['warning']}")
-    print(f"pad mutual: wrote {cfg.out} (metrics.json, scores.csv, report.html)")
+    from scoring.score import print_results
+
+    print_results(mutual_cache(cfg), "pad mutual", cfg.out)
     return 0
