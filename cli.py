@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Anomaly maps, object scores, metrics and an HTML report from cached tensors."),
     "calibrate": ("scoring.options:CalibrateConfig", "scoring.calibrate:run_calibrate",
                   "Set pass/fail thresholds from normal scans: a guaranteed false-alarm rate, defect regions."),
+    "mutual": ("scoring.options:MutualConfig", "scoring.mutual.mutual:run_mutual",
+               "Training-free zero-shot scoring (MuSc-V2): each scan against the other scans of its class."),
     "import-checkpoint": ("trainer.options:ImportCheckpointConfig", "trainer.import_checkpoint:run_import_checkpoint",
                           "Turn an official PointAD checkpoint (.pth) into a pad run for score and predict."),
     "predict": ("workflows.options:PredictConfig", "workflows.predict_reference:run_predict",

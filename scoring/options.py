@@ -33,13 +33,18 @@ class MapOptions:
 
 
 @dataclass(kw_only=True)
-class ScoringOptions(MapOptions):
-    """How maps and scores are formed and measured (shared by ``pad score`` and ``pad evaluate``)."""
-    splits: str = option("test", "Splits to score (comma-separated).", metavar="test[,train]")
+class ReportOptions:
+    """What report.html shows (``pad score``, ``pad evaluate``, ``pad mutual``)."""
     report_samples: int = option(6, "Samples shown with figures in report.html, per class: the most "
                                     "anomalous ones and the worst misses.")
     view_points: int = option(50000, "At most this many points in a report's 3D view (larger clouds show their "
                                      "highest-scored points and an even sample of the rest).")
+
+
+@dataclass(kw_only=True)
+class ScoringOptions(MapOptions, ReportOptions):
+    """How maps and scores are formed and measured (shared by ``pad score`` and ``pad evaluate``)."""
+    splits: str = option("test", "Splits to score (comma-separated).", metavar="test[,train]")
 
 
 @dataclass(kw_only=True)
@@ -96,4 +101,45 @@ class CalibrateConfig(MapOptions):
     out: str | None = option(None, "Directory for calibration.json (default: the run directory, where pad score "
                                    "and pad predict find it).", metavar="DIR")
     features: str | None = option(None, "Feature tag (default: the checkpoint's).", metavar="TAG")
+    device: str = option("auto", "Torch device.", choices=DEVICES)
+
+
+MODALITIES = ("3d", "2d", "2d+3d")
+
+
+@dataclass(kw_only=True)
+class MutualConfig(ReportOptions):
+    """``pad mutual --cache CACHE --out RESULTS``: MuSc-V2's training-free zero-shot scoring. Every
+    scan of a class is scored against the other scans of the same class (no training, no labels):
+    normal patches find close patches in most other scans, defects do not. Needs the cache's
+    Point-MAE token store (pad extract-features --backbone point-mae) and, for --modality 2d or
+    2d+3d on a dataset with RGB, its DINO one (pad extract-features --backbone dino-vitb8). Assumes
+    defects are rare across the scans of a class. Writes the results layout of pad score (metrics, scores.csv, per-point scores, PLYs,
+    report.html)."""
+    cache: str = option(help="Cache directory.")
+    out: str = option(help="Results directory (as pad score's --out: a new run replaces every file a previous "
+                           "run wrote there, other files are left alone).")
+    modality: str = option("3d", "What is scored: 3d (Point-MAE tokens of the points), 2d (DINO tokens of the RGB "
+                                 "image) or 2d+3d (both, with MuSc-V2's cross-modal alignment).", choices=MODALITIES)
+    classes: str = option("all", "Classes to score (comma-separated) or all.", metavar="all|a,b")
+    splits: str = option("test", "Splits whose scans are scored, each class's scans against each other "
+                                 "(comma-separated).", metavar="test[,train]")
+    features: str | None = option(None, "Point-token store tag (default: the only one in the cache).", metavar="TAG")
+    image_features: str | None = option(None, "Image-token store tag for --modality 2d / 2d+3d (default: the only "
+                                              "one).", metavar="TAG")
+    subset_size: int = option(0, "Score a large class in subsets of about this many scans (the official "
+                                 "divide_num: each defect type dealt evenly over the subsets, seeded); 0 = "
+                                 "the whole class at once.", metavar="N")
+    sigma: float = option(4.0, "Unorganized clouds only: Gaussian smoothing of the point maps over the cached kNN "
+                               "graph, in median kNN distances (0 disables); organized scans get the official "
+                               "blur (radius 4 on the 224x224 grid).")
+    reference: str | None = option(None, "Score each scan against the normal scans of this split (e.g. train) "
+                                         "instead of against the other scans of its class: a fixed reference, so "
+                                         "new scans can be scored one at a time; a scan of that split is left out "
+                                         "of its own reference. Object score: the max of the map (no RsCon).",
+                                   metavar="SPLIT")
+    save_reference: str | None = option(None, "Also save the reference set made by --reference to this file "
+                                              "(safetensors), to score new scans against it later (pad predict, "
+                                              "pad serve, pad calibrate).", metavar="REF")
+    seed: int = option(0, "Seed of the subset draw (--subset-size) and of the report's figures.")
     device: str = option("auto", "Torch device.", choices=DEVICES)

@@ -176,6 +176,32 @@ def open_feature_store_for(cache: str, model_config: dict, checkpoint: str):
     return FeatureStore.open(cache, tag), tag
 
 
+def wanted_classes(render, classes: str, cache: str) -> list[str]:
+    """The classes a ``--classes`` value names (``all``: every class of the render store, sorted);
+    PadError naming the unknown ones."""
+    known = render.classes()
+    wanted = known if classes.strip() in ("", "all") else list(dict.fromkeys(split_csv(classes)))
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise PadError(f"no class {', '.join(repr(c) for c in unknown)} in this cache "
+                       f"(classes: {', '.join(known)})", cache)
+    return wanted
+
+
+def samples_by_class(render, classes: Sequence[str], splits: str, ready: np.ndarray) -> tuple[dict[str, list[int]], int]:
+    """The rendered samples of ``classes`` in ``splits`` (comma-separated) whose features are
+    ``ready`` ((S,) bool), grouped by class (store order), and how many were left out for want of
+    features."""
+    by_class: dict[str, list[int]] = {}
+    missing = 0
+    for i in render.select(classes=classes, splits=split_csv(splits) or None):
+        if not ready[i]:
+            missing += 1
+            continue
+        by_class.setdefault(render.sample_ids[i].split("/")[0], []).append(i)
+    return by_class, missing
+
+
 def plan_score(cfg: ScoreConfig) -> ScorePlan:
     """Open the stores and the checkpoint, check they fit, select the samples to score."""
     from data_cache import checkpoint as ckpt
@@ -204,27 +230,14 @@ def plan_score(cfg: ScoreConfig) -> ScorePlan:
         raise PadError(f"the features have dimension {dim} but the checkpoint's text embeddings have "
                        f"{config['embed_dim']}", features.path)
 
-    known = render.classes()
-    wanted = known if cfg.classes.strip() in ("", "all") else list(dict.fromkeys(split_csv(cfg.classes)))
-    unknown = [c for c in wanted if c not in known]
-    if unknown:
-        raise PadError(f"no class {', '.join(repr(c) for c in unknown)} in this cache "
-                       f"(classes: {', '.join(known)})", cfg.cache)
+    wanted = wanted_classes(render, cfg.classes, cfg.cache)
     notes: list[str] = []
     training = [c for c in config["training_classes"] if c in wanted]
     if training and not cfg.include_train_classes:
         wanted = [c for c in wanted if c not in training]
         notes.append(f"left out the checkpoint's training class(es) {', '.join(training)} "
                      "(--include-train-classes scores them too)")
-    splits = split_csv(cfg.splits)
-    feature_done = features.done()
-    by_class: dict[str, list[int]] = {}
-    missing = 0
-    for i in render.select(classes=wanted, splits=splits or None):
-        if not feature_done[i]:
-            missing += 1
-            continue
-        by_class.setdefault(render.sample_ids[i].split("/")[0], []).append(i)
+    by_class, missing = samples_by_class(render, wanted, cfg.splits, features.done())
     if missing:
         notes.append(f"{missing} rendered sample(s) have no features yet and were left out "
                      "(run 'pad extract-features' to complete the store)")
@@ -325,10 +338,11 @@ def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
         hi = float(max(s.max(initial=-np.inf) for s in ranged))
         ranges[cls] = (lo, hi)
         del p_labels, p_scores, p_mm, regions, ranged
-        _write_class_plys(cfg.out, render, cls, indices, lo, hi)
+        write_class_plys(cfg.out, render, cls, indices, lo, hi)
     bar.close()
 
     doc = res.metrics_document(per_class, per_class_mm if plan.use_rgb else None)
+    doc["method"] = method_of(model.config)
     doc["protocol"] = cfg.protocol
     notes = list(plan.notes)
     if cal is not None:
@@ -355,6 +369,13 @@ def _score(cfg: ScoreConfig, plan: ScorePlan, progress: bool) -> dict:
     from scoring.score_report import random_weights_notice
 
     return dict(doc, notes=notes, warning=random_weights_notice(model.config))
+
+
+def method_of(config: dict) -> str:
+    """The ``method`` field of metrics.json of a pad score run: the checkpoint's model (``pointad``,
+    ``pointad+``) or ``clip`` (the CLIP + Rendering baseline); pad mutual writes ``musc-v2``, so the
+    results of several methods on one cache say which made them."""
+    return str(config.get("model") or "unknown").lower()
 
 
 def class_texts(model) -> Callable[[str], dict]:
@@ -449,7 +470,7 @@ def _evaluated_maps(sample: dict, labels: np.ndarray, result: SampleScore):
     return mask.reshape(-1).astype(np.uint8), result.grid_map.reshape(-1), grid_regions_2d(mask), mm
 
 
-def _write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: float, hi: float) -> None:
+def write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: float, hi: float) -> None:
     """One PLY per sample of the class, coloured in the class's score range [lo, hi]."""
     for i in indices:
         sid = render.sample_ids[i]
@@ -462,7 +483,13 @@ def _write_class_plys(out: str, render, cls: str, indices: Sequence[int], lo: fl
 
 def run_score(cfg: ScoreConfig) -> int:
     """CLI runner of ``pad score`` (see :class:`scoring.options.ScoreConfig`)."""
-    doc = score_cache(cfg)
+    print_results(score_cache(cfg), "pad score", cfg.out)
+    return 0
+
+
+def print_results(doc: dict, command: str, out: str) -> None:
+    """The terminal account of a scoring run (pad score, pad mutual): the metrics table(s), the
+    operating points, the notes and warning, where the results are."""
     print(res.format_table(doc))
     if doc.get("multimodal"):
         print("\nmultimodal (RGB fused)")
@@ -474,5 +501,4 @@ def run_score(cfg: ScoreConfig) -> int:
         print(f"note: {note}")
     if doc.get("warning"):
         print(f"note: {doc['warning']}")
-    print(f"pad score: wrote {cfg.out} (metrics.json, scores.csv, report.html)")
-    return 0
+    print(f"{command}: wrote {out} (metrics.json, scores.csv, report.html)")

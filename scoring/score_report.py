@@ -38,6 +38,18 @@ def report_facts(cfg, plan, total: int) -> list[tuple[str, str]]:
             ("RGB fused", f"yes ({cfg.fusion} fusion)" if plan.use_rgb else "no")]
 
 
+def report_choices(render, rows: Sequence[Sequence], per_class: int) -> tuple[dict, list[tuple[str, str]], list[str]]:
+    """What a report shows: (sample id -> its scores.csv row, the chosen (sample id, reason) pairs
+    of :func:`scoring.report_selection.select_report_samples`, the render store's view names).
+    ``rows``: (id, class, split, label, score, ...)."""
+    from scoring.report_selection import select_report_samples
+
+    by_id = {str(r[0]): r for r in rows}
+    chosen = select_report_samples([(r[0], r[1], r[3], r[4]) for r in rows], per_class)
+    view_names = [v.get("name", f"view {k}") for k, v in enumerate(render.views)]
+    return by_id, chosen, view_names
+
+
 def write_score_report(cfg, plan, rows: Sequence[Sequence], ranges: Mapping[str, tuple[float, float]], doc: dict,
                        curves: Mapping, notes: Sequence[str], text_for: Callable[[str], dict], total: int,
                        view_points: int = DEFAULT_VIEW_POINTS, decisions: Mapping[str, dict] | None = None) -> str:
@@ -53,14 +65,11 @@ def write_score_report(cfg, plan, rows: Sequence[Sequence], ranges: Mapping[str,
     (their region labels are read back from ``points/``)."""
     from scoring import results as res
     from scoring.report import ReportInfo, ReportSample, write_report
-    from scoring.report_selection import select_report_samples
     from scoring.regions import region_boxes
     from scoring.sample_score import SAMPLE_FIELDS, score_sample
 
     render, features, model = plan.render, plan.features, plan.model
-    by_id = {str(r[0]): r for r in rows}
-    chosen = select_report_samples([(r[0], r[1], r[3], r[4]) for r in rows], cfg.report_samples)
-    view_names = [v.get("name", f"view {k}") for k, v in enumerate(render.views)]
+    by_id, chosen, view_names = report_choices(render, rows, cfg.report_samples)
     samples = []
     for sid, reason in chosen:
         i = render.index_of(sid)

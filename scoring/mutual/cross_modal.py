@@ -105,10 +105,11 @@ def mutual_scores_2d3d(z2d: torch.Tensor, z3d: torch.Tensor, patch_of_center: to
             raise ValueError("mutual_scores_2d3d needs at least 2 scans")
         exclude = torch.arange(n, device=z2d.device)
     has_ex = exclude is not None and bool((exclude >= 0).any())
-    k = topmin_count(r - 1 if has_ex else r, topmin)
     qb, rc = plan_chunks(n, r, max(l2, l3), max(l2, l3))
     rc = chunk or rc
-    rows2, rows3 = ((r - 1) * l2, (r - 1) * l3) if own else (r * l2, r * l3)
+    n_eff = r - 1 if has_ex else r
+    rows2, rows3 = n_eff * l2, n_eff * l3
+    k = topmin_count(n_eff, topmin)
     out2 = torch.empty((n, l2), dtype=torch.float32, device=z2d.device)
     out3 = torch.empty((n, l3), dtype=torch.float32, device=z2d.device)
     patch_of_center = patch_of_center.to(z2d.device).long()

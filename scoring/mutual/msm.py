@@ -50,6 +50,14 @@ def _cdist_mode(query_rows: int, official_reference_rows: int) -> str:
     return "donot_use_mm_for_euclid_dist"
 
 
+def _cdist16(x: torch.Tensor, y: torch.Tensor, mode: str) -> torch.Tensor:
+    """torch.cdist of float16 inputs, float16 result. CPU torch has no float16 direct formula
+    (only CUDA's, used for tiny shapes): there it is computed in float32 and rounded."""
+    if mode == "donot_use_mm_for_euclid_dist" and x.device.type == "cpu":
+        return torch.cdist(x.float(), y.float(), compute_mode=mode).half()
+    return torch.cdist(x, y, compute_mode=mode)
+
+
 def plan_chunks(n_query: int, n_reference: int, patches: int, ref_patches: int,
                 block_elements: int = BLOCK_ELEMENTS) -> tuple[int, int]:
     """(query scans, reference scans) per distance block so that one block holds at most
@@ -80,7 +88,7 @@ def reference_minima(query: torch.Tensor, reference: torch.Tensor, chunk: int | 
     for start in range(0, r, chunk):
         block = reference[start:start + chunk]
         rc = block.shape[0]
-        dist = torch.cdist(flat_q, block.reshape(rc * lr, c), compute_mode=mode)   # (Q·L, rc·L')
+        dist = _cdist16(flat_q, block.reshape(rc * lr, c), mode)                 # (Q·L, rc·L')
         out[:, :, start:start + rc] = dist.reshape(q, lq, rc, lr).amin(dim=-1)
         del dist
     return out
@@ -119,7 +127,7 @@ def mutual_scores(z: torch.Tensor, topmin: float = TOPMIN, chunk: int | None = N
     k = topmin_count(n_eff, topmin)
     qb, rc = plan_chunks(n, r, lq, lr)
     qb, rc = query_chunk or qb, chunk or rc
-    official_rows = (r - 1) * lr if own else r * lr
+    official_rows = n_eff * lr
     out = torch.empty((n, lq), dtype=torch.float32, device=z.device)
     for start in range(0, n, qb):
         mins = reference_minima(z[start:start + qb], ref, rc, official_rows)        # (q, L, R)
@@ -137,5 +145,6 @@ def official_single(z: torch.Tensor, i: int, topmin: float = TOPMIN) -> torch.Te
     Returns (L,) float32 (k at least 1, as :func:`topmin_count`)."""
     n, lq, c = z.shape
     ref = torch.cat((z[:i], z[i + 1:]), dim=0)
-    d = torch.cdist(z[i:i + 1], ref.reshape(-1, c)).reshape(lq, n - 1, lq)
+    mode = _cdist_mode(lq, (n - 1) * lq)
+    d = _cdist16(z[i], ref.reshape(-1, c), mode).reshape(lq, n - 1, lq)
     return interval_mean(d.amin(dim=-1), topmin_count(n - 1, topmin))
