@@ -334,7 +334,7 @@ def collect(cache: str, samples: bool = False) -> dict:
     from data_cache.token_store import TokenStore, list_token_tags
     out["token_stores"] = []
     for tag in list_token_tags(cache):
-        ts = TokenStore(os.path.join(features_dir(cache), tag + ".h5"))
+        ts = TokenStore(store_file(cache, tag))
         try:
             out["token_stores"].append(token_summary(ts))
             if samples:

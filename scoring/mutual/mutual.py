@@ -20,7 +20,7 @@ Per class (or per subset of it, ``--subset-size``), from the token stores only:
    SNAMD feature at the argmax of its layer-mean map (2D+3D: the 2D and 3D ones concatenated).
 
 With ``--reference SPLIT`` each scan is scored instead against a fixed reference set, the normal
-scans of that split (helper B2's :mod:`scoring.mutual.reference_cache`; object score = the map's
+scans of that split (:mod:`scoring.mutual.reference_cache`; object score = the map's
 maximum, no RsCon), saved with ``--save-reference REF`` for pad predict / serve / calibrate.
 
 The results directory is written with pad score's code (:mod:`scoring.results`, ``class_metrics``,
@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from data_cache import location
 from data_cache.errors import PadError
 from data_cache.options import to_dict
 from scoring import results as res
@@ -338,14 +339,12 @@ def batch_scores(cfg: MutualConfig, plan: MutualPlan, indices: Sequence[int], gr
 
 
 def _reference(cfg: MutualConfig, plan: MutualPlan):
-    """The reference set of ``--reference SPLIT`` (helper B2's :mod:`scoring.mutual.reference_cache`),
+    """The reference set of ``--reference SPLIT`` (:mod:`scoring.mutual.reference_cache`),
     saved to ``--save-reference`` when asked; None without ``--reference``."""
     if not cfg.reference:
         return None
-    try:
-        from scoring.mutual.reference_cache import build_reference
-    except ImportError:
-        raise PadError("--reference needs scoring.mutual.reference_cache, which this build of pad lacks") from None
+    from scoring.mutual.reference_cache import build_reference
+
     ref = build_reference(cfg.cache, cfg.reference, list(plan.classes), tag=plan.points.tag, sigma=cfg.sigma,
                           device=str(plan.device), render=plan.render, store=plan.points)
     if cfg.save_reference:
@@ -453,7 +452,7 @@ def _write_report(cfg: MutualConfig, plan: MutualPlan, rows, ranges, doc, curves
             points=sample["points"], point_scores=stored["scores"], point_labels=stored["labels"],
             lo=ranges[cls][0], hi=ranges[cls][1], gt2d=render.gt2d(i), view_names=view_names,
             ply=res.sample_relpath("ply", cls, sid, ".ply"), reason=reason))
-    facts = [("cache", os.path.abspath(cfg.cache)), ("method", f"MuSc-V2 mutual scoring ({cfg.modality}), no training"),
+    facts = [("cache", location.absolute(cfg.cache)), ("method", f"MuSc-V2 mutual scoring ({cfg.modality}), no training"),
              ("point tokens", plan.points.tag)]
     if plan.images is not None:
         facts.append(("image tokens", plan.images.tag))
