@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "Render every cloud into views, 2D ground truth, point-pixel maps, kNN (Zarr, Dask)."),
     "show": ("pipeline.options:ShowConfig", "pipeline.contact_sheet:run_show",
              "Write a contact sheet of one sample's views with the 2D ground truth outlined."),
-    "extract-features": ("pipeline.options:ExtractConfig", "pipeline.extract:run_extract",
+    "extract-features": ("pipeline.options:ExtractConfig", "pipeline.extract_job:run_extract",
                          "Run the frozen CLIP encoder once and cache its embeddings (HDF5)."),
     "info": ("data_cache.info_options:InfoConfig", "data_cache.info:run_info",
              "List the stores in a cache with sizes; --verify checks them."),

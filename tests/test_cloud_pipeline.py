@@ -140,6 +140,7 @@ def pipeline(cloud, tmp_path_factory):
                             "--n-groups", "64", "--group-size", "16", "--device", "cpu")
         out["token_files"] = bucket_files()
         out["local"] = sorted(os.listdir(elsewhere))
+        out["mutual"] = pad("mutual", "--cache", CACHE, "--out", "mutual", "--device", "cpu")
         yield out
     finally:
         os.chdir(before)
@@ -153,6 +154,7 @@ def test_every_stage_runs_on_the_bucket_and_every_store_lives_there(pipeline, cl
     assert f"{BUCKET}/cache/render.zarr/zarr.json" in files
     assert f"{BUCKET}/cache/features/{TAG}.h5" in files
     assert not [f for f in files if ".shards" in f or f.endswith(".partial")], files
+    assert pipeline["mutual"][0] == 0, pipeline["mutual"][1]         # pad mutual reads the tokens from the bucket
     tokens = f"{BUCKET}/cache/features/{TOKEN_TAG}.h5"              # MuSc-V2's token store too, staged and uploaded
     assert tokens in pipeline["token_files"] and not [f for f in pipeline["token_files"] if f.endswith(".partial")]
     assert pipeline["local"] == ["results", "run", "sheet.png"]        # no 's3:' directory, no store
