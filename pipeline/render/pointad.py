@@ -49,6 +49,7 @@ GT_WINDOW = 1036            # the ground-truth render's window (every script)
 GT_POINT_SIZE = 6
 FIT_STEP = 0.005            # Eyecandies: the camera moves back by this much until the cloud fits
 MAX_FIT_STEPS = 100000
+IMAGE_SLOT, GT_SLOT = 0, 1  # the renderer's colour slots: the view's shaded greys, the ground truth's levels
 
 MVTEC_VIEWS = (("x", -45.0), ("x", -15.0), ("x", 0.0), ("x", 15.0), ("x", 45.0),
                ("y", -30.0), ("y", -15.0), ("y", 15.0), ("y", 30.0))
@@ -233,8 +234,10 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     # light off: Open3D draws each point in its own colour (white = anomalous, black = normal)
     gt_grey = np.where(np.asarray(gt_labels) != 0, 255, 0).astype(np.uint8)
     any_gt = bool(gt_grey.any())
-    image_renderer = get_point_renderer(script.window, script.window, backend)
-    gt_renderer = get_point_renderer(GT_WINDOW, GT_WINDOW, backend) if any_gt else None
+    # one renderer for both windows (a draw names its own); each view's points uploaded once
+    renderer = get_point_renderer(*(2 * (max(script.window, GT_WINDOW if any_gt else 0),)), backend)
+    if any_gt:
+        renderer.set_levels(GT_SLOT, gt_grey, 0)
     center = q.mean(axis=0)
     for v, (axis, degrees) in enumerate(script.views):
         t = time.perf_counter()
@@ -244,11 +247,13 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         if script.fit_view:
             camera = fit_camera(rq, camera)
         grey = phong_grey(rq, normals @ r.T, GREY, camera)
-        full = image_renderer.render(rq, grey, camera.mvp(), point_size, 255)
+        renderer.set_positions(rq)
+        renderer.set_levels(IMAGE_SLOT, grey, 255)
+        full = renderer.draw(IMAGE_SLOT, camera.mvp(), point_size, script.window, script.window)
         images[v] = resize_bicubic(full)[..., None]            # grey: the three channels are equal
         if any_gt:
             gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW)
-            gt_full = gt_renderer.render(rq, gt_grey, gt_camera.mvp(), GT_POINT_SIZE, 0)
+            gt_full = renderer.draw(GT_SLOT, gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, GT_WINDOW)
             gt2d[v] = resize_bicubic(gt_full) > 127
         t2 = time.perf_counter()
         xy = correspondence(rq, camera)

@@ -17,13 +17,13 @@ per-fragment lighting, at the fragment cost of a flat colour: llvmpipe spends
 most of a view on fragments).
 Flat (``flat.*``): the per-vertex colour as is (index-map tests, label images).
 
-Points (``--style pointad``, :func:`point_shader_dir`): OpenGL points of a fixed size in window
-pixels (``gl_PointSize``), each drawn in its vertex colour, at ``P · position`` where ``P`` is
-the whole float32 model-view-projection matrix of Open3D's legacy camera (pyrender's ``V`` and
-``M`` are the identity then). The colours are computed on the CPU (Open3D's Phong lighting,
-:mod:`pipeline.render.open3d_shading`) as exact multiples of 1/255. pyrender takes the files
-``segmentation.vert``/``segmentation.frag`` for ``RenderFlags.SEG``, the one mode in which it
-turns multisampling off, so a point covers whole pixels as in Open3D's single-sampled buffer.
+Points (``--style pointad``, :func:`point_shader_sources`): OpenGL points of a fixed size in
+window pixels (``gl_PointSize``), each drawn in its vertex colour, at ``P · position`` where ``P``
+is the whole float32 model-view-projection matrix of Open3D's legacy camera. The colours are
+computed on the CPU (Open3D's Phong lighting, :mod:`pipeline.render.open3d_shading`) as exact
+multiples of 1/255. :class:`pipeline.render.gl.PointRenderer` compiles them itself (not through
+pyrender) and draws without multisampling, so a point covers whole pixels as in Open3D's
+single-sampled buffer.
 """
 from __future__ import annotations
 
@@ -176,8 +176,8 @@ def shader_dir() -> str:
     return _write_dir("splats", SOURCES)
 
 
-def point_shader_dir(point_size: float) -> str:
-    """The directory of the point shaders drawing points ``point_size`` window pixels wide."""
-    size = float(point_size)
-    text = _POINT_VERT.replace("POINT_SIZE", repr(size))
-    return _write_dir(f"points-{size!r}", {"segmentation.vert": text, "segmentation.frag": _POINT_FRAG})
+def point_shader_sources(point_size: float) -> tuple[str, str]:
+    """(vertex, fragment) GLSL of the point shaders drawing points ``point_size`` window pixels
+    wide, the colour read from attribute 1 (its first component is the red channel drawn)."""
+    vert = _POINT_VERT.replace("POINT_SIZE", repr(float(point_size))).replace("COLOR_0_LOC", "1")
+    return vert, _POINT_FRAG
