@@ -37,7 +37,7 @@ from scipy.spatial import cKDTree
 
 from data_cache.errors import PadError
 from pipeline.render.cameras import rotation_x, rotation_y
-from pipeline.render.open3d_camera import LegacyCamera, legacy_camera, project_pinhole
+from pipeline.render.open3d_camera import LegacyCamera, bounding_box, legacy_camera, project_pinhole
 from pipeline.render.open3d_normals import estimate_normals
 from pipeline.render.open3d_shading import phong_grey
 from pipeline.render.rendered import RenderedSample, check_points, labels_of, normalize, without_self
@@ -179,14 +179,19 @@ def correspondence(points: np.ndarray, camera: LegacyCamera) -> np.ndarray:
 
 def visible_by_depth_rule(pixel_xy: np.ndarray, z: np.ndarray) -> np.ndarray:
     """(N,) bool: the scripts' ``compute_visibility_3d_to_2d``. Of the points on one pixel of
-    ``pixel_xy`` (N, 2), the one with the largest ``z`` (N,) is visible; on equal z the first."""
+    ``pixel_xy`` (N, 2), the one with the largest ``z`` (N,) is visible; on equal z the first.
+
+    Without sorting: the largest z of each pixel, then the first point that reaches it."""
     n = len(z)
+    z = np.asarray(z, dtype=np.float64)
     key = pixel_xy[:, 1] * OUTPUT_SIZE + pixel_xy[:, 0]
-    order = np.lexsort((np.arange(n), -np.asarray(z, dtype=np.float64), key))
-    first = np.ones(n, dtype=bool)
-    first[1:] = key[order[1:]] != key[order[:-1]]
+    top = np.full(OUTPUT_SIZE * OUTPUT_SIZE, -np.inf)
+    np.maximum.at(top, key, z)
+    reach = np.flatnonzero(z == top[key])
+    first = np.full(OUTPUT_SIZE * OUTPUT_SIZE, n, dtype=np.int64)
+    np.minimum.at(first, key[reach], reach)
     visible = np.zeros(n, dtype=bool)
-    visible[order[first]] = True
+    visible[first[first < n]] = True
     return visible
 
 
@@ -243,7 +248,8 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         t = time.perf_counter()
         r = rotation(axis, degrees)
         rq = (q - center) @ r.T + center
-        camera = legacy_camera(rq, script.window, script.window)
+        box = bounding_box(rq)
+        camera = legacy_camera(rq, script.window, script.window, box)
         if script.fit_view:
             camera = fit_camera(rq, camera)
         grey = phong_grey(rq, normals @ r.T, GREY, camera)
@@ -252,9 +258,10 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         full = renderer.draw(IMAGE_SLOT, camera.mvp(), point_size, script.window, script.window)
         images[v] = resize_bicubic(full)[..., None]            # grey: the three channels are equal
         if any_gt:
-            gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW)
+            gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW, box)
             gt_full = renderer.draw(GT_SLOT, gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, GT_WINDOW)
-            gt2d[v] = resize_bicubic(gt_full) > 127
+            if gt_full.any():                                   # else the resize is black too
+                gt2d[v] = resize_bicubic(gt_full) > 127
         t2 = time.perf_counter()
         xy = correspondence(rq, camera)
         pixel[:, v, 0], pixel[:, v, 1] = xy[:, 1], xy[:, 0]
