@@ -18,7 +18,8 @@ Real3D-AD cloud). Per layout (:data:`SCRIPTS`):
    1036 pixels, resized to 336 bicubically as PIL does;
 4. the 2D ground truth: a second render in a 1036-pixel window with the default camera,
    anomalous points white and normal ones black on black, 6 pixels, no light, resized the same
-   way and binarized as ``dataset.py`` does (> 0.5);
+   way and binarized as ``dataset.py`` does (> 0.5). Only the points that can cover a pixel of
+   an anomalous one are drawn (:func:`reach_of_marked`): the same image, a fraction of the work;
 5. the point→pixel map of ``cv2.projectPoints`` with the image camera, × 336 / window,
    truncated and clipped to [0, 335]; visibility by the scripts' rule: in each 336² pixel only
    the point with the largest rotated z (the first such in point order) is seen.
@@ -49,6 +50,7 @@ GT_WINDOW = 1036            # the ground-truth render's window (every script)
 GT_POINT_SIZE = 6
 FIT_STEP = 0.005            # Eyecandies: the camera moves back by this much until the cloud fits
 MAX_FIT_STEPS = 100000
+REACH_MARGIN = 4.0          # pixels: see reach_of_marked
 IMAGE_SLOT, GT_SLOT = 0, 1  # the renderer's colour slots: the view's shaded greys, the ground truth's levels
 
 MVTEC_VIEWS = (("x", -45.0), ("x", -15.0), ("x", 0.0), ("x", 15.0), ("x", 45.0),
@@ -195,6 +197,26 @@ def visible_by_depth_rule(pixel_xy: np.ndarray, z: np.ndarray) -> np.ndarray:
     return visible
 
 
+def reach_of_marked(xy: np.ndarray, marked: np.ndarray, point_size: float, margin: float = REACH_MARGIN
+                    ) -> np.ndarray:
+    """(M,) int64 indices, ascending, of the points that can cover a pixel covered by a ``marked``
+    point (N,) bool, from their window positions ``xy`` (N, 2): the points whose centre lies within
+    ``point_size`` + ``margin`` pixels of the box of the marked centres (a square point reaches
+    ``point_size`` / 2 around its centre; ``margin`` covers the GPU's float32 projection). Drawn in
+    their order, they give every pixel the marked points can reach the colour all points give it
+    (the depth test and its ties see the same points in the same order there); elsewhere only
+    marked points can leave a colour other than the background, and none is drawn. Every point
+    when a marked position is not finite."""
+    pts = np.asarray(xy, dtype=np.float64)
+    if not marked.any():
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = pts[marked].min(axis=0), pts[marked].max(axis=0)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return np.arange(len(pts))
+    reach = float(point_size) + margin
+    return np.flatnonzero(((pts >= lo - reach) & (pts <= hi + reach)).all(axis=1))
+
+
 def resize_bicubic(image: np.ndarray) -> np.ndarray:
     """(h, w) uint8 grey image → (336, 336) uint8 with PIL's bicubic filter (torchvision's
     ``Resize(BICUBIC)`` on a PIL image; PIL filters each channel alike, so a grey RGB image
@@ -241,8 +263,6 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     any_gt = bool(gt_grey.any())
     # one renderer for both windows (a draw names its own); each view's points uploaded once
     renderer = get_point_renderer(*(2 * (max(script.window, GT_WINDOW if any_gt else 0),)), backend)
-    if any_gt:
-        renderer.set_levels(GT_SLOT, gt_grey, 0)
     center = q.mean(axis=0)
     for v, (axis, degrees) in enumerate(script.views):
         t = time.perf_counter()
@@ -259,6 +279,10 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         images[v] = resize_bicubic(full)[..., None]            # grey: the three channels are equal
         if any_gt:
             gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW, box)
+            near = reach_of_marked(project_pinhole(rq, gt_camera.intrinsic(), gt_camera.extrinsic()),
+                                   gt_grey != 0, GT_POINT_SIZE)
+            renderer.set_positions(rq[near])
+            renderer.set_levels(GT_SLOT, gt_grey[near], 0)
             gt_full = renderer.draw(GT_SLOT, gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, GT_WINDOW)
             if gt_full.any():                                   # else the resize is black too
                 gt2d[v] = resize_bicubic(gt_full) > 127
