@@ -166,9 +166,16 @@ def write_fixture(jobs: list[dict], out: str, seed: int, command: str) -> None:
                  "renders `input/` with `--style pointad` and compares.\n")
 
 
-def run_official(jobs: list[dict], work: str, official: str, python: str) -> None:
+def run_official(jobs: list[dict], work: str, official: str, python: str, reuse: bool = False) -> None:
     """Copy the datasets (the MVTec preprocessing works in place), point the jobs at the copies and run
-    the driver."""
+    the driver; ``reuse``: take the official outputs an earlier run left in ``work`` (same seed and
+    options) instead."""
+    if reuse:
+        for n, job in enumerate(jobs):
+            job["official_out"] = os.path.join(work, "official-out", f"{n:03d}")
+            if not os.path.exists(os.path.join(job["official_out"], "timing.json")):
+                raise SystemExit(f"--reuse-official: no official outputs in {job['official_out']}")
+        return
     copies = {}
     for job in jobs:
         root = job["root"]
@@ -202,6 +209,7 @@ def run_pad(jobs: list[dict], work: str, seed: int) -> dict:
     from pipeline.render import RenderSettings, render_sample
 
     env = dict(os.environ, PYOPENGL_PLATFORM=os.environ.get("PYOPENGL_PLATFORM", "osmesa"))
+    shutil.rmtree(os.path.join(work, "pad-cache"), ignore_errors=True)     # a fresh store: every sample rendered
     caches, command_s = {}, {}
     for root in sorted({job["root"] for job in jobs}):
         cache = os.path.join(work, "pad-cache", os.path.basename(root))
@@ -275,6 +283,8 @@ def main() -> None:
                                                                   "800x800 grid, figures in a row of their own")
     parser.add_argument("--mvtec", type=int, default=4, help="MVTec 3D-AD scans of 300-420 px a side (default 4; "
                                                                "6 with --full-size makes a dataset of 8)")
+    parser.add_argument("--reuse-official", action="store_true",
+                        help="take the official outputs of an earlier run in --work (same seed and options)")
     parser.add_argument("--work", default=None, help="work directory (default: a temporary one, removed)")
     parser.add_argument("--write-fixture", default=None, metavar="DIR",
                         help="instead: render the small scans of the test fixture and write it to DIR "
@@ -292,7 +302,7 @@ def main() -> None:
             print(f"official_render_parity: wrote the fixture to {args.write_fixture}")
             return
         jobs = write_scans(os.path.join(work, "data"), args.seed, args.fps, args.full_size, args.mvtec)
-        run_official(jobs, work, os.path.abspath(args.official), args.python)
+        run_official(jobs, work, os.path.abspath(args.official), args.python, args.reuse_official)
         pad = run_pad(jobs, work, args.seed)
         parts = []
         for row in ("mvtec3d", "mvtec3d 800x800", "eyecandies", "real3d"):
