@@ -7,7 +7,7 @@ dataset's size) and 397×413 (non-square, not a multiple of 100), Eyecandies 512
 clouds of 9,000 and 14,000 points (interpolated up to 336²; ``--fps`` adds one of 130,000,
 reduced by farthest point sampling). Each side (this tree and ``--baseline``, checked out with
 ``git archive`` into a temporary directory) runs in its own process with one thread everywhere
-(``pipeline.dask_cluster.THREAD_ENV``, OSMesa), warms its renderer on the first scan, then times
+(``pipeline.dask_cluster.THREAD_ENV``; OSMesa unless ``PYOPENGL_PLATFORM`` says egl), warms its renderer on the first scan, then times
 every scan; the two sides alternate for ``--rounds`` rounds and the fastest round of each stage
 counts (the machine may be shared: ratios of the same run are the figures to read).
 
@@ -96,7 +96,7 @@ def child(code: str, jobs_path: str, out: str, seed: int, clock: str) -> None:
     for root in dict.fromkeys(job["root"] for job in jobs):
         fmt, refs = discover(root)
         by_id = {ref.id: ref for ref in refs}
-        settings = RenderSettings(style="pointad", layout=fmt, seed=seed, backend="osmesa")
+        settings = RenderSettings(style="pointad", layout=fmt, seed=seed, backend=os.environ["PYOPENGL_PLATFORM"])
         ids = [job["id"] for job in jobs if job["root"] == root]
         cache = tempfile.mkdtemp(prefix="pad-profile-store-")
         store = RenderStore.create_or_open(cache, store_attrs(settings, fmt, root, False), ids,
