@@ -7,9 +7,10 @@ dataset's size) and 397×413 (non-square, not a multiple of 100), Eyecandies 512
 clouds of 9,000 and 14,000 points (interpolated up to 336²; ``--fps`` adds one of 130,000,
 reduced by farthest point sampling). Each side (this tree and ``--baseline``, checked out with
 ``git archive`` into a temporary directory) runs in its own process with one thread everywhere
-(``pipeline.dask_cluster.THREAD_ENV``; OSMesa unless ``PYOPENGL_PLATFORM`` says egl), warms its renderer on the first scan, then times
-every scan; the two sides alternate for ``--rounds`` rounds and the fastest round of each stage
-counts (the machine may be shared: ratios of the same run are the figures to read).
+(``pipeline.dask_cluster.THREAD_ENV``; OSMesa unless ``PYOPENGL_PLATFORM`` says egl), warms its
+renderer on the first scan, then times every scan; the two sides alternate for ``--rounds``
+rounds and the fastest round of each stage counts (the machine may be shared: ratios of the same
+run are the figures to read).
 
 Stages (seconds per sample): ``load`` (reading the files), ``prep`` (the official preprocessing:
 plane, padding, DBSCAN, resizing; Real3D-AD's resampling), ``normals``, ``raster`` (GL draws and
@@ -69,18 +70,14 @@ def child(code: str, jobs_path: str, out: str, seed: int, clock: str) -> None:
     """Time every job with the pipeline of ``code``; write ``out/times.json`` and one npz per sample.
     ``clock``: "cpu" (this process's CPU time, the renderer's threads included: steadier on a
     shared machine) or "wall"."""
-    sys.path.insert(0, code)
+    sys.path.insert(0, code)                    # the thread limits came with the environment (main)
     import types
 
+    import pipeline
     import pipeline.render.pointad as kernel_module
 
     now = time.process_time if clock == "cpu" else time.perf_counter
     kernel_module.time = types.SimpleNamespace(perf_counter=now)       # the kernel's stage timings too
-    from pipeline.dask_cluster import THREAD_ENV
-
-    os.environ.update(THREAD_ENV)
-    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-    import pipeline
     from data_cache.render_store import RenderStore
     from pipeline.ingest import discover
     from pipeline.ingest import pointad as ing
@@ -176,12 +173,18 @@ def main() -> None:
             tar = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], capture_output=True, check=True)
             subprocess.run(["tar", "-x", "-C", base], input=tar.stdout, check=True)
             sides["base"] = base
+        sys.path.insert(0, ROOT)
+        from pipeline.dask_cluster import THREAD_ENV      # one thread everywhere, set before any import
+
+        env = dict(os.environ, **THREAD_ENV)
+        env.setdefault("PYOPENGL_PLATFORM", "osmesa")
         best: dict[str, dict] = {s: {} for s in sides}
         for r in range(args.rounds):
             for side, code in sides.items():
                 out = os.path.join(work, f"{side}-{r}")
-                run = subprocess.run([sys.executable, os.path.abspath(__file__), "--seed", str(args.seed), "--clock", args.clock,
-                                      "--child", code, jobs_path, out], capture_output=True, text=True)
+                run = subprocess.run([sys.executable, os.path.abspath(__file__), "--seed", str(args.seed),
+                                      "--clock", args.clock,
+                                      "--child", code, jobs_path, out], capture_output=True, text=True, env=env)
                 if run.returncode:
                     raise SystemExit(f"{side} failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
                 for sid, t in json.load(open(os.path.join(out, "times.json"))).items():
@@ -201,7 +204,8 @@ def main() -> None:
                 line += f" {side} " + " ".join(f"{k} {np.mean([best[side][i][k] for i in ids]):.3f}" for k in STAGES)
                 line += ";"
             if "base" in sides:
-                ratio = np.mean([best["base"][i]["total"] for i in ids]) / np.mean([best["pad"][i]["total"] for i in ids])
+                ratio = (np.mean([best["base"][i]["total"] for i in ids])
+                         / np.mean([best["pad"][i]["total"] for i in ids]))
                 line += f" speedup {ratio:.2f}x"
             parts.append(line)
         load = os.getloadavg()[0]

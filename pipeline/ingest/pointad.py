@@ -202,7 +202,7 @@ def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tupl
     r = GRID_WINDOW
     for dr in range(0, r + 1):
         for dc in range(-r, r + 1):
-            if (dr, dc) <= (0, 0):           # each pair once: (−dr, −dc) is the same pair seen from the other end
+            if (dr, dc) <= (0, 0):           # each pair once: (−dr, −dc) is the same pair from the other end
                 continue
             r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
             # squared distance, summed as einsum("ijk,ijk->ij") sums the 3 terms, (dx² + dz²) + dy²
