@@ -243,7 +243,9 @@ class PointRenderer:
 
         size = float(point_size)
         if size not in self._programs:
-            vert, frag = point_shader_sources(size)
+            sources = point_shader_sources(size)
+            vert = sources["segmentation.vert"].replace("COLOR_0_LOC", "1")     # the colour is attribute 1
+            frag = sources["segmentation.frag"]
             GL.glBindVertexArray(self._vao)                     # core profile: validation needs a VAO
             program = shaders.compileProgram(shaders.compileShader(vert, GL.GL_VERTEX_SHADER),
                                              shaders.compileShader(frag, GL.GL_FRAGMENT_SHADER))

@@ -176,8 +176,7 @@ def shader_dir() -> str:
     return _write_dir("splats", SOURCES)
 
 
-def point_shader_sources(point_size: float) -> tuple[str, str]:
-    """(vertex, fragment) GLSL of the point shaders drawing points ``point_size`` window pixels
-    wide, the colour read from attribute 1 (its first component is the red channel drawn)."""
-    vert = _POINT_VERT.replace("POINT_SIZE", repr(float(point_size))).replace("COLOR_0_LOC", "1")
-    return vert, _POINT_FRAG
+def point_shader_sources(point_size: float) -> dict[str, str]:
+    """The point shaders drawing points ``point_size`` window pixels wide, file name -> source."""
+    text = _POINT_VERT.replace("POINT_SIZE", repr(float(point_size)))
+    return {"segmentation.vert": text, "segmentation.frag": _POINT_FRAG}
