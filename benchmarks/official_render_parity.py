@@ -25,7 +25,10 @@ number of points the official script rendered per sample, with these figures:
 - ``gt_iou``: the smallest 2D ground-truth IoU over views with an anomaly;
 - ``pad_s`` / ``official_s``: seconds per sample of pad's kernel (read + preprocessing + render,
   warm process, one core) and of the official script (get_mv_images; MVTec: plus its
-  preprocessing), and their ratio.
+  preprocessing), and their ratio;
+- per dataset, ``pad_cmd_s``: the whole ``pad render`` command (process and Dask start-up, one
+  worker, every sample of the dataset) against ``official_total_s``, the official seconds of the
+  same samples summed.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ sys.path.insert(0, HERE)
 PAD = os.path.join(ROOT, ".venv", "bin", "pad")
 
 
-def write_scans(data: str, seed: int, fps: bool, full_size: bool = False) -> list[dict]:
+def write_scans(data: str, seed: int, fps: bool, full_size: bool = False, n_mvtec: int = 4) -> list[dict]:
     """The scans of every layout under ``data``; one dict per sample for the driver and the
     comparison (layout, dataset root, pad sample id, input files, point size, and ``row``: the
     line of figures it counts in). ``full_size``: two more MVTec 3D-AD scans on an 800×800
@@ -58,6 +61,7 @@ def write_scans(data: str, seed: int, fps: bool, full_size: bool = False) -> lis
     jobs = []
     mvtec = os.path.join(data, "mvtec")
     mvtec_scans = [("cookie", True, None), ("cookie", False, None), ("dowel", True, None), ("dowel", True, None)]
+    mvtec_scans = [mvtec_scans[k % 4] for k in range(n_mvtec)]
     if full_size:
         mvtec_scans += [("cookie", True, (800, 800)), ("dowel", True, (800, 800))]
     for k, (cls, defect, size_px) in enumerate(mvtec_scans):
@@ -162,9 +166,16 @@ def write_fixture(jobs: list[dict], out: str, seed: int, command: str) -> None:
                  "renders `input/` with `--style pointad` and compares.\n")
 
 
-def run_official(jobs: list[dict], work: str, official: str, python: str) -> None:
+def run_official(jobs: list[dict], work: str, official: str, python: str, reuse: bool = False) -> None:
     """Copy the datasets (the MVTec preprocessing works in place), point the jobs at the copies and run
-    the driver."""
+    the driver; ``reuse``: take the official outputs an earlier run left in ``work`` (same seed and
+    options) instead."""
+    if reuse:
+        for n, job in enumerate(jobs):
+            job["official_out"] = os.path.join(work, "official-out", f"{n:03d}")
+            if not os.path.exists(os.path.join(job["official_out"], "timing.json")):
+                raise SystemExit(f"--reuse-official: no official outputs in {job['official_out']}")
+        return
     copies = {}
     for job in jobs:
         root = job["root"]
@@ -198,13 +209,16 @@ def run_pad(jobs: list[dict], work: str, seed: int) -> dict:
     from pipeline.render import RenderSettings, render_sample
 
     env = dict(os.environ, PYOPENGL_PLATFORM=os.environ.get("PYOPENGL_PLATFORM", "osmesa"))
-    caches = {}
+    shutil.rmtree(os.path.join(work, "pad-cache"), ignore_errors=True)     # a fresh store: every sample rendered
+    caches, command_s = {}, {}
     for root in sorted({job["root"] for job in jobs}):
         cache = os.path.join(work, "pad-cache", os.path.basename(root))
+        t = time.perf_counter()
         out = subprocess.run([PAD, "render", root, "--cache", cache, "--style", "pointad", "--seed", str(seed),
                               "--workers", "1"], capture_output=True, text=True, env=env)
         if out.returncode:
             raise SystemExit(f"pad render failed on {root}:\n{out.stdout}{out.stderr}")
+        command_s[root] = time.perf_counter() - t
         caches[root] = cache
     seconds = {}
     for root in caches:
@@ -218,7 +232,7 @@ def run_pad(jobs: list[dict], work: str, seed: int) -> dict:
             t = time.perf_counter()
             render_sample(load_pointad_sample(ref, seed), settings, [])
             seconds[job["id"]] = time.perf_counter() - t
-    return {"caches": caches, "seconds": seconds}
+    return {"caches": caches, "seconds": seconds, "command_s": command_s}
 
 
 def compare(job: dict, cache: str) -> dict:
@@ -267,6 +281,10 @@ def main() -> None:
                                                             "point sampling; minutes on the official side)")
     parser.add_argument("--full-size", action="store_true", help="add two MVTec 3D-AD scans on the dataset's "
                                                                   "800x800 grid, figures in a row of their own")
+    parser.add_argument("--mvtec", type=int, default=4, help="MVTec 3D-AD scans of 300-420 px a side (default 4; "
+                                                               "6 with --full-size makes a dataset of 8)")
+    parser.add_argument("--reuse-official", action="store_true",
+                        help="take the official outputs of an earlier run in --work (same seed and options)")
     parser.add_argument("--work", default=None, help="work directory (default: a temporary one, removed)")
     parser.add_argument("--write-fixture", default=None, metavar="DIR",
                         help="instead: render the small scans of the test fixture and write it to DIR "
@@ -283,8 +301,8 @@ def main() -> None:
             write_fixture(jobs, args.write_fixture, args.seed, command)
             print(f"official_render_parity: wrote the fixture to {args.write_fixture}")
             return
-        jobs = write_scans(os.path.join(work, "data"), args.seed, args.fps, args.full_size)
-        run_official(jobs, work, os.path.abspath(args.official), args.python)
+        jobs = write_scans(os.path.join(work, "data"), args.seed, args.fps, args.full_size, args.mvtec)
+        run_official(jobs, work, os.path.abspath(args.official), args.python, args.reuse_official)
         pad = run_pad(jobs, work, args.seed)
         parts = []
         for row in ("mvtec3d", "mvtec3d 800x800", "eyecandies", "real3d"):
@@ -304,7 +322,12 @@ def main() -> None:
                          f"off16 {100 * np.mean([r['off16'] for r in figs]):.3f}% "
                          f"gt_iou {min(ious) if ious else float('nan'):.4f} "
                          f"pad_s {pad_s:.2f} official_s {off_s:.2f} ({off_s / pad_s:.1f}x)")
-        print("official_render_parity: " + "; ".join(parts))
+        for root, cmd in pad["command_s"].items():           # whole commands: every sample of a dataset
+            figs = [compare(job, pad["caches"][root]) for job in jobs if job["root"] == root]
+            off_total = sum(r["official_s"] for r in figs)
+            parts.append(f"{os.path.basename(root)} command ({len(figs)} samples): pad_cmd_s {cmd:.2f} "
+                         f"official_total_s {off_total:.2f} ({off_total / cmd:.1f}x)")
+        print("official_render_parity: " + "; ".join(parts) + f"; load {os.getloadavg()[0]:.1f}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

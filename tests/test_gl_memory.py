@@ -33,7 +33,7 @@ grey = rng.integers(0, 255, 600).astype(np.uint8)
 
 def programs():
     return (len(splats._offscreen._renderer._program_cache._program_cache)
-            + sum(len(c._program_cache) for c in points._caches.values()))
+            + len(points._programs))
 
 def scan():
     splats.set_mesh(verts, normals, faces)

@@ -190,23 +190,35 @@ def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tupl
     owner = np.full(h * w, -1, np.int64)
     owner[grid_index] = np.arange(len(p))
     owner = owner.reshape(h, w)
-    grid = np.zeros((h, w, 3))
-    grid.reshape(-1, 3)[grid_index] = p
+    planes = []                                                  # x, y, z grids (h, w), contiguous
+    for axis in range(3):
+        plane = np.zeros(h * w)
+        plane[grid_index] = p[:, axis]
+        planes.append(plane.reshape(h, w))
+    x, y, z = planes
     valid = owner >= 0
     count = valid.astype(np.int64)
     pairs = []
     r = GRID_WINDOW
-    for dr in range(-r, r + 1):
+    for dr in range(0, r + 1):
         for dc in range(-r, r + 1):
-            if (dr, dc) == (0, 0):
+            if (dr, dc) <= (0, 0):           # each pair once: (−dr, −dc) is the same pair from the other end
                 continue
             r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
-            diff = grid[r0:r1, c0:c1] - grid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            close = (np.einsum("ijk,ijk->ij", diff, diff) < eps * eps) & valid[r0:r1, c0:c1] \
-                & valid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            count[r0:r1, c0:c1] += close
-            if (dr, dc) > (0, 0):                                # each pair once
-                pairs.append((owner[r0:r1, c0:c1][close], owner[r0 + dr:r1 + dr, c0 + dc:c1 + dc][close]))
+            # squared distance, summed as einsum("ijk,ijk->ij") sums the 3 terms, (dx² + dz²) + dy²
+            # (bit for bit on numpy's contiguous kernel; pinned by tests/test_pointad_speed.py)
+            d2 = x[r0:r1, c0:c1] - x[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            d2 *= d2
+            d = z[r0:r1, c0:c1] - z[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            d *= d
+            d2 += d
+            d = y[r0:r1, c0:c1] - y[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            d *= d
+            d2 += d
+            close = (d2 < eps * eps) & valid[r0:r1, c0:c1] & valid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            count[r0:r1, c0:c1] += close                         # counted at both ends
+            count[r0 + dr:r1 + dr, c0 + dc:c1 + dc] += close
+            pairs.append((owner[r0:r1, c0:c1][close], owner[r0 + dr:r1 + dr, c0 + dc:c1 + dc][close]))
     n_count = count.reshape(-1)[grid_index]
     core = n_count >= min_points
     unsure = np.flatnonzero(~core)

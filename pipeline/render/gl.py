@@ -233,87 +233,181 @@ class SplatRenderer:
 
 
 class PointRenderer:
-    """An offscreen renderer of ``width``×``height`` pixels that draws one point cloud as
-    OpenGL points (``--style pointad``): square points of a fixed size in window pixels, each in
-    its own grey level, projected by a given float32 model-view-projection matrix, with the depth
-    test of Open3D's legacy renderer (``GL_LESS``: of points on one pixel, the nearest wins, the
-    first drawn on equal depth). Multisampling is off on every platform (pyrender's
-    segmentation pass, with pad's point shaders), so each pixel shows exactly one point or the
-    background. That pass clears to black; over a white background a point's grey ``g`` is
-    drawn as ``255 − g`` and the red channel read back inverted, so that uncovered pixels come out
-    white without a coverage mask. Reused across samples via :func:`get_point_renderer`."""
+    """An offscreen renderer that draws one point cloud as OpenGL points (``--style pointad``):
+    square points of a fixed size in window pixels, each in its own grey level, projected by a
+    given float32 model-view-projection matrix, with the depth test of Open3D's legacy renderer
+    (``GL_LESS``: of points on one pixel, the nearest wins, the first drawn on equal depth), in a
+    window of at most ``width``×``height`` pixels (each draw names its own, from the bottom-left
+    corner). Nothing is multisampled, so each pixel shows exactly one point or the background.
+    Draws clear to black; over a white background a point's grey ``g`` is drawn as ``255 − g`` and
+    the red channel read back inverted, so that uncovered pixels come out white.
+
+    One context (pyrender's platform: OSMesa or EGL), one vertex array, one position buffer and
+    one colour buffer per slot, one compiled program per point size, reused across draws and
+    samples: a view's positions are uploaded once (:meth:`set_positions`) and drawn with any slot's
+    colours (:meth:`set_levels`), changing only the matrix and the window. Under OSMesa the image
+    is read from the context's own buffer; under EGL from a single-sampled framebuffer object.
+    Reused across samples via :func:`get_point_renderer`."""
 
     def __init__(self, width: int, height: int):
         import pyrender
+        from OpenGL import GL
 
-        self._pyrender = pyrender
         self.width, self.height = int(width), int(height)
         self._offscreen = pyrender.OffscreenRenderer(self.width, self.height)
-        self._caches: dict[float, object] = {}
-        self.scene = pyrender.Scene(bg_color=(0.0, 0.0, 0.0, 1.0))
-        self._camera = _MatrixCamera(np.eye(4), Z_NEAR, Z_FAR, pyrender.Camera)
-        self.scene.add(self._camera, pose=np.eye(4))        # V = identity: P carries the whole MVP
+        self._platform = self._offscreen._platform
+        self._programs: dict[float, tuple[int, int]] = {}       # point size -> (program, location of P)
+        self._slots: dict[int, tuple[int, int]] = {}            # slot -> (buffer, background)
+        self._n = 0
+        self._platform.make_current()
+        try:
+            self._vao = GL.glGenVertexArrays(1)
+            self._positions = GL.glGenBuffers(1)
+            self._fbo, self._renderbuffers = 0, []
+            if self._platform.supports_framebuffers():
+                self._renderbuffers = list(GL.glGenRenderbuffers(2))
+                for rb, fmt in zip(self._renderbuffers, (GL.GL_RGBA8, GL.GL_DEPTH_COMPONENT24)):
+                    GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, rb)
+                    GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, fmt, self.width, self.height)
+                self._fbo = GL.glGenFramebuffers(1)
+                GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._fbo)
+                GL.glFramebufferRenderbuffer(GL.GL_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_RENDERBUFFER,
+                                             self._renderbuffers[0])
+                GL.glFramebufferRenderbuffer(GL.GL_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER,
+                                             self._renderbuffers[1])
+        finally:
+            self._platform.make_uncurrent()
 
-    def _use_point_size(self, point_size: float) -> None:
+    def _program(self, point_size: float) -> tuple[int, int]:
+        """(program, location of ``P``) drawing points ``point_size`` pixels wide (context current)."""
+        from OpenGL import GL
+        from OpenGL.GL import shaders
+
         from pipeline.render.shaders import point_shader_sources
 
         size = float(point_size)
-        cache = self._caches.get(size)
-        if cache is None:
-            cache = self._caches[size] = program_cache(point_shader_sources(size))
-        self._offscreen._renderer._program_cache = cache
+        if size not in self._programs:
+            sources = point_shader_sources(size)
+            vert = sources["segmentation.vert"].replace("COLOR_0_LOC", "1")     # the colour is attribute 1
+            frag = sources["segmentation.frag"]
+            GL.glBindVertexArray(self._vao)                     # core profile: validation needs a VAO
+            program = shaders.compileProgram(shaders.compileShader(vert, GL.GL_VERTEX_SHADER),
+                                             shaders.compileShader(frag, GL.GL_FRAGMENT_SHADER))
+            self._programs[size] = (program, GL.glGetUniformLocation(program, "P"))
+        return self._programs[size]
+
+    def set_positions(self, points: np.ndarray) -> None:
+        """Upload (N, 3) ``points`` (float32 on the GPU, as Open3D uploads them) for the next draws."""
+        from OpenGL import GL
+
+        p = np.ascontiguousarray(points, dtype=np.float32)
+        self._platform.make_current()
+        try:
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self._positions)
+            GL.glBufferData(GL.GL_ARRAY_BUFFER, p.nbytes, p, GL.GL_STREAM_DRAW)
+        finally:
+            self._platform.make_uncurrent()
+        self._n = len(p)
+
+    def set_levels(self, slot: int, grey: np.ndarray, background: int) -> None:
+        """Colours of ``slot``: (N,) uint8 ``grey`` levels of the points over a black
+        (``background`` 0) or white (255) background."""
+        from OpenGL import GL
+
+        if background not in (0, 255):
+            raise ValueError(f"background must be 0 or 255, not {background}")
+        level = np.asarray(grey, dtype=np.uint8)
+        value = np.ascontiguousarray((255 - level if background == 255 else level).astype(np.float32)
+                                     / np.float32(255.0))
+        self._platform.make_current()
+        try:
+            buffer = self._slots[slot][0] if slot in self._slots else GL.glGenBuffers(1)
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, buffer)
+            GL.glBufferData(GL.GL_ARRAY_BUFFER, value.nbytes, value, GL.GL_STREAM_DRAW)
+        finally:
+            self._platform.make_uncurrent()
+        self._slots[slot] = (buffer, background)
+
+    def draw(self, slot: int, mvp: np.ndarray, point_size: float, width: int, height: int) -> np.ndarray:
+        """Draw the uploaded points in the colours of ``slot`` through the (4, 4) float32 ``mvp``,
+        each ``point_size`` pixels wide, in a ``width``×``height`` window (at most the renderer's
+        size). Returns the (height, width) uint8 image, row 0 at the top."""
+        from OpenGL import GL
+
+        w, h = int(width), int(height)
+        if w > self.width or h > self.height:
+            raise ValueError(f"a {w}x{h} window does not fit this {self.width}x{self.height} renderer")
+        buffer, background = self._slots[slot]
+        self._platform.make_current()
+        try:
+            program, loc = self._program(point_size)
+            GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._fbo)
+            GL.glViewport(0, 0, w, h)
+            GL.glEnable(GL.GL_DEPTH_TEST)
+            GL.glDepthMask(GL.GL_TRUE)
+            GL.glDepthFunc(GL.GL_LESS)
+            GL.glDepthRange(0.0, 1.0)
+            GL.glDisable(GL.GL_MULTISAMPLE)
+            GL.glDisable(GL.GL_BLEND)
+            GL.glEnable(GL.GL_PROGRAM_POINT_SIZE)
+            GL.glClearColor(0.0, 0.0, 0.0, 1.0)
+            GL.glClear(GL.GL_COLOR_BUFFER_BIT | GL.GL_DEPTH_BUFFER_BIT)
+            GL.glUseProgram(program)
+            GL.glUniformMatrix4fv(loc, 1, GL.GL_TRUE, np.ascontiguousarray(mvp, dtype=np.float32))
+            GL.glBindVertexArray(self._vao)
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self._positions)
+            GL.glVertexAttribPointer(0, 3, GL.GL_FLOAT, GL.GL_FALSE, 0, None)
+            GL.glEnableVertexAttribArray(0)
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, buffer)
+            GL.glVertexAttribPointer(1, 1, GL.GL_FLOAT, GL.GL_FALSE, 0, None)
+            GL.glEnableVertexAttribArray(1)
+            GL.glDrawArrays(GL.GL_POINTS, 0, self._n)
+            GL.glBindVertexArray(0)
+            GL.glUseProgram(0)
+            red = self._read(w, h)
+        finally:
+            self._platform.make_uncurrent()
+        return 255 - red if background == 255 else red
+
+    def _read(self, w: int, h: int) -> np.ndarray:
+        """The red channel of the lower-left ``w``×``h`` pixels, (h, w) uint8, row 0 at the top.
+        OSMesa renders into the context's own buffer (rows bottom-up), complete after ``glFinish``:
+        read there, without ``glReadPixels``."""
+        from OpenGL import GL
+
+        if not self._fbo:
+            GL.glFinish()
+            return np.array(np.asarray(self._platform._buffer)[:h][::-1, :w, 0])
+        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self._fbo)
+        GL.glReadBuffer(GL.GL_COLOR_ATTACHMENT0)
+        GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
+        red = np.empty((h, w), dtype=np.uint8)
+        GL.glReadPixels(0, 0, w, h, GL.GL_RED, GL.GL_UNSIGNED_BYTE, red)
+        return red[::-1].copy()
 
     def render(self, points: np.ndarray, grey: np.ndarray, mvp: np.ndarray, point_size: float,
                background: int) -> np.ndarray:
-        """Draw (N, 3) ``points`` (float32 on the GPU, as Open3D uploads them) in (N,) uint8
-        ``grey`` levels through the (4, 4) float32 ``mvp``, each ``point_size`` pixels wide, over
-        a black (``background`` 0) or white (255) background. Returns the (height, width) uint8
-        image, row 0 at the top."""
-        if background not in (0, 255):
-            raise ValueError(f"background must be 0 or 255, not {background}")
-        pr = self._pyrender
-        invert = background == 255
-        self._use_point_size(point_size)
-        level = np.asarray(grey, dtype=np.uint8)
-        color = np.empty((len(level), 4), dtype=np.float32)
-        color[:, 0] = (255 - level if invert else level).astype(np.float32) / np.float32(255.0)
-        color[:, 1:] = 1.0
-        prim = pr.Primitive(positions=np.ascontiguousarray(points, dtype=np.float32), color_0=color,
-                            mode=pr.constants.GLTF.POINTS)
-        node = self.scene.add(pr.Mesh(primitives=[prim]))
-        try:
-            self._camera.matrix = np.asarray(mvp, dtype=np.float32).astype(np.float64)
-            red = self._draw({node: (0, 0, 0)})
-        finally:
-            self.scene.remove_node(node)
-        return 255 - red if invert else red
-
-    def _draw(self, seg_node_map: dict) -> np.ndarray:
-        """pyrender's segmentation pass; returns the red channel, (height, width) uint8, row 0 at
-        the top. Where the platform has no framebuffer objects (OSMesa) only that channel is read,
-        into an array: ``OffscreenRenderer.render`` would also read back and linearize the depth
-        buffer and copy the whole colour buffer through bytes, which took two thirds of a 1024²
-        render."""
-        off, flags = self._offscreen, self._pyrender.RenderFlags.SEG
-        if off._platform.supports_framebuffers():
-            return np.ascontiguousarray(off.render(self.scene, flags=flags, seg_node_map=seg_node_map)[0][..., 0])
-        from OpenGL import GL
-
-        off._platform.make_current()
-        try:
-            renderer = off._renderer
-            renderer.viewport_width, renderer.viewport_height = self.width, self.height
-            renderer.render(self.scene, flags, seg_node_map)
-            GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
-            GL.glReadBuffer(GL.GL_FRONT)
-            GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
-            red = np.empty((self.height, self.width), dtype=np.uint8)
-            GL.glReadPixels(0, 0, self.width, self.height, GL.GL_RED, GL.GL_UNSIGNED_BYTE, red)
-            return red[::-1]
-        finally:
-            off._platform.make_uncurrent()
+        """One draw in the whole window: (N, 3) ``points`` in (N,) uint8 ``grey`` levels over a
+        black (0) or white (255) ``background`` (slot 0). Returns the (height, width) uint8 image."""
+        self.set_positions(points)
+        self.set_levels(0, grey, background)
+        return self.draw(0, mvp, point_size, self.width, self.height)
 
     def delete(self) -> None:
+        from OpenGL import GL
+
+        self._platform.make_current()
+        try:
+            for program, _ in self._programs.values():
+                GL.glDeleteProgram(program)
+            GL.glDeleteBuffers(1 + len(self._slots), [self._positions] + [b for b, _ in self._slots.values()])
+            GL.glDeleteVertexArrays(1, [self._vao])
+            if self._fbo:
+                GL.glDeleteFramebuffers(1, [self._fbo])
+                GL.glDeleteRenderbuffers(len(self._renderbuffers), self._renderbuffers)
+        finally:
+            self._platform.make_uncurrent()
+        self._programs, self._slots = {}, {}
         self._offscreen.delete()
 
 

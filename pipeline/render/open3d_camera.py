@@ -113,10 +113,12 @@ def bounding_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p.min(axis=0), p.max(axis=0)
 
 
-def legacy_camera(points: np.ndarray, width: int, height: int) -> LegacyCamera:
+def legacy_camera(points: np.ndarray, width: int, height: int,
+                  box: tuple[np.ndarray, np.ndarray] | None = None) -> LegacyCamera:
     """The view Open3D's legacy Visualizer sets up after ``add_geometry`` of (N, 3) ``points``
-    in a ``width`` × ``height`` window (``ViewControl.Reset`` after fitting the bounding box)."""
-    lo, hi = bounding_box(points)
+    in a ``width`` × ``height`` window (``ViewControl.Reset`` after fitting the bounding box);
+    ``box``: the points' :func:`bounding_box`, when already known."""
+    lo, hi = bounding_box(points) if box is None else box
     center = (lo + hi) / 2.0
     max_extent = float((hi - lo).max())
     front = np.array([0.0, 0.0, 1.0])

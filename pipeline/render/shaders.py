@@ -18,13 +18,13 @@ per-fragment lighting, at the fragment cost of a flat colour: llvmpipe spends
 most of a view on fragments).
 Flat (``flat.*``): the per-vertex colour as is (index-map tests, label images).
 
-Points (``--style pointad``, :func:`point_shader_sources`): OpenGL points of a fixed size in window
-pixels (``gl_PointSize``), each drawn in its vertex colour, at ``P · position`` where ``P`` is
-the whole float32 model-view-projection matrix of Open3D's legacy camera (pyrender's ``V`` and
-``M`` are the identity then). The colours are computed on the CPU (Open3D's Phong lighting,
-:mod:`pipeline.render.open3d_shading`) as exact multiples of 1/255. pyrender takes the files
-``segmentation.vert``/``segmentation.frag`` for ``RenderFlags.SEG``, the one mode in which it
-turns multisampling off, so a point covers whole pixels as in Open3D's single-sampled buffer.
+Points (``--style pointad``, :func:`point_shader_sources`): OpenGL points of a fixed size in
+window pixels (``gl_PointSize``), each drawn in its vertex colour, at ``P · position`` where ``P``
+is the whole float32 model-view-projection matrix of Open3D's legacy camera. The colours are
+computed on the CPU (Open3D's Phong lighting, :mod:`pipeline.render.open3d_shading`) as exact
+multiples of 1/255. :class:`pipeline.render.gl.PointRenderer` compiles them itself (not through
+pyrender) and draws without multisampling, so a point covers whole pixels as in Open3D's
+single-sampled buffer.
 """
 from __future__ import annotations
 

@@ -1,0 +1,148 @@
+"""The shortcuts of ``--style pointad``'s kernel give exactly what the plain computations give:
+one point renderer drawing windows of several sizes, the DBSCAN distances on planar grids, the
+visibility rule without sorting. (``benchmarks/pointad_profile.py`` compares every output of
+whole samples with the previous commit's, bit for bit.)"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.ingest import pointad as prep
+from pipeline.render.pointad import OUTPUT_SIZE, visible_by_depth_rule
+
+
+def _orthographic_mvp(width: int, height: int) -> np.ndarray:
+    """Pixel coordinates (x right, y up, z in [0, 1)) → clip space of a ``width``×``height`` window."""
+    m = np.eye(4, dtype=np.float32)
+    m[0, 0], m[0, 3] = 2.0 / width, -1.0
+    m[1, 1], m[1, 3] = 2.0 / height, -1.0
+    m[2, 2], m[2, 3] = -2.0, 1.0
+    return m
+
+
+@pytest.fixture(scope="module")
+def renderers():
+    from pipeline.render.gl import PointRenderer, configure_platform
+
+    if configure_platform("auto") != "osmesa" and os.environ.get("PYOPENGL_PLATFORM") != "egl":
+        pytest.skip("no offscreen OpenGL platform")
+    big, small = PointRenderer(80, 72), PointRenderer(61, 47)
+    yield big, small
+    big.delete()
+    small.delete()
+
+
+def test_a_window_drawn_in_a_larger_renderer_is_the_window_of_its_own_size(renderers):
+    big, small = renderers
+    rng = np.random.default_rng(3)
+    n = 400
+    pts = np.column_stack([rng.uniform(-5, 66, n), rng.uniform(-5, 52, n),
+                           rng.choice([0.2, 0.4, 0.6], n)]).astype(np.float32)     # equal depths: order decides
+    grey = rng.integers(0, 256, n).astype(np.uint8)
+    mvp = _orthographic_mvp(61, 47)
+    for size, background in ((5.0, 255), (2.0, 0), (7.0, 255)):
+        expected = small.render(pts, grey, mvp, size, background)
+        big.set_positions(pts)
+        big.set_levels(3, grey, background)
+        got = big.draw(3, mvp, size, 61, 47)
+        assert got.shape == (47, 61)
+        np.testing.assert_array_equal(got, expected)
+        assert (expected != background).any() and (expected == background).any()
+
+
+def test_slots_keep_their_levels_and_backgrounds_across_uploads(renderers):
+    big, _ = renderers
+    pts = np.array([[10.5, 10.5, 0.5], [40.5, 30.5, 0.5]], dtype=np.float32)
+    mvp = _orthographic_mvp(80, 72)
+    big.set_positions(pts)
+    big.set_levels(0, np.array([30, 60], np.uint8), 255)
+    big.set_levels(1, np.array([255, 0], np.uint8), 0)
+    big.set_positions(pts + np.float32([5, 0, 0]))              # a new view: positions only
+    image, gt = big.draw(0, mvp, 3, 80, 72), big.draw(1, mvp, 3, 80, 72)
+    # row 0 at the top: window y = 10.5 is row 72 - 1 - 10 = 61
+    assert image[61, 15] == 30 and image[41, 45] == 60 and image[0, 0] == 255
+    assert gt[61, 15] == 255 and gt[41, 45] == 0 and gt[0, 0] == 0
+    assert (image != 255).sum() == 18 and (gt != 0).sum() == 9
+    with pytest.raises(ValueError):
+        big.draw(0, mvp, 3, 81, 72)
+
+
+def _links_with_einsum(p, grid_index, shape, eps):
+    """Neighbour counts (M,) and close pairs of the grid window, with squared distances as
+    ``einsum`` sums them over an interleaved (h, w, 3) grid (the rule before the planar grids)."""
+    h, w = shape
+    grid = np.zeros((h, w, 3))
+    grid.reshape(-1, 3)[grid_index] = p
+    owner = np.full(h * w, -1)
+    owner[grid_index] = np.arange(len(p))
+    owner = owner.reshape(h, w)
+    valid = owner >= 0
+    count = valid.astype(np.int64)
+    rows, cols = [], []
+    r = prep.GRID_WINDOW
+    for dr in range(-r, r + 1):
+        for dc in range(-r, r + 1):
+            if (dr, dc) == (0, 0):
+                continue
+            r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
+            diff = grid[r0:r1, c0:c1] - grid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            close = (np.einsum("ijk,ijk->ij", diff, diff) < eps * eps) & valid[r0:r1, c0:c1] \
+                & valid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            count[r0:r1, c0:c1] += close
+            if (dr, dc) > (0, 0):
+                rows.append(owner[r0:r1, c0:c1][close])
+                cols.append(owner[r0 + dr:r1 + dr, c0 + dc:c1 + dc][close])
+    return count.reshape(-1)[grid_index], np.concatenate(rows), np.concatenate(cols)
+
+
+def test_grid_dbscan_counts_and_links_equal_the_interleaved_einsum_rule():
+    # coordinates on a lattice whose spacing puts many squared distances within an ulp of eps²:
+    # a different rounding of the three terms would move some of them across
+    rng = np.random.default_rng(0)
+    h, w = 60, 70
+    rows, cols = np.mgrid[0:h, 0:w]
+    step = 0.006 / np.sqrt(10.0)                  # offsets (±3, ±1), (±1, ±3) lie at eps, give or take an ulp
+    xyz = np.stack([cols * step, rows * step, 0.4 + 1e-7 * np.sin(cols / 3.0) * np.cos(rows / 5.0)], -1)
+    xyz = (xyz + rng.normal(0, 1e-12, xyz.shape)).reshape(-1, 3)
+    keep = np.flatnonzero(rng.random(h * w) > 0.05)
+    eps = 0.006
+    core, a, b = prep._core_and_links_grid(xyz[keep], keep, (h, w), eps, 30)
+    count, ra, rb = _links_with_einsum(xyz[keep], keep, (h, w), eps)
+    sure = count >= 30
+    assert (core[sure]).all() and sure.any() and (~sure).any()
+    both = core[ra] & core[rb]
+    np.testing.assert_array_equal(a, ra[both])
+    np.testing.assert_array_equal(b, rb[both])
+
+
+def test_einsum_sums_three_squares_as_the_grid_rule_assumes():
+    # the grid DBSCAN sums (dx² + dz²) + dy², the order numpy's einsum uses for a contraction
+    # over 3 contiguous terms; if a numpy release changes it, this fails (and so would bit-equality)
+    rng = np.random.default_rng(1)
+    d = rng.random((200000, 3)) * 0.01
+    x, y, z = d[:, 0], d[:, 1], d[:, 2]
+    np.testing.assert_array_equal(np.einsum("ij,ij->i", d, d), (x * x + z * z) + y * y)
+
+
+def _visible_by_sorting(pixel_xy, z):
+    """The rule by sorting: pixel, then z descending, then point order (the scripts' loop)."""
+    n = len(z)
+    key = pixel_xy[:, 1] * OUTPUT_SIZE + pixel_xy[:, 0]
+    order = np.lexsort((np.arange(n), -np.asarray(z, dtype=np.float64), key))
+    first = np.ones(n, dtype=bool)
+    first[1:] = key[order[1:]] != key[order[:-1]]
+    visible = np.zeros(n, dtype=bool)
+    visible[order[first]] = True
+    return visible
+
+
+@pytest.mark.parametrize("n", [1, 7, 5000])
+def test_visibility_without_sorting_equals_the_sorted_rule(n):
+    rng = np.random.default_rng(n)
+    xy = rng.integers(0, 40, (n, 2))                          # crowded pixels
+    z = np.round(rng.normal(size=n), 1)                      # many equal depths
+    z[::5] = -0.0
+    z[1::5] = 0.0
+    np.testing.assert_array_equal(visible_by_depth_rule(xy, z), _visible_by_sorting(xy, z))
