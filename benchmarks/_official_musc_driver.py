@@ -22,6 +22,9 @@ order ``models/muscv2.py`` calls them. Two things differ from a GPU run of ``mus
   Everything runs on the CPU in float32, so autocast is a no-op; the float16 casts of SNAMD and MSM
   are the official ones.
 
+With ``train`` set in the job, the Point-MAE tokens are also computed as the official driver does
+(train mode, seeded global RNG, scans in order), with every DropPath decision recorded.
+
 The job (npz) holds ``scans`` (N, 224, 224, 3) float32, ``fps_<i>`` (M,) int64 per scan, ``seed``,
 ``images`` (B, 3, 224, 224) float32 (may be empty) and optional small-input arrays (``tok2d`` for
 SNAMD-2D, ``z2d`` for the cross-modal scoring); the output (npz) holds every stage (see ``main``).
@@ -109,6 +112,37 @@ def dino(work: str, seed: int):
     return model.eval(), spec, path
 
 
+def train_mode_tokens(model, job: dict, xyz_list: list, n: int, seed: int, out: dict) -> None:
+    """The official inference as muscv2.py runs it (train mode: BatchNorm batch statistics, DropPath
+    drawn from the global RNG after ``setup_seed``, scans in order); each DropPath decision is
+    recorded (a dropped branch is exactly zero) so that pad can replay it: ``keep_<i>`` (depth, 2)
+    bool, attention then MLP (block 0 has rate 0: always kept), ``tokens_train_<i>`` the tokens."""
+    calls: list[tuple[int, bool]] = []
+    hooks = []
+    for b, block in enumerate(model.blocks.blocks):
+        if isinstance(block.drop_path, torch.nn.Identity):
+            continue
+        hooks.append(block.drop_path.register_forward_hook(
+            lambda mod, inp, res, b=b: calls.append((b, not bool((res == 0).all())))))
+    model.train()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for i in range(n):
+            calls.clear()
+            _FPS["next"] = torch.from_numpy(job[f"fps_{i}"]).view(1, -1)
+            point_tokens = model(xyz_list[i])[0]
+            keep = np.ones((len(model.blocks.blocks), 2), dtype=bool)
+            seen: dict[int, int] = {}
+            for b, kept in calls:
+                keep[b, seen.get(b, 0)] = kept
+                seen[b] = seen.get(b, 0) + 1
+            out[f"keep_{i}"] = keep
+            out[f"tokens_train_{i}"] = torch.stack([t[0] for t in point_tokens]).numpy()
+    for h in hooks:
+        h.remove()
+    model.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--official", required=True)
@@ -164,6 +198,8 @@ def main() -> None:
             xyz_list.append(xyz)
             centre_pix.append(fg[center_idx.squeeze().long()].unsqueeze(0))
     timing["point_mae_s"] = time.perf_counter() - t0
+    if int(job.get("train", 0)):
+        train_mode_tokens(model, job, xyz_list, n, seed, out)
 
     # --- SNAMD (3D): normalized tokens -> (1, M, layers, C) float16
     snamd = SNAMD(device="cpu", r_list=[1, 3, 5])

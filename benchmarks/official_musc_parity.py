@@ -23,7 +23,10 @@ with the kernel's rules written out in ``reference_fps``); random weights writte
 from the seed as a Point-MAE pre-training checkpoint (``{'base_model': {'module.MAE_encoder.*'}}``)
 and a DINO ViT-B/8 file (plain state dict), loaded by the official loaders and by pad's
 (``load_point_mae``, ``load_dino``); ``--images`` random RGB images for DINO. Both sides run in
-eval mode (the official driver runs train mode; the note in docs/fidelity.md).
+eval mode (pad's default; the official driver runs train mode, see docs/fidelity.md); the
+``tokens_train`` line then checks the official train mode too: the driver runs Point-MAE as
+``muscv2.py`` does (BatchNorm batch statistics, DropPath drawn from the seeded global RNG, scans in
+order) and records each DropPath decision, which pad's train mode replays (``keep=``).
 
 Each stage is fed the OFFICIAL output of the stage before (so a difference is pinned to one
 stage); then ``chain`` lines run pad end to end from the scans (pad's grouping, tokens, SNAMD,
@@ -60,6 +63,7 @@ from _musc_parity_common import network_points, random_images, random_weights, r
 TOL = 1e-4
 DEFECTIVE = (5,)
 FIXTURE_TOKENS = (0, 1, 5)      # scans whose Point-MAE tokens the fixture keeps (float32 is large)
+FIXTURE_TRAIN_TOKENS = (0, 5)   # scans whose train-mode tokens (and DropPath decisions) it keeps
 FIXTURE_DINO_ROWS = 48          # patch tokens of the image the fixture keeps, per layer
 
 
@@ -76,6 +80,7 @@ def make_job(n_scans: int, n_groups: int, seed: int, n_images: int, small_2d: bo
             job[f"fps_{i}"] = farthest_point_sample(torch.from_numpy(pts), n_groups).numpy().astype(np.int64)
         else:
             job[f"fps_{i}"] = reference_fps(pts, n_groups)
+    job["train"] = np.int64(1)
     job["images"] = random_images(n_images, seed).numpy() if n_images else np.zeros((0,), np.float32)
     g = torch.Generator().manual_seed(seed + 3)
     if small_2d:
@@ -207,6 +212,31 @@ def stage_tokens(rec: dict, ctx: dict) -> tuple[float, float, str]:
     return worst, TOL, f"{n} scans, max|token| {max(np.abs(rec[f'tokens_{i}']).max() for i in scan_ids(rec) if f'tokens_{i}' in rec):.2f}"
 
 
+def stage_tokens_train(rec: dict, ctx: dict) -> tuple[float, float, str]:
+    """Point-MAE tokens in the official train mode (BatchNorm batch statistics, DropPath), pad
+    replaying the official run's recorded DropPath decisions."""
+    from data_cache.backbones_pointmae import load_point_mae, set_point_mae_mode
+    if "point_mae_train" not in ctx:
+        ctx["point_mae_train"] = set_point_mae_mode(load_point_mae(ctx["pointmae_ckpt"]), "train")
+    model = ctx["point_mae_train"]
+    worst, n, dropped = 0.0, 0, 0
+    for i in scan_ids(rec):
+        if f"tokens_train_{i}" not in rec:
+            continue
+        pts = torch.from_numpy(rec[f"xyz_{i}"])
+        centres = torch.from_numpy(rec[f"centers_{i}"])
+        hood = pts[torch.from_numpy(rec[f"groups_{i}"]).long()] - centres[:, None, :]
+        keep = torch.from_numpy(rec[f"keep_{i}"].astype(bool))
+        with torch.no_grad():
+            toks = model(hood[None], centres[None], keep=keep[None])
+        worst = max(worst, _maxdiff(torch.stack([t[0] for t in toks]).numpy(), rec[f"tokens_train_{i}"]))
+        dropped += int((~keep).sum())
+        n += 1
+    if n == 0:
+        raise KeyError("tokens_train")
+    return worst, TOL, f"{n} scans, {dropped} branches dropped by the official run, replayed"
+
+
 def stage_snamd3d(rec: dict, ctx: dict) -> tuple[float, float, str]:
     """SNAMD-3D of the official tokens (L2-normalized as muscv2.py) vs the official float16 features."""
     from scoring.mutual.snamd import snamd_3d
@@ -327,7 +357,7 @@ def stage_msm2d3d(rec: dict, ctx: dict) -> tuple[float, float, str]:
 
 STAGES = {
     "input": stage_input, "fps": stage_fps, "groups": stage_groups, "curvature": stage_curvature,
-    "tokens": stage_tokens, "snamd3d": stage_snamd3d, "msm": stage_msm, "salient": stage_salient,
+    "tokens": stage_tokens, "tokens_train": stage_tokens_train, "snamd3d": stage_snamd3d, "msm": stage_msm, "salient": stage_salient,
     "pointmap": stage_pointmap, "map3d": stage_map3d, "rscon": stage_rscon, "snamd2d": stage_snamd2d,
     "dino": stage_dino, "msm2d3d": stage_msm2d3d,
 }
@@ -414,6 +444,9 @@ def write_fixture(rec: dict, out_dir: str, args: argparse.Namespace) -> None:
         keep[f"groups_{i}"] = rec[f"groups_{i}"].astype(np.int16 if len(fg) < 32768 else np.int32)
         if i in FIXTURE_TOKENS:
             keep[f"tokens_{i}"] = rec[f"tokens_{i}"]
+        if i in FIXTURE_TRAIN_TOKENS and f"tokens_train_{i}" in rec:
+            keep[f"tokens_train_{i}"] = rec[f"tokens_train_{i}"]
+            keep[f"keep_{i}"] = rec[f"keep_{i}"]
     rows = np.random.default_rng(args.seed).choice(784, FIXTURE_DINO_ROWS, replace=False) + 1
     keep["dino_rows"] = (rows - 1).astype(np.int32)                        # rows of the patch tokens (no class token)
     keep["dino"] = rec["dino"][:, :, rows]
@@ -481,7 +514,9 @@ index on the 224 grid), `xyz_i` the network input after the official reader's no
 `center_idx_i` the FPS centres ({m} per scan; given to the official code in place of the CUDA
 kernel: the kernel's rules written out in `reference_fps`, unique on these tie-free scans),
 `groups_i`/`curvature_i`/`centers_i` (IPG), `tokens_i` Point-MAE blocks 3/7/11 in eval mode (scans
-{tok} only, float32), `snamd3d` (layers, N, M, 384) float16, `msm3d` per-layer leave-one-out MSM
+{tok} only, float32), `tokens_train_i`/`keep_i` the same in the official train mode (BatchNorm batch
+statistics, DropPath from the seeded global RNG, scans in order, as `muscv2.py` runs; scans {train} only)
+with the DropPath decisions of that run (depth x (attention, MLP), True = kept), `snamd3d` (layers, N, M, 384) float16, `msm3d` per-layer leave-one-out MSM
 scores, `amap3d` their mean, `salient3d`, `pointmap_i` (3-NN interpolation), the blurred maps as
 `map3d_u8` x `map3d_max` (exact: KNNGaussianBlur's output is a uint8 image times the max),
 `score3d`/`rscon3d` object scores before/after RsCon; `tok2d` (random tokens) -> `snamd2d`;
@@ -522,6 +557,7 @@ def main() -> int:
         with open(os.path.join(args.write_fixture, "README.md"), "w") as f:
             f.write(FIXTURE_README.format(commit=args.official_commit, seed=args.seed, n=args.scans, m=args.groups,
                                           tok=", ".join(map(str, FIXTURE_TOKENS)),
+                                          train=", ".join(map(str, FIXTURE_TRAIN_TOKENS)),
                                           command="python benchmarks/official_musc_parity.py --official MuSc-V2 "
                                                   "--python /work/scratch/musc-venv/bin/python "
                                                   f"--seed {args.seed} --write-fixture tests/fixtures/musc"))
