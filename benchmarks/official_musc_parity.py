@@ -215,23 +215,24 @@ def stage_tokens(rec: dict, ctx: dict) -> tuple[float, float, str]:
 def stage_tokens_train(rec: dict, ctx: dict) -> tuple[float, float, str]:
     """Point-MAE tokens in the official train mode (BatchNorm batch statistics, DropPath), pad
     replaying the official run's recorded DropPath decisions."""
-    from data_cache.backbones_pointmae import load_point_mae, set_point_mae_mode
-    if "point_mae_train" not in ctx:
-        ctx["point_mae_train"] = set_point_mae_mode(load_point_mae(ctx["pointmae_ckpt"]), "train")
-    model = ctx["point_mae_train"]
+    from data_cache.backbones_pointmae import set_point_mae_mode
+    model = set_point_mae_mode(_point_mae(ctx), "train")
     worst, n, dropped = 0.0, 0, 0
-    for i in scan_ids(rec):
-        if f"tokens_train_{i}" not in rec:
-            continue
-        pts = torch.from_numpy(rec[f"xyz_{i}"])
-        centres = torch.from_numpy(rec[f"centers_{i}"])
-        hood = pts[torch.from_numpy(rec[f"groups_{i}"]).long()] - centres[:, None, :]
-        keep = torch.from_numpy(rec[f"keep_{i}"].astype(bool))
-        with torch.no_grad():
-            toks = model(hood[None], centres[None], keep=keep[None])
-        worst = max(worst, _maxdiff(torch.stack([t[0] for t in toks]).numpy(), rec[f"tokens_train_{i}"]))
-        dropped += int((~keep).sum())
-        n += 1
+    try:
+        for i in scan_ids(rec):
+            if f"tokens_train_{i}" not in rec:
+                continue
+            pts = torch.from_numpy(rec[f"xyz_{i}"])
+            centres = torch.from_numpy(rec[f"centers_{i}"])
+            hood = pts[torch.from_numpy(rec[f"groups_{i}"]).long()] - centres[:, None, :]
+            keep = torch.from_numpy(rec[f"keep_{i}"].astype(bool))
+            with torch.no_grad():
+                toks = model(hood[None], centres[None], keep=keep[None])
+            worst = max(worst, _maxdiff(torch.stack([t[0] for t in toks]).numpy(), rec[f"tokens_train_{i}"]))
+            dropped += int((~keep).sum())
+            n += 1
+    finally:
+        set_point_mae_mode(model, "eval")
     if n == 0:
         raise KeyError("tokens_train")
     return worst, TOL, f"{n} scans, {dropped} branches dropped by the official run, replayed"
