@@ -112,6 +112,46 @@ def dino(work: str, seed: int):
     return model.eval(), spec, path
 
 
+def score_3d(snamd, fns, tokens, centers, curvs, xyz_list, fg_list, n: int, out: dict, timing: dict,
+             suffix: str) -> list:
+    """SNAMD (3D) -> per-layer MSM -> layer mean -> salient features -> 3-NN interpolation -> 224 grid ->
+    KNNGaussianBlur(4) -> object scores -> RsCon, in the order of muscv2.py; outputs named ``<name><suffix>``."""
+    compute_scores_single, interpolating_points, blur, RsCon = fns
+    z3d_layers: list[list[torch.Tensor]] = [[], [], []]
+    with torch.no_grad():
+        for i in range(n):
+            normed = [p / p.norm(dim=-1, keepdim=True) for p in tokens[i]]
+            feats = snamd._embed_3d(normed, centers[i], curvs[i])                      # (1, M, layers, C) f16
+            for l in range(feats.shape[2]):
+                z3d_layers[l].append(feats[:, :, l, :])
+    out["snamd3d" + suffix] = torch.stack([torch.cat(z, 0) for z in z3d_layers]).numpy()   # (layers, N, M, C)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        msm = [torch.stack([compute_scores_single(torch.cat(z, 0), i) for i in range(n)]) for z in z3d_layers]
+    timing["msm_s" + suffix] = time.perf_counter() - t1
+    out["msm3d" + suffix] = torch.stack(msm).float().numpy()                            # (layers, N, M)
+    amap = torch.stack(msm).float().mean(0)                                             # (N, M)
+    feats_mid = torch.cat(z3d_layers[1], 0)
+    salient = feats_mid[torch.arange(n), torch.max(amap, dim=-1)[1], :]
+    grids, point_maps = [], []
+    for i in range(n):
+        pm = interpolating_points(xyz_list[i].permute(0, 2, 1), centers[i], amap[i].view(1, -1, 1))
+        grid = torch.zeros(224 * 224, dtype=pm.dtype)
+        grid[fg_list[i]] = pm.cpu()
+        point_maps.append(pm.reshape(-1).numpy())
+        grids.append(np.asarray(blur(grid.reshape(1, 1, 224, 224))).reshape(224, 224))
+    out["map3d" + suffix] = np.stack(grids).astype(np.float32)
+    score3d = out["map3d" + suffix].reshape(n, -1).max(-1)
+    out["score3d" + suffix] = score3d
+    out["rscon3d" + suffix] = np.asarray(RsCon(score3d, salient.cpu(), k_list=[1, 7]), dtype=np.float64)
+    if not suffix:
+        out["amap3d"] = amap.numpy()
+        out["salient3d"] = salient.numpy()
+        for i in range(n):
+            out[f"pointmap_{i}"] = point_maps[i]
+    return z3d_layers
+
+
 def train_mode_tokens(model, job: dict, xyz_list: list, n: int, seed: int, out: dict) -> None:
     """The official inference as muscv2.py runs it (train mode: BatchNorm batch statistics, DropPath
     drawn from the global RNG after ``setup_seed``, scans in order); each DropPath decision is
@@ -201,45 +241,14 @@ def main() -> None:
     if int(job.get("train", 0)):
         train_mode_tokens(model, job, xyz_list, n, seed, out)
 
-    # --- SNAMD (3D): normalized tokens -> (1, M, layers, C) float16
+    # --- SNAMD (3D), MSM, maps, RsCon, as muscv2.py; then the same once more with the centres in
+    # another memory layout (contiguous instead of the model's permuted view): the official code's own
+    # spread, from float32 reduction order alone (suffix _contig)
     snamd = SNAMD(device="cpu", r_list=[1, 3, 5])
-    z3d_layers: list[list[torch.Tensor]] = [[], [], []]
-    with torch.no_grad():
-        for i in range(n):
-            normed = [p / p.norm(dim=-1, keepdim=True) for p in tokens[i]]
-            feats = snamd._embed_3d(normed, centers[i], curvs[i])
-            for l in range(feats.shape[2]):
-                z3d_layers[l].append(feats[:, :, l, :])
-    out["snamd3d"] = torch.stack([torch.cat(z, 0) for z in z3d_layers]).numpy()      # (layers, N, M, C) f16
-
-    # --- MSM per layer, leave-one-out
-    t1 = time.perf_counter()
-    with torch.no_grad():
-        msm = [torch.stack([compute_scores_single(torch.cat(z, 0), i) for i in range(n)]) for z in z3d_layers]
-    timing["msm_s"] = time.perf_counter() - t1
-    out["msm3d"] = torch.stack(msm).float().numpy()                                   # (layers, N, M)
-    amap = torch.stack(msm).float().mean(0)                                            # (N, M)
-    out["amap3d"] = amap.numpy()
-    feats_mid = torch.cat(z3d_layers[1], 0)
-    salient = feats_mid[torch.arange(n), torch.max(amap, dim=-1)[1], :]
-    out["salient3d"] = salient.numpy()
-
-    # --- maps: 3-NN interpolation to the points, the 224 grid, KNNGaussianBlur(4)
-    blur = KNNGaussianBlur(4)
-    grids, point_maps = [], []
-    for i in range(n):
-        m = amap[i].view(1, -1, 1)
-        pm = interpolating_points(xyz_list[i].permute(0, 2, 1), centers[i], m)
-        grid = torch.zeros(224 * 224, dtype=pm.dtype)
-        grid[fg_list[i]] = pm.cpu()
-        point_maps.append(pm.reshape(-1).numpy())
-        grids.append(np.asarray(blur(grid.reshape(1, 1, 224, 224))).reshape(224, 224))
-    for i in range(n):
-        out[f"pointmap_{i}"] = point_maps[i]
-    out["map3d"] = np.stack(grids).astype(np.float32)
-    score3d = np.array(torch.tensor(out["map3d"])).reshape(n, -1).max(-1)
-    out["score3d"] = score3d
-    out["rscon3d"] = np.asarray(RsCon(score3d, salient.cpu(), k_list=[1, 7]), dtype=np.float64)
+    fns = (compute_scores_single, interpolating_points, KNNGaussianBlur(4), RsCon)
+    z3d_layers = score_3d(snamd, fns, tokens, centers, curvs, xyz_list, fg_list, n, out, timing, "")
+    score_3d(snamd, fns, tokens, [c.contiguous() for c in centers], curvs, xyz_list, fg_list, n, out, timing,
+             "_contig")
 
     # --- 2D: SNAMD-2D on given tokens (one layer at a time, class token first as DINO gives it)
     if job.get("tok2d") is not None and job["tok2d"].size:

