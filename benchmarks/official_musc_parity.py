@@ -247,7 +247,9 @@ def stage_snamd3d(rec: dict, ctx: dict) -> tuple[float, float, str]:
     for i in scan_ids(rec):
         if f"tokens_{i}" not in rec:
             continue
-        toks = torch.from_numpy(rec[f"tokens_{i}"])
+        # the official normalizes the tokens as the model returns them, a (M, C) view of a (C, M) tensor:
+        # the same layout here, so that the float32 norms (hence SNAMD's input) are the official ones
+        toks = torch.from_numpy(rec[f"tokens_{i}"]).transpose(1, 2).contiguous().transpose(1, 2)
         normed = toks / toks.norm(dim=-1, keepdim=True)
         centres = torch.from_numpy(rec[f"centers_{i}"])
         curv = torch.from_numpy(rec[f"curvature_{i}"])
