@@ -533,7 +533,7 @@ kernel: the kernel's rules written out in `reference_fps`, unique on these tie-f
 statistics, DropPath from the seeded global RNG, scans in order, as `muscv2.py` runs; scans {train} only)
 with the DropPath decisions of that run (depth x (attention, MLP), True = kept), `snamd3d` (layers, N, M, 384) float16, `msm3d` per-layer leave-one-out MSM
 scores, `amap3d` their mean, `salient3d`, `pointmap_i` (3-NN interpolation), the blurred maps as
-`map3d_u8` x `map3d_max` (exact: KNNGaussianBlur's output is a uint8 image times the max),
+`map3d_u8` x `map3d_max` (exact: KNNGaussianBlur's output is a uint8 image times the max of the map before the blur),
 `score3d`/`rscon3d` object scores before/after RsCon; `tok2d` (random tokens) -> `snamd2d`;
 `z2d` (random normalized float16 2D features) with `snamd3d` -> `msm2d_cross`/`msm3d_cross`
 (compute_scores_multiple, patch of each centre from `centre_pixel`); `dino` the patch tokens
