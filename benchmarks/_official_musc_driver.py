@@ -241,14 +241,14 @@ def main() -> None:
     if int(job.get("train", 0)):
         train_mode_tokens(model, job, xyz_list, n, seed, out)
 
-    # --- SNAMD (3D), MSM, maps, RsCon, as muscv2.py; then the same once more with the centres in
-    # another memory layout (contiguous instead of the model's permuted view): the official code's own
-    # spread, from float32 reduction order alone (suffix _contig)
+    # --- SNAMD (3D), MSM, maps, RsCon, as muscv2.py; then the same once more with the tokens in
+    # another memory layout (contiguous, as a token store gives them, instead of the model's permuted
+    # view): the official code's own spread from float32 summation order alone (suffix _contig)
     snamd = SNAMD(device="cpu", r_list=[1, 3, 5])
     fns = (compute_scores_single, interpolating_points, KNNGaussianBlur(4), RsCon)
     z3d_layers = score_3d(snamd, fns, tokens, centers, curvs, xyz_list, fg_list, n, out, timing, "")
-    score_3d(snamd, fns, tokens, [c.contiguous() for c in centers], curvs, xyz_list, fg_list, n, out, timing,
-             "_contig")
+    score_3d(snamd, fns, [[t.contiguous() for t in tok] for tok in tokens], centers, curvs, xyz_list, fg_list, n,
+             out, timing, "_contig")
 
     # --- 2D: SNAMD-2D on given tokens (one layer at a time, class token first as DINO gives it)
     if job.get("tok2d") is not None and job["tok2d"].size:

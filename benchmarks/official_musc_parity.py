@@ -32,13 +32,13 @@ Each stage is fed the OFFICIAL output of the stage before (so a difference is pi
 then ``chain`` lines run pad end to end from the scans (pad's grouping, tokens, SNAMD, MSM, maps,
 RsCon) against the official end-to-end result; those do NOT reach 1e-4 (see docs/fidelity.md: one-
 unit float16 differences of SNAMD, from float32 summation order, amplified by float16 ``cdist``),
-and print beside them the official code's own spread under a layout change. One line per stage: the
-largest absolute difference, the tolerance and PASS/FAIL. Tolerances: 1e-4 for float32 results (the
-issue's target for patch distances, the 3D map and the object scores after RsCon); results that the
-official code rounds to float16 (SNAMD, MSM distances) are compared with one float16 unit in the
-last place of the largest value (2^-11 relative): pad makes the same casts, and where a float32 sum
-in another order lands on the other side of a float16 rounding boundary the result moves by exactly
-one such unit; there 1e-4 is not reachable by any other float32 order.
+and print beside them the official code's own spread when its tokens' memory layout changes. One
+line per stage: the largest absolute difference, the tolerance and PASS/FAIL. Tolerances: 1e-4 for
+float32 results (the issue's target for patch distances, the 3D map and the object scores after
+RsCon); results that the official code rounds to float16 (SNAMD, MSM distances) are compared with
+one float16 unit in the last place of the largest value (2^-11 relative): pad makes the same casts,
+and where a float32 sum in another order lands on the other side of a float16 rounding boundary the
+result moves by exactly one such unit; there 1e-4 is not reachable by any other float32 order.
 
 ``--write-fixture DIR`` records the official outputs of a small configuration (7 scans, 32 groups,
 one image; small random inputs for SNAMD-2D and the cross-modal scoring) into ``DIR`` for
@@ -409,9 +409,10 @@ def pad_chain(rec: dict, ctx: dict) -> dict:
 
 def chain_rows(rec: dict, ctx: dict) -> list[tuple[str, float, float, str]]:
     """pad end to end against the official run, tolerance 1e-4. Also printed: the official code's own
-    spread, the official chain run a second time with only the memory layout of the centres changed
-    (``*_contig``): float32 reduction orders move, hence float16 roundings of SNAMD, which float16
-    ``cdist`` (x² + y² − 2xy, cancelling for near neighbours) amplifies (docs/fidelity.md)."""
+    spread, the official chain run a second time with only the memory layout of the tokens changed
+    (``*_contig``: contiguous instead of the model's permuted view): float32 reduction orders move,
+    hence float16 roundings of SNAMD, which float16 ``cdist`` (x² + y² − 2xy, cancelling for near
+    neighbours) amplifies (docs/fidelity.md)."""
     mine = pad_chain(rec, ctx)
     rows = []
     for name, key, what in (("chain msm per layer", "msm3d", "float16 distances"),
@@ -420,7 +421,7 @@ def chain_rows(rec: dict, ctx: dict) -> list[tuple[str, float, float, str]]:
                             ("chain rscon", "rscon3d", "object scores after RsCon")):
         spread = f"{_maxdiff(rec[key + '_contig'], rec[key]):.3e}" if key + "_contig" in rec else "not run"
         rows.append((name, _maxdiff(mine[key], rec[key]), TOL,
-                     f"{what}, pad end to end; the official against itself with contiguous centres: {spread}"))
+                     f"{what}, pad end to end; the official against itself with contiguous tokens: {spread}"))
     return rows
 
 
