@@ -8,7 +8,7 @@ every dataset (``done`` last) and zeroes the new flags before one flush. ``pad_s
 The attribute ``kind`` tells them apart from CLIP stores (which have none):
 
 ``kind = "point-tokens"`` (backbone ``point-mae``), S rows, L tapped blocks, M groups, D = 384:
-- ``tokens``          float16 (S, L, M, D)  Point-MAE tokens through the final LayerNorm, not normalized
+- ``tokens``          float32 (S, L, M, D)  Point-MAE tokens through the final LayerNorm, not normalized
 - ``centers``         float32 (S, M, 3)     group centres in the network's input coordinates
 - ``curvature``       float32 (S, M)        each centre's curvature (IPG)
 - ``center_point``    int32   (S, M)        index of each centre in the sample's input points
@@ -22,7 +22,7 @@ Attributes: ``kind``, ``tag``, ``backbone``, ``pretrained``, ``weights``, ``seed
 (1-based), ``n_groups``, ``group_size``, ``dim``, ``mode``, ``grid`` (224 organized, 0 otherwise),
 ``render_fingerprint``, ``options`` (JSON), ``has_rgb``.
 
-``kind = "image-tokens"`` (backbone ``dino-vitb8``): ``tokens`` float16 (S, L, G*G, D) patch
+``kind = "image-tokens"`` (backbone ``dino-vitb8``): ``tokens`` float32 (S, L, G*G, D) patch
 tokens (class token dropped) through the final norm; attributes ``kind``, ``tag``, ``backbone``,
 ``pretrained``, ``weights``, ``seed``, ``layers``, ``grid`` (28), ``dim`` (768), ``image_size``
 (224), ``mean``/``std``, ``render_fingerprint``, ``options``, ``has_rgb``.
@@ -189,7 +189,7 @@ class TokenStore:
         return self.file[name]
 
     def tokens(self, i: int) -> np.ndarray:
-        """(L, M, D) float16 (point-tokens) or (L, G*G, D) float16 (image-tokens)."""
+        """(L, M, D) float32 (point-tokens) or (L, G*G, D) float32 (image-tokens)."""
         return self.file["tokens"][i]
 
     def centers(self, i: int) -> np.ndarray:
@@ -219,14 +219,14 @@ class TokenStore:
 
 def point_datasets(n_layers: int, n_groups: int, dim: int) -> dict:
     """name -> (row shape, dtype) of a point-tokens store; vlen datasets have shape None."""
-    return {"tokens": ((n_layers, n_groups, dim), np.float16), "centers": ((n_groups, 3), np.float32),
+    return {"tokens": ((n_layers, n_groups, dim), np.float32), "centers": ((n_groups, 3), np.float32),
             "curvature": ((n_groups,), np.float32), "center_point": ((n_groups,), np.int32),
             "n_points": ((), np.int32), "points": (None, np.float32), "point_pixel": (None, np.int32),
             "point_of_render": (None, np.int32)}
 
 
 def image_datasets(n_layers: int, n_patches: int, dim: int) -> dict:
-    return {"tokens": ((n_layers, n_patches, dim), np.float16)}
+    return {"tokens": ((n_layers, n_patches, dim), np.float32)}
 
 
 class TokenWriter:

@@ -47,7 +47,8 @@ def point_tokens(model, points: np.ndarray, n_groups: int = 1024, group_size: in
     """Grouping + Point-MAE of one sample.
 
     ``points`` (P, 3) float32 normalized input points (P >= n_groups) -> dict of numpy arrays:
-    ``tokens`` (L, M, 384) float16, ``centers`` (M, 3) float32, ``curvature`` (M,) float32,
+    ``tokens`` (L, M, 384) float32 (as the model returns them: the official code normalizes and
+    aggregates float32 tokens), ``centers`` (M, 3) float32, ``curvature`` (M,) float32,
     ``center_point`` (M,) int32 (M = n_groups)."""
     from pipeline.point_groups import build_groups
     p = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(device)
@@ -55,7 +56,7 @@ def point_tokens(model, points: np.ndarray, n_groups: int = 1024, group_size: in
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     with torch.inference_mode(), torch.autocast(device_type=p.device.type, dtype=dtype, enabled=dtype is not None):
         layers = model(g["neighborhood"][None], g["centers"][None], generator=generator)
-    return {"tokens": torch.stack([t[0] for t in layers]).to(torch.float16).cpu().numpy(),
+    return {"tokens": torch.stack([t[0] for t in layers]).to(torch.float32).cpu().numpy(),
             "centers": g["centers"].cpu().numpy(), "curvature": g["curvature"].cpu().numpy(),
             "center_point": g["center_idx"].to(torch.int32).cpu().numpy()}
 
@@ -205,7 +206,7 @@ def _dino_rows(model, render, todo: list[int], writer, keys, cfg: ExtractConfig,
         with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=dtype,
                                                     enabled=dtype is not None):
             layers = dino_layers(model, x, [l - 1 for l in LAYERS])
-        tokens = torch.stack(layers, 1).to(torch.float16).cpu().numpy()          # (B, L, G*G, D)
+        tokens = torch.stack(layers, 1).to(torch.float32).cpu().numpy()          # (B, L, G*G, D)
         for k, i in enumerate(batch):
             writer.write_sample(i, {"tokens": tokens[k]}, int(keys[i]))
             written += 1

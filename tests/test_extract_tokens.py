@@ -39,7 +39,7 @@ def test_point_tokens_store_schema_grow_and_rerun(tmp_path, one_thread):
     assert a["backbone"] == "point-mae" and a["weights"] == "random" and a["pad_schema"] == 2
     assert a["render_fingerprint"] == RenderStore.open(str(tmp_path)).fingerprint
     f = ts.file
-    assert (f["tokens"].dtype, f["tokens"].shape) == (np.float16, (3, 3, 16, 384))
+    assert (f["tokens"].dtype, f["tokens"].shape) == (np.float32, (3, 3, 16, 384))
     assert (f["centers"].dtype, f["curvature"].dtype, f["center_point"].dtype) == (np.float32, np.float32, np.int32)
     assert ts.done().tolist() == [True, True, False]
     render = RenderStore.open(str(tmp_path))

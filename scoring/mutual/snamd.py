@@ -114,9 +114,15 @@ def aggregate_point_tokens(tokens: torch.Tensor, centers: torch.Tensor, curvatur
     """One sample's stored Point-MAE tokens -> its SNAMD features, every layer (muscv2.py: each
     layer's tokens L2-normalized, then :func:`snamd_3d`).
 
-    ``tokens``: (L, M, D) float16/32 raw tokens; ``centers``: (M, 3); ``curvature``: (M,).
-    Returns (L, M, D) float16."""
-    normed = tokens.float() / tokens.float().norm(dim=-1, keepdim=True)
+    ``tokens``: (L, M, D) float32 raw tokens; ``centers``: (M, 3); ``curvature``: (M,).
+    Returns (L, M, D) float16.
+
+    The norm is taken over the tokens laid out as the official model returns them, channels
+    outermost ((L, D, M) in memory, a strided (L, M, D) view): float32 sums run in another order
+    over another layout, and one float16 unit of SNAMD's output becomes up to ~0.04 of a float16
+    patch distance (docs/fidelity.md, "MuSc-V2: measured parity")."""
+    laid = tokens.float().transpose(-1, -2).contiguous().transpose(-1, -2)
+    normed = laid / laid.norm(dim=-1, keepdim=True)
     ls = normed.shape[0]
     return snamd_3d(normed, centers[None].expand(ls, -1, -1), curvature[None].expand(ls, -1), r_list)
 
