@@ -378,7 +378,7 @@ def pad_chain(rec: dict, ctx: dict) -> dict:
     from scoring.mutual.maps import blur_grid_map, interpolate_to_points
     from scoring.mutual.msm import mutual_scores
     from scoring.mutual.rscon import rscon, salient_features
-    from scoring.mutual.snamd import snamd_3d
+    from scoring.mutual.snamd import aggregate_point_tokens
     model = _point_mae(ctx)
     n_groups = len(rec["center_idx_0"])
     feats, pts_l, pix_l, cen_l = [], [], [], []
@@ -387,8 +387,8 @@ def pad_chain(rec: dict, ctx: dict) -> dict:
         g = build_groups(torch.from_numpy(pts), n_groups=n_groups)
         with torch.no_grad():
             toks = model(g["neighborhood"][None], g["centers"][None])
-        layers = [snamd_3d(t[0] / t[0].norm(dim=-1, keepdim=True), g["centers"], g["curvature"]) for t in toks]
-        feats.append(torch.stack(layers))
+        stored = torch.stack([t[0] for t in toks])             # (L, M, D) float32, as the token store keeps them
+        feats.append(aggregate_point_tokens(stored, g["centers"], g["curvature"]))   # what pad mutual runs
         pts_l.append(pts)
         pix_l.append(pixel)
         cen_l.append(g["centers"])

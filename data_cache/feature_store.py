@@ -180,13 +180,17 @@ def open_remote(path: str, what: str):
         raise remote_error(exc, path) from None
 
 
-class FeatureStore:
-    """Read access to one feature store (open lazily, safe to pass to a worker).
-
-    ``render``: what :meth:`done` checks the rows against — a
+class H5Store:
+    """Read access to one HDF5 store of a cache's ``features/`` (opened lazily, safe to pass to a
+    worker): what the CLIP feature stores and the token stores (:mod:`data_cache.token_store`) share —
+    the file (local, or read in place behind a URL), its attributes, and the rows' ``done`` /
+    ``render_key`` flags. ``render``: what :meth:`done` checks the rows against — a
     :class:`~data_cache.render_store.RenderStore`, its ``render_keys()`` array, or None (the render
-    store of the cache the file lives in, when there is one).
+    store of the cache the file lives in, when there is one). Subclasses name the store (``WHAT``)
+    and check its attributes (:meth:`_check`).
     """
+
+    WHAT = "store"
 
     def __init__(self, path: str, render=None):
         self.path = path
@@ -194,31 +198,27 @@ class FeatureStore:
         self._file = None
         self._remote = None  # the fsspec file object h5py reads through, for a store behind a URL
 
-    @classmethod
-    def open(cls, cache: str, tag: str | None = None, render=None) -> "FeatureStore":
-        store = cls(store_file(cache, resolve_tag(cache, tag)), render)
-        store.file  # validate now
-        return store
+    @staticmethod
+    def _check(attrs, path: str) -> None:
+        """PadError, one line, when the file's attributes are not this kind of store's."""
 
     @property
     def file(self):
         if self._file is None:
             import h5py
             try:
-                f = h5py.File(self._open_remote(), "r") if is_url(self.path) else h5py.File(self.path, "r")
+                if is_url(self.path):   # read in place through fsspec
+                    self._remote = open_remote(self.path, self.WHAT)
+                f = h5py.File(self._remote if is_url(self.path) else self.path, "r")
             except OSError as exc:
-                raise PadError(f"cannot open the feature store ({' '.join(str(exc).split())})", self.path) from None
+                raise PadError(f"cannot open the {self.WHAT} ({' '.join(str(exc).split())})", self.path) from None
             try:
-                check_schema(f.attrs, self.path)
+                self._check(f.attrs, self.path)
             except PadError:
                 f.close()
                 raise
             self._file = f
         return self._file
-
-    def _open_remote(self):
-        self._remote = open_remote(self.path, "feature store")
-        return self._remote
 
     def close(self) -> None:
         if self._file is not None:
@@ -244,10 +244,6 @@ class FeatureStore:
         if isinstance(out.get("options"), str):
             out["options"] = json.loads(out["options"])
         return out
-
-    @property
-    def has_rgb(self) -> bool:
-        return "rgb_global" in self.file
 
     @property
     def n_rows(self) -> int:
@@ -282,6 +278,23 @@ class FeatureStore:
         m = min(keys.shape[0], done.shape[0])
         out[:m] = done[:m] & (keys[:m] != 0) & (stored[:m] != keys[:m])
         return out
+
+
+class FeatureStore(H5Store):
+    """Read access to one CLIP feature store (see :class:`H5Store`)."""
+
+    WHAT = "feature store"
+    _check = staticmethod(check_schema)
+
+    @classmethod
+    def open(cls, cache: str, tag: str | None = None, render=None) -> "FeatureStore":
+        store = cls(store_file(cache, resolve_tag(cache, tag)), render)
+        store.file  # validate now
+        return store
+
+    @property
+    def has_rgb(self) -> bool:
+        return "rgb_global" in self.file
 
     def check_render_fingerprint(self, fingerprint: str) -> None:
         found = self.file.attrs.get("render_fingerprint")

@@ -39,10 +39,8 @@ from typing import Sequence
 import numpy as np
 
 from data_cache.errors import PadError
-from data_cache.feature_store import (FLAG_CHUNK, SCHEMA, TOKEN_BACKBONES, FeatureLock, _early_dcpl, _plain,
-                                      _render_keys_of, cache_of, features_dir, is_token_tag, open_remote, store_file,
-                                      valid_rows)
-from data_cache.location import is_url
+from data_cache.feature_store import (FLAG_CHUNK, SCHEMA, TOKEN_BACKBONES, FeatureLock, H5Store, _early_dcpl, _plain,
+                                      features_dir, is_token_tag, store_file)
 
 POINT_TOKENS = "point-tokens"
 IMAGE_TOKENS = "image-tokens"
@@ -85,17 +83,11 @@ def _check_attrs(attrs, path: str) -> None:
         raise PadError(f"not a pad token store of schema {SCHEMA} (pad_schema {schema!r}, kind {kind!r})", path)
 
 
-class TokenStore:
-    """Read access to one token store (opened lazily; safe to pass to a worker).
+class TokenStore(H5Store):
+    """Read access to one token store (see :class:`data_cache.feature_store.H5Store`: opened lazily,
+    safe to pass to a worker, read in place behind a URL, ``done`` checked against the render store)."""
 
-    ``render``: what :meth:`done` checks rows against (a RenderStore, its ``render_keys()``, or None:
-    the render store of the cache the file lives in)."""
-
-    def __init__(self, path: str, render=None):
-        self.path = path
-        self.render = render
-        self._file = None
-        self._remote = None  # the fsspec file object h5py reads through, for a store behind a URL
+    WHAT = "token store"
 
     @classmethod
     def open(cls, cache: str, tag: str | None = None, kind: str | None = None, render=None) -> "TokenStore":
@@ -116,72 +108,13 @@ class TokenStore:
         store.file  # validate now
         return store
 
-    @property
-    def file(self):
-        if self._file is None:
-            import h5py
-            try:
-                if is_url(self.path):   # read in place through fsspec, as the CLIP stores
-                    self._remote = open_remote(self.path, "token store")
-                f = h5py.File(self._remote if is_url(self.path) else self.path, "r")
-            except OSError as exc:
-                raise PadError(f"cannot open the token store ({' '.join(str(exc).split())})", self.path) from None
-            try:
-                _check_attrs(f.attrs, self.path)
-            except PadError:
-                f.close()
-                raise
-            self._file = f
-        return self._file
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._remote is not None:
-            self._remote.close()
-            self._remote = None
-
-    def __getstate__(self):
-        return {"path": self.path, "render": self.render}
-
-    def __setstate__(self, state):
-        self.__init__(state["path"], state.get("render"))
-
-    @property
-    def tag(self) -> str:
-        return os.path.basename(self.path)[:-3]
+    @staticmethod
+    def _check(attrs, path: str) -> None:
+        _check_attrs(attrs, path)
 
     @property
     def kind(self) -> str:
         return str(_plain(self.file.attrs["kind"]))
-
-    @property
-    def attrs(self) -> dict:
-        out = {k: _plain(v) for k, v in self.file.attrs.items()}
-        if isinstance(out.get("options"), str):
-            out["options"] = json.loads(out["options"])
-        return out
-
-    @property
-    def n_rows(self) -> int:
-        return _rows(self.file)
-
-    def stored_done(self) -> np.ndarray:
-        """(R,) bool: ``done`` as written."""
-        return np.asarray(self.file["done"][: self.n_rows], dtype=bool)
-
-    def stored_keys(self) -> np.ndarray:
-        """(R,) uint64: the render key each row was computed from (0: never written)."""
-        return np.asarray(self.file["render_key"][: self.n_rows], dtype=np.uint64)
-
-    def done(self, render=None) -> np.ndarray:
-        """(S,) bool as :meth:`data_cache.feature_store.FeatureStore.done`: done rows whose render key
-        equals what the render store holds now (without a render store: :meth:`stored_done`)."""
-        keys = _render_keys_of(render if render is not None else self.render, cache_of(self.path))
-        if keys is None:
-            return self.stored_done()
-        return valid_rows(self.stored_done(), self.stored_keys(), keys)
 
     def _need(self, name: str):
         if name not in self.file:
