@@ -376,6 +376,24 @@ def _early_dcpl():
     return dcpl
 
 
+def check_same_extraction(f, path: str, attrs: dict, n_samples: int, defining: Sequence[str], what: str) -> None:
+    """PadError, one line, unless the open store ``f`` was extracted from the same render store
+    (``render_fingerprint``), with the same ``defining`` attributes as ``attrs`` (the new run's), and
+    has at most ``n_samples`` rows (``what``: the store's name in the line)."""
+    old = {k: _plain(v) for k, v in f.attrs.items()}
+    if old.get("render_fingerprint") != attrs.get("render_fingerprint"):
+        raise PadError(f"this {what} was extracted from another render store, made with other options "
+                       f"(fingerprint {old.get('render_fingerprint')}, render store "
+                       f"{attrs.get('render_fingerprint')}); delete it or use another --cache", path)
+    for key in defining:
+        if key in attrs and _plain(attrs[key]) != old.get(key):
+            raise PadError(f"this {what} was extracted with other options: '{key}' differs (store: "
+                           f"{old.get(key)!r}, now: {_plain(attrs[key])!r}); delete it to re-extract", path)
+    if int(f["done"].shape[0]) > n_samples:
+        raise PadError(f"the {what} has {f['done'].shape[0]} rows but the render store only "
+                       f"{n_samples} samples: it was extracted from another render store; delete it", path)
+
+
 class FeatureWriter:
     """The single writer of one feature store (holds :class:`FeatureLock` while open).
 
@@ -484,18 +502,7 @@ class FeatureWriter:
 
     def _check(self, attrs: dict, n_samples: int) -> None:
         check_schema(self.file.attrs, self.path)
-        old = {k: _plain(v) for k, v in self.file.attrs.items()}
-        if old.get("render_fingerprint") != attrs.get("render_fingerprint"):
-            raise PadError(f"this feature store was extracted from another render store, made with other options "
-                           f"(fingerprint {old.get('render_fingerprint')}, render store "
-                           f"{attrs.get('render_fingerprint')}); delete it or use another --cache", self.path)
-        for key in DEFINING_ATTRS:
-            if key in attrs and _plain(attrs[key]) != old.get(key):
-                raise PadError(f"this feature store was extracted with other options: '{key}' differs (store: "
-                               f"{old.get(key)!r}, now: {_plain(attrs[key])!r}); delete it to re-extract", self.path)
-        if int(self.file["done"].shape[0]) > n_samples:
-            raise PadError(f"the feature store has {self.file['done'].shape[0]} rows but the render store only "
-                           f"{n_samples} samples: it was extracted from another render store; delete it", self.path)
+        check_same_extraction(self.file, self.path, attrs, n_samples, DEFINING_ATTRS, "feature store")
 
     def _grow(self, n_samples: int) -> None:
         """Resize every dataset to ``n_samples`` rows (``done`` last), zero the new ``render_key`` and

@@ -40,7 +40,7 @@ import numpy as np
 
 from data_cache.errors import PadError
 from data_cache.feature_store import (FLAG_CHUNK, SCHEMA, TOKEN_BACKBONES, FeatureLock, H5Store, _early_dcpl, _plain,
-                                      features_dir, is_token_tag, store_file)
+                                      check_same_extraction, features_dir, is_token_tag, store_file)
 
 POINT_TOKENS = "point-tokens"
 IMAGE_TOKENS = "image-tokens"
@@ -237,18 +237,7 @@ class TokenWriter:
 
     def _check(self, attrs: dict, n_samples: int) -> None:
         _check_attrs(self.file.attrs, self.path)
-        old = {k: _plain(v) for k, v in self.file.attrs.items()}
-        if old.get("render_fingerprint") != attrs.get("render_fingerprint"):
-            raise PadError(f"this token store was extracted from another render store, made with other options "
-                           f"(fingerprint {old.get('render_fingerprint')}, render store "
-                           f"{attrs.get('render_fingerprint')}); delete it or use another --cache", self.path)
-        for key in DEFINING_ATTRS:
-            if key in attrs and _plain(attrs[key]) != old.get(key):
-                raise PadError(f"this token store was extracted with other options: '{key}' differs (store: "
-                               f"{old.get(key)!r}, now: {_plain(attrs[key])!r}); delete it to re-extract", self.path)
-        if int(self.file["done"].shape[0]) > n_samples:
-            raise PadError(f"the token store has {self.file['done'].shape[0]} rows but the render store only "
-                           f"{n_samples} samples: it was extracted from another render store; delete it", self.path)
+        check_same_extraction(self.file, self.path, attrs, n_samples, DEFINING_ATTRS, "token store")
 
     def _grow(self, n_samples: int) -> None:
         f = self.file

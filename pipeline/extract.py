@@ -274,6 +274,24 @@ def estimate_line(n_images: int, seconds_per_image: float, device: str) -> str:
             f"{format_duration(n_images * seconds_per_image)} on {device}")
 
 
+def open_writer(plan: ExtractPlan, store, render_keys: np.ndarray):
+    """(staged, writer): the plan's feature store opened for writing (created or grown to the render
+    store's size). A store behind a URL is written as a local copy (:class:`data_cache.staged.StagedFile`:
+    ``staged.finish()`` uploads it whole); a failure to open leaves nothing behind."""
+    from data_cache.feature_store import FeatureWriter
+    from data_cache.staged import StagedFile
+
+    staged = StagedFile(plan.path)
+    try:
+        writer = FeatureWriter.create_or_open(staged.local, plan.attrs, store.n_samples, plan.views,
+                                              len(plan.layers), plan.grid, plan.dim, plan.has_rgb,
+                                              render_keys=render_keys)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged, writer
+
+
 def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
     """Run the extraction; returns figures {tag, path, samples, images, seconds, images_per_s, skipped,
     not_rendered, stale, seconds_per_image (first batch, None when nothing was encoded)}.
@@ -289,9 +307,8 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
     import torch
     from tqdm import tqdm
     from data_cache.backbones import create_clip
-    from data_cache.feature_store import FeatureWriter, valid_rows
+    from data_cache.feature_store import valid_rows
     from data_cache.render_store import RenderStore
-    from data_cache.staged import StagedFile
 
     if cfg.batch_size < 1:
         raise PadError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
@@ -306,14 +323,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, parts=None) -> dict:
         raise ValueError("parts were built for another backbone, weights or precision than cfg asks for")
     plan = plan_extract(cfg, store, parts)
     render_keys = store.render_keys()
-    staged = StagedFile(plan.path)  # a store behind a URL: written locally, uploaded when the writer closes
-    try:
-        writer = FeatureWriter.create_or_open(staged.local, plan.attrs, store.n_samples, plan.views,
-                                              len(plan.layers), plan.grid, plan.dim, plan.has_rgb,
-                                              render_keys=render_keys)
-    except BaseException:
-        staged.discard()
-        raise
+    staged, writer = open_writer(plan, store, render_keys)
     t0 = time.perf_counter()
     stop = threading.Event()
     written: list[int] = []

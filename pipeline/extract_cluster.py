@@ -249,9 +249,9 @@ def extract_on_cluster(cfg: ExtractConfig, progress: bool = True, client=None) -
 
 
 def _extract(client, cfg: ExtractConfig, store, progress: bool) -> dict:
-    from data_cache.feature_store import FeatureWriter, valid_rows
-    from data_cache.staged import StagedFile
+    from data_cache.feature_store import valid_rows
     from pipeline.dask_cluster import ClusterWatch, dashboard_link
+    from pipeline.extract import open_writer
     from pipeline.render_job import _InterruptFlag, _cancel
 
     t0 = time.perf_counter()
@@ -265,14 +265,7 @@ def _extract(client, cfg: ExtractConfig, store, progress: bool) -> dict:
         plan = _wait(planned, watch, cfg, "building the encoder")
         render_keys = store.render_keys()
         rendered = store.select()
-        staged = StagedFile(plan.path)
-        try:
-            writer = FeatureWriter.create_or_open(staged.local, plan.attrs, store.n_samples, plan.views,
-                                                  len(plan.layers), plan.grid, plan.dim, plan.has_rgb,
-                                                  render_keys=render_keys)
-        except BaseException:
-            staged.discard()
-            raise
+        staged, writer = open_writer(plan, store, render_keys)
         shard_dir = shards_dir(plan.path)
         merged_shards: list[str] = []
         futures: dict = {}

@@ -96,8 +96,7 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> tuple[dict, str]:
 
     from data_cache import checkpoint as ckpt
     from data_cache.render_store import RenderStore
-    from scoring.calibration import (CALIBRATION_FILE, calibration_document, checkpoint_digest, scoring_signature,
-                                     write_calibration)
+    from scoring.calibration import calibration_document, checkpoint_digest, scoring_signature
     from scoring.sample_score import SAMPLE_FIELDS
     from scoring.score import class_texts, decision_score, plan_score, score_stored
 
@@ -147,13 +146,21 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> tuple[dict, str]:
                                prompts_sha256=digest, feature_tag=plan.tag,
                                scoring=scoring_signature(cfg.sigma, cfg.protocol, plan.use_rgb, cfg.fusion),
                                cache=cfg.cache, splits=splits)
+    return doc, write_into(out, doc)
+
+
+def write_into(out: str, doc: dict) -> str:
+    """Write the calibration ``doc`` as ``out/calibration.json`` (the directory made when missing);
+    returns the file's path."""
+    from scoring.calibration import CALIBRATION_FILE, write_calibration
+
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise PadError(f"cannot create the output directory ({exc.strerror})", out) from None
     path = os.path.join(out, CALIBRATION_FILE)
     write_calibration(path, doc)
-    return doc, path
+    return path
 
 
 def _calibrate_reference(cfg: CalibrateConfig, classes: list[str], splits: list[str], progress: bool
@@ -162,7 +169,7 @@ def _calibrate_reference(cfg: CalibrateConfig, classes: list[str], splits: list[
     leaving itself out when it is one of its scans (:mod:`scoring.mutual.reference_calibrate`);
     calibration.json tied to the set's digest, in --out (default: REF's directory)."""
     from data_cache.render_store import RenderStore
-    from scoring.calibration import CALIBRATION_FILE, calibration_document, write_calibration
+    from scoring.calibration import calibration_document
     from scoring.mutual.reference import load_reference
     from scoring.mutual.reference_calibrate import reference_identity, reference_signature, score_normal_scans
 
@@ -179,13 +186,7 @@ def _calibrate_reference(cfg: CalibrateConfig, classes: list[str], splits: list[
     doc = calibration_document(per_class, cfg.false_alarm, cfg.min_region_points, run=cfg.reference,
                                prompts_sha256="", feature_tag=str(ref.features.get("tag")), scoring=reference_signature(), cache=cfg.cache,
                                splits=splits, reference=reference_identity(ref))
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise PadError(f"cannot create the output directory ({exc.strerror})", out) from None
-    path = os.path.join(out, CALIBRATION_FILE)
-    write_calibration(path, doc)
-    return doc, path
+    return doc, write_into(out, doc)
 
 
 def run_calibrate(cfg: CalibrateConfig) -> int:
