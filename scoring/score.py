@@ -143,13 +143,19 @@ def _resolve_device(device: str) -> str:
     return str(resolve_device(device))
 
 
-def _check_options(cfg: ScoreConfig) -> None:
+def check_map_options(cfg) -> None:
+    """The options ``pad score`` and ``pad mutual`` share: ``--sigma``, ``--report-samples``,
+    ``--view-points`` (PadError, one line, for a value out of range)."""
     if not (cfg.sigma >= 0 and math.isfinite(cfg.sigma)):
         raise PadError(f"--sigma must be 0 or more (got {cfg.sigma})")
     if cfg.report_samples < 0:
         raise PadError(f"--report-samples must be 0 or more (got {cfg.report_samples})")
     if cfg.view_points < 1:
         raise PadError(f"--view-points must be at least 1 (got {cfg.view_points})")
+
+
+def _check_options(cfg: ScoreConfig) -> None:
+    check_map_options(cfg)
     if cfg.fusion not in FUSIONS:
         raise PadError(f"unknown --fusion '{cfg.fusion}' (choices: {', '.join(FUSIONS)})")
     if cfg.protocol not in PROTOCOLS:

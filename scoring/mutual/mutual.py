@@ -67,18 +67,15 @@ class MutualPlan:
 
 
 def _check_options(cfg: MutualConfig) -> None:
+    from scoring.score import check_map_options
+
     if cfg.save_reference and not cfg.reference:
         raise PadError("--save-reference needs --reference SPLIT (the split whose normal scans make the reference set)")
     if cfg.reference and cfg.modality != "3d":
         raise PadError("--reference scores the point branch (--modality 3d)")
     if cfg.subset_size < 0 or cfg.subset_size == 1:
         raise PadError(f"--subset-size must be 0 (the whole class) or at least 2 (got {cfg.subset_size})")
-    if not (cfg.sigma >= 0 and math.isfinite(cfg.sigma)):
-        raise PadError(f"--sigma must be 0 or more (got {cfg.sigma})")
-    if cfg.report_samples < 0:
-        raise PadError(f"--report-samples must be 0 or more (got {cfg.report_samples})")
-    if cfg.view_points < 1:
-        raise PadError(f"--view-points must be at least 1 (got {cfg.view_points})")
+    check_map_options(cfg)
 
 
 def plan_mutual(cfg: MutualConfig) -> MutualPlan:
