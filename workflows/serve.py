@@ -384,7 +384,9 @@ def serve_forever(service: Service, sock: socket.socket) -> None:
     host, port = sock.getsockname()[:2]
     predictor = service.predictor
     pretrained = predictor.pretrained
-    line = (f"pad serve: {_url(host, port)} (run {service.cfg.checkpoint}, backbone {predictor.spec.backbone} "
+    model = (f"run {service.cfg.checkpoint}" if service.cfg.checkpoint is not None
+             else f"reference set {service.cfg.reference}")
+    line = (f"pad serve: {_url(host, port)} ({model}, backbone {predictor.spec.backbone} "
             f"{pretrained}, {predictor.device}); POST /predict, GET /health, GET /metrics; Ctrl-C stops")
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, _ignore) for sig in handled}
