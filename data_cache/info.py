@@ -320,29 +320,21 @@ def collect(cache: str, samples: bool = False) -> dict:
             out["render"] = render_summary(render)
         except PadError as exc:  # e.g. a schema 1 store, upgraded by the next pad render
             out["render"], render = {"error": str(exc)}, None
-    feature_done: dict[str, np.ndarray] = {}
-    for tag in list_tags(cache):
-        fs = FeatureStore(store_file(cache, tag))
-        try:
-            out["features"].append(feature_summary(fs))
-            if samples:
-                feature_done[tag] = fs.done()
-        except PadError as exc:
-            out["features"].append({"tag": tag, "path": fs.path, "error": str(exc)})
-        finally:
-            fs.close()
     from data_cache.token_store import TokenStore, list_token_tags
     out["token_stores"] = []
-    for tag in list_token_tags(cache):
-        ts = TokenStore(store_file(cache, tag))
-        try:
-            out["token_stores"].append(token_summary(ts))
-            if samples:
-                feature_done[tag] = ts.done()
-        except PadError as exc:
-            out["token_stores"].append({"tag": tag, "path": ts.path, "error": str(exc)})
-        finally:
-            ts.close()
+    feature_done: dict[str, np.ndarray] = {}
+    for key, tags, store_cls, summary in (("features", list_tags(cache), FeatureStore, feature_summary),
+                                          ("token_stores", list_token_tags(cache), TokenStore, token_summary)):
+        for tag in tags:
+            store = store_cls(store_file(cache, tag))
+            try:
+                out[key].append(summary(store))
+                if samples:
+                    feature_done[tag] = store.done()
+            except PadError as exc:
+                out[key].append({"tag": tag, "path": store.path, "error": str(exc)})
+            finally:
+                store.close()
     if out["render"] is None and not out["features"] and not out["token_stores"]:
         raise PadError("no render store and no feature store here (run 'pad render' first)", cache)
     if samples:
