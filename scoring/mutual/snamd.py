@@ -80,33 +80,47 @@ def snamd_2d(tokens: torch.Tensor, r_list: Sequence[int] = R_LIST) -> torch.Tens
     return torch.cat(per_r, dim=-1).mean(dim=-1)                             # float16 mean over r
 
 
+def _snamd_3d_one(tokens: torch.Tensor, centers: torch.Tensor, curvature: torch.Tensor, r_list: Sequence[int],
+                  c_thr: float) -> torch.Tensor:
+    """:func:`snamd_3d` of one sample: ``tokens`` (M, C) float32, ``centers`` (M, 3), ``curvature`` (M,).
+
+    Every tensor has the shape and memory layout of the official ``_embed_3d`` at the same step
+    (neighbours gathered as (M, r, C) and viewed as (M, C, r); sums over r on that view; the
+    r-results concatenated as (M, C, k) and pooled from the (k, C) flattening): a float32 sum
+    over the same values in another layout or batch shape runs in another order and moves a
+    float16 result by one unit, which float16 patch distances then amplify (docs/fidelity.md)."""
+    m, c = tokens.shape
+    r_max = max(r_list)
+    if r_max > 1:
+        _, idx = torch.topk(torch.cdist(centers, centers).float(), r_max, largest=False, sorted=True)
+    else:
+        idx = torch.arange(m, device=tokens.device)[:, None]
+    neighbours = tokens[idx.reshape(-1)].reshape(-1, r_max, c).permute(0, 2, 1)   # (M, C, r)
+    centre = neighbours[:, :, 0:1]                                                # (M, C, 1): itself
+    weights = torch.exp(-(neighbours - centre).norm(dim=1, keepdim=True))          # (M, 1, r)
+    per_r = []
+    for r in r_list:
+        w = weights[:, :, :r]
+        num = (neighbours[:, :, :r] * w).reshape(m, c, -1).sum(dim=-1, keepdim=True)   # (M, C, 1)
+        den = w.reshape(m, -1).sum(-1, keepdim=True).unsqueeze(-1)                      # (M, 1, 1)
+        per_r.append(torch.div(num, den).half())
+    stacked = torch.cat(per_r, dim=-1)                                             # (M, C, k) float16
+    low = F.adaptive_avg_pool1d(stacked.permute(0, 2, 1).reshape(m, -1), c).half()  # (M, C)
+    high = centre[:, :, 0].half()
+    return torch.where((curvature < c_thr)[:, None], low, high)
+
+
 def snamd_3d(tokens: torch.Tensor, centers: torch.Tensor, curvature: torch.Tensor, r_list: Sequence[int] = R_LIST,
              c_thr: float = CURVATURE_THRESHOLD) -> torch.Tensor:
-    """3D SNAMD of one layer's tokens of one sample (or a batch of samples).
+    """3D SNAMD of one layer's tokens of one sample (or of a batch: each item on its own, as the
+    official code runs one sample at a time).
 
     ``tokens``: (M, C) or (B, M, C) L2-normalized tokens; ``centers``: (M, 3) / (B, M, 3) float
     group centres; ``curvature``: (M,) / (B, M) float. Returns (M, C) / (B, M, C) float16."""
-    single = tokens.dim() == 2
-    if single:
-        tokens, centers, curvature = tokens[None], centers[None], curvature[None]
-    b, m, c = tokens.shape
-    r_max = max(r_list)
-    feats = tokens.float()
-    if r_max > 1:
-        d = torch.cdist(centers.float(), centers.float())                    # (B, M, M)
-        _, idx = torch.topk(d, r_max, dim=-1, largest=False, sorted=True)    # (B, M, r)
-        neighbours = feats[torch.arange(b, device=feats.device)[:, None, None], idx]   # (B, M, r, C)
-    else:
-        neighbours = feats[:, :, None, :]
-    neighbours = neighbours.transpose(-1, -2)                                 # (B, M, C, r)
-    positions = torch.arange(r_max, device=tokens.device)
-    per_r = _weighted_means(neighbours, r_list, lambda r: positions[:r])
-    flat = torch.cat(per_r, dim=-1).transpose(-1, -2).reshape(b * m, len(r_list) * c)   # (r, C), flattened
-    low = F.adaptive_avg_pool1d(flat, c).reshape(b, m, c).half()
-    high = neighbours[..., 0].half()                                         # the first neighbour: itself
-    flat_mask = (curvature < c_thr)[..., None]
-    out = torch.where(flat_mask, low, high)
-    return out[0] if single else out
+    if tokens.dim() == 2:
+        return _snamd_3d_one(tokens.float(), centers.float(), curvature, r_list, c_thr)
+    return torch.stack([_snamd_3d_one(t.float(), p.float(), k, r_list, c_thr)
+                        for t, p, k in zip(tokens, centers, curvature)])
 
 
 def aggregate_point_tokens(tokens: torch.Tensor, centers: torch.Tensor, curvature: torch.Tensor,
@@ -123,8 +137,8 @@ def aggregate_point_tokens(tokens: torch.Tensor, centers: torch.Tensor, curvatur
     patch distance (docs/fidelity.md, "MuSc-V2: measured parity")."""
     laid = tokens.float().transpose(-1, -2).contiguous().transpose(-1, -2)
     normed = laid / laid.norm(dim=-1, keepdim=True)
-    ls = normed.shape[0]
-    return snamd_3d(normed, centers[None].expand(ls, -1, -1), curvature[None].expand(ls, -1), r_list)
+    return torch.stack([_snamd_3d_one(layer, centers.float(), curvature, r_list, CURVATURE_THRESHOLD)
+                        for layer in normed])
 
 
 def aggregate_image_tokens(tokens: torch.Tensor, r_list: Sequence[int] = R_LIST) -> torch.Tensor:
