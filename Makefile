@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.pad-installed
+# make test runs the suite in this many pytest-xdist processes, a test file per process at a time
+# (half the suite's time is waiting: subprocesses starting, servers, timeouts); 1 runs it in one
+TEST_WORKERS ?= 2
 export PYOPENGL_PLATFORM ?= osmesa
 
 .PHONY: setup demo test bench clean
@@ -49,7 +52,7 @@ demo: setup
 	$(VENV)/bin/pad demo --workdir demo-work
 
 test: setup chromium
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: setup
 	bash benchmarks/run_all.sh

@@ -394,23 +394,171 @@ def check_same_extraction(f, path: str, attrs: dict, n_samples: int, defining: S
                        f"{n_samples} samples: it was extracted from another render store; delete it", path)
 
 
-class FeatureWriter:
-    """The single writer of one feature store (holds :class:`FeatureLock` while open).
+class H5Writer:
+    """The single writer of one HDF5 store of a cache (a CLIP feature store, a token store): holds
+    the store's :class:`FeatureLock` while open.
 
-    Datasets are created (and grown) with space allocated up front; :meth:`write_sample` writes a
-    sample's arrays and render key, flushes, then sets ``done[i]`` and flushes again, so a crash
-    never leaves a sample marked done with partial data.
+    A new store is laid out in ``<path>.partial`` (every dataset ``(rows, *tail)``, one row per
+    chunk, space allocated up front, plus ``render_key`` and ``done``) and renamed; an existing one
+    is checked (:meth:`_check`) and grown. :meth:`_write_row` writes a row's arrays and render key,
+    flushes, then sets ``done[i]`` and flushes again, so a crash never leaves a row marked done
+    with partial data. Subclasses set :attr:`what` and :attr:`extra_attrs` and implement ``_check``.
+    """
+
+    what = "store"                  #: the store's name in error lines
+    extra_attrs: dict = {}          #: attributes every store of the subclass carries
+
+    def __init__(self, path: str, file, lock: FeatureLock):
+        self.path = path
+        self.file = file
+        self._lock = lock
+
+    @classmethod
+    def _open_or_create(cls, path: str, attrs: dict, n_samples: int, datasets: dict, **kwargs) -> "H5Writer":
+        """Open the store at ``path`` for writing (``kwargs`` go to the constructor), creating it
+        when absent (``datasets``: name -> (tail shape, dtype); tail ``None``: one variable-length
+        array per row) and growing it to ``n_samples`` rows when it has fewer."""
+        import h5py
+        lock = FeatureLock(path).acquire()
+        try:
+            attrs = dict(attrs, pad_schema=SCHEMA, **cls.extra_attrs)
+            if isinstance(attrs.get("options"), dict):
+                attrs["options"] = json.dumps(attrs["options"], sort_keys=True)
+            if not os.path.exists(path):
+                _create_store(path, attrs, int(n_samples), datasets)
+                return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), lock, **kwargs)
+            try:
+                f = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
+            except OSError as exc:
+                raise PadError(f"cannot open the {cls.what} for writing ({' '.join(str(exc).split())}); "
+                               "delete it to start over", path) from None
+            writer = cls(path, f, lock, **kwargs)
+            try:
+                writer._check(attrs, n_samples)
+                writer._grow(n_samples)
+            except BaseException:
+                f.close()
+                raise
+            return writer
+        except BaseException:
+            lock.release()
+            raise
+
+    def _check(self, attrs: dict, n_samples: int) -> None:
+        raise NotImplementedError
+
+    def _grow(self, n_samples: int) -> None:
+        """Resize every dataset to ``n_samples`` rows (``done`` last), zero the new ``render_key`` and
+        ``done`` rows, then flush once (see the module docstring for a kill meanwhile)."""
+        f = self.file
+        n = int(n_samples)
+        rows = _store_rows(f)
+        if all(int(f[name].shape[0]) >= n for name in f.keys()):
+            return
+        f.flush()
+        for name in f.keys():
+            if name not in ("render_key", "done") and f[name].shape[0] < n:
+                f[name].resize(n, axis=0)
+        for name, zero in (("render_key", np.uint64(0)), ("done", False)):
+            if f[name].shape[0] < n:
+                f[name].resize(n, axis=0)
+            f[name][rows:n] = np.full(n - rows, zero, dtype=f[name].dtype)
+        f.flush()
+
+    def done(self) -> np.ndarray:
+        """(R,) bool: the ``done`` flags as written."""
+        return np.asarray(self.file["done"][: _store_rows(self.file)], dtype=bool)
+
+    def keys(self) -> np.ndarray:
+        """(R,) uint64: the render key each row was encoded from."""
+        return np.asarray(self.file["render_key"][: _store_rows(self.file)], dtype=np.uint64)
+
+    def _write_row(self, i: int, arrays: dict, render_key: int) -> None:
+        """Row ``i``: each dataset named in ``arrays`` (values already of the dataset's dtype), the
+        render key, then ``done``. A failed write (a full disk, an I/O error) is one PadError line;
+        the rows written before stay valid."""
+        f = self.file
+        try:  # no chunk cache (rdcc_nbytes=0): a failed write raises here, before done is set
+            f["done"][i] = False
+            for name, value in arrays.items():
+                f[name][i] = value
+            f["render_key"][i] = np.uint64(render_key)
+            f.flush()
+            f["done"][i] = True
+            f.flush()
+        except (OSError, RuntimeError) as exc:  # h5py reports ENOSPC/EIO as OSError or RuntimeError
+            text = " ".join(str(exc).split())
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text
+            reason = "no space left on the device" if full else text[:200]
+            raise PadError(f"writing sample {i} failed ({reason}); the samples written before it are kept: "
+                           "fix the cause and re-run to continue", self.path) from None
+
+    def close(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            finally:
+                self.file = None
+                self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _store_rows(f) -> int:
+    """Rows every dataset of an open store has (the smallest length: a growth cut short leaves some longer)."""
+    return min(int(f[name].shape[0]) for name in f.keys())
+
+
+def _create_store(path: str, attrs: dict, n: int, datasets: dict) -> None:
+    """Lay out a new store of ``n`` rows in ``path.partial``, then rename it to ``path`` (a store
+    exists only once fully laid out). ``datasets``: name -> (tail shape, dtype); tail ``None``: a
+    variable-length array per row, ``()``: one number per row."""
+    import h5py
+    tmp = path + ".partial"
+    f = h5py.File(tmp, "w", locking=False)
+    try:
+        for name, (tail, dtype) in datasets.items():
+            if tail is None:
+                f.create_dataset(name, shape=(n,), maxshape=(None,), chunks=(64,),
+                                 dtype=h5py.vlen_dtype(np.dtype(dtype)))
+            elif tail == ():     # one number per row: chunked like the flags
+                f.create_dataset(name, shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype=dtype,
+                                 fillvalue=0, dcpl=_early_dcpl())
+            else:
+                f.create_dataset(name, shape=(n,) + tuple(tail), maxshape=(None,) + tuple(tail),
+                                 chunks=(1,) + tuple(tail), dtype=dtype, dcpl=_early_dcpl(), fill_time="never")
+        f.create_dataset("render_key", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="uint64",
+                         fillvalue=0, dcpl=_early_dcpl())
+        f.create_dataset("done", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="bool",
+                         fillvalue=False, dcpl=_early_dcpl())
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.flush()
+    except BaseException:
+        f.close()
+        os.remove(tmp)
+        raise
+    f.close()
+    os.replace(tmp, path)
+
+
+class FeatureWriter(H5Writer):
+    """The single writer of one CLIP feature store (:class:`H5Writer`).
 
     ``render_keys``: (S,) uint64 keys of the render store the rows are encoded from (its
     ``render_keys()``), used when :meth:`write_sample` is not given a key.
     """
 
+    what = "feature store"
+    extra_attrs = {"dpam_wiring": DPAM_WIRING}
+
     def __init__(self, path: str, file, lock: FeatureLock, render_keys: np.ndarray | None = None):
-        self.path = path
-        self.file = file
-        self._lock = lock
+        super().__init__(path, file, lock)
         self.render_keys = None if render_keys is None else np.asarray(render_keys, dtype=np.uint64)
-        self.grown_from: int | None = None  # rows before this open grew the store (None: not grown)
 
     @classmethod
     def create_or_open(cls, path: str, attrs: dict, n_samples: int, views: int, n_layers: int, grid: int,
@@ -425,32 +573,12 @@ class FeatureWriter:
         ``render_keys``: (n_samples,) keys of the render store (None: read from the render store of
         the cache the file is in, when there is one).
         """
-        import h5py
-        lock = FeatureLock(path).acquire()
-        try:
-            attrs = dict(attrs, pad_schema=SCHEMA, dpam_wiring=DPAM_WIRING)
-            if isinstance(attrs.get("options"), dict):
-                attrs["options"] = json.dumps(attrs["options"], sort_keys=True)
-            keys = _render_keys_of(None if render_keys is None else np.asarray(render_keys, np.uint64),
-                                   cache_of(path))
-            if os.path.exists(path):
-                try:
-                    f = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
-                except OSError as exc:
-                    raise PadError(f"cannot open the feature store for writing ({' '.join(str(exc).split())}); "
-                                   "delete it to start over", path) from None
-                writer = cls(path, f, lock, keys)
-                try:
-                    writer._check(attrs, n_samples)
-                    writer._grow(n_samples)
-                except BaseException:
-                    f.close()
-                    raise
-                return writer
-            return cls._create(path, attrs, n_samples, views, n_layers, grid, dim, has_rgb, lock, keys)
-        except BaseException:
-            lock.release()
-            raise
+        keys = _render_keys_of(None if render_keys is None else np.asarray(render_keys, np.uint64), cache_of(path))
+        gg = int(grid) * int(grid)
+        datasets = {"global": ((views, dim), "float16"), "patch": ((views, n_layers, gg, dim), "float16")}
+        if has_rgb:
+            datasets.update(rgb_global=((dim,), "float16"), rgb_patch=((n_layers, gg, dim), "float16"))
+        return cls._open_or_create(path, attrs, n_samples, datasets, render_keys=keys)
 
     @classmethod
     def open_existing(cls, path: str) -> "FeatureWriter":
@@ -470,68 +598,9 @@ class FeatureWriter:
             raise
         return cls(path, f, lock)
 
-    @classmethod
-    def _create(cls, path, attrs, n_samples, views, n_layers, grid, dim, has_rgb, lock, keys) -> "FeatureWriter":
-        import h5py
-        tmp = path + ".partial"
-        f = h5py.File(tmp, "w", locking=False)
-        try:
-            gg = int(grid) * int(grid)
-            n = int(n_samples)
-            shapes = {"global": (views, dim), "patch": (views, n_layers, gg, dim)}
-            if has_rgb:
-                shapes["rgb_global"] = (dim,)
-                shapes["rgb_patch"] = (n_layers, gg, dim)
-            for name, tail in shapes.items():
-                f.create_dataset(name, shape=(n,) + tail, maxshape=(None,) + tail, chunks=(1,) + tail,
-                                 dtype="float16", dcpl=_early_dcpl(), fill_time="never")
-            f.create_dataset("render_key", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="uint64",
-                             fillvalue=0, dcpl=_early_dcpl())
-            f.create_dataset("done", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="bool",
-                             fillvalue=False, dcpl=_early_dcpl())
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.flush()
-        except BaseException:
-            f.close()
-            os.remove(tmp)
-            raise
-        f.close()
-        os.replace(tmp, path)  # a store exists only once fully laid out
-        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), lock, keys)
-
     def _check(self, attrs: dict, n_samples: int) -> None:
         check_schema(self.file.attrs, self.path)
         check_same_extraction(self.file, self.path, attrs, n_samples, DEFINING_ATTRS, "feature store")
-
-    def _grow(self, n_samples: int) -> None:
-        """Resize every dataset to ``n_samples`` rows (``done`` last), zero the new ``render_key`` and
-        ``done`` rows, then flush once (see the module docstring for a kill meanwhile)."""
-        f = self.file
-        n = int(n_samples)
-        rows = _rows(f)
-        if all(int(f[name].shape[0]) >= n for name in DATASETS + ("render_key", "done") if name in f):
-            return
-        f.flush()
-        for name in DATASETS:
-            if name in f and f[name].shape[0] < n:
-                f[name].resize(n, axis=0)
-        for name, zero in (("render_key", np.uint64(0)), ("done", False)):
-            start = int(f[name].shape[0])
-            if start < n:
-                f[name].resize(n, axis=0)
-            f[name][rows:n] = np.full(n - rows, zero, dtype=f[name].dtype)
-        f.flush()
-        self.grown_from = rows
-
-    # ------------------------------------------------------------------ writes
-    def done(self) -> np.ndarray:
-        """(R,) bool: the ``done`` flags as written."""
-        return np.asarray(self.file["done"][: _rows(self.file)], dtype=bool)
-
-    def keys(self) -> np.ndarray:
-        """(R,) uint64: the render key each row was encoded from."""
-        return np.asarray(self.file["render_key"][: _rows(self.file)], dtype=np.uint64)
 
     def write_sample(self, i: int, global_: np.ndarray, patch: np.ndarray, rgb_global: np.ndarray | None = None,
                      rgb_patch: np.ndarray | None = None, render_key: int | None = None) -> None:
@@ -546,23 +615,10 @@ class FeatureWriter:
                 raise ValueError("no render key for sample %d: pass render_key= or open the writer with the "
                                  "render store's keys" % i)
             render_key = int(self.render_keys[i])
-        try:  # no chunk cache (rdcc_nbytes=0): a failed write raises here, before done is set
-            f["done"][i] = False
-            f["global"][i] = np.asarray(global_, dtype=np.float16)
-            f["patch"][i] = np.asarray(patch, dtype=np.float16)
-            if "rgb_global" in f:
-                f["rgb_global"][i] = np.asarray(rgb_global, dtype=np.float16)
-                f["rgb_patch"][i] = np.asarray(rgb_patch, dtype=np.float16)
-            f["render_key"][i] = np.uint64(render_key)
-            f.flush()
-            f["done"][i] = True
-            f.flush()
-        except (OSError, RuntimeError) as exc:  # h5py reports ENOSPC/EIO as OSError or RuntimeError
-            text = " ".join(str(exc).split())
-            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text
-            reason = "no space left on the device" if full else text[:200]
-            raise PadError(f"writing sample {i} failed ({reason}); the samples written before it are kept: "
-                           "fix the cause and re-run to continue", self.path) from None
+        arrays = {"global": global_, "patch": patch}
+        if "rgb_global" in f:
+            arrays.update(rgb_global=rgb_global, rgb_patch=rgb_patch)
+        self._write_row(i, {k: np.asarray(v, dtype=np.float16) for k, v in arrays.items()}, render_key)
 
     def clear_done(self, indices) -> None:
         """Mark samples as not done (so a rerun redoes them)."""
@@ -572,17 +628,3 @@ class FeatureWriter:
             done[indices] = False
             self.file["done"][: done.shape[0]] = done
             self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.close()
-            finally:
-                self.file = None
-                self._lock.release()
-
-    def __enter__(self) -> "FeatureWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

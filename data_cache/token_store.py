@@ -31,16 +31,14 @@ Both: ``render_key`` uint64 (S,), ``done`` bool (S,).
 """
 from __future__ import annotations
 
-import errno
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
 from data_cache.errors import PadError
-from data_cache.feature_store import (FLAG_CHUNK, SCHEMA, TOKEN_BACKBONES, FeatureLock, H5Store, _early_dcpl, _plain,
-                                      check_same_extraction, features_dir, is_token_tag, store_file)
+from data_cache.feature_store import (SCHEMA, TOKEN_BACKBONES, H5Store, H5Writer, _plain, check_same_extraction,
+                                      features_dir, is_token_tag, store_file)
 
 POINT_TOKENS = "point-tokens"
 IMAGE_TOKENS = "image-tokens"
@@ -65,15 +63,6 @@ def list_token_tags(cache: str, kind: str | None = None) -> list[str]:
     if kind is None:
         return tags
     return [t for t in tags if TOKEN_BACKBONES[t.split("_", 1)[0]] == kind]
-
-
-def _rows(f) -> int:
-    return min(int(f[name].shape[0]) for name in f.keys() if isinstance(f[name], _dataset_type()))
-
-
-def _dataset_type():
-    import h5py
-    return h5py.Dataset
 
 
 def _check_attrs(attrs, path: str) -> None:
@@ -162,105 +151,21 @@ def image_datasets(n_layers: int, n_patches: int, dim: int) -> dict:
     return {"tokens": ((n_layers, n_patches, dim), np.float32)}
 
 
-class TokenWriter:
-    """The single writer of one token store (holds the store's lock while open).
+class TokenWriter(H5Writer):
+    """The single writer of one token store (:class:`~data_cache.feature_store.H5Writer`)."""
 
-    :meth:`write_sample` writes a sample's arrays and key, flushes, then sets ``done[i]`` and
-    flushes again: a crash never leaves a row marked done with partial data."""
-
-    def __init__(self, path: str, file, lock: FeatureLock):
-        self.path = path
-        self.file = file
-        self._lock = lock
+    what = "token store"
 
     @classmethod
     def create_or_open(cls, path: str, attrs: dict, n_samples: int, datasets: dict) -> "TokenWriter":
         """Open (creating when absent, growing to ``n_samples`` rows when shorter) the store at ``path``.
         ``datasets``: :func:`point_datasets` / :func:`image_datasets`. An existing store must have the
         same ``render_fingerprint`` and :data:`DEFINING_ATTRS` and at most ``n_samples`` rows."""
-        import h5py
-        lock = FeatureLock(path).acquire()
-        try:
-            attrs = dict(attrs, pad_schema=SCHEMA)
-            if isinstance(attrs.get("options"), dict):
-                attrs["options"] = json.dumps(attrs["options"], sort_keys=True)
-            if os.path.exists(path):
-                try:
-                    f = h5py.File(path, "r+", locking=False, rdcc_nbytes=0)
-                except OSError as exc:
-                    raise PadError(f"cannot open the token store for writing ({' '.join(str(exc).split())}); "
-                                   "delete it to start over", path) from None
-                writer = cls(path, f, lock)
-                try:
-                    writer._check(attrs, n_samples)
-                    writer._grow(n_samples)
-                except BaseException:
-                    f.close()
-                    raise
-                return writer
-            return cls._create(path, attrs, n_samples, datasets, lock)
-        except BaseException:
-            lock.release()
-            raise
-
-    @classmethod
-    def _create(cls, path: str, attrs: dict, n_samples: int, datasets: dict, lock) -> "TokenWriter":
-        import h5py
-        tmp = path + ".partial"
-        f = h5py.File(tmp, "w", locking=False)
-        n = int(n_samples)
-        try:
-            for name, (tail, dtype) in datasets.items():
-                if tail is None:
-                    f.create_dataset(name, shape=(n,), maxshape=(None,), chunks=(64,),
-                                     dtype=h5py.vlen_dtype(np.dtype(dtype)))
-                elif tail == ():
-                    f.create_dataset(name, shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype=dtype,
-                                     fillvalue=0, dcpl=_early_dcpl())
-                else:
-                    f.create_dataset(name, shape=(n,) + tail, maxshape=(None,) + tail, chunks=(1,) + tail,
-                                     dtype=dtype, dcpl=_early_dcpl(), fill_time="never")
-            f.create_dataset("render_key", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="uint64",
-                             fillvalue=0, dcpl=_early_dcpl())
-            f.create_dataset("done", shape=(n,), maxshape=(None,), chunks=(FLAG_CHUNK,), dtype="bool",
-                             fillvalue=False, dcpl=_early_dcpl())
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.flush()
-        except BaseException:
-            f.close()
-            os.remove(tmp)
-            raise
-        f.close()
-        os.replace(tmp, path)
-        return cls(path, h5py.File(path, "r+", locking=False, rdcc_nbytes=0), lock)
+        return cls._open_or_create(path, attrs, n_samples, datasets)
 
     def _check(self, attrs: dict, n_samples: int) -> None:
         _check_attrs(self.file.attrs, self.path)
         check_same_extraction(self.file, self.path, attrs, n_samples, DEFINING_ATTRS, "token store")
-
-    def _grow(self, n_samples: int) -> None:
-        f = self.file
-        n = int(n_samples)
-        names = [k for k in f.keys() if k not in ("render_key", "done")]
-        rows = _rows(f)
-        if all(int(f[k].shape[0]) >= n for k in f.keys()):
-            return
-        f.flush()
-        for name in names:
-            if f[name].shape[0] < n:
-                f[name].resize(n, axis=0)
-        for name, zero in (("render_key", np.uint64(0)), ("done", False)):
-            if f[name].shape[0] < n:
-                f[name].resize(n, axis=0)
-            f[name][rows:n] = np.full(n - rows, zero, dtype=f[name].dtype)
-        f.flush()
-
-    def done(self) -> np.ndarray:
-        return np.asarray(self.file["done"][: _rows(self.file)], dtype=bool)
-
-    def keys(self) -> np.ndarray:
-        return np.asarray(self.file["render_key"][: _rows(self.file)], dtype=np.uint64)
 
     def write_sample(self, i: int, arrays: dict, render_key: int) -> None:
         """Write row ``i``: every dataset of the store from ``arrays`` (vlen ones flattened), its
@@ -270,35 +175,6 @@ class TokenWriter:
         missing = [k for k in names if k not in arrays]
         if missing:
             raise ValueError(f"write_sample: missing {missing}")
-        try:
-            f["done"][i] = False
-            for name in names:
-                dtype = f[name].dtype
-                if name in VLEN:
-                    f[name][i] = np.ascontiguousarray(arrays[name], dtype=VLEN[name]).reshape(-1)
-                else:
-                    f[name][i] = np.asarray(arrays[name], dtype=dtype)
-            f["render_key"][i] = np.uint64(render_key)
-            f.flush()
-            f["done"][i] = True
-            f.flush()
-        except (OSError, RuntimeError) as exc:
-            text = " ".join(str(exc).split())
-            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text
-            reason = "no space left on the device" if full else text[:200]
-            raise PadError(f"writing sample {i} failed ({reason}); the samples written before it are kept: "
-                           "fix the cause and re-run to continue", self.path) from None
-
-    def close(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.close()
-            finally:
-                self.file = None
-                self._lock.release()
-
-    def __enter__(self) -> "TokenWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        rows = {name: (np.ascontiguousarray(arrays[name], dtype=VLEN[name]).reshape(-1) if name in VLEN
+                       else np.asarray(arrays[name], dtype=f[name].dtype)) for name in names}
+        self._write_row(i, rows, render_key)
