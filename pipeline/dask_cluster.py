@@ -74,14 +74,18 @@ class PadWorkerPlugin(WorkerPlugin):
     ``ignore_sigint``: used for LocalCluster workers, which share the terminal's process
     group with ``pad`` — Ctrl-C must stop the client (which then closes the cluster
     cleanly), not raise ``KeyboardInterrupt`` inside every worker.
+    ``load_torch``: import torch and torchvision first (:func:`_import_torch_first`); off only for
+    the LocalCluster of ``pad render``, whose workers render and end with the command (torch is
+    never loaded there, and loading it costs each worker seconds of start-up).
     """
 
     name = "pad-render-env"
     idempotent = False
 
-    def __init__(self, env: dict[str, str], ignore_sigint: bool = False):
+    def __init__(self, env: dict[str, str], ignore_sigint: bool = False, load_torch: bool = True):
         self.env = dict(env)
         self.ignore_sigint = ignore_sigint
+        self.load_torch = load_torch
 
     def setup(self, worker) -> None:
         env = dict(self.env)
@@ -93,7 +97,8 @@ class PadWorkerPlugin(WorkerPlugin):
                           f"PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')!r} instead of {platform!r} "
                           "(set it in the workers' environment)")
         os.environ.update(env)
-        _import_torch_first()
+        if self.load_torch:
+            _import_torch_first()
         try:  # numpy's BLAS may already be loaded: cap its pool too
             from threadpoolctl import threadpool_limits
             threadpool_limits(1)
@@ -146,7 +151,8 @@ def dashboard_link(client) -> str | None:
 
 @contextlib.contextmanager
 def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "auto",
-                dashboard_address: str = DEFAULT_DASHBOARD, connect_timeout: float = 30.0) -> Iterator:
+                dashboard_address: str = DEFAULT_DASHBOARD, connect_timeout: float = 30.0,
+                render_only: bool = False) -> Iterator:
     """A ``distributed.Client`` set up for rendering; closes it (and its LocalCluster) on exit.
 
     - ``scheduler`` None: a LocalCluster of ``workers`` processes (0: one per core), one
@@ -154,6 +160,9 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
       ``allowed-failures`` = :data:`ALLOWED_FAILURES`.
     - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
+    ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
+    torch (:class:`PadWorkerPlugin`). The workers of a running scheduler always load it: the same
+    workers may encode features next.
     """
     if scheduler and workers:
         raise PadError("--workers and --scheduler exclude each other: the workers of an existing "
@@ -186,7 +195,7 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                 stack.callback(cluster.close)
                 client = Client(cluster)
                 stack.callback(client.close)
-            client.register_plugin(PadWorkerPlugin(env, ignore_sigint=True),
+            client.register_plugin(PadWorkerPlugin(env, ignore_sigint=True, load_torch=not render_only),
                                    name=PadWorkerPlugin.name)
         yield client
 

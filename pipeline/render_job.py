@@ -382,7 +382,7 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
                         where = f"connecting to {cfg.scheduler}" if cfg.scheduler else \
                             f"starting {workers} local worker process{'es' if workers > 1 else ''}"
                         print(f"pad render: {where} ...", file=sys.stderr)
-                    with dask_client(workers, cfg.scheduler, cfg.backend) as own:
+                    with dask_client(workers, cfg.scheduler, cfg.backend, render_only=True) as own:
                         _run(own, cfg, plan, refs, store, todo, summary, progress, on_result)
             except KeyboardInterrupt:  # counted once the cluster is closed: nothing changes after this
                 n_done = int(store.done().sum())
