@@ -256,6 +256,8 @@ def main() -> None:
         with torch.no_grad():
             agg = snamd._embed_2d([t for t in tok])           # (B, G*G, layers, C)
         out["snamd2d"] = agg.permute(2, 0, 1, 3).numpy()      # (layers, B, G*G, C) f16
+        # muscv2.py's L2 normalization of them (features /= features.norm(dim=-1, keepdim=True), float16 here)
+        out["z2d_tok"] = (agg / agg.norm(dim=-1, keepdim=True)).permute(2, 0, 1, 3).numpy()
 
     # --- DINO tokens of the images
     images = job.get("images")

@@ -111,6 +111,7 @@ def run_official(python: str, official: str, job: dict, work: str, reuse: bool =
     for k in ("tok2d", "z2d"):
         if k in job:
             rec[k] = job[k]
+    rec["z2d_given"] = "z2d" in job          # else the official 2D features come from its DINO of the images
     for i in range(len(job["scans"])):
         rec[f"fps_{i}"] = job[f"fps_{i}"]
     return rec
@@ -321,6 +322,24 @@ def stage_snamd2d(rec: dict, ctx: dict) -> tuple[float, float, str]:
     return worst, tol, f"tokens {tuple(tok.shape)}"
 
 
+def stage_norm2d(rec: dict, ctx: dict) -> tuple[float, float, str]:
+    """SNAMD-2D then muscv2.py's L2 normalization, as ``pad mutual`` aggregates stored image tokens
+    (``aggregate_image_tokens``), vs the official normalized 2D features. Tolerance 0: the norm is
+    rounded to float16 before the division in the official CPU run, and a float32 norm instead moves
+    values by one float16 unit, which float16 distances turn into ~1e-3 (``chain msm2d``)."""
+    from scoring.mutual.snamd import aggregate_image_tokens
+    if "z2d_tok" in rec:
+        tok, off = rec["tok2d"], rec["z2d_tok"]
+    elif not rec.get("z2d_given", True) and "z2d" in rec:
+        tok, off = rec["dino"], rec["z2d"]
+    else:
+        raise KeyError("z2d_tok")
+    mine = torch.stack([aggregate_image_tokens(torch.from_numpy(np.asarray(tok[:, i, 1:], np.float32)))
+                        for i in range(tok.shape[1])], 1).float().numpy()
+    d = _maxdiff(mine, off)
+    return d, 0.0, f"(layers, images, patches, C) {tuple(mine.shape)}, values differing {int((mine != off).sum())}"
+
+
 def _dino(ctx: dict):
     if "dino" not in ctx:
         from data_cache.backbones_dino import load_dino
@@ -366,7 +385,7 @@ STAGES = {
     "input": stage_input, "fps": stage_fps, "groups": stage_groups, "curvature": stage_curvature,
     "tokens": stage_tokens, "tokens_train": stage_tokens_train, "snamd3d": stage_snamd3d, "msm": stage_msm, "salient": stage_salient,
     "pointmap": stage_pointmap, "map3d": stage_map3d, "rscon": stage_rscon, "snamd2d": stage_snamd2d,
-    "dino": stage_dino, "msm2d3d": stage_msm2d3d,
+    "norm2d": stage_norm2d, "dino": stage_dino, "msm2d3d": stage_msm2d3d,
 }
 
 
@@ -381,10 +400,11 @@ def pad_chain(rec: dict, ctx: dict) -> dict:
     from scoring.mutual.snamd import aggregate_point_tokens
     model = _point_mae(ctx)
     n_groups = len(rec["center_idx_0"])
-    feats, pts_l, pix_l, cen_l = [], [], [], []
+    feats, pts_l, pix_l, cen_l, centre_pix = [], [], [], [], []
     for i in scan_ids(rec):
         pts, pixel, _ = organized_input(rec["scans"][i])
         g = build_groups(torch.from_numpy(pts), n_groups=n_groups)
+        centre_pix.append(torch.from_numpy(np.asarray(pixel, np.int64))[g["center_idx"].long()])
         with torch.no_grad():
             toks = model(g["neighborhood"][None], g["centers"][None])
         stored = torch.stack([t[0] for t in toks])             # (L, M, D) float32, as the token store keeps them
@@ -404,7 +424,26 @@ def pad_chain(rec: dict, ctx: dict) -> dict:
     maps = np.stack(maps)
     score = maps.reshape(len(maps), -1).max(-1)
     sal = salient_features(z[1], amap)
-    return {"msm3d": msm.numpy(), "map3d": maps, "score3d": score, "rscon3d": rscon(score, sal.numpy())}
+    out = {"msm3d": msm.numpy(), "map3d": maps, "score3d": score, "rscon3d": rscon(score, sal.numpy())}
+    if "msm2d_cross" in rec and not rec.get("z2d_given", True):     # 2D features of the official DINO
+        out.update(pad_chain_2d3d(rec, ctx, z, torch.stack(centre_pix)))
+    return out
+
+
+def pad_chain_2d3d(rec: dict, ctx: dict, z3d: torch.Tensor, centre_pixel: torch.Tensor) -> dict:
+    """pad's 2D+3D scores as ``pad mutual --modality 2d+3d`` computes them: DINO tokens of the images,
+    SNAMD-2D and L2 normalization per image (``aggregate_image_tokens``), then ``compute_scores_multiple``
+    with pad's own 3D features ``z3d`` (layers, N, M, C) and centres' pixels (N, M)."""
+    from data_cache.backbones_dino import dino_layers
+    from scoring.mutual.cross_modal import mutual_scores_2d3d, patch_of_center
+    from scoring.mutual.snamd import aggregate_image_tokens
+    with torch.no_grad():
+        toks = dino_layers(_dino(ctx), torch.from_numpy(rec["images"]), (3, 7, 11))
+    z2d = torch.stack([aggregate_image_tokens(torch.stack([t[i] for t in toks]))
+                       for i in range(len(rec["images"]))], 1)                 # (layers, N, G*G, C)
+    patch = patch_of_center(centre_pixel, 224, int(round(z2d.shape[2] ** 0.5)))
+    s2, s3 = zip(*(mutual_scores_2d3d(z2d[layer], z3d[layer], patch) for layer in range(z2d.shape[0])))
+    return {"msm2d_cross": torch.stack(s2).numpy(), "msm3d_cross": torch.stack(s3).numpy()}
 
 
 def chain_rows(rec: dict, ctx: dict) -> list[tuple[str, float, float, str]]:
@@ -422,6 +461,10 @@ def chain_rows(rec: dict, ctx: dict) -> list[tuple[str, float, float, str]]:
         spread = f"{_maxdiff(rec[key + '_contig'], rec[key]):.3e}" if key + "_contig" in rec else "not run"
         rows.append((name, _maxdiff(mine[key], rec[key]), TOL,
                      f"{what}, pad end to end; the official against itself with contiguous tokens: {spread}"))
+    if "msm2d_cross" in mine:
+        for name, key in (("chain msm2d (2d+3d)", "msm2d_cross"), ("chain msm3d (2d+3d)", "msm3d_cross")):
+            rows.append((name, _maxdiff(mine[key], rec[key]), TOL,
+                         "float16 distances of compute_scores_multiple, pad end to end from the scans and images"))
     return rows
 
 
@@ -466,7 +509,7 @@ def write_fixture(rec: dict, out_dir: str, args: argparse.Namespace) -> None:
     rows = np.random.default_rng(args.seed).choice(784, FIXTURE_DINO_ROWS, replace=False) + 1
     keep["dino_rows"] = (rows - 1).astype(np.int32)                        # rows of the patch tokens (no class token)
     keep["dino"] = rec["dino"][:, :, rows]
-    for k in ("snamd3d", "msm3d", "amap3d", "salient3d", "score3d", "rscon3d", "snamd2d", "tok2d", "z2d",
+    for k in ("snamd3d", "msm3d", "amap3d", "salient3d", "score3d", "rscon3d", "snamd2d", "z2d_tok", "tok2d", "z2d",
               "msm2d_cross", "msm3d_cross", "centre_pixel"):
         keep[k] = rec[k]
     keep["tok2d"] = rec["tok2d"].astype(np.float32)
@@ -535,7 +578,8 @@ statistics, DropPath from the seeded global RNG, scans in order, as `muscv2.py` 
 with the DropPath decisions of that run (depth x (attention, MLP), True = kept), `snamd3d` (layers, N, M, 384) float16, `msm3d` per-layer leave-one-out MSM
 scores, `amap3d` their mean, `salient3d`, `pointmap_i` (3-NN interpolation), the blurred maps as
 `map3d_u8` x `map3d_max` (exact: KNNGaussianBlur's output is a uint8 image times the max of the map before the blur),
-`score3d`/`rscon3d` object scores before/after RsCon; `tok2d` (random tokens) -> `snamd2d`;
+`score3d`/`rscon3d` object scores before/after RsCon; `tok2d` (random tokens) -> `snamd2d`, and
+`z2d_tok` the same L2-normalized as muscv2.py does (float16 norm on the CPU);
 `z2d` (random normalized float16 2D features) with `snamd3d` -> `msm2d_cross`/`msm3d_cross`
 (compute_scores_multiple, patch of each centre from `centre_pixel`); `dino` the patch tokens
 `dino_rows` of blocks 3/7/11 of one random image (`random_images`, seed {seed}).

@@ -34,10 +34,12 @@ R_LIST = (1, 3, 5)
 
 
 def l2_normalize(tokens: torch.Tensor) -> torch.Tensor:
-    """``tokens / ‖tokens‖₂`` along the last axis, the norm in float32 (as autocast does); returns
-    the dtype of ``tokens`` (float16 stays float16: muscv2.py divides its float16 features in place)."""
-    norm = tokens.float().norm(dim=-1, keepdim=True)
-    return (tokens.float() / norm).to(tokens.dtype)
+    """``tokens / ‖tokens‖₂`` along the last axis, in the dtype of ``tokens``, as muscv2.py runs it
+    on the CPU (no autocast there): for float16 the norm is itself rounded to float16 before the
+    division (``features /= features.norm(dim=-1, keepdim=True)`` on SNAMD-2D's float16 output),
+    which moves a normalized feature by one float16 unit against a float32 norm. (Under CUDA
+    autocast the official norm is float32; pad follows the CPU path on every device, as for 3D.)"""
+    return tokens / tokens.norm(dim=-1, keepdim=True)
 
 
 def _weighted_means(neighbours: torch.Tensor, r_sizes: Sequence[int], select) -> list[torch.Tensor]:
