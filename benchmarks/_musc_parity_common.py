@@ -93,6 +93,14 @@ def random_images(n: int, seed: int, size: int = 224) -> torch.Tensor:
     return (rgb - mean) / std
 
 
+def random_rgb_files(n: int, seed: int) -> list[np.ndarray]:
+    """``n`` uint8 RGB images (H, W, 3) of random pixels, as a dataset's PNG files hold them; sizes
+    not 224 and not square (the official reader resizes them bicubically to 224)."""
+    rng = np.random.default_rng(seed + 11)
+    sizes = [(400, 380), (257, 311), (224, 224), (800, 800)]
+    return [rng.integers(0, 256, sizes[i % len(sizes)] + (3,), dtype=np.uint8) for i in range(n)]
+
+
 def random_weights(spec: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str, torch.Tensor]:
     """State dict for ``spec`` (key, shape) pairs, in that order, from one seeded CPU generator.
 

@@ -48,7 +48,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _musc_parity_common import random_weights  # noqa: E402
+from _musc_parity_common import random_rgb_files, random_weights  # noqa: E402
 
 _FPS: dict[str, torch.Tensor] = {}
 
@@ -183,6 +183,24 @@ def train_mode_tokens(model, job: dict, xyz_list: list, n: int, seed: int, out: 
     model.eval()
 
 
+def official_rgb(work: str, images: list[np.ndarray], scans: np.ndarray) -> np.ndarray:
+    """(B, 3, 224, 224) float32: ``dataset[i]["image"]`` of the official ``MVTec3dDataset`` over a
+    tree holding ``images`` as ``test/good/rgb/NNN.png`` (and a scan as ``xyz/NNN.tiff``)."""
+    import PIL.Image
+    import tifffile
+    from datasets import mvtec3d
+    root = os.path.join(work, "mvtec-rgb")
+    good = os.path.join(root, "cls", "test", "good")
+    for sub in ("rgb", "xyz"):
+        os.makedirs(os.path.join(good, sub), exist_ok=True)
+    for i, img in enumerate(images):
+        PIL.Image.fromarray(img).save(os.path.join(good, "rgb", f"{i:03d}.png"))
+        tifffile.imwrite(os.path.join(good, "xyz", f"{i:03d}.tiff"), scans[i % len(scans)].astype(np.float32))
+    ds = mvtec3d.MVTec3dDataset(source=root, classname="cls", split=mvtec3d.DatasetSplit.TEST, resize=224,
+                                imagesize=224)
+    return torch.stack([ds[i]["image"] for i in range(len(images))]).numpy()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--official", required=True)
@@ -297,6 +315,11 @@ def main() -> None:
         out["msm2d_cross"] = torch.stack(s2).float().numpy()                          # (layers, N, G*G)
         out["msm3d_cross"] = torch.stack(s3).float().numpy()                          # (layers, N, M)
         out["centre_pixel"] = pix.numpy()
+
+    # --- the official MVTec 3D-AD reader's RGB input (MVTec3dDataset, resize = imagesize = 224, as
+    # muscv2.py builds it) on a tiny dataset tree: the images as PNG files, each with an xyz TIFF
+    if int(job.get("rgb_files", 0)):
+        out["rgb_input"] = official_rgb(args.work, random_rgb_files(int(job["rgb_files"]), seed), scans)
 
     timing["total_s"] = time.perf_counter() - t0
     meta["timing"] = timing

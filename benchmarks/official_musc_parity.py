@@ -60,13 +60,16 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from _musc_parity_common import network_points, random_images, random_weights, reference_fps, synthetic_scans  # noqa: E402
+from _musc_parity_common import (network_points, random_images, random_rgb_files, random_weights,  # noqa: E402
+                                 reference_fps, synthetic_scans)
 
 TOL = 1e-4
 DEFECTIVE = (5,)
 FIXTURE_TOKENS = (0, 1, 5)      # scans whose Point-MAE tokens the fixture keeps (float32 is large)
 FIXTURE_TRAIN_TOKENS = (0, 5)   # scans whose train-mode tokens (and DropPath decisions) it keeps
 FIXTURE_DINO_ROWS = 48          # patch tokens of the image the fixture keeps, per layer
+RGB_FILES = 4                   # PNG images through the official MVTec 3D-AD reader (``rgb`` stage)
+FIXTURE_RGB_PIXELS = 1024       # pixels of each official RGB input the fixture keeps
 
 
 # ----------------------------------------------------------------------------- inputs / official run
@@ -83,6 +86,7 @@ def make_job(n_scans: int, n_groups: int, seed: int, n_images: int, small_2d: bo
         else:
             job[f"fps_{i}"] = reference_fps(pts, n_groups)
     job["train"] = np.int64(1)
+    job["rgb_files"] = np.int64(RGB_FILES)
     job["images"] = random_images(n_images, seed).numpy() if n_images else np.zeros((0,), np.float32)
     g = torch.Generator().manual_seed(seed + 3)
     if small_2d:
@@ -108,6 +112,7 @@ def run_official(python: str, official: str, job: dict, work: str, reuse: bool =
     rec["meta"] = json.loads(bytes(rec["meta"]).decode())
     rec["scans"] = job["scans"]
     rec["images"] = job["images"]
+    rec["seed"] = int(job["seed"])
     for k in ("tok2d", "z2d"):
         if k in job:
             rec[k] = job[k]
@@ -340,6 +345,20 @@ def stage_norm2d(rec: dict, ctx: dict) -> tuple[float, float, str]:
     return d, 0.0, f"(layers, images, patches, C) {tuple(mine.shape)}, values differing {int((mine != off).sum())}"
 
 
+def stage_rgb(rec: dict, ctx: dict) -> tuple[float, float, str]:
+    """DINO's input from an RGB file's pixels (``pipeline.musc_inputs.rgb_input``: bicubic resize to
+    224, [0, 1], ImageNet mean/std) vs the official MVTec 3D-AD reader's ``image`` of the same PNGs."""
+    from pipeline.musc_inputs import rgb_input
+    if "rgb_input" not in rec:
+        raise KeyError("rgb_input")
+    images = random_rgb_files(int(rec["rgb_input"].shape[0]), int(rec["seed"]))
+    mine = torch.stack([rgb_input(img) for img in images]).numpy()
+    pix = rec.get("rgb_pixels")
+    if pix is not None:                                        # the fixture keeps some pixels only
+        mine = mine.reshape(mine.shape[0], 3, -1)[:, :, pix]
+    return _maxdiff(mine, rec["rgb_input"]), 0.0, f"{len(images)} PNG images of {[i.shape[:2] for i in images]}"
+
+
 def _dino(ctx: dict):
     if "dino" not in ctx:
         from data_cache.backbones_dino import load_dino
@@ -385,7 +404,7 @@ STAGES = {
     "input": stage_input, "fps": stage_fps, "groups": stage_groups, "curvature": stage_curvature,
     "tokens": stage_tokens, "tokens_train": stage_tokens_train, "snamd3d": stage_snamd3d, "msm": stage_msm, "salient": stage_salient,
     "pointmap": stage_pointmap, "map3d": stage_map3d, "rscon": stage_rscon, "snamd2d": stage_snamd2d,
-    "norm2d": stage_norm2d, "dino": stage_dino, "msm2d3d": stage_msm2d3d,
+    "norm2d": stage_norm2d, "rgb": stage_rgb, "dino": stage_dino, "msm2d3d": stage_msm2d3d,
 }
 
 
@@ -513,6 +532,9 @@ def write_fixture(rec: dict, out_dir: str, args: argparse.Namespace) -> None:
               "msm2d_cross", "msm3d_cross", "centre_pixel"):
         keep[k] = rec[k]
     keep["tok2d"] = rec["tok2d"].astype(np.float32)
+    pix = np.random.default_rng(args.seed + 1).choice(224 * 224, FIXTURE_RGB_PIXELS, replace=False)
+    keep["rgb_pixels"] = pix.astype(np.int32)                              # pixels of the official RGB inputs kept
+    keep["rgb_input"] = rec["rgb_input"].reshape(len(rec["rgb_input"]), 3, -1)[:, :, pix]
     keep["centre_pixel"] = rec["centre_pixel"].astype(np.int32)
     # the blurred maps: uint8 image x max (exactly the official value: uint8 / 255 * max in float32)
     top = np.array([rec[f"pointmap_{i}"].max() for i in scan_ids(rec)], np.float32)   # the max before the blur
@@ -543,6 +565,7 @@ def load_fixture(fixture_dir: str) -> tuple[dict, dict]:
     rec["scans"] = scans.reshape(-1, 224, 224, 3)
     rec["map3d"] = (rec.pop("map3d_u8").astype(np.float32) / np.float32(255)) * rec.pop("map3d_max")[:, None, None]
     rec["images"] = random_images(meta["images"], meta["seed"]).numpy()
+    rec["seed"] = meta["seed"]
     return rec, meta
 
 
@@ -579,7 +602,8 @@ with the DropPath decisions of that run (depth x (attention, MLP), True = kept),
 scores, `amap3d` their mean, `salient3d`, `pointmap_i` (3-NN interpolation), the blurred maps as
 `map3d_u8` x `map3d_max` (exact: KNNGaussianBlur's output is a uint8 image times the max of the map before the blur),
 `score3d`/`rscon3d` object scores before/after RsCon; `tok2d` (random tokens) -> `snamd2d`, and
-`z2d_tok` the same L2-normalized as muscv2.py does (float16 norm on the CPU);
+`z2d_tok` the same L2-normalized as muscv2.py does (float16 norm on the CPU); `rgb_input` the official
+MVTec 3D-AD reader's `image` of {rgb} PNG files of random pixels (`random_rgb_files`), at pixels `rgb_pixels`;
 `z2d` (random normalized float16 2D features) with `snamd3d` -> `msm2d_cross`/`msm3d_cross`
 (compute_scores_multiple, patch of each centre from `centre_pixel`); `dino` the patch tokens
 `dino_rows` of blocks 3/7/11 of one random image (`random_images`, seed {seed}).
@@ -617,7 +641,7 @@ def main() -> int:
         with open(os.path.join(args.write_fixture, "README.md"), "w") as f:
             f.write(FIXTURE_README.format(commit=args.official_commit, seed=args.seed, n=args.scans, m=args.groups,
                                           tok=", ".join(map(str, FIXTURE_TOKENS)),
-                                          train=", ".join(map(str, FIXTURE_TRAIN_TOKENS)),
+                                          train=", ".join(map(str, FIXTURE_TRAIN_TOKENS)), rgb=RGB_FILES,
                                           command="python benchmarks/official_musc_parity.py --official MuSc-V2 "
                                                   "--python /work/scratch/musc-venv/bin/python "
                                                   f"--seed {args.seed} --write-fixture tests/fixtures/musc"))

@@ -25,7 +25,9 @@ Attributes: ``kind``, ``tag``, ``backbone``, ``pretrained``, ``weights``, ``seed
 ``kind = "image-tokens"`` (backbone ``dino-vitb8``): ``tokens`` float32 (S, L, G*G, D) patch
 tokens (class token dropped) through the final norm; attributes ``kind``, ``tag``, ``backbone``,
 ``pretrained``, ``weights``, ``seed``, ``layers``, ``grid`` (28), ``dim`` (768), ``image_size``
-(224), ``mean``/``std``, ``render_fingerprint``, ``options``, ``has_rgb``.
+(224), ``mean``/``std``, ``render_fingerprint``, ``options``, ``has_rgb``, ``rgb_source``
+(``dataset-preprocessed``: MVTec 3D-AD's image read again and preprocessed as the official reader
+takes it; ``render-store``: the render store's ``rgb``).
 
 Both: ``render_key`` uint64 (S,), ``done`` bool (S,).
 """
@@ -45,7 +47,7 @@ IMAGE_TOKENS = "image-tokens"
 KINDS = (POINT_TOKENS, IMAGE_TOKENS)
 VLEN = {"points": np.float32, "point_pixel": np.int32, "point_of_render": np.int32}
 DEFINING_ATTRS = ("kind", "backbone", "pretrained", "weights", "seed", "layers", "n_groups", "group_size", "dim",
-                  "mode", "grid", "image_size", "has_rgb")
+                  "mode", "grid", "image_size", "has_rgb", "rgb_source")
 
 
 def token_tag(backbone: str, pretrained: str, layers: Sequence[int], suffix: str) -> str:

@@ -4,7 +4,8 @@
   point sampling of ``--n-groups`` centres, kNN and Iterative Point Grouping
   (:mod:`pipeline.point_groups`), the Point-MAE encoder (:mod:`data_cache.backbones_pointmae`), blocks
   4, 8, 12 (1-based) -> a ``point-tokens`` store;
-- ``dino-vitb8`` (RGB branch): the render store's ``rgb`` of each sample, 224 px, DINO ViT-B/8
+- ``dino-vitb8`` (RGB branch): each sample's RGB image as the official reader takes it
+  (:func:`pipeline.musc_inputs.dataset_rgb`), 224 px, DINO ViT-B/8
   (:mod:`data_cache.backbones_dino`) blocks 4, 8, 12 -> an ``image-tokens`` store.
 
 Stores: :mod:`data_cache.token_store` (same growth, ``done``/``render_key``, lock and ``.partial``
@@ -28,6 +29,9 @@ from pipeline.options import ExtractConfig
 LAYERS = (4, 8, 12)          # 1-based blocks stored (official 0-based 3, 7, 11)
 KNN_PER_GROUP = 2            # kNN k = 2 * group size (256 for 128)
 GROWTH = (80, 128)           # IPG expansion step per group size (80 of 128), scaled with --group-size
+#: Where an image-tokens store's images come from (attribute ``rgb_source``): the dataset's file read
+#: again and preprocessed as the official reader takes it (MVTec 3D-AD), or the render store's ``rgb``
+RGB_DATASET, RGB_RENDER = "dataset-preprocessed", "render-store"
 
 
 def growth_step(group_size: int) -> int:
@@ -83,8 +87,10 @@ def _plan(cfg: ExtractConfig, render, entry, pretrained: str) -> tuple[str, str,
     else:
         from data_cache.backbones_dino import DIM, GRID as DGRID, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
         tag = token_tag(entry.name, pretrained, LAYERS, str(IMAGE_SIZE))
+        from pipeline.musc_inputs import render_format
         attrs = dict(common, kind="image-tokens", tag=tag, seed=int(cfg.seed) if random else 0, grid=DGRID, dim=DIM,
-                     image_size=IMAGE_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+                     image_size=IMAGE_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                     rgb_source=RGB_DATASET if render_format(render) == "mvtec3d" else RGB_RENDER)
         datasets = image_datasets(len(LAYERS), DGRID * DGRID, DIM)
     return tag, store_file(cfg.cache, tag), attrs, datasets
 
@@ -197,12 +203,12 @@ def _extract_into(cfg: ExtractConfig, render, rendered: list[int], entry, pretra
 
 def _dino_rows(model, render, todo: list[int], writer, keys, cfg: ExtractConfig, device: str, bar) -> int:
     from data_cache.backbones_dino import dino_layers
-    from pipeline.musc_inputs import rgb_input
+    from pipeline.musc_inputs import dataset_rgb, rgb_input
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
     written = 0
     for s in range(0, len(todo), max(1, cfg.batch_size)):
         batch = todo[s:s + max(1, cfg.batch_size)]
-        x = torch.stack([rgb_input(render.rgb(i)) for i in batch]).to(device)
+        x = torch.stack([rgb_input(dataset_rgb(render, i)) for i in batch]).to(device)
         with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=dtype,
                                                     enabled=dtype is not None):
             layers = dino_layers(model, x, [l - 1 for l in LAYERS])

@@ -23,7 +23,8 @@ or before it), or, when that pixel is background (removed here but kept by the r
 point nearest to it in the scan's own coordinates (also the rule for a render sample without a
 usable ``grid_index``: its points brought back to scan coordinates by their ``center``/``scale``).
 
-**RGB** (DINO ViT-B/8): :func:`rgb_input` of the render store's ``rgb``.
+**RGB** (DINO ViT-B/8): :func:`rgb_input` of :func:`dataset_rgb` (MVTec 3D-AD: the dataset's image
+read again and preprocessed with its scan, as the official code reads it; else the render store's ``rgb``).
 
 **Unorganized clouds, meshes, own files** (every other layout, pad synth data included): the render
 store's own points, normalized the same way (centre on the mean, divide by the largest norm);
@@ -161,6 +162,28 @@ def sample_input(render, i: int, size: int = GRID) -> MuscInput:
     pts = render.read_sample(i, ("points",))["points"]
     p = normalize_points(torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32))).numpy()
     return MuscInput(p, np.zeros(0, np.int32), np.arange(len(p), dtype=np.int32), 0)
+
+
+def dataset_rgb(render, i: int) -> np.ndarray | None:
+    """The RGB image MuSc-V2's reader resizes for DINO: (H, W, 3) uint8, or None without RGB.
+
+    MVTec 3D-AD: the sample's ``rgb/`` image read again beside its ``xyz/`` TIFF and put through the
+    official preprocessing with the scan (plane pixels zeroed, zero padding to a square, pixels
+    outside the largest cluster zeroed; seeded as :func:`sample_input`), as that preprocessing
+    rewrites the dataset's PNG before MuSc-V2 reads it; :func:`rgb_input` then resizes it once, as
+    the official reader does. Other layouts (and an MVTec sample whose image is gone): the render
+    store's ``rgb``, already resized to the render size (docs/fidelity.md)."""
+    if render_format(render) == "mvtec3d":
+        from pipeline.ingest.layouts import organized_companion
+        from pipeline.ingest.organized import read_image, read_xyz_tiff
+        from pipeline.ingest.pointad import preprocess_mvtec
+        path = os.path.join(render.dataset_root, render.source_paths[i])
+        rgb_path = organized_companion(path, "rgb")
+        if rgb_path is not None:
+            xyz = read_xyz_tiff(path)
+            rgb = read_image(rgb_path, xyz.shape[:2], "RGB")
+            return preprocess_mvtec(xyz, rgb, None, render_seed(render))[1]
+    return render.rgb(i)
 
 
 def rgb_input(rgb: np.ndarray, size: int | None = None) -> torch.Tensor:

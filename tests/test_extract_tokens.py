@@ -189,3 +189,25 @@ def test_mvtec_scan_input_is_preprocessed_padded_and_mapped_back(tmp_path):
     for j in np.flatnonzero(~same)[::997]:
         d = np.linalg.norm(raw.astype(np.float64) - flat[j], axis=1)
         assert d[x.point_of_render[j]] == pytest.approx(d.min())
+
+
+def test_mvtec_rgb_is_the_dataset_image_preprocessed_with_its_scan(tmp_path):
+    """DINO's image for MVTec 3D-AD is what the official reader opens: the dataset's PNG after the
+    official preprocessing (support plane zeroed, padded to a square), resized once to 224 — not the
+    render store's copy, already resized to the render size."""
+    from PIL import Image
+    from pipeline.ingest.pointad import preprocess_mvtec, warm_up_grid
+    from pipeline.musc_inputs import dataset_rgb
+    xyz = warm_up_grid("mvtec3d")[20:170]                  # 150×200, padded to 200×200
+    _, _, render = _organized_cache(tmp_path, "mvtec3d", xyz)
+    rgb = np.random.default_rng(1).integers(1, 256, xyz.shape[:2] + (3,), dtype=np.uint8)
+    png = tmp_path / "data" / "candy" / "test" / "good" / "rgb" / "000.png"
+    png.parent.mkdir()
+    Image.fromarray(rgb).save(png)
+    got = dataset_rgb(render, 0)
+    assert got.shape == (200, 200, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, preprocess_mvtec(xyz, rgb, None, 0)[1])
+    on_plane = (preprocess_mvtec(xyz, None, None, 0)[0] == 0).all(axis=-1)
+    assert (got[on_plane] == 0).all() and (got[~on_plane] != 0).any(axis=-1).all()
+    png.unlink()                                           # the image gone: the render store's rgb (none here)
+    assert dataset_rgb(render, 0) is None

@@ -87,6 +87,13 @@ def _companion(directory: str, stem: str, extensions: tuple[str, ...]) -> str | 
     return None
 
 
+def organized_companion(xyz_path: str, role: str) -> str | None:
+    """The ``role`` file ("rgb" or "gt") beside an organized sample's ``xyz/NAME.tiff``
+    (``rgb/NAME.png`` and so on, as the MVTec 3D-AD / Eyecandies layouts keep them), or None."""
+    group = os.path.dirname(os.path.dirname(xyz_path))
+    return _companion(os.path.join(group, role), os.path.splitext(os.path.basename(xyz_path))[0], _IMAGES)
+
+
 def _norm_name(name: str) -> str:
     return re.sub(r"[_\-\s]", "", name).lower()
 
@@ -164,11 +171,11 @@ def _list_organized(root: str, cls: str, fmt: str) -> list[SampleRef]:
                     sid = f"{defect}_{stem}" if defect else stem
                 else:
                     sid = prefix + (f"{defect}_{stem}" if defect and defect != "good" else stem)
-                extra = tuple((role, p) for role, p in (
-                    ("gt", _companion(os.path.join(group, "gt"), stem, _IMAGES)),
-                    ("rgb", _companion(os.path.join(group, "rgb"), stem, _IMAGES))) if p is not None)
-                refs.append(SampleRef(id=f"{cls}/{split}/{sid}", cls=cls, split=split,
-                                      path=os.path.join(group, "xyz", name), format=fmt, extra=extra))
+                path = os.path.join(group, "xyz", name)
+                extra = tuple((role, p) for role in ("gt", "rgb")
+                              if (p := organized_companion(path, role)) is not None)
+                refs.append(SampleRef(id=f"{cls}/{split}/{sid}", cls=cls, split=split, path=path, format=fmt,
+                                      extra=extra))
     return refs
 
 
