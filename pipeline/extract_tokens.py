@@ -95,15 +95,18 @@ def _plan(cfg: ExtractConfig, render, entry, pretrained: str) -> tuple[str, str,
     return tag, store_file(cfg.cache, tag), attrs, datasets
 
 
-def _todo(path: str, render, rendered: list[int]) -> tuple[list[int], int]:
-    """Samples to compute (rendered, without a valid row) and how many of them are stale."""
-    from data_cache.feature_store import valid_rows
-    from data_cache.token_store import TokenStore
+def _todo(path: str, render, rendered: list[int], attrs: dict) -> tuple[list[int], int]:
+    """Samples to compute (rendered, without a valid row) and how many of them are stale. An
+    existing store made with other defining options (``attrs``: this run's) is refused in one line
+    here, also when every row is done (else a rerun with, say, another ``--seed`` would keep it)."""
+    from data_cache.feature_store import check_same_extraction, valid_rows
+    from data_cache.token_store import DEFINING_ATTRS, TokenStore
     keys = render.render_keys()
     if not os.path.exists(path):
         return list(rendered), 0
     ts = TokenStore(path)
     try:
+        check_same_extraction(ts.file, path, attrs, render.n_samples, DEFINING_ATTRS, "token store")
         done, stored = ts.stored_done(), ts.stored_keys()
     finally:
         ts.close()
@@ -154,7 +157,7 @@ def _extract_into(cfg: ExtractConfig, render, rendered: list[int], entry, pretra
     from data_cache.backbones import _device, create_backbone
     from data_cache.token_store import TokenWriter
 
-    todo, stale = _todo(local, render, rendered)
+    todo, stale = _todo(local, render, rendered, attrs)
     device = _device(cfg.device)
     inputs = {}
     if entry.family == "point-mae":

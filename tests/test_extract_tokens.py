@@ -211,3 +211,16 @@ def test_mvtec_rgb_is_the_dataset_image_preprocessed_with_its_scan(tmp_path):
     assert (got[on_plane] == 0).all() and (got[~on_plane] != 0).any(axis=-1).all()
     png.unlink()                                           # the image gone: the render store's rgb (none here)
     assert dataset_rgb(render, 0) is None
+
+
+def test_a_finished_store_made_with_other_options_is_refused_not_kept(tmp_path, one_thread):
+    """Every row done does not make a store valid for another run: random weights of another --seed
+    (the seed is not in the tag) are refused in one line, and the store is left as it was."""
+    make_render_store(tmp_path, n_samples=2, n_points=60, write=2)
+    assert extract(_cfg(tmp_path, seed=0), progress=False)["samples"] == 2
+    path = tmp_path / "features" / "point-mae_random_L4-8-12_g16x8.h5"
+    before = path.read_bytes()
+    with pytest.raises(PadError, match="'seed' differs .*delete it to re-extract"):
+        extract(_cfg(tmp_path, seed=1), progress=False)
+    assert path.read_bytes() == before
+    assert extract(_cfg(tmp_path, seed=0), progress=False)["samples"] == 0
