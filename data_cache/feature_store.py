@@ -48,7 +48,6 @@ from data_cache.location import is_url
 SCHEMA = 2
 DPAM_WIRING = "official-dual-path"
 FEATURES_DIR = "features"
-DATASETS = ("global", "patch", "rgb_global", "rgb_patch")
 FLAG_CHUNK = 1024  # rows per chunk of render_key and done
 #: Reading a store behind a URL: bytes per range request, and how many ranges are kept (see
 #: :meth:`FeatureStore._open_remote`); 8 MiB holds one sample's patch chunk of ViT-L-14-336 (9 views).
@@ -113,7 +112,7 @@ def cache_of(path: str) -> str:
     return parent(parent(path))
 
 
-def _plain(value):
+def plain_value(value):
     """JSON-comparable form of an attribute value."""
     if isinstance(value, bytes):
         value = value.decode()
@@ -129,8 +128,8 @@ def _plain(value):
 def check_schema(attrs, path: str) -> None:
     """:class:`PadError` unless ``attrs`` (the file's attributes) are those of a schema 2 store
     with the official DPAM wiring; an earlier pad's store gets the one line saying what to do."""
-    schema = _plain(attrs.get("pad_schema"))
-    wiring = _plain(attrs.get("dpam_wiring"))
+    schema = plain_value(attrs.get("pad_schema"))
+    wiring = plain_value(attrs.get("dpam_wiring"))
     if schema == 1 or (schema == SCHEMA and wiring != DPAM_WIRING):
         raise PadError("this feature store was written by an earlier pad (DPAM wiring before the official dual "
                        f"path, fixed-size datasets); delete {path} and run 'pad extract-features' again", path)
@@ -139,8 +138,9 @@ def check_schema(attrs, path: str) -> None:
 
 
 def _rows(f) -> int:
-    """Rows every dataset has (the smallest length: a growth cut short leaves some longer)."""
-    return min(int(f[name].shape[0]) for name in DATASETS + ("render_key", "done") if name in f)
+    """Rows every dataset of an open store (CLIP or token store) has (the smallest length: a growth
+    cut short leaves some longer)."""
+    return min(int(f[name].shape[0]) for name in f.keys())
 
 
 def _render_keys_of(render, cache: str, n: int | None = None) -> np.ndarray | None:
@@ -240,7 +240,7 @@ class H5Store:
 
     @property
     def attrs(self) -> dict:
-        out = {k: _plain(v) for k, v in self.file.attrs.items()}
+        out = {k: plain_value(v) for k, v in self.file.attrs.items()}
         if isinstance(out.get("options"), str):
             out["options"] = json.loads(out["options"])
         return out
@@ -380,15 +380,15 @@ def check_same_extraction(f, path: str, attrs: dict, n_samples: int, defining: S
     """PadError, one line, unless the open store ``f`` was extracted from the same render store
     (``render_fingerprint``), with the same ``defining`` attributes as ``attrs`` (the new run's), and
     has at most ``n_samples`` rows (``what``: the store's name in the line)."""
-    old = {k: _plain(v) for k, v in f.attrs.items()}
+    old = {k: plain_value(v) for k, v in f.attrs.items()}
     if old.get("render_fingerprint") != attrs.get("render_fingerprint"):
         raise PadError(f"this {what} was extracted from another render store, made with other options "
                        f"(fingerprint {old.get('render_fingerprint')}, render store "
                        f"{attrs.get('render_fingerprint')}); delete it or use another --cache", path)
     for key in defining:
-        if key in attrs and _plain(attrs[key]) != old.get(key):
+        if key in attrs and plain_value(attrs[key]) != old.get(key):
             raise PadError(f"this {what} was extracted with other options: '{key}' differs (store: "
-                           f"{old.get(key)!r}, now: {_plain(attrs[key])!r}); delete it to re-extract", path)
+                           f"{old.get(key)!r}, now: {plain_value(attrs[key])!r}); delete it to re-extract", path)
     if int(f["done"].shape[0]) > n_samples:
         raise PadError(f"the {what} has {f['done'].shape[0]} rows but the render store only "
                        f"{n_samples} samples: it was extracted from another render store; delete it", path)
@@ -452,7 +452,7 @@ class H5Writer:
         ``done`` rows, then flush once (see the module docstring for a kill meanwhile)."""
         f = self.file
         n = int(n_samples)
-        rows = _store_rows(f)
+        rows = _rows(f)
         if all(int(f[name].shape[0]) >= n for name in f.keys()):
             return
         f.flush()
@@ -467,11 +467,11 @@ class H5Writer:
 
     def done(self) -> np.ndarray:
         """(R,) bool: the ``done`` flags as written."""
-        return np.asarray(self.file["done"][: _store_rows(self.file)], dtype=bool)
+        return np.asarray(self.file["done"][: _rows(self.file)], dtype=bool)
 
     def keys(self) -> np.ndarray:
         """(R,) uint64: the render key each row was encoded from."""
-        return np.asarray(self.file["render_key"][: _store_rows(self.file)], dtype=np.uint64)
+        return np.asarray(self.file["render_key"][: _rows(self.file)], dtype=np.uint64)
 
     def _write_row(self, i: int, arrays: dict, render_key: int) -> None:
         """Row ``i``: each dataset named in ``arrays`` (values already of the dataset's dtype), the
@@ -506,11 +506,6 @@ class H5Writer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _store_rows(f) -> int:
-    """Rows every dataset of an open store has (the smallest length: a growth cut short leaves some longer)."""
-    return min(int(f[name].shape[0]) for name in f.keys())
 
 
 def _create_store(path: str, attrs: dict, n: int, datasets: dict) -> None:

@@ -39,8 +39,8 @@ from typing import Sequence
 import numpy as np
 
 from data_cache.errors import PadError
-from data_cache.feature_store import (SCHEMA, TOKEN_BACKBONES, H5Store, H5Writer, _plain, check_same_extraction,
-                                      features_dir, is_token_tag, store_file)
+from data_cache.feature_store import (SCHEMA, TOKEN_BACKBONES, H5Store, H5Writer, check_same_extraction,
+                                      features_dir, is_token_tag, plain_value, store_file)
 
 POINT_TOKENS = "point-tokens"
 IMAGE_TOKENS = "image-tokens"
@@ -68,8 +68,8 @@ def list_token_tags(cache: str, kind: str | None = None) -> list[str]:
 
 
 def _check_attrs(attrs, path: str) -> None:
-    schema = _plain(attrs.get("pad_schema"))
-    kind = _plain(attrs.get("kind"))
+    schema = plain_value(attrs.get("pad_schema"))
+    kind = plain_value(attrs.get("kind"))
     if schema != SCHEMA or kind not in KINDS:
         raise PadError(f"not a pad token store of schema {SCHEMA} (pad_schema {schema!r}, kind {kind!r})", path)
 
@@ -105,7 +105,7 @@ class TokenStore(H5Store):
 
     @property
     def kind(self) -> str:
-        return str(_plain(self.file.attrs["kind"]))
+        return str(plain_value(self.file.attrs["kind"]))
 
     def _need(self, name: str):
         if name not in self.file:

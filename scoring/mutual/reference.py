@@ -69,6 +69,7 @@ import numpy as np
 
 from data_cache.checkpoint import atomic_write
 from data_cache.errors import PadError
+from data_cache.feature_store import plain_value
 
 SCHEMA = 1
 META_KEY = "pad_reference"
@@ -143,14 +144,7 @@ def feature_identity(attrs: Mapping) -> dict:
         attrs = dict(attrs, precision=options["precision"])      # extract-features --precision, in its options
     for key in FEATURE_KEYS:
         if key in attrs and attrs[key] is not None:
-            value = attrs[key]
-            if isinstance(value, np.ndarray):
-                value = value.tolist()
-            elif isinstance(value, np.generic):
-                value = value.item()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[key] = value
+            out[key] = plain_value(attrs[key])
     return out
 
 
