@@ -76,21 +76,45 @@ def run_pad(args: list[str], log: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024.0
 
 
-def make_run(work: Path) -> str:
-    """A pad-tiny run trained as a user would, rendered with pad render's defaults."""
+def make_run(work: Path, render_options: tuple[str, ...] = (), label: str = "serve_bench") -> tuple[Path, str]:
+    """(the synthetic dataset, a pad-tiny run trained on it as a user would): pad synth, render (pad
+    render's defaults plus ``render_options``), extract-features, train one epoch; progress lines
+    start with ``label``."""
     data, cache, run = work / "data", work / "cache", work / "run"
     steps = [["synth", str(data), "--n-classes", "2", "--per-class", "2", "--points", "3000"],
-             ["render", str(data), "--cache", str(cache), "--splits", "test", "--workers", "1"],
+             ["render", str(data), "--cache", str(cache), "--splits", "test", "--workers", "1", *render_options],
              ["extract-features", "--cache", str(cache), "--backbone", "pad-tiny", "--pretrained", "random",
               "--device", "cpu"]]
     for args in steps:
-        print(f"serve_bench: pad {args[0]} ...", file=sys.stderr, flush=True)
+        print(f"{label}: pad {args[0]} ...", file=sys.stderr, flush=True)
         run_pad(args, work / f"{args[0]}.log")
     first = sorted(p.name for p in data.iterdir() if p.is_dir())[0]
-    print("serve_bench: pad train ...", file=sys.stderr, flush=True)
+    print(f"{label}: pad train ...", file=sys.stderr, flush=True)
     run_pad(["train", "--cache", str(cache), "--train-classes", first, "--out", str(run), "--epochs", "1",
              "--device", "cpu"], work / "train.log")
-    return str(run)
+    return data, str(run)
+
+
+def served_url(proc: subprocess.Popen, out: Path, limit_s: float) -> str | None:
+    """The loopback URL ``pad serve`` prints into ``out`` once it listens; None when the process
+    ends or ``limit_s`` seconds pass first."""
+    t0 = time.monotonic()
+    while not (found := re.search(r"http://127\.0\.0\.1:\d+", out.read_text())):
+        if proc.poll() is not None or time.monotonic() - t0 > limit_s:
+            return None
+        time.sleep(0.05)
+    return found.group(0)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, up to 60 s to exit, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def write_scan(path: Path, n: int, seed: int) -> Path:
@@ -115,17 +139,13 @@ class Served:
         with open(out, "w") as fo, open(self.log, "w") as fe:
             self.proc = subprocess.Popen(pad_command() + ["serve", "--checkpoint", run, "--port", "0", "--device",
                                                           device, "--queue", "16"], stdout=fo, stderr=fe, cwd=ROOT)
-        while True:
-            found = re.search(r"http://127\.0\.0\.1:\d+", out.read_text())
-            if found:
-                break
-            if self.proc.poll() is not None or time.perf_counter() - t0 > 600:
-                self.stop()
-                sys.stderr.write(self.log.read_text()[-3000:])
-                raise SystemExit("pad serve did not start")
-            time.sleep(0.05)
+        url = served_url(self.proc, out, 600)
+        if url is None:
+            self.stop()
+            sys.stderr.write(self.log.read_text()[-3000:])
+            raise SystemExit("pad serve did not start")
         self.startup_s = time.perf_counter() - t0
-        self.url = found.group(0)
+        self.url = url
 
     def peak_mb(self) -> float:
         from trainer.memory import resident_mb
@@ -133,13 +153,7 @@ class Served:
         return resident_mb(self.proc.pid, "VmHWM")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def post(url: str, path: Path, points: bool = True) -> tuple[float, dict]:
@@ -230,7 +244,7 @@ def main() -> int:
     served = None
     fig: dict = {"mode": "quick" if args.quick else "full", "repeats": repeats, "load_start": os.getloadavg()[0]}
     try:
-        run = make_run(work)
+        run = make_run(work)[1]
         sizes = (5000,) if args.quick else (5000, 50000)
         files = {n: write_scan(work / f"scan{n // 1000}k.ply", n, seed=n) for n in sizes}
         reference = {}

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_bench import pad_command, post, write_scan  # noqa: E402
+from serve_bench import pad_command, post, served_url, stop_process, write_scan  # noqa: E402
 from soak import SERVE, make_run  # noqa: E402
 
 MIB = 1 << 20
@@ -57,21 +55,10 @@ def start(run: str, work: Path, naive: bool) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-c", NAIVE + SERVE, *args] if naive else pad_command() + args
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen(command, stdout=fo, stderr=fe, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    t0 = time.monotonic()
-    while not (found := re.search(r"http://127\.0\.0\.1:\d+", out.read_text())):
-        if proc.poll() is not None or time.monotonic() - t0 > 1800:
-            raise SystemExit(f"serve_clients: pad serve did not start: {err.read_text()[-2000:]}")
-        time.sleep(0.05)
-    return proc, found.group(0)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    url = served_url(proc, out, 1800)
+    if url is None:
+        raise SystemExit(f"serve_clients: pad serve did not start: {err.read_text()[-2000:]}")
+    return proc, url
 
 
 def big_upload(client: str, url: str, work: Path) -> str:
@@ -163,7 +150,7 @@ def main() -> int:
                                ratio_health=round(idle_health / alone_health, 2), predict_s=round(alone_predict, 3),
                                predict_idle_s=round(idle_predict, 3))
             finally:
-                stop(proc)
+                stop_process(proc)
         print("serve_clients: " + "  ".join(f"{k}={v}" for k, v in figures.items()))
     return 0
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_bench import pad_command, post, run_pad, write_scan  # noqa: E402
+from serve_bench import make_run as serve_make_run  # noqa: E402
+from serve_bench import pad_command, post, served_url, stop_process, write_scan  # noqa: E402
 from trainer.memory import resident_mb  # noqa: E402
 
 EVERY = 50
@@ -76,21 +75,10 @@ print(json.dumps(["peak", resident_mb(field="VmHWM")]), flush=True)
 
 def make_run(work: Path, views: str) -> tuple[Path, str]:
     """(the synthetic dataset, a pad-tiny run rendered at 64 px without supersampling, ``views``)."""
-    data, cache, run = work / "data", work / "cache", work / "run"
+    data, run = work / "data", work / "run"
     if (run / "prompts.safetensors").exists():          # --work of an earlier soak: reuse its run
         return data, str(run)
-    steps = [["synth", str(data), "--n-classes", "2", "--per-class", "2", "--points", "3000"],
-             ["render", str(data), "--cache", str(cache), "--splits", "test", "--workers", "1", "--image-size", "64",
-              "--supersample", "1", "--views", views],
-             ["extract-features", "--cache", str(cache), "--backbone", "pad-tiny", "--pretrained", "random",
-              "--device", "cpu"]]
-    for args in steps:
-        print(f"soak: pad {args[0]} ...", file=sys.stderr, flush=True)
-        run_pad(args, work / f"{args[0]}.log")
-    first = sorted(p.name for p in data.iterdir() if p.is_dir())[0]
-    run_pad(["train", "--cache", str(cache), "--train-classes", first, "--out", str(run), "--epochs", "1",
-             "--device", "cpu"], work / "train.log")
-    return data, str(run)
+    return serve_make_run(work, ("--image-size", "64", "--supersample", "1", "--views", views), "soak")
 
 
 def slope(samples: list[tuple[int, float]]) -> float:
@@ -111,12 +99,10 @@ def soak_serve(run: str, scan: Path, work: Path, scans: int, naive: bool) -> dic
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen(command, stdout=fo, stderr=fe, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
-        t0 = time.monotonic()
-        while not (found := re.search(r"http://127\.0\.0\.1:\d+", out.read_text())):
-            if proc.poll() is not None or time.monotonic() - t0 > 1800:
-                raise SystemExit(f"soak: pad serve did not start: {err.read_text()[-2000:]}")
-            time.sleep(0.05)
-        url, samples, t0 = found.group(0), [(0, resident_mb(proc.pid))], time.perf_counter()
+        url = served_url(proc, out, 1800)
+        if url is None:
+            raise SystemExit(f"soak: pad serve did not start: {err.read_text()[-2000:]}")
+        samples, t0 = [(0, resident_mb(proc.pid))], time.perf_counter()
         for n in range(1, scans + 1):
             post(url, scan, points=False)
             if n % EVERY == 0 or n == scans:
@@ -124,12 +110,7 @@ def soak_serve(run: str, scan: Path, work: Path, scans: int, naive: bool) -> dic
         seconds = time.perf_counter() - t0
         peak = resident_mb(proc.pid, "VmHWM")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     return {"samples": samples, "peak": peak, "scans_per_s": scans / seconds}
 
 
