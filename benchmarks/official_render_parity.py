@@ -223,7 +223,7 @@ def run_pad(jobs: list[dict], work: str, seed: int) -> dict:
     seconds = {}
     for root in caches:
         fmt, refs = discover(root)
-        settings = RenderSettings(style="pointad", layout=fmt, seed=seed, backend="osmesa")
+        settings = RenderSettings(style="pointad", layout=fmt, seed=seed)     # auto, as pad render runs it
         by_id = {ref.id: ref for ref in refs}
         for k, job in enumerate(j for j in jobs if j["root"] == root):
             ref = by_id[job["id"]]

@@ -93,7 +93,7 @@ def child(code: str, jobs_path: str, out: str, seed: int, clock: str) -> None:
     for root in dict.fromkeys(job["root"] for job in jobs):
         fmt, refs = discover(root)
         by_id = {ref.id: ref for ref in refs}
-        settings = RenderSettings(style="pointad", layout=fmt, seed=seed, backend=os.environ["PYOPENGL_PLATFORM"])
+        settings = RenderSettings(style="pointad", layout=fmt, seed=seed)   # auto, as users run it
         ids = [job["id"] for job in jobs if job["root"] == root]
         cache = tempfile.mkdtemp(prefix="pad-profile-store-")
         store = RenderStore.create_or_open(cache, store_attrs(settings, fmt, root, False), ids,

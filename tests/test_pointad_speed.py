@@ -69,52 +69,60 @@ def test_slots_keep_their_levels_and_backgrounds_across_uploads(renderers):
         big.draw(0, mvp, 3, 81, 72)
 
 
-def _links_with_einsum(p, grid_index, shape, eps):
-    """Neighbour counts (M,) and close pairs of the grid window, with squared distances as
-    ``einsum`` sums them over an interleaved (h, w, 3) grid (the rule before the planar grids)."""
-    h, w = shape
-    grid = np.zeros((h, w, 3))
-    grid.reshape(-1, 3)[grid_index] = p
-    owner = np.full(h * w, -1)
-    owner[grid_index] = np.arange(len(p))
-    owner = owner.reshape(h, w)
-    valid = owner >= 0
-    count = valid.astype(np.int64)
-    rows, cols = [], []
-    r = prep.GRID_WINDOW
-    for dr in range(-r, r + 1):
-        for dc in range(-r, r + 1):
-            if (dr, dc) == (0, 0):
-                continue
-            r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
-            diff = grid[r0:r1, c0:c1] - grid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            close = (np.einsum("ijk,ijk->ij", diff, diff) < eps * eps) & valid[r0:r1, c0:c1] \
-                & valid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            count[r0:r1, c0:c1] += close
-            if (dr, dc) > (0, 0):
-                rows.append(owner[r0:r1, c0:c1][close])
-                cols.append(owner[r0 + dr:r1 + dr, c0 + dc:c1 + dc][close])
-    return count.reshape(-1)[grid_index], np.concatenate(rows), np.concatenate(cols)
+def _dbscan_by_definition(p, eps, min_points):
+    """Labels by DBSCAN's definition, from every pair closer than ``eps`` (squared distances summed
+    as einsum sums them, over all points): core with ≥ ``min_points`` neighbours (itself
+    included), clusters the components of core-core pairs numbered by their first point, a border
+    point in the lowest-numbered cluster it touches."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    diff = p[:, None, :] - p[None, :, :]
+    close = np.einsum("ijk,ijk->ij", diff, diff) < eps * eps
+    core = close.sum(axis=1) >= min_points
+    link = close & core[:, None] & core[None, :]
+    _, comp = connected_components(coo_matrix(link), directed=False)
+    labels = np.full(len(p), -1)
+    first = {}
+    for i in np.flatnonzero(core):
+        first.setdefault(comp[i], len(first))
+        labels[i] = first[comp[i]]
+    for i in np.flatnonzero(~core):
+        touching = labels[close[i] & core]
+        labels[i] = touching.min() if touching.size else -1
+    return core, labels
 
 
-def test_grid_dbscan_counts_and_links_equal_the_interleaved_einsum_rule():
-    # coordinates on a lattice whose spacing puts many squared distances within an ulp of eps²:
-    # a different rounding of the three terms would move some of them across
-    rng = np.random.default_rng(0)
-    h, w = 60, 70
+@pytest.mark.parametrize("case", ["lattice", "islands", "rough", "speckle"])
+def test_grid_dbscan_equals_the_definition(case, monkeypatch):
+    """The grid DBSCAN (cores certified by short steps, the rest counted in the window or with a
+    KD-tree, 8-neighbour links joined by distance) gives DBSCAN's labels: on a lattice whose
+    spacing puts many squared distances within an ulp of eps², on islands cut by gaps, on a rough
+    surface where most points are counted, and on speckle that leaves hundreds of groups."""
+    rng = np.random.default_rng(["lattice", "islands", "rough", "speckle"].index(case))
+    h, w, eps = (60, 70, 0.006) if case == "speckle" else (40, 46, 0.006)
     rows, cols = np.mgrid[0:h, 0:w]
-    step = 0.006 / np.sqrt(10.0)                  # offsets (±3, ±1), (±1, ±3) lie at eps, give or take an ulp
-    xyz = np.stack([cols * step, rows * step, 0.4 + 1e-7 * np.sin(cols / 3.0) * np.cos(rows / 5.0)], -1)
-    xyz = (xyz + rng.normal(0, 1e-12, xyz.shape)).reshape(-1, 3)
-    keep = np.flatnonzero(rng.random(h * w) > 0.05)
-    eps = 0.006
-    core, a, b = prep._core_and_links_grid(xyz[keep], keep, (h, w), eps, 30)
-    count, ra, rb = _links_with_einsum(xyz[keep], keep, (h, w), eps)
-    sure = count >= 30
-    assert (core[sure]).all() and sure.any() and (~sure).any()
-    both = core[ra] & core[rb]
-    np.testing.assert_array_equal(a, ra[both])
-    np.testing.assert_array_equal(b, rb[both])
+    step = {"lattice": eps / np.sqrt(10.0), "islands": 0.0008, "rough": 0.0015, "speckle": 0.0007}[case]
+    z = 0.4 + (1e-7 * np.sin(cols / 3.0) * np.cos(rows / 5.0) if case == "lattice" else
+               rng.normal(0, {"islands": 1e-4, "rough": 2e-3, "speckle": 5e-4}[case], (h, w)))
+    xyz = np.stack([cols * step, rows * step, z], -1).reshape(-1, 3)
+    xyz = xyz + rng.normal(0, 1e-12, xyz.shape)
+    drop = {"lattice": 0.05, "islands": 0.02, "rough": 0.1, "speckle": 0.6}[case]
+    keep = np.flatnonzero(rng.random(h * w) > drop)
+    if case == "islands":
+        keep = keep[((keep % w) // 9) % 2 == 0]                  # bands 9 pixels wide, 9 apart
+    p = xyz[keep]
+    core, labels = _dbscan_by_definition(p, eps, 30)
+    calls = []
+    plain = prep._core_and_links_grid
+    monkeypatch.setattr(prep, "_core_and_links_grid", lambda *a, **k: calls.append(k) or plain(*a, **k))
+    got = prep.dbscan_labels(p, eps, 30, grid_index=keep, grid_shape=(h, w))
+    assert (calls[-1].get("window_links", False)) == (case == "speckle")      # speckle: too many groups
+    np.testing.assert_array_equal(got, labels)
+    np.testing.assert_array_equal(prep.dbscan_labels(p, eps, 30), labels)       # the KD-tree path
+    assert core.any() and (~core).any() or case == "islands"
+    if case == "islands":
+        assert labels.max() >= 2
 
 
 def test_einsum_sums_three_squares_as_the_grid_rule_assumes():

@@ -176,17 +176,45 @@ def _core_and_links_kd(p: np.ndarray, eps: float, min_points: int) -> tuple[np.n
     return core, np.repeat(np.arange(m), k)[link.ravel()], idx.ravel()[link.ravel()]
 
 
+_KING_STEPS = ((0, 1), (1, -1), (1, 0), (1, 1))   # each 8-neighbour pair of the grid once
+_SURE = 1.0 - 1e-9                                   # a relative margin far above float64 rounding
+
+
+def _grid_squared_distance(x: np.ndarray, y: np.ndarray, z: np.ndarray, a, b) -> np.ndarray:
+    """Squared distances between the points of planar grids at index ``a`` and ``b`` (slices or
+    index arrays), summed as ``einsum("ijk,ijk->ij")`` sums the 3 terms, (dx² + dz²) + dy²
+    (bit for bit on numpy's contiguous kernel; pinned by tests/test_pointad_speed.py)."""
+    d2 = x[a] - x[b]
+    d2 *= d2
+    d = z[a] - z[b]
+    d *= d
+    d2 += d
+    d = y[a] - y[b]
+    d *= d
+    d2 += d
+    return d2
+
+
 def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tuple[int, int], eps: float,
-                         min_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The same for the points of an organized scan (``grid_index``: flat pixel of each point):
-    neighbours closer than ``eps`` counted among the pixels of a window around each point are a
-    lower bound of its count, enough to make most points core at once; the others are counted
-    exactly with a KD-tree. Links join core points closer than ``eps`` in the window. The grid is
-    cropped to the rows and columns that hold points first (pixels outside hold no neighbour)."""
+                         min_points: int, window_links: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same for the points of an organized scan (``grid_index``: flat pixel of each point), on
+    planar x, y, z grids cropped to the rows and columns that hold points:
+
+    - **core, without counting**: a point whose whole (2r + 1)² pixel window (r = GRID_WINDOW) holds
+      points, and whose window's steps between 8-neighbours are all shorter than eps / r, has every
+      point of the window closer than ``eps`` (a king's path of at most r such steps reaches it):
+      (2r + 1)² ≥ ``min_points`` points. That is most of a dense scan, from 4 whole-grid distances.
+    - the others are counted exactly in their window (neighbours closer than ``eps`` are a lower
+      bound of their count), and those still short with a KD-tree;
+    - **links**: core 8-neighbours closer than ``eps``; with ``window_links`` every core pair of the
+      window closer than ``eps`` (more links, fewer groups for :func:`dbscan_labels` to join)."""
+    from scipy import ndimage
+
     row, col = np.divmod(grid_index, grid_shape[1])
     r_lo, c_lo = int(row.min()), int(col.min())
     h, w = int(row.max()) - r_lo + 1, int(col.max()) - c_lo + 1
-    grid_index = (row - r_lo) * w + (col - c_lo)
+    row, col = row - r_lo, col - c_lo
+    grid_index = row * w + col
     owner = np.full(h * w, -1, np.int64)
     owner[grid_index] = np.arange(len(p))
     owner = owner.reshape(h, w)
@@ -197,38 +225,72 @@ def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tupl
         planes.append(plane.reshape(h, w))
     x, y, z = planes
     valid = owner >= 0
-    count = valid.astype(np.int64)
-    pairs = []
     r = GRID_WINDOW
-    for dr in range(0, r + 1):
-        for dc in range(-r, r + 1):
-            if (dr, dc) <= (0, 0):           # each pair once: (−dr, −dc) is the same pair from the other end
-                continue
-            r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
-            # squared distance, summed as einsum("ijk,ijk->ij") sums the 3 terms, (dx² + dz²) + dy²
-            # (bit for bit on numpy's contiguous kernel; pinned by tests/test_pointad_speed.py)
-            d2 = x[r0:r1, c0:c1] - x[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            d2 *= d2
-            d = z[r0:r1, c0:c1] - z[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            d *= d
-            d2 += d
-            d = y[r0:r1, c0:c1] - y[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            d *= d
-            d2 += d
-            close = (d2 < eps * eps) & valid[r0:r1, c0:c1] & valid[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            count[r0:r1, c0:c1] += close                         # counted at both ends
-            count[r0 + dr:r1 + dr, c0 + dc:c1 + dc] += close
-            pairs.append((owner[r0:r1, c0:c1][close], owner[r0 + dr:r1 + dr, c0 + dc:c1 + dc][close]))
-    n_count = count.reshape(-1)[grid_index]
-    core = n_count >= min_points
+    side = 2 * r + 1
+    steps = [(0, dc) for dc in range(1, r + 1)] + [(dr, dc) for dr in range(1, r + 1) for dc in range(-r, r + 1)] \
+        if window_links else list(_KING_STEPS)
+    longest = np.zeros((h, w))                                   # longest step to a valid 8-neighbour
+    pairs = []
+    for dr, dc in steps:
+        r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
+        here, there = np.s_[r0:r1, c0:c1], np.s_[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+        d2 = _grid_squared_distance(x, y, z, here, there)
+        both = valid[here] & valid[there]
+        if max(abs(dr), abs(dc)) == 1:
+            step = np.where(both, d2, 0.0)
+            np.maximum(longest[here], step, out=longest[here])
+            np.maximum(longest[there], step, out=longest[there])
+        close = (d2 < eps * eps) & both
+        pairs.append((owner[here][close], owner[there][close]))
+    core = np.zeros(len(p), dtype=bool)
+    if side * side >= min_points:
+        full = ndimage.minimum_filter(valid.view(np.uint8), size=side, mode="constant", cval=0) > 0
+        reach = ndimage.maximum_filter(longest, size=side, mode="constant", cval=np.inf)
+        sure = full & (reach < (eps / r * _SURE) ** 2)
+        core = sure.reshape(-1)[grid_index]
     unsure = np.flatnonzero(~core)
-    if unsure.size and len(p) >= min_points:
-        dist, _ = cKDTree(p).query(p[unsure], k=min_points, workers=1)
-        core[unsure] = dist.reshape(len(unsure), -1)[:, -1] < eps
+    if unsure.size:
+        count = _window_counts(x, y, z, valid, row[unsure], col[unsure], eps)
+        core[unsure] = count >= min_points
+        short = unsure[count < min_points]
+        if short.size and len(p) >= min_points:
+            dist, _ = cKDTree(p).query(p[short], k=min_points, workers=1)
+            core[short] = dist.reshape(len(short), -1)[:, -1] < eps
     rows = np.concatenate([a for a, _ in pairs]) if pairs else np.zeros(0, np.int64)
     cols = np.concatenate([b for _, b in pairs]) if pairs else np.zeros(0, np.int64)
     both = core[rows] & core[cols]
     return core, rows[both], cols[both]
+
+
+def _window_counts(x: np.ndarray, y: np.ndarray, z: np.ndarray, valid: np.ndarray, rows: np.ndarray,
+                   cols: np.ndarray, eps: float) -> np.ndarray:
+    """(U,) int64: how many points of the (2r + 1)² window around each pixel (``rows``, ``cols``)
+    are closer than ``eps`` to its point, itself included. Few pixels: their windows gathered;
+    many: whole-grid distances per window offset (each pair once, counted at both ends)."""
+    h, w = valid.shape
+    r = GRID_WINDOW
+    if len(rows) * 6 < h * w:
+        offsets = np.array([(dr, dc) for dr in range(-r, r + 1) for dc in range(-r, r + 1) if (dr, dc) != (0, 0)])
+        nr, nc = rows[:, None] + offsets[:, 0], cols[:, None] + offsets[:, 1]     # (U, side² − 1)
+        inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
+        there = np.where(inside, nr * w + nc, 0)
+        here = np.broadcast_to((rows * w + cols)[:, None], there.shape)
+        d2 = _grid_squared_distance(x.reshape(-1), y.reshape(-1), z.reshape(-1), here, there)
+        return 1 + ((d2 < eps * eps) & inside & valid.reshape(-1)[there]).sum(axis=1)
+    count = valid.astype(np.int64)
+    for dr in range(0, r + 1):
+        for dc in range(-r, r + 1):
+            if (dr, dc) <= (0, 0):
+                continue
+            r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
+            here, there = np.s_[r0:r1, c0:c1], np.s_[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+            close = (_grid_squared_distance(x, y, z, here, there) < eps * eps) & valid[here] & valid[there]
+            count[here] += close
+            count[there] += close
+    return count[rows, cols]
+
+
+MAX_JOINED_GROUPS = 64      # grid DBSCAN: more groups than this from 8-neighbour links: link the whole window
 
 
 def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int = DBSCAN_MIN_POINTS,
@@ -252,17 +314,25 @@ def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int =
     labels = np.full(m, -1, dtype=np.int64)
     if m == 0:
         return labels
+
+    def groups_of(links: tuple[np.ndarray, np.ndarray, np.ndarray]):
+        core, rows, cols = links
+        core_ids = np.flatnonzero(core)
+        graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(m, m))
+        _, comp = connected_components(graph, directed=False)
+        return (core_ids, *np.unique(comp[core_ids], return_inverse=True))
+
+    # 1. components of the links
     if grid_index is not None:
-        core, rows, cols = _core_and_links_grid(p, np.asarray(grid_index, np.int64), grid_shape, eps, min_points)
+        grid_index = np.asarray(grid_index, np.int64)
+        core_ids, groups, group_of = groups_of(_core_and_links_grid(p, grid_index, grid_shape, eps, min_points))
+        if len(groups) > MAX_JOINED_GROUPS:
+            core_ids, groups, group_of = groups_of(_core_and_links_grid(p, grid_index, grid_shape, eps, min_points,
+                                                                         window_links=True))
     else:
-        core, rows, cols = _core_and_links_kd(p, eps, min_points)
-    core_ids = np.flatnonzero(core)
+        core_ids, groups, group_of = groups_of(_core_and_links_kd(p, eps, min_points))
     if core_ids.size == 0:
         return labels
-    # 1. components of the links
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(m, m))
-    _, comp = connected_components(graph, directed=False)
-    groups, group_of = np.unique(comp[core_ids], return_inverse=True)
     parent = np.arange(len(groups))
 
     def find(a: int) -> int:
@@ -273,7 +343,8 @@ def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int =
 
     # 2. join groups that come closer than eps anywhere
     if len(groups) > 1:
-        members = [core_ids[group_of == g] for g in range(len(groups))]
+        order = np.argsort(group_of, kind="stable")                 # each group's core points, ascending
+        members = np.split(core_ids[order], np.cumsum(np.bincount(group_of, minlength=len(groups)))[:-1])
         trees = [cKDTree(p[mem]) for mem in members]
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
@@ -291,6 +362,8 @@ def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int =
     labels[core_ids] = rank[np.searchsorted(roots, root)]
     # 4. border points: the lowest-numbered cluster with a core point within eps (a non-core point
     # has fewer than min_points neighbours: its min_points nearest core points include them all)
+    core = np.zeros(m, dtype=bool)
+    core[core_ids] = True
     others = np.flatnonzero(~core)
     if others.size:
         k = min(min_points, core_ids.size)

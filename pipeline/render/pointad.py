@@ -1,6 +1,7 @@
 """The render kernel of ``--style pointad``: what the official PointAD scripts
 (``multi_view/multiview_{mvtec,eyecandies,real3d}.py`` of zqhang/PointAD) compute for one
-sample, drawn with pyrender instead of Open3D's legacy ``Visualizer``.
+sample, drawn without Open3D's legacy ``Visualizer`` (:class:`PointDrawer`: numpy with llvmpipe's
+arithmetic on a machine without a GPU, else OpenGL points).
 
 Input: a :class:`~pipeline.sample.Sample` whose points are the ones the script reads (made by
 :mod:`pipeline.ingest.pointad`: the 336×336 grid of an organized scan, or the resampled
@@ -41,6 +42,7 @@ from pipeline.render.cameras import rotation_x, rotation_y
 from pipeline.render.open3d_camera import LegacyCamera, bounding_box, legacy_camera, project_pinhole
 from pipeline.render.open3d_normals import estimate_normals
 from pipeline.render.open3d_shading import phong_grey
+from pipeline.render.point_raster import rasterize_points
 from pipeline.render.rendered import RenderedSample, check_points, labels_of, normalize, without_self
 
 
@@ -51,7 +53,6 @@ GT_POINT_SIZE = 6
 FIT_STEP = 0.005            # Eyecandies: the camera moves back by this much until the cloud fits
 MAX_FIT_STEPS = 100000
 REACH_MARGIN = 4.0          # pixels: see reach_of_marked
-IMAGE_SLOT, GT_SLOT = 0, 1  # the renderer's colour slots: the view's shaded greys, the ground truth's levels
 
 MVTEC_VIEWS = (("x", -45.0), ("x", -15.0), ("x", 0.0), ("x", 15.0), ("x", 45.0),
                ("y", -30.0), ("y", -15.0), ("y", 15.0), ("y", 30.0))
@@ -241,14 +242,55 @@ class ScriptViews:
     neighbours: tuple | None = None
 
 
+def llvmpipe_fuses_multiply_add() -> bool:
+    """Whether this CPU has the fused multiply-add that llvmpipe's viewport transform compiles to
+    (x86-64 with FMA3, or 64-bit ARM), as the numpy rasterizer assumes."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return any(line.startswith("flags") and " fma " in f"{line} " for line in fh)
+    except OSError:
+        return False
+
+
+class PointDrawer:
+    """Draws one window of square points as Open3D's legacy renderer does: with the numpy
+    rasterizer of :mod:`pipeline.render.point_raster` where pad would draw with Mesa's llvmpipe
+    (``--backend auto`` on a machine without a GPU: the same images, bit for bit, without an OpenGL
+    context), else with OpenGL (:class:`pipeline.render.gl.PointRenderer`; also where the numpy
+    model does not hold, e.g. a point size that is not a whole number of pixels). Every window is
+    its own framebuffer, as the script's window is."""
+
+    def __init__(self, backend: str = "auto"):
+        from pipeline.dask_cluster import gl_platform
+
+        self.backend = backend
+        self.numpy = backend == "auto" and gl_platform(backend) == "osmesa" and llvmpipe_fuses_multiply_add()
+
+    def draw(self, points: np.ndarray, levels: np.ndarray, mvp: np.ndarray, point_size: float, window: int,
+             background: int) -> np.ndarray:
+        """(window, window) uint8 image (row 0 at the top) of (N, 3) ``points`` in their (N,) uint8
+        grey ``levels`` over a ``background`` of 0 or 255, drawn in order through the float32
+        ``mvp``, ``point_size`` pixels wide."""
+        if self.numpy:
+            image = rasterize_points(points, levels, mvp, point_size, window, window, background)
+            if image is not None:
+                return image
+        from pipeline.render.gl import get_point_renderer
+
+        return get_point_renderer(window, window, self.backend).render(points, levels, mvp, point_size, background)
+
+
 def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, point_size: float,
                  backend: str = "auto", knn: int = 0) -> ScriptViews:
     """Everything the script renders for (N, 3) ``points`` (the sample's coordinates) whose
     ground-truth render colours are (N,) ``gt_labels`` (1 = anomalous); with ``knn`` > 0 also
     the ``knn`` nearest other points of each point (for the stored kNN graph, from the normals'
     KD-tree query)."""
-    from pipeline.render.gl import get_point_renderer
-
     timings = {"normals": 0.0, "raster": 0.0, "index_visibility": 0.0}
     t = time.perf_counter()
     q, normals, frame, (dist, idx) = script_frame(points, script, knn + 1 if knn else 0)
@@ -261,8 +303,7 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     # light off: Open3D draws each point in its own colour (white = anomalous, black = normal)
     gt_grey = np.where(np.asarray(gt_labels) != 0, 255, 0).astype(np.uint8)
     any_gt = bool(gt_grey.any())
-    # one renderer for both windows (a draw names its own); each view's points uploaded once
-    renderer = get_point_renderer(*(2 * (max(script.window, GT_WINDOW if any_gt else 0),)), backend)
+    drawer = PointDrawer(backend)
     center = q.mean(axis=0)
     for v, (axis, degrees) in enumerate(script.views):
         t = time.perf_counter()
@@ -273,17 +314,13 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         if script.fit_view:
             camera = fit_camera(rq, camera)
         grey = phong_grey(rq, normals @ r.T, GREY, camera)
-        renderer.set_positions(rq)
-        renderer.set_levels(IMAGE_SLOT, grey, 255)
-        full = renderer.draw(IMAGE_SLOT, camera.mvp(), point_size, script.window, script.window)
+        full = drawer.draw(rq, grey, camera.mvp(), point_size, script.window, 255)
         images[v] = resize_bicubic(full)[..., None]            # grey: the three channels are equal
         if any_gt:
             gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW, box)
             near = reach_of_marked(project_pinhole(rq, gt_camera.intrinsic(), gt_camera.extrinsic()),
                                    gt_grey != 0, GT_POINT_SIZE)
-            renderer.set_positions(rq[near])
-            renderer.set_levels(GT_SLOT, gt_grey[near], 0)
-            gt_full = renderer.draw(GT_SLOT, gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, GT_WINDOW)
+            gt_full = drawer.draw(rq[near], gt_grey[near], gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, 0)
             if gt_full.any():                                   # else the resize is black too
                 gt2d[v] = resize_bicubic(gt_full) > 127
         t2 = time.perf_counter()
