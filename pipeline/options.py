@@ -86,7 +86,8 @@ class RenderConfig:
                                          "of a LocalCluster.", metavar="ADDRESS")
     on_error: str = option("fail", "On a bad sample: fail (stop, exit 2, store stays valid) or skip "
                                    "(record it and render the rest).", choices=("fail", "skip"))
-    backend: str = option("auto", "OpenGL platform: auto (EGL with a GPU, else OSMesa), osmesa or egl.",
+    backend: str = option("auto", "OpenGL platform: auto (EGL with a GPU, else OSMesa; --style pointad "
+                                  "without a GPU draws its points in numpy, as llvmpipe does), osmesa or egl.",
                           choices=("auto", "osmesa", "egl"))
     no_worker_timeout: float = option(120.0, "Seconds to wait while the cluster has no worker (all gone, or "
                                              "none started yet with --scheduler) before stopping with exit 2; "
