@@ -15,7 +15,6 @@ Everything is vectorized over the points (float64), one KD-tree query for all of
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 TWO_THIRDS_PI = 2.0 * np.pi / 3.0
 QUERY_BLOCK = 65536     # points per block of the moment sums (bounds the (block, max_nn) arrays)
@@ -33,6 +32,8 @@ def hybrid_covariances(points: np.ndarray, radius: float, max_nn: int,
     n = len(p)
     k = int(min(max_nn, n))
     if neighbours is None:
+        from scipy.spatial import cKDTree
+
         dist, idx = cKDTree(p).query(p, k=k, workers=1)
         dist, idx = dist.reshape(n, k), idx.reshape(n, k)
     else:

@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from data_cache.errors import PadError
 from pipeline.render.cameras import rotation_x, rotation_y
@@ -126,8 +125,17 @@ def script_frame(points: np.ndarray, script: Script, k: int = 0
         m = np.array([[0.1, 0.0, 0.0], [0.0, 0.0, -0.1], [0.0, 0.1, 0.0]])
     q = p @ m.T
     kk = min(max(script.normal_max_nn, k), len(q))
-    dist, idx = cKDTree(q).query(q, k=kk, workers=1)
-    query = (dist.reshape(len(q), kk), idx.reshape(len(q), kk))
+    from scipy.spatial import cKDTree      # here: the client plans renders without scipy
+
+    from pipeline.render.kernel import spatial_order
+
+    # queried cell by cell (neighbours close in memory: ~20% faster on a Real3D-AD cloud), each
+    # point's answer put back in its row: the same arrays as a query in point order
+    order = spatial_order(q)
+    dist, idx = np.empty((len(q), kk)), np.empty((len(q), kk), dtype=np.int64)
+    d, i = cKDTree(q).query(q[order], k=kk, workers=1)
+    dist[order], idx[order] = d.reshape(len(q), kk), i.reshape(len(q), kk)
+    query = (dist, idx)
     n = estimate_normals(q, script.normal_radius, script.normal_max_nn, query)
     if script.pre == "eyecandies":              # normals first, then matrix_x(π/4), as the script
         r = rotation("x", 45.0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from data_cache.errors import PadError
 
@@ -54,6 +53,8 @@ def knn_graph(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Queries are about 2× faster when the points come in :func:`spatial_order`."""
     p = np.asarray(points, dtype=np.float64)
     k = min(k, len(p) - 1)
+    from scipy.spatial import cKDTree      # here: planning a render (the client) needs no scipy
+
     dist, idx = cKDTree(p).query(p, k=k + 1, workers=1)
     return without_self(idx.reshape(len(p), -1), dist.reshape(len(p), -1), k)
 
