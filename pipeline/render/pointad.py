@@ -42,7 +42,8 @@ from pipeline.render.open3d_camera import LegacyCamera, bounding_box, legacy_cam
 from pipeline.render.open3d_normals import estimate_normals
 from pipeline.render.open3d_shading import phong_grey
 from pipeline.render.point_raster import rasterize_points
-from pipeline.render.rendered import RenderedSample, check_points, labels_of, normalize, without_self
+from pipeline.render.rendered import (RenderedSample, check_points, labels_of, normalize, spatial_order,
+                                      without_self)
 
 
 OUTPUT_SIZE = 336           # the scripts resize every rendering to 336×336
@@ -126,8 +127,6 @@ def script_frame(points: np.ndarray, script: Script, k: int = 0
     q = p @ m.T
     kk = min(max(script.normal_max_nn, k), len(q))
     from scipy.spatial import cKDTree      # here: the client plans renders without scipy
-
-    from pipeline.render.kernel import spatial_order
 
     # queried cell by cell (neighbours close in memory: ~20% faster on a Real3D-AD cloud), each
     # point's answer put back in its row: the same arrays as a query in point order
