@@ -198,12 +198,38 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                 warnings.filterwarnings("ignore", message=".*already in use.*")
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
                                        dashboard_address=dashboard_address, silence_logs=logging.ERROR)
-                stack.callback(cluster.close)
+                stack.callback(close_cluster, cluster)
                 client = Client(cluster)
                 stack.callback(client.close)
             client.register_plugin(PadWorkerPlugin(env, ignore_sigint=True, load_torch=not render_only),
                                    name=PadWorkerPlugin.name)
         yield client
+
+
+def _worker_pids(cluster) -> list[int]:
+    """The process ids of a LocalCluster's worker processes (those its nannies hold now)."""
+    pids = []
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        process = getattr(getattr(nanny, "process", None), "process", None)
+        pid = getattr(process, "pid", None)
+        if pid:
+            pids.append(int(pid))
+    return pids
+
+
+def close_cluster(cluster) -> None:
+    """Close a LocalCluster. Dask asks each worker to stop, kills one that does not (a worker still
+    importing, on a loaded machine, cannot answer), then waits for it with a time-out; when even
+    that wait runs out, ``close`` raises ``TimeoutError`` although the work is done and the worker
+    killed. That is no failure of the command: the workers are killed (again) by their own PID and
+    the run ends normally."""
+    pids = _worker_pids(cluster)
+    try:
+        cluster.close()
+    except TimeoutError:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class ClusterWatch:

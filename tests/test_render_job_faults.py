@@ -87,3 +87,43 @@ def test_store_whose_creation_was_interrupted_is_recreated(tmp_path):
     cfg = _config(data, tmp_path / "cache")
     store = open_render_store(cfg, plan_render(cfg))
     assert store.sample_ids == ["cup/test/bad_00"] and not store.done().any()
+
+
+def test_a_worker_not_joined_in_time_at_close_is_killed_not_an_error(monkeypatch):
+    """On a loaded machine Dask's ``LocalCluster.close`` can raise ``TimeoutError`` after the work
+    is done (a worker it killed was not joined in time): the command ends normally and no worker
+    process is left."""
+    import time
+
+    from distributed import LocalCluster
+
+    real_close = LocalCluster.close
+    seen: list[int] = []
+    clusters: list = []
+
+    def close_that_times_out(self, *args, **kwargs):
+        clusters.append(self)
+        seen.extend(self.workers[name].process.process.pid for name in self.workers)
+        for pid in seen:                 # a worker that answers nothing, as if the nanny's join ran out
+            os.kill(pid, signal.SIGSTOP)
+        raise TimeoutError
+
+    monkeypatch.setattr(LocalCluster, "close", close_that_times_out)
+    try:
+        with dask_client(workers=1) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+        assert len(seen) == 1
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{seen[0]}/stat") as fh:
+                    if fh.read().split()[2] == "Z":      # killed, left for its nanny to reap
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"worker {seen[0]} still runs")
+    finally:
+        for cluster in clusters:          # the rest of the cluster (scheduler, nanny), as close does
+            real_close(cluster)
