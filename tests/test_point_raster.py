@@ -162,6 +162,7 @@ def test_what_the_model_does_not_cover_is_left_to_opengl():
     mvp = legacy_camera(pts, 300, 300).mvp()
     levels = np.full(len(pts), 128, np.uint8)
     assert pr.rasterize_points(pts, levels, mvp, 6.5, 300, 300, 255) is None          # not whole pixels
+    assert pr.rasterize_points(pts, levels, mvp, 300, 300, 300, 255) is None          # wider than llvmpipe draws
     turned = mvp.copy()
     turned[0, 1] = F32(0.1)
     assert pr.rasterize_points(pts, levels, turned, 6, 300, 300, 255) is None          # not axis-aligned

@@ -40,6 +40,7 @@ import numpy as np
 
 SUBPIXEL = 256                  # llvmpipe's fixed point: 1/256 pixel (FIXED_ORDER 8)
 DEPTH_MAX = 16777215.0          # 2^24 - 1: the 24-bit depth buffer's largest value
+MAX_POINT_SIZE = 255            # llvmpipe clamps wider points (LP_MAX_POINT_WIDTH): left to OpenGL
 _F32, _F64 = np.float32, np.float64
 _NONE = np.iinfo(np.int32).max  # the rank of a pixel no point covers
 _SCRATCH = threading.local()
@@ -196,7 +197,8 @@ def rasterize_points(points: np.ndarray, levels: np.ndarray, mvp: np.ndarray, po
     doc). None where the model does not hold; draw with OpenGL then."""
     fb = int(height if fb_height is None else fb_height)
     size = float(point_size)
-    if size != int(size) or size < 1 or fb < height or not axis_aligned(mvp):
+    whole = bool(np.isfinite(size)) and size == int(size) and 1 <= size <= MAX_POINT_SIZE
+    if not whole or fb < height or not axis_aligned(mvp):
         return None
     s = int(size)
     n = len(points)
