@@ -103,14 +103,16 @@ def test_a_worker_not_joined_in_time_at_close_is_killed_not_an_error(monkeypatch
 
     def close_that_times_out(self, *args, **kwargs):
         clusters.append(self)
-        seen.extend(self.workers[name].process.process.pid for name in self.workers)
+        for nanny in self.workers.values():
+            nanny.auto_restart = False   # as in a real close: no new worker for the one killed
+            seen.append(nanny.process.process.pid)
         for pid in seen:                 # a worker that answers nothing, as if the nanny's join ran out
             os.kill(pid, signal.SIGSTOP)
         raise TimeoutError
 
     monkeypatch.setattr(LocalCluster, "close", close_that_times_out)
     try:
-        with dask_client(workers=1) as client:
+        with dask_client(workers=1, render_only=True) as client:
             assert client.submit(sum, [1, 2]).result() == 3
         assert len(seen) == 1
         deadline = time.monotonic() + 10
