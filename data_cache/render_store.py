@@ -525,8 +525,8 @@ class RenderStore:
             rows["rgb"] = rgb
 
         async def write_all() -> None:
-            # every array of the sample at once on zarr's event loop: one round trip instead of one a
-            # call (2x faster on a local disk, more on object storage); ``done`` stays False until all land
+            # every array of the sample at once on zarr's event loop instead of one blocking call an
+            # array (8 MVTec samples: 0.22 -> 0.16 s a sample); ``done`` stays False until all land
             sample = await zasync.open_group(store=root.store, path=group.path, mode="r+")
             top = await zasync.open_group(store=root.store, path=root.path, mode="r+")
 

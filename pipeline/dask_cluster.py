@@ -161,8 +161,8 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
     - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
     ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
-    torch (:class:`PadWorkerPlugin`) and keep glibc's own memory thresholds. The workers of a running scheduler always load it: the same
-    workers may encode features next.
+    torch (:class:`PadWorkerPlugin`) and keep glibc's own memory thresholds. The workers of a
+    running scheduler always load torch: the same workers may encode features next.
     """
     if scheduler and workers:
         raise PadError("--workers and --scheduler exclude each other: the workers of an existing "
