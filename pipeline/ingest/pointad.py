@@ -177,6 +177,15 @@ def _core_and_links_kd(p: np.ndarray, eps: float, min_points: int) -> tuple[np.n
 
 
 _KING_STEPS = ((0, 1), (1, -1), (1, 0), (1, 1))   # each 8-neighbour pair of the grid once
+# each pair of the (2r + 1)² window once: (−dr, −dc) is the same pair from the other end
+_HALF_WINDOW = tuple((dr, dc) for dr in range(GRID_WINDOW + 1) for dc in range(-GRID_WINDOW, GRID_WINDOW + 1)
+                     if (dr, dc) > (0, 0))
+
+
+def _pair_slices(dr: int, dc: int, h: int, w: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """The slices of an (h, w) grid that pair every pixel with its neighbour at offset (dr, dc)."""
+    r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
+    return np.s_[r0:r1, c0:c1], np.s_[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
 _SURE = 1.0 - 1e-9                                   # a relative margin far above float64 rounding
 
 
@@ -227,13 +236,11 @@ def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tupl
     valid = owner >= 0
     r = GRID_WINDOW
     side = 2 * r + 1
-    steps = [(0, dc) for dc in range(1, r + 1)] + [(dr, dc) for dr in range(1, r + 1) for dc in range(-r, r + 1)] \
-        if window_links else list(_KING_STEPS)
+    steps = _HALF_WINDOW if window_links else _KING_STEPS
     longest = np.zeros((h, w))                                   # longest step to a valid 8-neighbour
     pairs = []
     for dr, dc in steps:
-        r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
-        here, there = np.s_[r0:r1, c0:c1], np.s_[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+        here, there = _pair_slices(dr, dc, h, w)
         d2 = _grid_squared_distance(x, y, z, here, there)
         both = valid[here] & valid[there]
         if max(abs(dr), abs(dc)) == 1:
@@ -278,15 +285,11 @@ def _window_counts(x: np.ndarray, y: np.ndarray, z: np.ndarray, valid: np.ndarra
         d2 = _grid_squared_distance(x.reshape(-1), y.reshape(-1), z.reshape(-1), here, there)
         return 1 + ((d2 < eps * eps) & inside & valid.reshape(-1)[there]).sum(axis=1)
     count = valid.astype(np.int64)
-    for dr in range(0, r + 1):
-        for dc in range(-r, r + 1):
-            if (dr, dc) <= (0, 0):
-                continue
-            r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
-            here, there = np.s_[r0:r1, c0:c1], np.s_[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-            close = (_grid_squared_distance(x, y, z, here, there) < eps * eps) & valid[here] & valid[there]
-            count[here] += close
-            count[there] += close
+    for dr, dc in _HALF_WINDOW:
+        here, there = _pair_slices(dr, dc, h, w)
+        close = (_grid_squared_distance(x, y, z, here, there) < eps * eps) & valid[here] & valid[there]
+        count[here] += close
+        count[there] += close
     return count[rows, cols]
 
 
