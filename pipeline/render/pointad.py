@@ -30,6 +30,7 @@ Everything the store keeps besides (normalized points, kNN graph, grid index) is
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -249,9 +250,11 @@ class ScriptViews:
     neighbours: tuple | None = None
 
 
+@functools.lru_cache(maxsize=1)
 def llvmpipe_fuses_multiply_add() -> bool:
     """Whether this CPU has the fused multiply-add that llvmpipe's viewport transform compiles to
-    (x86-64 with FMA3, or 64-bit ARM), as the numpy rasterizer assumes."""
+    (x86-64 with FMA3, or 64-bit ARM), as the numpy rasterizer assumes (read once per process: every
+    sample asks)."""
     import platform
 
     machine = platform.machine().lower()
