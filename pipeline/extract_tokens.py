@@ -86,8 +86,8 @@ def _plan(cfg: ExtractConfig, render, entry, pretrained: str) -> tuple[str, str,
         datasets = point_datasets(len(LAYERS), cfg.n_groups, WIDTH)
     else:
         from data_cache.backbones_dino import DIM, GRID as DGRID, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
-        tag = token_tag(entry.name, pretrained, LAYERS, str(IMAGE_SIZE))
         from pipeline.musc_inputs import render_format
+        tag = token_tag(entry.name, pretrained, LAYERS, str(IMAGE_SIZE))
         attrs = dict(common, kind="image-tokens", tag=tag, seed=int(cfg.seed) if random else 0, grid=DGRID, dim=DIM,
                      image_size=IMAGE_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                      rgb_source=RGB_DATASET if render_format(render) == "mvtec3d" else RGB_RENDER)

@@ -5,7 +5,6 @@ of rotated clouds at the scripts' windows and point sizes, half-subpixel centres
 than the 24-bit buffer resolves, points outside the clip volume or half off the window)."""
 from __future__ import annotations
 
-import math
 import os
 from fractions import Fraction
 
@@ -14,6 +13,7 @@ import pytest
 
 from pipeline.render import point_raster as pr
 from pipeline.render.open3d_camera import legacy_camera
+from pipeline.render.pointad import rotation
 
 F32 = np.float32
 
@@ -47,12 +47,9 @@ def _surface(seed: int, n: int) -> np.ndarray:
 
 
 def _rotated(points: np.ndarray, axis: str, degrees: float) -> np.ndarray:
-    a = math.radians(degrees)
-    c, s = math.cos(a), math.sin(a)
-    r = (np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) if axis == "x" else
-         np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]))
+    """The cloud turned about its mean, as the scripts turn it for a view."""
     centre = points.mean(axis=0)
-    return (points - centre) @ r.T + centre
+    return (points - centre) @ rotation(axis, degrees).T + centre
 
 
 @pytest.mark.parametrize("window,size", [(1024, 6), (1024, 12), (1036, 10), (1036, 6), (301, 5), (256, 7)])
