@@ -156,8 +156,8 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
     """A ``distributed.Client`` set up for rendering; closes it (and its LocalCluster) on exit.
 
     - ``scheduler`` None: a LocalCluster of ``workers`` processes (0: one per core), one
-      thread each, ``processes=True``, the worker environment of :func:`worker_env`, and
-      ``allowed-failures`` = :data:`ALLOWED_FAILURES`.
+      thread each, ``processes=True``, the worker environment of :func:`worker_env`,
+      ``allowed-failures`` = :data:`ALLOWED_FAILURES`, and the workers' profiler off.
     - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
     ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
@@ -192,8 +192,13 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                 # (--style pointad: +48% on 8 MVTec scans, all of it system time). Render workers
                 # keep glibc's defaults, as a plain Python process has them.
                 pre_spawn.pop("MALLOC_TRIM_THRESHOLD_", None)
+            # The workers' statistical profiler (a thread reading the task thread's frames every
+            # 10 ms) is off: on Python 3.11 it can read a frame being torn down and log an
+            # AttributeError traceback into the command's output mid-run (seen in CI), and its
+            # samples cost CPU that rendering needs. A user's own scheduler keeps its settings.
             with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-                                  "distributed.nanny.pre-spawn-environ": pre_spawn}), \
+                                  "distributed.nanny.pre-spawn-environ": pre_spawn,
+                                  "distributed.worker.profile.enabled": False}), \
                     warnings.catch_warnings(), _sigint_ignored_by_children():
                 warnings.filterwarnings("ignore", message=".*already in use.*")
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,

@@ -76,6 +76,16 @@ def test_existing_scheduler_workers_get_the_render_environment(tmp_path):
     assert list(env.values()) == [("osmesa", "1")]
 
 
+def test_the_workers_pad_starts_run_no_profiler():
+    """Dask's worker profiler reads the task thread's frames every 10 ms; on Python 3.11 it can
+    catch a frame being torn down and log a traceback into ``pad render``'s output (seen in CI).
+    The workers of pad's own cluster run without it."""
+    with dask_client(workers=1, render_only=True) as client:
+        callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+    (names,) = callbacks.values()
+    assert names and not any(name.startswith("profile") for name in names), names
+
+
 def test_store_whose_creation_was_interrupted_is_recreated(tmp_path):
     """Ctrl-C between the arrays and the attributes of a new store must not brick the cache."""
     import zarr
