@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.pad-installed
 # make test runs the suite in this many pytest-xdist processes, a test file per process at a time
-# (half the suite's time is waiting: subprocesses starting, servers, timeouts); 1 runs it in one
+# (half the suite's time is waiting: subprocesses starting, servers, timeouts); 1 runs it in one.
+# --no-loadscope-reorder: files go out in collection order, longest first (tests/conftest.py), not
+# sorted by how many tests they hold (which sent the 4-minute gpu_check file out last)
 TEST_WORKERS ?= 2
 export PYOPENGL_PLATFORM ?= osmesa
 
@@ -52,7 +54,7 @@ demo: setup
 	$(VENV)/bin/pad demo --workdir demo-work
 
 test: setup chromium
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 bench: setup
 	bash benchmarks/run_all.sh

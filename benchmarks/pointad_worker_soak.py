@@ -7,8 +7,9 @@ the same kernel and store writes for ``--inprocess-scans`` samples in one plain 
 its RSS after each sample.
 
 One line: ``worker_mb_per_scan`` (least-squares slope of the worker's RSS against the scans it has
-done, after the first quarter), ``worker_start_mb`` / ``worker_peak_mb``, the same slope of the
-plain process (``inprocess_mb_per_scan``), and seconds.
+done, after the first quarter), ``worker_start_mb`` / ``worker_peak_mb``, ``worker_mb_at_quarters``
+(its RSS after a quarter, half, three quarters and all of the scans), the same slope of the plain
+process (``inprocess_mb_per_scan``), and seconds.
 
     python benchmarks/pointad_worker_soak.py --scans 300
 """
@@ -86,8 +87,11 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 def soak_worker(data: Path, cache: Path, seed: int) -> dict:
     start = time.perf_counter()
+    # stderr (the progress bar) into a file: a pipe read only at the end fills up over a long run and
+    # blocks the command's writes (its worker finishes, the command never does)
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([PAD, "render", str(data), "--cache", str(cache), "--style", "pointad", "--seed",
-                             str(seed), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             str(seed), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=log,
                             env=dict(os.environ, PYOPENGL_PLATFORM="osmesa"))
     samples: list[tuple[float, float]] = []
     peak = 0.0
@@ -98,12 +102,21 @@ def soak_worker(data: Path, cache: Path, seed: int) -> dict:
             peak = max(peak, rss)
             samples.append((done_count(cache), rss))
         time.sleep(0.5)
-    err = proc.stderr.read().decode()
+    log.seek(0)
+    err = log.read().decode(errors="replace")
+    log.close()
     if proc.returncode:
         raise SystemExit(f"pad render failed:\n{err[-2000:]}")
     samples = [s for s in samples if s[0] > 0]
     return {"mb_per_scan": slope(samples), "start_mb": samples[0][1], "peak_mb": peak,
-            "seconds": time.perf_counter() - start}
+            "quarters": quarters(samples), "seconds": time.perf_counter() - start}
+
+
+def quarters(points: list[tuple[float, float]]) -> list[float]:
+    """The worker's RSS (MiB) when it had done a quarter, half, three quarters and all of its scans
+    (the last reading at or before each mark): flat memory reads as four equal numbers."""
+    x, y = np.array(points).T
+    return [float(y[x <= x.max() * q][-1]) for q in (0.25, 0.5, 0.75, 1.0)]
 
 
 def soak_inprocess(data: Path, work: Path, n: int, seed: int) -> float:
@@ -144,6 +157,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     line = (f"pointad_worker_soak: scans {max(1, args.scans // 4) * 4} worker_mb_per_scan {worker['mb_per_scan']:.4f} "
             f"worker_start_mb {worker['start_mb']:.0f} worker_peak_mb {worker['peak_mb']:.0f} "
+            f"worker_mb_at_quarters {'/'.join(f'{q:.0f}' for q in worker['quarters'])} "
             f"seconds {worker['seconds']:.0f}")
     if inprocess is not None:
         line += f" inprocess_mb_per_scan {inprocess:.4f} ({args.inprocess_scans} scans)"

@@ -15,9 +15,11 @@ import torchvision  # noqa: E402,F401
 
 import pytest  # noqa: E402
 
-#: The test files that take longest (``--durations``: the forced-CPU gpu_check.sh pipeline ~150 s, the
+#: The test files that take longest (``--durations``: the forced-CPU gpu_check.sh pipeline 150-240 s, the
 #: reader fuzzing, training end to end, the cloud pipeline): collected first, so that ``make test``'s
 #: pytest-xdist processes (``--dist loadfile``: whole files) start them first and finish together.
+#: xdist hands files out in this order only with ``--no-loadscope-reorder`` (the Makefile passes it);
+#: by default it sorts them by how many tests they hold, and the two-test gpu_check file went last.
 LONGEST_FIRST = ("test_gpu_check.py", "test_fuzz_readers.py", "test_train_e2e.py", "test_cloud_pipeline.py")
 
 
