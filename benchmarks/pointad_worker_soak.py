@@ -8,8 +8,8 @@ its RSS after each sample.
 
 One line: ``worker_mb_per_scan`` (least-squares slope of the worker's RSS against the scans it has
 done, after the first quarter), ``worker_start_mb`` / ``worker_peak_mb``, ``worker_mb_at_quarters``
-(its RSS after a quarter, half, three quarters and all of the scans), the same slope of the plain
-process (``inprocess_mb_per_scan``), and seconds.
+(its RSS after a quarter, half and three quarters of the scans, and just before the last), the same
+slope of the plain process (``inprocess_mb_per_scan``), and seconds.
 
     python benchmarks/pointad_worker_soak.py --scans 300
 """
@@ -113,10 +113,14 @@ def soak_worker(data: Path, cache: Path, seed: int) -> dict:
 
 
 def quarters(points: list[tuple[float, float]]) -> list[float]:
-    """The worker's RSS (MiB) when it had done a quarter, half, three quarters and all of its scans
-    (the last reading at or before each mark): flat memory reads as four equal numbers."""
+    """The worker's RSS (MiB) when it had done a quarter, half and three quarters of its scans (the
+    first reading at or past each mark) and its last reading before the last scan was done (readings
+    after it may see the worker closing): flat memory reads as four equal numbers, within the few tens
+    of MiB a scan's own arrays take."""
     x, y = np.array(points).T
-    return [float(y[x <= x.max() * q][-1]) for q in (0.25, 0.5, 0.75, 1.0)]
+    marks = [float(y[x >= x.max() * q][0]) for q in (0.25, 0.5, 0.75)]
+    before_end = y[x < x.max()]
+    return marks + [float(before_end[-1] if len(before_end) else y[-1])]
 
 
 def soak_inprocess(data: Path, work: Path, n: int, seed: int) -> float:
