@@ -193,9 +193,11 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                 # keep glibc's defaults, as a plain Python process has them.
                 pre_spawn.pop("MALLOC_TRIM_THRESHOLD_", None)
             # The workers' statistical profiler (a thread reading the task thread's frames every
-            # 10 ms) is off: on Python 3.11 it can read a frame being torn down and log an
-            # AttributeError traceback into the command's output mid-run (seen in CI), and its
-            # samples cost CPU that rendering needs. A user's own scheduler keeps its settings.
+            # 10 ms) is off: the profile it keeps of every second (up to 1,000 of them) was most of
+            # a render worker's memory growth (0.21 -> 0.035 MiB a scan, pointad_worker_soak.py),
+            # and on Python 3.11 it can read a frame being torn down and log an AttributeError
+            # traceback into the command's output mid-run (seen in CI). A user's own scheduler keeps
+            # its settings.
             with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                                   "distributed.nanny.pre-spawn-environ": pre_spawn,
                                   "distributed.worker.profile.enabled": False}), \
