@@ -180,13 +180,13 @@ _KING_STEPS = ((0, 1), (1, -1), (1, 0), (1, 1))   # each 8-neighbour pair of the
 # each pair of the (2r + 1)² window once: (−dr, −dc) is the same pair from the other end
 _HALF_WINDOW = tuple((dr, dc) for dr in range(GRID_WINDOW + 1) for dc in range(-GRID_WINDOW, GRID_WINDOW + 1)
                      if (dr, dc) > (0, 0))
+_SURE = 1.0 - 1e-9                                   # a relative margin far above float64 rounding
 
 
 def _pair_slices(dr: int, dc: int, h: int, w: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
     """The slices of an (h, w) grid that pair every pixel with its neighbour at offset (dr, dc)."""
     r0, r1, c0, c1 = max(0, -dr), h - max(0, dr), max(0, -dc), w - max(0, dc)
     return np.s_[r0:r1, c0:c1], np.s_[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-_SURE = 1.0 - 1e-9                                   # a relative margin far above float64 rounding
 
 
 def _grid_squared_distance(x: np.ndarray, y: np.ndarray, z: np.ndarray, a, b) -> np.ndarray:
