@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 PAD = str(ROOT / ".venv" / "bin" / "pad")
 
+from trainer.memory import resident_mb  # noqa: E402
+
 
 def write_dataset(root: Path, copies: int, seed: int) -> None:
     import pointad_scans as scans
@@ -41,17 +43,6 @@ def write_dataset(root: Path, copies: int, seed: int) -> None:
         scan = scans.mvtec_scan(seed + k, k % 2 == 0, size_px=size)
         for c in range(copies):
             scans.write_mvtec(str(root), cls, f"{c:03d}{k}", scan)
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def worker_pid(parent: int) -> int | None:
@@ -66,7 +57,8 @@ def worker_pid(parent: int) -> int | None:
         for child in children.get(todo.pop(), []):
             found.append(child)
             todo.append(child)
-    sized = [(rss_mb(p) or 0.0, p) for p in found]
+    sized = [(resident_mb(p), p) for p in found]
+    sized = [(mb, p) for mb, p in sized if np.isfinite(mb)]     # NaN: the process has just ended
     return max(sized)[1] if sized else None
 
 
@@ -97,8 +89,8 @@ def soak_worker(data: Path, cache: Path, seed: int) -> dict:
     peak = 0.0
     while proc.poll() is None:
         pid = worker_pid(proc.pid)
-        rss = rss_mb(pid) if pid else None
-        if rss:
+        rss = resident_mb(pid) if pid else float("nan")
+        if np.isfinite(rss):
             peak = max(peak, rss)
             samples.append((done_count(cache), rss))
         time.sleep(0.5)
@@ -141,7 +133,7 @@ def soak_inprocess(data: Path, work: Path, n: int, seed: int) -> float:
         attrs = {"id": sample.id, "class": sample.cls, "split": sample.split, "label": sample.label,
                  "n_points": sample.n_points, "source_path": str(sample.source_path), **out.attrs}
         store.write_sample(i, out.arrays, attrs, out.images, out.gt2d, out.rgb)
-        points.append((i + 1, rss_mb(os.getpid())))
+        points.append((i + 1, resident_mb()))
     return slope(points)
 
 
