@@ -24,11 +24,12 @@ number of points the official script rendered per sample, with these figures:
   than 16 in some channel;
 - ``gt_iou``: the smallest 2D ground-truth IoU over views with an anomaly;
 - ``pad_s`` / ``official_s``: seconds per sample of pad's kernel (read + preprocessing + render,
-  warm process, one core) and of the official script (get_mv_images; MVTec: plus its
-  preprocessing), and their ratio;
+  warm process) and of the official script (get_mv_images; MVTec: plus its preprocessing), and
+  their ratio; both on ``--threads`` threads (default 1: Open3D's OpenMP threads on the official
+  side, Mesa's own rasterizer threads left as they are; pad's ``PAD_RENDER_THREADS``);
 - per dataset, ``pad_cmd_s``: the whole ``pad render`` command (process and Dask start-up, one
-  worker, every sample of the dataset) against ``official_total_s``, the official seconds of the
-  same samples summed.
+  worker with the machine's cores, every sample of the dataset) against ``official_total_s``,
+  the official seconds of the same samples summed.
 """
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ def write_fixture(jobs: list[dict], out: str, seed: int, command: str) -> None:
                  "renders `input/` with `--style pointad` and compares.\n")
 
 
-def run_official(jobs: list[dict], work: str, official: str, python: str, reuse: bool = False) -> None:
+def run_official(jobs: list[dict], work: str, official: str, python: str, reuse: bool = False,
+                 threads: int = 1) -> None:
     """Copy the datasets (the MVTec preprocessing works in place), point the jobs at the copies and run
     the driver; ``reuse``: take the official outputs an earlier run left in ``work`` (same seed and
     options) instead."""
@@ -194,16 +196,17 @@ def run_official(jobs: list[dict], work: str, official: str, python: str, reuse:
     path = os.path.join(work, "jobs.json")
     with open(path, "w") as fh:
         json.dump(driver_jobs, fh)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     out = subprocess.run([python, os.path.join(HERE, "_official_render_driver.py"), "--official", official,
                           "--jobs", path], capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"the official scripts failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
 
 
-def run_pad(jobs: list[dict], work: str, seed: int) -> dict:
+def run_pad(jobs: list[dict], work: str, seed: int, threads: int = 1) -> dict:
     """``pad render --style pointad`` of every dataset into its own cache; then, per sample, the
-    kernel's seconds in this (warm) process."""
+    kernel's seconds in this (warm) process on ``threads`` threads."""
+    from pipeline.dask_cluster import RENDER_THREADS_ENV
     from pipeline.ingest import discover
     from pipeline.ingest.pointad import load_pointad_sample
     from pipeline.render import RenderSettings, render_sample
@@ -221,6 +224,7 @@ def run_pad(jobs: list[dict], work: str, seed: int) -> dict:
         command_s[root] = time.perf_counter() - t
         caches[root] = cache
     seconds = {}
+    os.environ[RENDER_THREADS_ENV] = str(threads)
     for root in caches:
         fmt, refs = discover(root)
         settings = RenderSettings(style="pointad", layout=fmt, seed=seed)     # auto, as pad render runs it
@@ -284,7 +288,10 @@ def main() -> None:
     parser.add_argument("--mvtec", type=int, default=4, help="MVTec 3D-AD scans of 300-420 px a side (default 4; "
                                                                "6 with --full-size makes a dataset of 8)")
     parser.add_argument("--reuse-official", action="store_true",
-                        help="take the official outputs of an earlier run in --work (same seed and options)")
+                        help="take the official outputs of an earlier run in --work (same seed, options and --threads)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of one sample on both sides (default 1): "
+                                                               "the official side's OMP_NUM_THREADS, pad's kernel's "
+                                                               "PAD_RENDER_THREADS")
     parser.add_argument("--work", default=None, help="work directory (default: a temporary one, removed)")
     parser.add_argument("--write-fixture", default=None, metavar="DIR",
                         help="instead: render the small scans of the test fixture and write it to DIR "
@@ -302,8 +309,8 @@ def main() -> None:
             print(f"official_render_parity: wrote the fixture to {args.write_fixture}")
             return
         jobs = write_scans(os.path.join(work, "data"), args.seed, args.fps, args.full_size, args.mvtec)
-        run_official(jobs, work, os.path.abspath(args.official), args.python, args.reuse_official)
-        pad = run_pad(jobs, work, args.seed)
+        run_official(jobs, work, os.path.abspath(args.official), args.python, args.reuse_official, args.threads)
+        pad = run_pad(jobs, work, args.seed, args.threads)
         parts = []
         for row in ("mvtec3d", "mvtec3d 800x800", "eyecandies", "real3d"):
             rows = [(job, compare(job, pad["caches"][job["root"]])) for job in jobs
@@ -327,7 +334,8 @@ def main() -> None:
             off_total = sum(r["official_s"] for r in figs)
             parts.append(f"{os.path.basename(root)} command ({len(figs)} samples): pad_cmd_s {cmd:.2f} "
                          f"official_total_s {off_total:.2f} ({off_total / cmd:.1f}x)")
-        print("official_render_parity: " + "; ".join(parts) + f"; load {os.getloadavg()[0]:.1f}")
+        print("official_render_parity: " + "; ".join(parts) + f"; threads {args.threads}; "
+              f"load {os.getloadavg()[0]:.1f}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Dask for ``pad render``: a LocalCluster or a connection to an existing scheduler,
-the worker environment (OpenGL platform, one BLAS/OpenMP thread), the dashboard link, and
-:class:`ClusterWatch` (workers present, tasks rescheduled after a lost worker) for the run loop.
+the worker environment (OpenGL platform, one BLAS/OpenMP thread, the threads a sample may use),
+the dashboard link, and :class:`ClusterWatch` (workers present, tasks rescheduled after a lost
+worker) for the run loop.
 
 Every worker process renders with one offscreen OpenGL context, so
 ``PYOPENGL_PLATFORM`` must be set before that process imports ``OpenGL``:
@@ -36,6 +37,12 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
               "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
               "LP_NUM_THREADS": "1"}  # llvmpipe (OSMesa) rasterizer threads
 DEFAULT_DASHBOARD = ":8787"
+#: How many threads one sample may use in a render worker (:func:`render_threads`). pad's own
+#: LocalCluster gives each worker the cores it leaves free (cores // workers: ``--workers 1`` on
+#: 2 cores renders a sample on 2 threads); a worker without it (a user's scheduler, ``pad serve``)
+#: uses one.
+RENDER_THREADS_ENV = "PAD_RENDER_THREADS"
+MAX_RENDER_THREADS = 64
 
 
 def gl_platform(backend: str = "auto") -> str:
@@ -55,9 +62,21 @@ def gl_platform(backend: str = "auto") -> str:
     return "egl" if nodes and ctypes.util.find_library("EGL") else "osmesa"
 
 
-def worker_env(backend: str = "auto") -> dict[str, str]:
-    """Environment variables every rendering worker process needs (name -> value)."""
-    return dict(THREAD_ENV, PYOPENGL_PLATFORM=gl_platform(backend))
+def worker_env(backend: str = "auto", render_threads: int = 1) -> dict[str, str]:
+    """Environment variables every rendering worker process needs (name -> value);
+    ``render_threads``: the threads one sample may use there (:data:`RENDER_THREADS_ENV`)."""
+    return dict(THREAD_ENV, PYOPENGL_PLATFORM=gl_platform(backend), **{RENDER_THREADS_ENV: str(int(render_threads))})
+
+
+def render_threads() -> int:
+    """The threads one sample may use in this process (:data:`RENDER_THREADS_ENV`, 1 when unset or
+    not a whole number, at most :data:`MAX_RENDER_THREADS`). BLAS and OpenMP stay at one thread
+    (:data:`THREAD_ENV`): pad's own thread pools and KD-tree queries use these."""
+    try:
+        value = int(os.environ.get(RENDER_THREADS_ENV, "1"))
+    except ValueError:
+        return 1
+    return max(1, min(MAX_RENDER_THREADS, value))
 
 
 def default_workers() -> int:
@@ -152,17 +171,22 @@ def dashboard_link(client) -> str | None:
 @contextlib.contextmanager
 def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "auto",
                 dashboard_address: str = DEFAULT_DASHBOARD, connect_timeout: float = 30.0,
-                render_only: bool = False) -> Iterator:
+                render_only: bool = False, concurrent_samples: bool = False) -> Iterator:
     """A ``distributed.Client`` set up for rendering; closes it (and its LocalCluster) on exit.
 
     - ``scheduler`` None: a LocalCluster of ``workers`` processes (0: one per core), one
-      thread each, ``processes=True``, the worker environment of :func:`worker_env`,
+      task thread each (see ``concurrent_samples``), ``processes=True``, the worker environment of :func:`worker_env` (a
+      sample may use the cores the workers leave free: :func:`render_threads`),
       ``allowed-failures`` = :data:`ALLOWED_FAILURES`, and the workers' profiler off.
     - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
     ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
     torch (:class:`PadWorkerPlugin`) and keep glibc's own memory thresholds. The workers of a
     running scheduler always load torch: the same workers may encode features next.
+    ``concurrent_samples``: the kernel may render several samples at once in one process (no
+    OpenGL context is shared: ``--style pointad`` drawn by numpy); a LocalCluster's worker then
+    runs as many tasks at once as it has threads for a sample (cores // workers), so one sample's
+    single-threaded stages (reading, preprocessing, the store write) overlap another's.
     """
     if scheduler and workers:
         raise PadError("--workers and --scheduler exclude each other: the workers of an existing "
@@ -172,7 +196,7 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
     import dask
     from distributed import Client, LocalCluster
 
-    env = worker_env(backend)
+    env = worker_env(backend)       # a running scheduler's workers: one thread per sample
     with contextlib.ExitStack() as stack:
         if scheduler:
             try:
@@ -184,6 +208,8 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
             client.register_plugin(PadWorkerPlugin(env), name=PadWorkerPlugin.name)
         else:
             n = workers or default_workers()
+            budget = max(1, default_workers() // n)
+            env = worker_env(backend, render_threads=budget)
             pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
             pre_spawn.update(THREAD_ENV)
             if render_only:
@@ -203,7 +229,8 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                                   "distributed.worker.profile.enabled": False}), \
                     warnings.catch_warnings(), _sigint_ignored_by_children():
                 warnings.filterwarnings("ignore", message=".*already in use.*")
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
+                cluster = LocalCluster(n_workers=n, threads_per_worker=budget if concurrent_samples else 1,
+                                       processes=True, env=env,
                                        dashboard_address=dashboard_address, silence_logs=logging.ERROR)
                 stack.callback(close_cluster, cluster)
                 client = Client(cluster)

@@ -382,7 +382,8 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
                         where = f"connecting to {cfg.scheduler}" if cfg.scheduler else \
                             f"starting {workers} local worker process{'es' if workers > 1 else ''}"
                         print(f"pad render: {where} ...", file=sys.stderr)
-                    with dask_client(workers, cfg.scheduler, cfg.backend, render_only=True) as own:
+                    with dask_client(workers, cfg.scheduler, cfg.backend, render_only=True,
+                                     concurrent_samples=_samples_may_overlap(plan.settings)) as own:
                         _run(own, cfg, plan, refs, store, todo, summary, progress, on_result)
             except KeyboardInterrupt:  # counted once the cluster is closed: nothing changes after this
                 n_done = int(store.done().sum())
@@ -391,6 +392,17 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
         summary.done = int(store.done().sum())
     summary.elapsed_s = time.perf_counter() - start
     return summary
+
+
+def _samples_may_overlap(settings) -> bool:
+    """Whether one worker may render several samples at once (threads of one process): only where
+    no OpenGL context would be shared, ``--style pointad`` drawn by numpy
+    (:func:`pipeline.render.pointad.draws_without_gl`, decided as a worker on this machine decides)."""
+    if settings.style != "pointad":
+        return False
+    from pipeline.render.pointad import draws_without_gl
+
+    return draws_without_gl(settings.backend)
 
 
 def _run(client, cfg: RenderConfig, plan: RenderPlan, refs: dict, store: RenderStore, todo: list[int],

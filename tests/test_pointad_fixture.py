@@ -22,18 +22,25 @@ FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "pointad"
 META = json.loads((FIXTURE / "official" / "meta.json").read_text())
 
 
-@pytest.fixture(scope="module", params=sorted(META["samples"]))
+@pytest.fixture(scope="module", params=[(layout, threads) for layout in sorted(META["samples"]) for threads in (1, 2)],
+                ids=lambda p: f"{p[0]}-{p[1]}thread{'s' if p[1] > 1 else ''}")
 def rendered(request):
+    """Each layout rendered on one thread, and on two (``pad render --workers 1`` on a 2-core
+    machine: the normals' query and the views on 2 threads each) — the same official outputs."""
     from PIL import Image
 
-    layout = request.param
+    from pipeline.dask_cluster import RENDER_THREADS_ENV
+
+    layout, threads = request.param
     fmt, refs = discover(str(FIXTURE / "input" / layout))
     assert fmt == {"real3d": "shapenet"}.get(layout, layout)
     info = META["samples"][layout]
     (ref,) = [r for r in refs if r.id == info["id"]]
     seed = int(META["seed"])
     sample = load_pointad_sample(ref, seed)
-    out = render_sample(sample, RenderSettings(style="pointad", layout=fmt, seed=seed), [])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(RENDER_THREADS_ENV, str(threads))
+        out = render_sample(sample, RenderSettings(style="pointad", layout=fmt, seed=seed), [])
     official = np.load(FIXTURE / "official" / f"{layout}.npz")
     views = [np.asarray(Image.open(FIXTURE / "official" / layout / f"view_{v}.png")) for v in range(9)]
     gts = [np.asarray(Image.open(FIXTURE / "official" / layout / f"view_{v}_gt.png")) > 127 for v in range(9)]

@@ -13,6 +13,7 @@ from _render_job_helpers import REPO, run_pad
 
 from pipeline.ingest import discover, load_sample
 from pipeline.ingest.pointad import load_pointad_sample, pad_to_square, resize_nearest
+from pipeline.render import RenderSettings, render_sample
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from pointad_scans import mvtec_scan, write_mvtec  # noqa: E402
@@ -106,6 +107,26 @@ def test_the_store_and_the_run_record_the_style(pointad_run):
     assert attrs["style"] == {"name": "pointad", "seed": 0} and attrs["image_size"] == 336
     record = json.loads((pointad_run["run"] / "config.json").read_text())["render"]
     assert (record["style"], record["seed"], record["layout"]) == ("pointad", 0, "mvtec3d")
+
+
+def test_samples_rendered_at_once_equal_a_plain_one_thread_render(pointad_run, mvtec, monkeypatch):
+    """``pad render --workers 1`` on a machine of 2 cores renders two samples at a time in its worker,
+    each on 2 threads (normals' query, views): the store holds, bit for bit, what one thread renders
+    in a plain process (whose outputs tests/test_pointad_fixture.py holds to the official ones)."""
+    from data_cache.render_store import RenderStore
+    from pipeline.dask_cluster import RENDER_THREADS_ENV
+
+    monkeypatch.setenv(RENDER_THREADS_ENV, "1")
+    store = RenderStore.open(str(pointad_run["cache"]))
+    fmt, refs = discover(str(mvtec))
+    by_id = {ref.id: ref for ref in refs}
+    assert sorted(store.sample_ids) == sorted(by_id) and store.done().all()
+    for i, sid in enumerate(store.sample_ids):
+        out = render_sample(load_pointad_sample(by_id[sid], 0), RenderSettings(style="pointad", layout=fmt, seed=0), [])
+        kept = store.read_sample(i, tuple(out.arrays))
+        for name, value in out.arrays.items():
+            assert np.array_equal(kept[name], np.asarray(value).astype(kept[name].dtype)), (sid, name)
+        assert np.array_equal(store.images(i), out.images) and np.array_equal(store.gt2d(i), out.gt2d), sid
 
 
 def test_predict_renders_the_official_way_and_equals_score(pointad_run, mvtec, tmp_path):

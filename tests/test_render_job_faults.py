@@ -86,6 +86,23 @@ def test_the_workers_pad_starts_run_no_profiler():
     assert names and not any(name.startswith("profile") for name in names), names
 
 
+def test_a_lone_worker_gets_the_cores_the_others_leave(monkeypatch):
+    """``--workers 1`` on a machine of C cores: the worker may use all C for a sample (the normals'
+    KD-tree query, the views), and runs C samples at once where nothing shares an OpenGL context;
+    two workers get C / 2 each, one task at a time without it. BLAS and OpenMP stay at one thread."""
+    import pipeline.dask_cluster as dc
+
+    monkeypatch.setattr(dc, "default_workers", lambda: 4)     # the cores this machine offers
+    probe = (lambda dask_worker: (dask_worker.state.nthreads, os.environ.get(dc.RENDER_THREADS_ENV),
+                                  os.environ.get("OMP_NUM_THREADS")))
+    with dask_client(workers=1, render_only=True, concurrent_samples=True) as client:
+        lone = list(client.run(probe).values())
+    with dask_client(workers=2, render_only=True) as client:
+        pair = list(client.run(probe).values())
+    assert lone == [(4, "4", "1")]
+    assert pair == [(1, "2", "1"), (1, "2", "1")]
+
+
 def test_store_whose_creation_was_interrupted_is_recreated(tmp_path):
     """Ctrl-C between the arrays and the attributes of a new store must not brick the cache."""
     import zarr

@@ -18,6 +18,7 @@ import numpy as np
 
 TWO_THIRDS_PI = 2.0 * np.pi / 3.0
 QUERY_BLOCK = 65536     # points per block of the moment sums (bounds the (block, max_nn) arrays)
+MIN_ROWS_PER_THREAD = 4096  # estimate_normals on threads: fewer rows a thread are not worth one
 
 
 def hybrid_covariances(points: np.ndarray, radius: float, max_nn: int,
@@ -25,9 +26,10 @@ def hybrid_covariances(points: np.ndarray, radius: float, max_nn: int,
     """(N, 3, 3) float64 covariances of each point's hybrid neighbourhood in (N, 3) ``points``
     (see the module doc; identity where fewer than 3 neighbours).
 
-    ``neighbours``: (distances (N, K), indices (N, K)) of the K ≥ ``max_nn`` nearest points of
-    every point, the point itself included, ascending (a KD-tree query made for something else
-    too); queried here when None."""
+    ``neighbours``: (distances (M, K), indices (M, K)) of the K ≥ ``max_nn`` nearest points of
+    M points (every point, or a run of rows of them), the point itself included, ascending (a
+    KD-tree query made for something else too): the result is then (M, 3, 3), the covariances of
+    those rows; queried here (every point) when None."""
     p = np.ascontiguousarray(points, dtype=np.float64)
     n = len(p)
     k = int(min(max_nn, n))
@@ -38,11 +40,12 @@ def hybrid_covariances(points: np.ndarray, radius: float, max_nn: int,
         dist, idx = dist.reshape(n, k), idx.reshape(n, k)
     else:
         dist, idx = neighbours[0][:, :k], neighbours[1][:, :k]
-    out = np.empty((n, 3, 3))
+    m = len(dist)
+    out = np.empty((m, 3, 3))
     pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
     coords = [np.ascontiguousarray(p[:, a]) for a in range(3)]
-    for start in range(0, n, QUERY_BLOCK):
-        stop = min(n, start + QUERY_BLOCK)
+    for start in range(0, m, QUERY_BLOCK):
+        stop = min(m, start + QUERY_BLOCK)
         block = idx[start:stop]
         inside = dist[start:stop] < radius                          # squared distance < radius²
         count = inside.sum(axis=1)
@@ -174,8 +177,29 @@ def _solve_full(a: np.ndarray, off: np.ndarray) -> np.ndarray:
 
 
 def estimate_normals(points: np.ndarray, radius: float, max_nn: int,
-                     neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                     neighbours: tuple[np.ndarray, np.ndarray] | None = None, threads: int = 1) -> np.ndarray:
     """(N, 3) float64 normals of (N, 3) ``points`` as Open3D's ``estimate_normals`` with
     ``KDTreeSearchParamHybrid(radius, max_nn)`` gives them to a cloud without normals
-    (``neighbours``: see :func:`hybrid_covariances`)."""
-    return smallest_eigenvectors(hybrid_covariances(points, radius, max_nn, neighbours))
+    (``neighbours``: see :func:`hybrid_covariances`).
+
+    ``threads`` > 1 (with ``neighbours`` given): the rows are cut into that many contiguous runs,
+    each computed on its own thread (a row's normal depends only on its own neighbours: the same
+    array as one thread)."""
+    n = len(points)
+    if threads <= 1 or neighbours is None or n < MIN_ROWS_PER_THREAD * 2:
+        return smallest_eigenvectors(hybrid_covariances(points, radius, max_nn, neighbours))
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = min(int(threads), n // MIN_ROWS_PER_THREAD)
+    edges = np.linspace(0, n, parts + 1).astype(np.int64)
+    dist, idx = neighbours
+    out = np.empty((n, 3))
+
+    def run(part: int) -> None:
+        rows = slice(int(edges[part]), int(edges[part + 1]))
+        cov = hybrid_covariances(points, radius, max_nn, (dist[rows], idx[rows]))
+        out[rows] = smallest_eigenvectors(cov)
+
+    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="pad-normals") as pool:
+        list(pool.map(run, range(parts)))
+    return out

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -114,12 +115,13 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
     return (rotation_x if axis == "x" else rotation_y)(math.radians(degrees))
 
 
-def script_frame(points: np.ndarray, script: Script, k: int = 0
+def script_frame(points: np.ndarray, script: Script, k: int = 0, threads: int = 1
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The cloud as the script renders it: (N, 3) float64 points and normals in the script's
     frame, the (3, 3) linear map from the sample's coordinates to that frame, and the KD-tree
     query made for the normals (distances and indices of the max(``script.normal_max_nn``, ``k``)
-    nearest points of each point in that frame, itself included), for reuse."""
+    nearest points of each point in that frame, itself included), for reuse; ``threads``: the
+    query's threads (each point's answer is its own: the same arrays on any number)."""
     p = np.asarray(points, dtype=np.float64)
     if script.pre == "flip_x":                  # o3d_pc.transform(matrix_x(pi)); then normals
         m = rotation("x", 180.0)
@@ -133,10 +135,10 @@ def script_frame(points: np.ndarray, script: Script, k: int = 0
     # point's answer put back in its row: the same arrays as a query in point order
     order = spatial_order(q)
     dist, idx = np.empty((len(q), kk)), np.empty((len(q), kk), dtype=np.int64)
-    d, i = cKDTree(q).query(q[order], k=kk, workers=1)
+    d, i = cKDTree(q).query(q[order], k=kk, workers=threads)
     dist[order], idx[order] = d.reshape(len(q), kk), i.reshape(len(q), kk)
     query = (dist, idx)
-    n = estimate_normals(q, script.normal_radius, script.normal_max_nn, query)
+    n = estimate_normals(q, script.normal_radius, script.normal_max_nn, query, threads)
     if script.pre == "eyecandies":              # normals first, then matrix_x(π/4), as the script
         r = rotation("x", 45.0)
         q, n, m = q @ r.T, n @ r.T, r @ m
@@ -267,6 +269,12 @@ def llvmpipe_fuses_multiply_add() -> bool:
         return False
 
 
+#: OpenGL draws of this process, one at a time: the numpy rasterizer draws on several threads (views
+#: of a sample, samples of a worker), and a draw it leaves to OpenGL shares the process's one context
+#: (made current by the thread that draws, which OSMesa allows).
+_GL_DRAWS = threading.Lock()
+
+
 class PointDrawer:
     """Draws one window of square points as Open3D's legacy renderer does: with the numpy
     rasterizer of :mod:`pipeline.render.point_raster` where pad would draw with Mesa's llvmpipe
@@ -292,18 +300,33 @@ class PointDrawer:
                 return image
         from pipeline.render.gl import get_point_renderer
 
-        return get_point_renderer(window, window, self.backend).render(points, levels, mvp, point_size, background)
+        with _GL_DRAWS:
+            return get_point_renderer(window, window, self.backend).render(points, levels, mvp, point_size,
+                                                                            background)
+
+
+def draws_without_gl(backend: str = "auto") -> bool:
+    """Whether ``--style pointad`` draws every point with numpy in this process (:class:`PointDrawer`:
+    ``--backend auto`` on a machine without a GPU, a CPU with FMA): samples may then be rendered on
+    several threads at once, no OpenGL context being shared but for the rare draw left to OpenGL,
+    which :data:`_GL_DRAWS` serializes."""
+    return PointDrawer(backend).numpy
 
 
 def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, point_size: float,
-                 backend: str = "auto", knn: int = 0) -> ScriptViews:
+                 backend: str = "auto", knn: int = 0, threads: int = 1) -> ScriptViews:
     """Everything the script renders for (N, 3) ``points`` (the sample's coordinates) whose
     ground-truth render colours are (N,) ``gt_labels`` (1 = anomalous); with ``knn`` > 0 also
     the ``knn`` nearest other points of each point (for the stored kNN graph, from the normals'
-    KD-tree query)."""
+    KD-tree query).
+
+    ``threads`` > 1: the normals' KD-tree query runs on that many threads and, when the numpy
+    rasterizer draws (no OpenGL context is shared), the views are rendered on that many threads,
+    each into its own slots of the outputs: the same arrays as one thread. The ``raster`` and
+    ``index_visibility`` timings are then the views' seconds summed over the threads."""
     timings = {"normals": 0.0, "raster": 0.0, "index_visibility": 0.0}
     t = time.perf_counter()
-    q, normals, frame, (dist, idx) = script_frame(points, script, knn + 1 if knn else 0)
+    q, normals, frame, (dist, idx) = script_frame(points, script, knn + 1 if knn else 0, threads)
     timings["normals"] += time.perf_counter() - t
     n, n_views = len(q), len(script.views)
     images = np.empty((n_views, OUTPUT_SIZE, OUTPUT_SIZE, 3), dtype=np.uint8)
@@ -315,8 +338,11 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     any_gt = bool(gt_grey.any())
     drawer = PointDrawer(backend)
     center = q.mean(axis=0)
-    for v, (axis, degrees) in enumerate(script.views):
+
+    def view(v: int) -> tuple[float, float]:
+        """Renders view ``v`` into its slots; (raster, index/visibility) seconds."""
         t = time.perf_counter()
+        axis, degrees = script.views[v]
         r = rotation(axis, degrees)
         rq = (q - center) @ r.T + center
         box = bounding_box(rq)
@@ -337,9 +363,17 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         xy = correspondence(rq, camera)
         pixel[:, v, 0], pixel[:, v, 1] = xy[:, 1], xy[:, 0]
         visible[:, v] = visible_by_depth_rule(xy, rq[:, 2])
-        t3 = time.perf_counter()
-        timings["raster"] += t2 - t
-        timings["index_visibility"] += t3 - t2
+        return t2 - t, time.perf_counter() - t2
+
+    if threads > 1 and drawer.numpy:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(threads, n_views), thread_name_prefix="pad-view") as pool:
+            spans = list(pool.map(view, range(n_views)))
+    else:
+        spans = [view(v) for v in range(n_views)]
+    timings["raster"] += sum(s[0] for s in spans)
+    timings["index_visibility"] += sum(s[1] for s in spans)
     back = normals @ frame                      # normals map back by the transpose of the frame's map
     back /= np.linalg.norm(back, axis=1, keepdims=True)
     neighbours = None
@@ -357,13 +391,15 @@ def render_pointad(sample, settings) -> RenderedSample:
     Returns the :class:`~pipeline.render.rendered.RenderedSample` the store keeps, its points
     normalized like every pad sample and the script's outputs as they are."""
 
+    from pipeline.dask_cluster import render_threads
+
     timings: dict[str, float] = {}
     raw = check_points(sample, settings)
     labels = labels_of(sample, len(raw))
     script = script_for(settings.layout)
     size, source = point_size_for(script, sample.cls, settings.point_size_px)
     gt = sample.script_labels if getattr(sample, "script_labels", None) is not None else labels
-    out = render_views(raw, gt, script, size, settings.backend, knn=settings.knn)
+    out = render_views(raw, gt, script, size, settings.backend, knn=settings.knn, threads=render_threads())
     timings.update(out.timings)
     pts, center, scale = normalize(raw)
     knn, knn_dist = out.neighbours[0], out.neighbours[1] / scale
