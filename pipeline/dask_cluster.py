@@ -28,6 +28,7 @@ from typing import Iterator
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from data_cache.errors import PadError
+from pipeline.render.threads import RENDER_THREADS_ENV
 
 #: How many times a task may be running on a worker that dies before the scheduler gives up
 #: on it (``distributed.scheduler.allowed-failures``; a LocalCluster's scheduler only).
@@ -37,12 +38,6 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
               "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
               "LP_NUM_THREADS": "1"}  # llvmpipe (OSMesa) rasterizer threads
 DEFAULT_DASHBOARD = ":8787"
-#: How many threads one sample may use in a render worker (:func:`render_threads`). pad's own
-#: LocalCluster gives each worker the cores it leaves free (cores // workers: ``--workers 1`` on
-#: 2 cores renders a sample on 2 threads); a worker without it (a user's scheduler, ``pad serve``)
-#: uses one.
-RENDER_THREADS_ENV = "PAD_RENDER_THREADS"
-MAX_RENDER_THREADS = 64
 
 
 def gl_platform(backend: str = "auto") -> str:
@@ -64,19 +59,9 @@ def gl_platform(backend: str = "auto") -> str:
 
 def worker_env(backend: str = "auto", render_threads: int = 1) -> dict[str, str]:
     """Environment variables every rendering worker process needs (name -> value);
-    ``render_threads``: the threads one sample may use there (:data:`RENDER_THREADS_ENV`)."""
+    ``render_threads``: the threads one sample may use there
+    (:data:`pipeline.render.threads.RENDER_THREADS_ENV`)."""
     return dict(THREAD_ENV, PYOPENGL_PLATFORM=gl_platform(backend), **{RENDER_THREADS_ENV: str(int(render_threads))})
-
-
-def render_threads() -> int:
-    """The threads one sample may use in this process (:data:`RENDER_THREADS_ENV`, 1 when unset or
-    not a whole number, at most :data:`MAX_RENDER_THREADS`). BLAS and OpenMP stay at one thread
-    (:data:`THREAD_ENV`): pad's own thread pools and KD-tree queries use these."""
-    try:
-        value = int(os.environ.get(RENDER_THREADS_ENV, "1"))
-    except ValueError:
-        return 1
-    return max(1, min(MAX_RENDER_THREADS, value))
 
 
 def default_workers() -> int:
@@ -176,12 +161,12 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
 
     - ``scheduler`` None: a LocalCluster of ``workers`` processes (0: one per core), one
       task thread each (see ``concurrent_samples``), ``processes=True``, the worker environment of :func:`worker_env` (a
-      sample may use the cores the workers leave free: :func:`render_threads`),
+      sample may use the cores the workers leave free: :func:`pipeline.render.threads.render_threads`),
       ``allowed-failures`` = :data:`ALLOWED_FAILURES`, and the workers' profiler off.
     - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
     ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
-    torch (:class:`PadWorkerPlugin`) and keep glibc's own memory thresholds. The workers of a
+    torch (:class:`PadWorkerPlugin`), keep glibc's own memory thresholds and use one malloc arena. The workers of a
     running scheduler always load torch: the same workers may encode features next.
     ``concurrent_samples``: the kernel may render several samples at once in one process (no
     OpenGL context is shared: ``--style pointad`` drawn by numpy); a LocalCluster's worker then
@@ -218,6 +203,11 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                 # (--style pointad: +48% on 8 MVTec scans, all of it system time). Render workers
                 # keep glibc's defaults, as a plain Python process has them.
                 pre_spawn.pop("MALLOC_TRIM_THRESHOLD_", None)
+                # One malloc arena: a worker's threads (its samples, their views, zarr's I/O) would
+                # each take an arena of their own, and the large arrays freed across them crept up
+                # the worker's memory scan after scan (300 MVTec scans, 2 samples at a time:
+                # 0.18 -> 0.07 MiB a scan, pointad_worker_soak.py; no slower).
+                pre_spawn["MALLOC_ARENA_MAX"] = "1"
             # The workers' statistical profiler (a thread reading the task thread's frames every
             # 10 ms) is off: the profile it keeps of every second (up to 1,000 of them) was most of
             # a render worker's memory growth (0.21 -> 0.035 MiB a scan, pointad_worker_soak.py),

@@ -29,7 +29,7 @@ def rendered(request):
     machine: the normals' query and the views on 2 threads each) — the same official outputs."""
     from PIL import Image
 
-    from pipeline.dask_cluster import RENDER_THREADS_ENV
+    from pipeline.render.threads import RENDER_THREADS_ENV
 
     layout, threads = request.param
     fmt, refs = discover(str(FIXTURE / "input" / layout))

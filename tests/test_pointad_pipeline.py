@@ -114,7 +114,7 @@ def test_samples_rendered_at_once_equal_a_plain_one_thread_render(pointad_run, m
     each on 2 threads (normals' query, views): the store holds, bit for bit, what one thread renders
     in a plain process (whose outputs tests/test_pointad_fixture.py holds to the official ones)."""
     from data_cache.render_store import RenderStore
-    from pipeline.dask_cluster import RENDER_THREADS_ENV
+    from pipeline.render.threads import RENDER_THREADS_ENV
 
     monkeypatch.setenv(RENDER_THREADS_ENV, "1")
     store = RenderStore.open(str(pointad_run["cache"]))

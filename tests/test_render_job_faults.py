@@ -89,18 +89,20 @@ def test_the_workers_pad_starts_run_no_profiler():
 def test_a_lone_worker_gets_the_cores_the_others_leave(monkeypatch):
     """``--workers 1`` on a machine of C cores: the worker may use all C for a sample (the normals'
     KD-tree query, the views), and runs C samples at once where nothing shares an OpenGL context;
-    two workers get C / 2 each, one task at a time without it. BLAS and OpenMP stay at one thread."""
+    two workers get C / 2 each, one task at a time without it. BLAS and OpenMP stay at one thread,
+    and a render worker's threads share one malloc arena (its memory stays flat over many scans)."""
     import pipeline.dask_cluster as dc
+    from pipeline.render.threads import RENDER_THREADS_ENV
 
     monkeypatch.setattr(dc, "default_workers", lambda: 4)     # the cores this machine offers
-    probe = (lambda dask_worker: (dask_worker.state.nthreads, os.environ.get(dc.RENDER_THREADS_ENV),
-                                  os.environ.get("OMP_NUM_THREADS")))
+    probe = (lambda dask_worker: (dask_worker.state.nthreads, os.environ.get(RENDER_THREADS_ENV),
+                                  os.environ.get("OMP_NUM_THREADS"), os.environ.get("MALLOC_ARENA_MAX")))
     with dask_client(workers=1, render_only=True, concurrent_samples=True) as client:
         lone = list(client.run(probe).values())
     with dask_client(workers=2, render_only=True) as client:
         pair = list(client.run(probe).values())
-    assert lone == [(4, "4", "1")]
-    assert pair == [(1, "2", "1"), (1, "2", "1")]
+    assert lone == [(4, "4", "1", "1")]          # one malloc arena: threads' frees do not pile up
+    assert pair == [(1, "2", "1", "1"), (1, "2", "1", "1")]
 
 
 def test_store_whose_creation_was_interrupted_is_recreated(tmp_path):

@@ -183,12 +183,12 @@ def estimate_normals(points: np.ndarray, radius: float, max_nn: int,
     (``neighbours``: see :func:`hybrid_covariances`).
 
     ``threads`` > 1 (with ``neighbours`` given): the rows are cut into that many contiguous runs,
-    each computed on its own thread (a row's normal depends only on its own neighbours: the same
-    array as one thread)."""
+    computed in the process's pool of that many threads (a row's normal depends only on its own
+    neighbours: the same array as one thread)."""
     n = len(points)
     if threads <= 1 or neighbours is None or n < MIN_ROWS_PER_THREAD * 2:
         return smallest_eigenvectors(hybrid_covariances(points, radius, max_nn, neighbours))
-    from concurrent.futures import ThreadPoolExecutor
+    from pipeline.render.threads import shared_pool
 
     parts = min(int(threads), n // MIN_ROWS_PER_THREAD)
     edges = np.linspace(0, n, parts + 1).astype(np.int64)
@@ -200,6 +200,5 @@ def estimate_normals(points: np.ndarray, radius: float, max_nn: int,
         cov = hybrid_covariances(points, radius, max_nn, (dist[rows], idx[rows]))
         out[rows] = smallest_eigenvectors(cov)
 
-    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="pad-normals") as pool:
-        list(pool.map(run, range(parts)))
+    list(shared_pool(int(threads)).map(run, range(parts)))
     return out

@@ -46,6 +46,7 @@ from pipeline.render.open3d_shading import phong_grey
 from pipeline.render.point_raster import rasterize_points
 from pipeline.render.rendered import (RenderedSample, check_points, labels_of, normalize, spatial_order,
                                       without_self)
+from pipeline.render.threads import render_threads, shared_pool
 
 
 OUTPUT_SIZE = 336           # the scripts resize every rendering to 336×336
@@ -321,8 +322,9 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     KD-tree query).
 
     ``threads`` > 1: the normals' KD-tree query runs on that many threads and, when the numpy
-    rasterizer draws (no OpenGL context is shared), the views are rendered on that many threads,
-    each into its own slots of the outputs: the same arrays as one thread. The ``raster`` and
+    rasterizer draws (no OpenGL context is shared), the views are rendered in the process's pool of
+    that many threads (:func:`pipeline.render.threads.shared_pool`), each into its own slots of the
+    outputs: the same arrays as one thread. The ``raster`` and
     ``index_visibility`` timings are then the views' seconds summed over the threads."""
     timings = {"normals": 0.0, "raster": 0.0, "index_visibility": 0.0}
     t = time.perf_counter()
@@ -366,10 +368,7 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         return t2 - t, time.perf_counter() - t2
 
     if threads > 1 and drawer.numpy:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=min(threads, n_views), thread_name_prefix="pad-view") as pool:
-            spans = list(pool.map(view, range(n_views)))
+        spans = list(shared_pool(threads).map(view, range(n_views)))
     else:
         spans = [view(v) for v in range(n_views)]
     timings["raster"] += sum(s[0] for s in spans)
@@ -390,8 +389,6 @@ def render_pointad(sample, settings) -> RenderedSample:
 
     Returns the :class:`~pipeline.render.rendered.RenderedSample` the store keeps, its points
     normalized like every pad sample and the script's outputs as they are."""
-
-    from pipeline.dask_cluster import render_threads
 
     timings: dict[str, float] = {}
     raw = check_points(sample, settings)
