@@ -11,7 +11,8 @@ Public API::
 Modules: ``cameras`` (view sets, matrices), ``projection`` (point → pixel),
 ``normals`` (PCA + orientation), ``surfels`` (splat mesh, splat size), ``shaders`` +
 ``gl`` (offscreen pyrender renderer, one per process), ``visibility`` (depth-buffer
-visibility, 2D ground truth), ``kernel`` (:func:`render_sample`).
+visibility, 2D ground truth), ``kernel`` (:func:`render_sample`), ``threads`` (the threads a
+sample may use in a render worker, and their pool).
 
 Importing this package does not import OpenGL: the platform (OSMesa/EGL) is
 chosen when the first renderer is created (:func:`pipeline.render.gl.configure_platform`).
