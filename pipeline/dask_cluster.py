@@ -61,7 +61,8 @@ def worker_env(backend: str = "auto", render_threads: int = 1) -> dict[str, str]
     """Environment variables every rendering worker process needs (name -> value);
     ``render_threads``: the threads one sample may use there
     (:data:`pipeline.render.threads.RENDER_THREADS_ENV`)."""
-    return dict(THREAD_ENV, PYOPENGL_PLATFORM=gl_platform(backend), **{RENDER_THREADS_ENV: str(int(render_threads))})
+    return dict(THREAD_ENV, PYOPENGL_PLATFORM=gl_platform(backend),
+                **{RENDER_THREADS_ENV: str(int(render_threads))})
 
 
 def default_workers() -> int:
@@ -160,14 +161,16 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
     """A ``distributed.Client`` set up for rendering; closes it (and its LocalCluster) on exit.
 
     - ``scheduler`` None: a LocalCluster of ``workers`` processes (0: one per core), one
-      task thread each (see ``concurrent_samples``), ``processes=True``, the worker environment of :func:`worker_env` (a
-      sample may use the cores the workers leave free: :func:`pipeline.render.threads.render_threads`),
-      ``allowed-failures`` = :data:`ALLOWED_FAILURES`, and the workers' profiler off.
+      task thread each (see ``concurrent_samples``), ``processes=True``, the worker environment
+      of :func:`worker_env` (a sample may use the cores the workers leave free:
+      :func:`pipeline.render.threads.render_threads`), ``allowed-failures`` =
+      :data:`ALLOWED_FAILURES`, and the workers' profiler off.
     - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
     ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
-    torch (:class:`PadWorkerPlugin`), keep glibc's own memory thresholds and use one malloc arena. The workers of a
-    running scheduler always load torch: the same workers may encode features next.
+    torch (:class:`PadWorkerPlugin`), keep glibc's own memory thresholds and use one malloc
+    arena. The workers of a running scheduler always load torch: the same workers may encode
+    features next.
     ``concurrent_samples``: the kernel may render several samples at once in one process (no
     OpenGL context is shared: ``--style pointad`` drawn by numpy); a LocalCluster's worker then
     runs as many tasks at once as it has threads for a sample (cores // workers), so one sample's

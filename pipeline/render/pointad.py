@@ -324,8 +324,8 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
     ``threads`` > 1: the normals' KD-tree query runs on that many threads and, when the numpy
     rasterizer draws (no OpenGL context is shared), the views are rendered in the process's pool of
     that many threads (:func:`pipeline.render.threads.shared_pool`), each into its own slots of the
-    outputs: the same arrays as one thread. The ``raster`` and
-    ``index_visibility`` timings are then the views' seconds summed over the threads."""
+    outputs: the same arrays as one thread. The ``raster`` and ``index_visibility`` timings are
+    then the views' seconds summed over the threads."""
     timings = {"normals": 0.0, "raster": 0.0, "index_visibility": 0.0}
     t = time.perf_counter()
     q, normals, frame, (dist, idx) = script_frame(points, script, knn + 1 if knn else 0, threads)
