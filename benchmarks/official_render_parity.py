@@ -206,10 +206,10 @@ def run_official(jobs: list[dict], work: str, official: str, python: str, reuse:
 def run_pad(jobs: list[dict], work: str, seed: int, threads: int = 1) -> dict:
     """``pad render --style pointad`` of every dataset into its own cache; then, per sample, the
     kernel's seconds in this (warm) process on ``threads`` threads."""
-    from pipeline.render.threads import RENDER_THREADS_ENV
     from pipeline.ingest import discover
     from pipeline.ingest.pointad import load_pointad_sample
     from pipeline.render import RenderSettings, render_sample
+    from pipeline.render.threads import RENDER_THREADS_ENV
 
     env = dict(os.environ, PYOPENGL_PLATFORM=os.environ.get("PYOPENGL_PLATFORM", "osmesa"))
     shutil.rmtree(os.path.join(work, "pad-cache"), ignore_errors=True)     # a fresh store: every sample rendered
