@@ -184,9 +184,9 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
     import dask
     from distributed import Client, LocalCluster
 
-    env = worker_env(backend)       # a running scheduler's workers: one thread per sample
     with contextlib.ExitStack() as stack:
         if scheduler:
+            env = worker_env(backend)       # a running scheduler's workers: one thread per sample
             try:
                 client = Client(scheduler, timeout=connect_timeout)
             except (OSError, TimeoutError, ValueError) as exc:
