@@ -46,7 +46,7 @@ def extract_scaling(data: str, work: str) -> tuple[float, float]:
     times = []
     for n in (1, 2):
         cfg = ExtractConfig(cache=cache, backbone="pad-tiny", device="cpu", workers=n, task_samples=2)
-        with dask_client(n, dashboard_address=":0") as client:
+        with dask_client(n, dashboard_address="127.0.0.1:0") as client:
             t0 = time.perf_counter()
             stats = extract_on_cluster(cfg, progress=False, client=client)
             times.append(time.perf_counter() - t0)

@@ -128,7 +128,7 @@ def throughput(workers: int, dataset: str, settings: RenderSettings) -> float:
     with tempfile.TemporaryDirectory() as cache:
         cfg = RenderConfig(dataset=dataset, cache=cache, views="paper", image_size=settings.image_size,
                            supersample=settings.supersample, workers=workers, backend=settings.backend)
-        with dask_client(workers, None, settings.backend, dashboard_address=":0") as client:
+        with dask_client(workers, None, settings.backend, dashboard_address="127.0.0.1:0") as client:
             client.run(_warm, settings.image_size, settings.supersample, settings.backend)
             t = time.perf_counter()
             summary = render_dataset(cfg, progress=False, client=client)

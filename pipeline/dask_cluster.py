@@ -28,16 +28,13 @@ from typing import Iterator
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from data_cache.errors import PadError
-from pipeline.render.threads import RENDER_THREADS_ENV
+from pipeline import warm_workers
+from pipeline.render.threads import RENDER_THREADS_ENV, THREAD_ENV
 
 #: How many times a task may be running on a worker that dies before the scheduler gives up
 #: on it (``distributed.scheduler.allowed-failures``; a LocalCluster's scheduler only).
 ALLOWED_FAILURES = 3
-#: Thread caps for every worker process (one rendering thread each, no oversubscription).
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
-              "LP_NUM_THREADS": "1"}  # llvmpipe (OSMesa) rasterizer threads
-DEFAULT_DASHBOARD = ":8787"
+DEFAULT_DASHBOARD = "127.0.0.1:8787"  # loopback: a user who wants it reachable says so
 
 
 def gl_platform(backend: str = "auto") -> str:
@@ -127,24 +124,6 @@ def _import_torch_first() -> None:
         pass
 
 
-@contextlib.contextmanager
-def _sigint_ignored_by_children() -> Iterator[None]:
-    """Ignore SIGINT while worker processes are spawned: they inherit the ignored disposition
-    (through exec) and keep it, so a Ctrl-C in the terminal — sent to the whole foreground
-    process group — reaches only ``pad``, which then closes the cluster itself. Ctrl-C is
-    ignored for the seconds the cluster takes to start. Main thread only."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def dashboard_link(client) -> str | None:
     """The dashboard URL of a client's scheduler, or None when it has none."""
     try:
@@ -217,10 +196,15 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
             # and on Python 3.11 it can read a frame being torn down and log an AttributeError
             # traceback into the command's output mid-run (seen in CI). A user's own scheduler keeps
             # its settings.
-            with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-                                  "distributed.nanny.pre-spawn-environ": pre_spawn,
-                                  "distributed.worker.profile.enabled": False}), \
-                    warnings.catch_warnings(), _sigint_ignored_by_children():
+            config = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                      "distributed.nanny.pre-spawn-environ": pre_spawn,
+                      "distributed.worker.profile.enabled": False}
+            if render_only and stack.enter_context(warm_workers.forked_workers(pre_spawn)):
+                # forked from a process that has imported their modules (pipeline.warm_workers); a
+                # worker the nanny restarts later is spawned, with the same environment
+                config["distributed.worker.multiprocessing-method"] = "forkserver"
+            with dask.config.set(config), \
+                    warnings.catch_warnings(), warm_workers.sigint_ignored_by_children():
                 warnings.filterwarnings("ignore", message=".*already in use.*")
                 cluster = LocalCluster(n_workers=n, threads_per_worker=budget if concurrent_samples else 1,
                                        processes=True, env=env,

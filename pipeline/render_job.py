@@ -354,6 +354,9 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
     _check_options(cfg)
     cfg = _absolute(cfg)
     plan = plan_render(cfg)  # the dataset and its files are checked before Dask is even imported
+    if client is None and not cfg.scheduler:
+        from pipeline import warm_workers
+        warm_workers.start()  # the local workers' fork server loads their modules meanwhile
     from pipeline.dask_cluster import dask_client, default_workers
     with cache_lock(cfg.cache):
         store, sync = sync_render_store(cfg, plan)

@@ -66,7 +66,7 @@ def test_existing_scheduler_workers_get_the_render_environment(tmp_path):
 
     data = tmp_path / "data"
     ids = write_dataset(data, classes=("cup",), n_test=2, n_train=0)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                       env={"PYOPENGL_PLATFORM": ""}) as cluster:
         cfg = _config(data, tmp_path / "cache", scheduler=cluster.scheduler_address, backend="osmesa")
         summary = render_dataset(cfg, progress=False)

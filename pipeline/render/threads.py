@@ -18,12 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 #: threads); a process without it (a user's scheduler's workers, ``pad serve``) uses one.
 RENDER_THREADS_ENV = "PAD_RENDER_THREADS"
 MAX_RENDER_THREADS = 64
+#: Thread caps for every render worker process: BLAS, OpenMP and llvmpipe run one thread each (a
+#: worker's cores go to :func:`render_threads`' pool and KD-tree queries instead).
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
+              "LP_NUM_THREADS": "1"}  # llvmpipe (OSMesa) rasterizer threads
 
 
 def render_threads() -> int:
     """The threads one sample may use in this process (:data:`RENDER_THREADS_ENV`, 1 when unset or
     not a whole number, at most :data:`MAX_RENDER_THREADS`). BLAS and OpenMP stay at one thread
-    (``pipeline.dask_cluster.THREAD_ENV``): pad's own pool and KD-tree queries use these."""
+    (:data:`THREAD_ENV`): pad's own pool and KD-tree queries use these."""
     try:
         value = int(os.environ.get(RENDER_THREADS_ENV, "1"))
     except ValueError:

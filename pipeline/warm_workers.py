@@ -1,0 +1,151 @@
+"""A warm start for ``pad render``'s own workers: they are forked from a server process that has
+already imported what a render worker needs, instead of each starting a fresh Python.
+
+A spawned worker imports Dask, numpy, scipy.spatial, zarr and pad's kernel itself (about 1.5 s of
+one core here, half of it only when its first sample arrives), and it can only start once the
+scheduler (and its dashboard) is up. The server (Python's ``forkserver``) is started as soon as
+``pad render`` knows it will make a LocalCluster (:func:`start`, right after the dataset is
+planned): it imports :data:`WORKER_MODULES` on another core while ``pad`` imports Dask, syncs the
+store and starts the scheduler; the nanny then forks each worker from it in a few milliseconds.
+
+The server starts with the render workers' environment (:func:`worker_environ`), because some of
+it only works from a process's start: the thread caps (BLAS/OpenMP read them when numpy loads),
+one malloc arena (glibc reads it at start) and SIGINT ignored (see
+:func:`sigint_ignored_by_children`). It imports nothing that reads ``PYOPENGL_PLATFORM`` or makes
+an OpenGL context, and makes no thread: a fork is safe.
+
+A worker forked from it has the environment of the moment the server started. When this process's
+environment has changed since (a program that sets credentials or an endpoint between two renders),
+:func:`start` starts the server again with the new one; while a cluster of its workers is still
+open (:func:`forked_workers`) it cannot, and new workers are spawned as before. Variables the
+nanny sets in each worker itself (:data:`SET_BY_NANNY`) do not count. Where the platform has no
+``forkserver``, or something else in this program started its fork server, workers are spawned.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+from typing import Iterable, Iterator
+
+from pipeline.render.threads import RENDER_THREADS_ENV, THREAD_ENV
+
+#: What a render worker imports, loaded once in the server (a name that fails to import is skipped
+#: there, and the worker imports it itself). Nothing here may import OpenGL or start a thread.
+WORKER_MODULES = ("distributed", "distributed.nanny", "distributed.worker", "numpy", "scipy.spatial",
+                  "zarr", "data_cache.render_store", "pipeline.ingest", "pipeline.ingest.pointad",
+                  "pipeline.render", "pipeline.render.pointad", "pipeline.render_job", "PIL.Image")
+
+#: Variables the nanny sets in every render worker itself (its ``env`` and pre-spawn environment;
+#: Dask also leaves the latter, and its own bookkeeping, in this process): a change in them is no
+#: reason to start the server again.
+SET_BY_NANNY = frozenset(THREAD_ENV) | {"MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED",
+                                        "__DASK_PARENT_PID", "PYOPENGL_PLATFORM", RENDER_THREADS_ENV}
+
+_lock = threading.Lock()
+_started_env: dict[str, str] | None = None      # os.environ when pad started the server
+_held = 0                                       # clusters of its workers open now
+
+
+def available() -> bool:
+    """Whether this platform has Python's ``forkserver`` start method (Linux, macOS; not Windows)."""
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def worker_environ(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a render-only LocalCluster worker starts with: ``base`` (default
+    ``os.environ``) with the thread caps of :data:`~pipeline.render.threads.THREAD_ENV`, one malloc
+    arena (``MALLOC_ARENA_MAX=1``) and glibc's own trim threshold (no ``MALLOC_TRIM_THRESHOLD_``);
+    see ``pipeline.dask_cluster.dask_client`` for why."""
+    env = dict(os.environ if base is None else base)
+    env.update(THREAD_ENV)
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    env["MALLOC_ARENA_MAX"] = "1"
+    return env
+
+
+def start(set_by_nanny: Iterable[str] = ()) -> bool:
+    """Start the fork server in the background (it imports :data:`WORKER_MODULES` there) unless pad's
+    is running with this process's environment; start it again when the environment has changed
+    (ignoring :data:`SET_BY_NANNY` and ``set_by_nanny``) and no cluster holds it, or when it died.
+    Returns whether pad's server is running. Never raises: a server that cannot start leaves the
+    workers spawned."""
+    with _lock:
+        return _start(set_by_nanny)
+
+
+@contextlib.contextmanager
+def forked_workers(set_by_nanny: Iterable[str] = ()) -> Iterator[bool]:
+    """:func:`start`, then whether the workers of a cluster made inside may be forked from the
+    server: pad started it and this process's environment is still the one it started with (apart
+    from :data:`SET_BY_NANNY` and ``set_by_nanny``). While inside, the server is not started again."""
+    global _held
+    with _lock:
+        fork = _start(set_by_nanny) and _same_environ(_started_env, set_by_nanny)
+        _held += fork
+    try:
+        yield fork
+    finally:
+        with _lock:
+            _held -= fork
+
+
+def _start(set_by_nanny: Iterable[str]) -> bool:
+    global _started_env
+    if not available():
+        return False
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    running = getattr(server, "_forkserver_pid", None) is not None
+    if running and _started_env is None:
+        return False                             # another part of this program started it: not ours
+    if running and not _held and not _same_environ(_started_env, set_by_nanny):
+        server._stop()                           # none of its workers is left: waits for nothing
+        _started_env = None
+    environ = dict(os.environ) if _started_env is None else _started_env
+    server.set_forkserver_preload(list(WORKER_MODULES))
+    try:                                         # starts it, or again, as it was, if it died
+        with _environ(worker_environ(environ)), sigint_ignored_by_children():
+            server.ensure_running()
+    except (OSError, ValueError):
+        return False
+    _started_env = environ
+    return True
+
+
+def _same_environ(started: dict[str, str], set_by_nanny: Iterable[str]) -> bool:
+    skip = SET_BY_NANNY | set(set_by_nanny)
+    return ({k: v for k, v in os.environ.items() if k not in skip}
+            == {k: v for k, v in started.items() if k not in skip})
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` is ``env`` inside (a process started there inherits it), restored after."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def sigint_ignored_by_children() -> Iterator[None]:
+    """Ignore SIGINT while worker processes (or their fork server) are started: they inherit the
+    ignored disposition (through exec and fork) and keep it, so a Ctrl-C in the terminal — sent to
+    the whole foreground process group — reaches only ``pad``, which then closes the cluster
+    itself. Ctrl-C is ignored for the moments the processes take to start. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,77 @@
+"""``pad render``'s own workers: forked from a warm server that started with the render workers'
+environment, spawned afresh whenever that would miss a change; the dashboard on loopback."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")  # before anything imports OpenGL
+
+from pipeline import warm_workers  # noqa: E402
+from pipeline.dask_cluster import dask_client  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not warm_workers.available(), reason="no forkserver on this platform")
+
+
+def _start_state(dask_worker=None) -> dict:
+    """What a worker process started with: its environment at exec (``/proc/self/environ``; a forked
+    process keeps its server's), the modules it had before any task, SIGINT, and its parent."""
+    import signal
+    import sys
+
+    with open("/proc/self/environ", "rb") as fh:
+        start_env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+        parent = fh.read().replace(b"\0", b" ").decode()
+    return {"start_env": {k.decode(): v.decode() for k, v in start_env.items()},
+            "env": dict(os.environ), "sigint": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+            "kernel_loaded": "pipeline.render.pointad" in sys.modules and "scipy.spatial" in sys.modules,
+            "opengl_loaded": "OpenGL" in sys.modules, "forked": "multiprocessing.forkserver" in parent}
+
+
+def test_render_workers_start_warm_in_the_render_environment():
+    """A render worker starts with its modules loaded and with what only works from a process's
+    start: BLAS/OpenMP capped at one thread, one malloc arena, glibc's own trim threshold, Ctrl-C
+    ignored (pad closes the cluster itself); OpenGL is not loaded, so the platform the nanny sets
+    (OSMesa or EGL) still decides."""
+    with dask_client(workers=2, render_only=True) as client:
+        states = list(client.run(_start_state).values())
+    assert len(states) == 2
+    for state in states:
+        assert state["forked"] and state["kernel_loaded"] and not state["opengl_loaded"], state
+        start = state["start_env"]
+        assert start.get("MALLOC_ARENA_MAX") == "1" and "MALLOC_TRIM_THRESHOLD_" not in start
+        assert start.get("OMP_NUM_THREADS") == start.get("OPENBLAS_NUM_THREADS") == "1"
+        assert state["sigint"] and state["env"]["PYOPENGL_PLATFORM"] == "osmesa"
+
+
+def test_a_variable_set_after_the_server_started_reaches_the_workers(monkeypatch):
+    """The server keeps the environment it started with. When this process's environment has
+    changed (credentials or an endpoint set between two renders of one program), the next cluster's
+    workers see the change: the server starts again with it, or, while a cluster forked from it is
+    still open, the new workers are spawned. Workers of a cluster that is not render-only are always
+    spawned."""
+    with dask_client(workers=1, render_only=True) as client:
+        (before,) = client.run(_start_state).values()
+        monkeypatch.setenv("PAD_WARM_WORKERS_PROBE", "set while a cluster is open")
+        with dask_client(workers=1, render_only=True) as second:
+            (meanwhile,) = second.run(_start_state).values()
+    monkeypatch.setenv("PAD_WARM_WORKERS_PROBE", "set between two renders")
+    with dask_client(workers=1, render_only=True) as client:
+        (after,) = client.run(_start_state).values()
+    with dask_client(workers=1) as client:
+        (not_render_only,) = client.run(_start_state).values()
+    assert before["forked"] and "PAD_WARM_WORKERS_PROBE" not in before["env"]
+    assert not meanwhile["forked"] and meanwhile["env"]["PAD_WARM_WORKERS_PROBE"] == "set while a cluster is open"
+    assert after["forked"] and after["start_env"]["PAD_WARM_WORKERS_PROBE"] == "set between two renders"
+    assert not not_render_only["forked"]
+
+
+def test_the_dashboard_of_pads_cluster_listens_on_loopback_only():
+    """A server pad starts binds 127.0.0.1 unless the user says otherwise: the scheduler's dashboard
+    too (Dask's own default, ":8787", listens on every interface)."""
+    with dask_client(workers=1, render_only=True) as client:
+        host = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.http_server.address)
+        link = client.dashboard_link
+    assert host == "127.0.0.1" and link.startswith("http://127.0.0.1:"), (host, link)
