@@ -7,7 +7,7 @@ dataset's size) and 397×413 (non-square, not a multiple of 100), Eyecandies 512
 clouds of 9,000 and 14,000 points (interpolated up to 336²; ``--fps`` adds one of 130,000,
 reduced by farthest point sampling). Each side (this tree and ``--baseline``, checked out with
 ``git archive`` into a temporary directory) runs in its own process with one thread everywhere
-(``pipeline.dask_cluster.THREAD_ENV``; OSMesa unless ``PYOPENGL_PLATFORM`` says egl), warms its
+(``pipeline.render.threads.THREAD_ENV``; OSMesa unless ``PYOPENGL_PLATFORM`` says egl), warms its
 renderer on the first scan, then times every scan; the two sides alternate for ``--rounds``
 rounds and the fastest round of each stage counts (the machine may be shared: ratios of the same
 run are the figures to read).
@@ -174,7 +174,7 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", base], input=tar.stdout, check=True)
             sides["base"] = base
         sys.path.insert(0, ROOT)
-        from pipeline.dask_cluster import THREAD_ENV      # one thread everywhere, set before any import
+        from pipeline.render.threads import THREAD_ENV    # one thread everywhere, set before any import
 
         env = dict(os.environ, **THREAD_ENV)
         env.setdefault("PYOPENGL_PLATFORM", "osmesa")

@@ -46,8 +46,8 @@ def write_dataset(root: Path, copies: int, seed: int) -> None:
 
 
 def worker_pid(parent: int) -> int | None:
-    """The Dask worker process under ``parent`` (pad → nanny's spawned child): the descendant with
-    the largest RSS."""
+    """The Dask worker process under ``parent`` (pad → its fork server, or the nanny → the worker):
+    the descendant with the largest RSS."""
     out = subprocess.run(["ps", "-o", "pid=,ppid=", "-e"], capture_output=True, text=True).stdout.split()
     children: dict[int, list[int]] = {}
     for pid, ppid in zip(out[::2], out[1::2]):

@@ -1,6 +1,6 @@
 """Dask for ``pad render``: a LocalCluster or a connection to an existing scheduler,
 the worker environment (OpenGL platform, one BLAS/OpenMP thread, the threads a sample may use),
-the dashboard link, and :class:`ClusterWatch` (workers present, tasks rescheduled after a lost
+the dashboard link (on 127.0.0.1 unless asked otherwise), and :class:`ClusterWatch` (workers present, tasks rescheduled after a lost
 worker) for the run loop.
 
 Every worker process renders with one offscreen OpenGL context, so
@@ -8,7 +8,9 @@ Every worker process renders with one offscreen OpenGL context, so
 
 - LocalCluster: through the nanny's ``env`` (set in the child before anything is
   imported) and ``distributed.nanny.pre-spawn-environ`` for the thread caps, which
-  only work when set before numpy loads;
+  only work when set before numpy loads; ``pad render``'s workers are forked from a warm
+  server that started with that environment and never imported OpenGL
+  (:mod:`pipeline.warm_workers`);
 - any cluster: :class:`PadWorkerPlugin` sets the same variables on every worker that
   joins (also the ones a nanny restarts) and warns when OpenGL was already imported
   with another platform.
@@ -143,12 +145,13 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
       task thread each (see ``concurrent_samples``), ``processes=True``, the worker environment
       of :func:`worker_env` (a sample may use the cores the workers leave free:
       :func:`pipeline.render.threads.render_threads`), ``allowed-failures`` =
-      :data:`ALLOWED_FAILURES`, and the workers' profiler off.
+      :data:`ALLOWED_FAILURES`, the workers' profiler off, and its dashboard at
+      ``dashboard_address`` (default on 127.0.0.1: Dask's own default listens on every interface).
     - ``scheduler`` an address (``tcp://host:8786``): connect to that running scheduler.
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
     ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
-    torch (:class:`PadWorkerPlugin`), keep glibc's own memory thresholds and use one malloc
-    arena. The workers of a running scheduler always load torch: the same workers may encode
+    torch (:class:`PadWorkerPlugin`), keep glibc's own memory thresholds, use one malloc
+    arena, and are forked from pad's warm server (:mod:`pipeline.warm_workers`). The workers of a running scheduler always load torch: the same workers may encode
     features next.
     ``concurrent_samples``: the kernel may render several samples at once in one process (no
     OpenGL context is shared: ``--style pointad`` drawn by numpy); a LocalCluster's worker then

@@ -8,7 +8,7 @@ scheduler (and its dashboard) is up. The server (Python's ``forkserver``) is sta
 planned): it imports :data:`WORKER_MODULES` on another core while ``pad`` imports Dask, syncs the
 store and starts the scheduler; the nanny then forks each worker from it in a few milliseconds.
 
-The server starts with the render workers' environment (:func:`worker_environ`), because some of
+The server starts with the render workers' environment (:data:`START_ENV`), because some of
 it only works from a process's start: the thread caps (BLAS/OpenMP read them when numpy loads),
 one malloc arena (glibc reads it at start) and SIGINT ignored (see
 :func:`sigint_ignored_by_children`). It imports nothing that reads ``PYOPENGL_PLATFORM`` or makes
@@ -19,7 +19,8 @@ environment has changed since (a program that sets credentials or an endpoint be
 :func:`start` starts the server again with the new one; while a cluster of its workers is still
 open (:func:`forked_workers`) it cannot, and new workers are spawned as before. Variables the
 nanny sets in each worker itself (:data:`SET_BY_NANNY`) do not count. Where the platform has no
-``forkserver``, or something else in this program started its fork server, workers are spawned.
+``forkserver`` (or is not Linux), or something else in this program started its fork server,
+workers are spawned.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from typing import Iterable, Iterator
 
@@ -44,26 +46,23 @@ WORKER_MODULES = ("distributed", "distributed.nanny", "distributed.worker", "num
 SET_BY_NANNY = frozenset(THREAD_ENV) | {"MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED",
                                         "__DASK_PARENT_PID", "PYOPENGL_PLATFORM", RENDER_THREADS_ENV}
 
+#: The render workers' start environment, over this process's: BLAS/OpenMP read the thread caps of
+#: :data:`~pipeline.render.threads.THREAD_ENV` when numpy loads, glibc its malloc settings when the
+#: process starts. One arena, and glibc's own trim threshold (Dask's would map and unmap every large
+#: array afresh): see ``pipeline.dask_cluster.dask_client``.
+START_ENV = dict(THREAD_ENV, MALLOC_ARENA_MAX="1")
+UNSET_AT_START = ("MALLOC_TRIM_THRESHOLD_",)
+
 _lock = threading.Lock()
 _started_env: dict[str, str] | None = None      # os.environ when pad started the server
 _held = 0                                       # clusters of its workers open now
 
 
 def available() -> bool:
-    """Whether this platform has Python's ``forkserver`` start method (Linux, macOS; not Windows)."""
-    return "forkserver" in multiprocessing.get_all_start_methods()
-
-
-def worker_environ(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a render-only LocalCluster worker starts with: ``base`` (default
-    ``os.environ``) with the thread caps of :data:`~pipeline.render.threads.THREAD_ENV`, one malloc
-    arena (``MALLOC_ARENA_MAX=1``) and glibc's own trim threshold (no ``MALLOC_TRIM_THRESHOLD_``);
-    see ``pipeline.dask_cluster.dask_client`` for why."""
-    env = dict(os.environ if base is None else base)
-    env.update(THREAD_ENV)
-    env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    env["MALLOC_ARENA_MAX"] = "1"
-    return env
+    """Whether workers may be forked here: Linux with Python's ``forkserver`` start method (macOS
+    has it too, but some of its system libraries are not safe to use in a forked child: workers are
+    spawned there, as on Windows)."""
+    return sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def start(set_by_nanny: Iterable[str] = ()) -> bool:
@@ -99,20 +98,24 @@ def _start(set_by_nanny: Iterable[str]) -> bool:
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
-    running = getattr(server, "_forkserver_pid", None) is not None
-    if running and _started_env is None:
+    running = getattr(server, "_forkserver_pid", None)
+    if running is not None and _started_env is None:
         return False                             # another part of this program started it: not ours
-    if running and not _held and not _same_environ(_started_env, set_by_nanny):
-        server._stop()                           # none of its workers is left: waits for nothing
+    if running is not None and not _held and not _same_environ(_started_env, set_by_nanny):
+        try:
+            server._stop()                       # none of its workers is left: waits for nothing
+        except OSError:
+            return False
         _started_env = None
-    environ = dict(os.environ) if _started_env is None else _started_env
+    environ = dict(os.environ)
     server.set_forkserver_preload(list(WORKER_MODULES))
-    try:                                         # starts it, or again, as it was, if it died
-        with _environ(worker_environ(environ)), sigint_ignored_by_children():
+    try:                                         # starts it unless it is running (again if it died)
+        with _start_environment(), sigint_ignored_by_children():
             server.ensure_running()
     except (OSError, ValueError):
         return False
-    _started_env = environ
+    if _started_env is None or getattr(server, "_forkserver_pid", None) != running:
+        _started_env = environ                   # what its workers will have
     return True
 
 
@@ -123,16 +126,21 @@ def _same_environ(started: dict[str, str], set_by_nanny: Iterable[str]) -> bool:
 
 
 @contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` is ``env`` inside (a process started there inherits it), restored after."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
+def _start_environment() -> Iterator[None]:
+    """This process's environment made the render workers' start environment inside (a process
+    started there inherits it): :data:`START_ENV` set, :data:`UNSET_AT_START` removed; restored after."""
+    saved = {k: os.environ.get(k) for k in (*START_ENV, *UNSET_AT_START)}
+    os.environ.update(START_ENV)
+    for key in UNSET_AT_START:
+        os.environ.pop(key, None)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
