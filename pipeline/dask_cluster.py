@@ -206,6 +206,12 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                 # forked from a process that has imported their modules (pipeline.warm_workers); a
                 # worker the nanny restarts later is spawned, with the same environment
                 config["distributed.worker.multiprocessing-method"] = "forkserver"
+                import distributed.utils as dask_utils
+                if hasattr(dask_utils, "_forkserver_preload_set"):
+                    # the server runs with pad's preload: Dask's first use of the forkserver would
+                    # otherwise import its optional packages (pandas among them, if installed) into
+                    # this process, for a preload list that has no effect on a running server
+                    dask_utils._forkserver_preload_set = True
             with dask.config.set(config), \
                     warnings.catch_warnings(), warm_workers.sigint_ignored_by_children():
                 warnings.filterwarnings("ignore", message=".*already in use.*")

@@ -354,9 +354,16 @@ def render_dataset(cfg: RenderConfig, progress: bool = True, client=None,
     _check_options(cfg)
     cfg = _absolute(cfg)
     plan = plan_render(cfg)  # the dataset and its files are checked before Dask is even imported
-    if client is None and not cfg.scheduler:
-        from pipeline import warm_workers
-        warm_workers.start()  # the local workers' fork server loads their modules meanwhile
+    if client is not None or cfg.scheduler:
+        return _render_planned(cfg, plan, client, progress, on_result, start)
+    from pipeline import warm_workers
+    with warm_workers.serving():  # the local workers' fork server loads their modules meanwhile
+        return _render_planned(cfg, plan, client, progress, on_result, start)
+
+
+def _render_planned(cfg: RenderConfig, plan: RenderPlan, client, progress: bool, on_result, start: float
+                    ) -> RenderSummary:
+    """:func:`render_dataset` once the dataset is planned (``start``: when it began, ``perf_counter``)."""
     from pipeline.dask_cluster import dask_client, default_workers
     with cache_lock(cfg.cache):
         store, sync = sync_render_store(cfg, plan)

@@ -56,6 +56,9 @@ UNSET_AT_START = ("MALLOC_TRIM_THRESHOLD_",)
 _lock = threading.Lock()
 _started_env: dict[str, str] | None = None      # os.environ when pad started the server
 _held = 0                                       # clusters of its workers open now
+_stopper: threading.Thread | None = None        # stopping the last server (see stop)
+#: Seconds :func:`start` waits for a server that is stopping to end before it spawns workers instead.
+STOP_WAIT_S = 5.0
 
 
 def available() -> bool:
@@ -75,6 +78,39 @@ def start(set_by_nanny: Iterable[str] = ()) -> bool:
         return _start(set_by_nanny)
 
 
+def stop() -> None:
+    """Stop pad's fork server unless a cluster of its workers is open. It ends once the last worker
+    forked from it has (normally none is left): waited for in a thread, never here."""
+    if not available():
+        return
+    from multiprocessing import forkserver
+
+    global _started_env, _stopper
+    with _lock:
+        if _held or _started_env is None or getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+            return
+        _started_env = None
+        _stopper = threading.Thread(target=_stop_quietly, args=(forkserver._forkserver,),
+                                    name="pad-fork-server-stop", daemon=True)
+        _stopper.start()
+
+
+def _stop_quietly(server) -> None:
+    with contextlib.suppress(OSError):
+        server._stop()
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[None]:
+    """:func:`start` on entry (the server loads the workers' modules while the caller goes on),
+    :func:`stop` on exit: ``pad render`` leaves no process behind."""
+    start()
+    try:
+        yield
+    finally:
+        stop()
+
+
 @contextlib.contextmanager
 def forked_workers(set_by_nanny: Iterable[str] = ()) -> Iterator[bool]:
     """:func:`start`, then whether the workers of a cluster made inside may be forked from the
@@ -92,10 +128,16 @@ def forked_workers(set_by_nanny: Iterable[str] = ()) -> Iterator[bool]:
 
 
 def _start(set_by_nanny: Iterable[str]) -> bool:
-    global _started_env
+    global _started_env, _stopper
     if not available():
         return False
     from multiprocessing import forkserver
+
+    if _stopper is not None:                     # the last server is stopping: let it end first
+        _stopper.join(STOP_WAIT_S)
+        if _stopper.is_alive():
+            return False                         # a worker of it is still there: spawn meanwhile
+        _stopper = None
 
     server = forkserver._forkserver
     running = getattr(server, "_forkserver_pid", None)

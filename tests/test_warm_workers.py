@@ -68,6 +68,44 @@ def test_a_variable_set_after_the_server_started_reaches_the_workers(monkeypatch
     assert not not_render_only["forked"]
 
 
+def _fork_servers_of_this_process() -> list[int]:
+    """PIDs of this process's children that run Python's fork server."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except (OSError, ValueError, IndexError):
+            continue                             # ended meanwhile
+        if ppid == os.getpid() and b"multiprocessing.forkserver" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_a_render_leaves_no_process_behind(tmp_path):
+    """``pad render`` (render_dataset) starts the server before its cluster and stops it after, also
+    when there is nothing to render: no process of it outlives the command."""
+    import time
+
+    from _render_job_helpers import write_dataset
+    from pipeline.options import RenderConfig
+    from pipeline.render_job import render_dataset
+
+    write_dataset(tmp_path / "data", classes=("cup",), n_test=2, n_train=0)
+    cfg = RenderConfig(dataset=str(tmp_path / "data"), cache=str(tmp_path / "cache"), image_size=64,
+                       supersample=1, knn=4, workers=1)
+    for expected in (2, 0):                      # a render, then a rerun with nothing to do
+        assert render_dataset(cfg, progress=False).rendered == expected
+        deadline = time.monotonic() + 10
+        while _fork_servers_of_this_process() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _fork_servers_of_this_process() == []
+
+
 def test_the_dashboard_of_pads_cluster_listens_on_loopback_only():
     """A server pad starts binds 127.0.0.1 unless the user says otherwise: the scheduler's dashboard
     too (Dask's own default, ":8787", listens on every interface)."""
