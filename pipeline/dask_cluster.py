@@ -1,7 +1,7 @@
 """Dask for ``pad render``: a LocalCluster or a connection to an existing scheduler,
 the worker environment (OpenGL platform, one BLAS/OpenMP thread, the threads a sample may use),
-the dashboard link (on 127.0.0.1 unless asked otherwise), and :class:`ClusterWatch` (workers present, tasks rescheduled after a lost
-worker) for the run loop.
+the dashboard link (on 127.0.0.1 unless asked otherwise), and :class:`ClusterWatch` (workers
+present, tasks rescheduled after a lost worker) for the run loop.
 
 Every worker process renders with one offscreen OpenGL context, so
 ``PYOPENGL_PLATFORM`` must be set before that process imports ``OpenGL``:
@@ -151,8 +151,8 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
     ``workers`` and ``scheduler`` together are refused (:class:`PadError`).
     ``render_only``: the LocalCluster's workers only render (``pad render``): they skip loading
     torch (:class:`PadWorkerPlugin`), keep glibc's own memory thresholds, use one malloc
-    arena, and are forked from pad's warm server (:mod:`pipeline.warm_workers`). The workers of a running scheduler always load torch: the same workers may encode
-    features next.
+    arena, and are forked from pad's warm server (:mod:`pipeline.warm_workers`). The workers of
+    a running scheduler always load torch: the same workers may encode features next.
     ``concurrent_samples``: the kernel may render several samples at once in one process (no
     OpenGL context is shared: ``--style pointad`` drawn by numpy); a LocalCluster's worker then
     runs as many tasks at once as it has threads for a sample (cores // workers), so one sample's

@@ -37,8 +37,9 @@ from pipeline.render.threads import RENDER_THREADS_ENV, THREAD_ENV
 #: What a render worker imports, loaded once in the server (a name that fails to import is skipped
 #: there, and the worker imports it itself). Nothing here may import OpenGL or start a thread.
 WORKER_MODULES = ("distributed", "distributed.nanny", "distributed.worker", "numpy", "scipy.spatial",
-                  "zarr", "data_cache.render_store", "pipeline.ingest", "pipeline.ingest.pointad",
-                  "pipeline.render", "pipeline.render.pointad", "pipeline.render_job", "PIL.Image")
+                  "scipy.ndimage", "scipy.sparse.csgraph", "zarr", "tifffile", "PIL.Image", "PIL.ImageChops",
+                  "PIL.PngImagePlugin", "data_cache.render_store", "pipeline.ingest", "pipeline.ingest.pointad",
+                  "pipeline.render", "pipeline.render.pointad", "pipeline.render_job")
 
 #: Variables the nanny sets in every render worker itself (its ``env`` and pre-spawn environment;
 #: Dask also leaves the latter, and its own bookkeeping, in this process): a change in them is no

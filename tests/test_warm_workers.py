@@ -11,7 +11,8 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")  # before anything imports 
 from pipeline import warm_workers  # noqa: E402
 from pipeline.dask_cluster import dask_client  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not warm_workers.available(), reason="workers are not forked on this platform (pipeline.warm_workers.available)")
+pytestmark = pytest.mark.skipif(not warm_workers.available(),
+                                reason="workers are not forked on this platform (pipeline.warm_workers.available)")
 
 
 def _start_state(dask_worker=None) -> dict:
