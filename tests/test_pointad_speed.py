@@ -154,3 +154,20 @@ def test_visibility_without_sorting_equals_the_sorted_rule(n):
     z[::5] = -0.0
     z[1::5] = 0.0
     np.testing.assert_array_equal(visible_by_depth_rule(xy, z), _visible_by_sorting(xy, z))
+
+
+def test_the_cells_near_some_points_hold_every_point_closer_than_eps():
+    """The KD-trees of the grid DBSCAN are built from the points near those they are asked about
+    (``_near_cells``): every point closer than eps to one of them must be there, also points within
+    an ulp of eps along an axis, else a count or a join could come out short."""
+    rng = np.random.default_rng(7)
+    eps = 0.006
+    p = rng.uniform(-0.15, 0.15, (4000, 3))
+    around = p[rng.choice(len(p), 40, replace=False)]
+    edge = around[:10] + np.array([np.nextafter(eps, 0), 0.0, 0.0])      # just inside eps along x
+    p = np.concatenate([p, edge, around[10:20] - np.array([0.0, 0.0, np.nextafter(eps, 0)])])
+    near = set(prep._near_cells(p, around, eps).tolist())
+    d = np.sqrt(((p[:, None, :] - around[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    needed = set(np.flatnonzero(d < eps).tolist())
+    assert needed <= near and len(needed) >= 50
+    assert len(near) < len(p) / 2                                 # and not simply every point

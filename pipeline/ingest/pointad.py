@@ -261,12 +261,30 @@ def _core_and_links_grid(p: np.ndarray, grid_index: np.ndarray, grid_shape: tupl
         core[unsure] = count >= min_points
         short = unsure[count < min_points]
         if short.size and len(p) >= min_points:
-            dist, _ = cKDTree(p).query(p[short], k=min_points, workers=1)
+            near = _near_cells(p, p[short], eps)      # every point closer than eps to one of them
+            dist, _ = cKDTree(p[near]).query(p[short], k=min_points, workers=1)
             core[short] = dist.reshape(len(short), -1)[:, -1] < eps
     rows = np.concatenate([a for a, _ in pairs]) if pairs else np.zeros(0, np.int64)
     cols = np.concatenate([b for _, b in pairs]) if pairs else np.zeros(0, np.int64)
     both = core[rows] & core[cols]
     return core, rows[both], cols[both]
+
+
+def _near_cells(points: np.ndarray, around: np.ndarray, eps: float) -> np.ndarray:
+    """(K,) int64 indices of the ``points`` (N, 3) in the cubes of side 2·eps that hold a point of
+    ``around`` (M, 3) or touch one that does: a superset of every point closer than ``eps`` to one
+    of them (coordinates that close differ by less than half a cube, so their cubes touch). A KD-tree
+    of these answers the same as one of all the points for queries of ``around`` within ``eps``."""
+    cell = 2.0 * eps
+    origin = points.min(axis=0)
+    ijk = np.floor((points - origin) / cell).astype(np.int64) + 1      # ≥ 1: room for a −1 offset
+    span = ijk.max(axis=0) + 2
+    key = (ijk[:, 0] * span[1] + ijk[:, 1]) * span[2] + ijk[:, 2]
+    near = np.floor((around - origin) / cell).astype(np.int64) + 1
+    steps = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)])
+    cells = (near[:, None, :] + steps[None]).reshape(-1, 3)
+    wanted = np.unique((cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2])
+    return np.flatnonzero(np.isin(key, wanted, assume_unique=False))
 
 
 def _window_counts(x: np.ndarray, y: np.ndarray, z: np.ndarray, valid: np.ndarray, rows: np.ndarray,
@@ -348,13 +366,20 @@ def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int =
     if len(groups) > 1:
         order = np.argsort(group_of, kind="stable")                 # each group's core points, ascending
         members = np.split(core_ids[order], np.cumsum(np.bincount(group_of, minlength=len(groups)))[:-1])
-        trees = [cKDTree(p[mem]) for mem in members]
+        lo = np.array([p[mem].min(axis=0) for mem in members]) - 2 * eps   # boxes grown by 2·eps: a point
+        hi = np.array([p[mem].max(axis=0) for mem in members]) + 2 * eps   # closer than eps lies inside
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
-                if find(a) == find(b):
+                if find(a) == find(b) or np.any(lo[a] > hi[b]) or np.any(lo[b] > hi[a]):
                     continue
-                small, big = (a, b) if len(members[a]) <= len(members[b]) else (b, a)
-                d, _ = trees[big].query(p[members[small]], k=1, distance_upper_bound=eps, workers=1)
+                # only the points of each group inside the other's grown box can be a pair closer
+                # than eps: the same pairs, the same cKDTree distances, far fewer points
+                near_a = members[a][np.all((p[members[a]] >= lo[b]) & (p[members[a]] <= hi[b]), axis=1)]
+                near_b = members[b][np.all((p[members[b]] >= lo[a]) & (p[members[b]] <= hi[a]), axis=1)]
+                if near_a.size == 0 or near_b.size == 0:
+                    continue
+                small, big = (near_a, near_b) if near_a.size <= near_b.size else (near_b, near_a)
+                d, _ = cKDTree(p[big]).query(p[small], k=1, distance_upper_bound=eps, workers=1)
                 if np.any(d < eps):
                     parent[find(a)] = find(b)
     root = np.array([find(g) for g in range(len(groups))])[group_of]
