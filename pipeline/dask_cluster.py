@@ -187,12 +187,14 @@ def dask_client(workers: int = 0, scheduler: str | None = None, backend: str = "
                 # array a render makes is then mapped and unmapped afresh, a page fault per 4 KiB
                 # (--style pointad: +48% on 8 MVTec scans, all of it system time). Render workers
                 # keep glibc's defaults, as a plain Python process has them.
-                pre_spawn.pop("MALLOC_TRIM_THRESHOLD_", None)
                 # One malloc arena: a worker's threads (its samples, their views, zarr's I/O) would
                 # each take an arena of their own, and the large arrays freed across them crept up
                 # the worker's memory scan after scan (300 MVTec scans, 2 samples at a time:
                 # 0.18 -> 0.07 MiB a scan, pointad_worker_soak.py; no slower).
-                pre_spawn["MALLOC_ARENA_MAX"] = "1"
+                # The same start environment as the warm server the workers are forked from.
+                for key in warm_workers.UNSET_AT_START:
+                    pre_spawn.pop(key, None)
+                pre_spawn.update(warm_workers.START_ENV)
             # The workers' statistical profiler (a thread reading the task thread's frames every
             # 10 ms) is off: the profile it keeps of every second (up to 1,000 of them) was most of
             # a render worker's memory growth (0.21 -> 0.035 MiB a scan, pointad_worker_soak.py),

@@ -41,18 +41,18 @@ WORKER_MODULES = ("distributed", "distributed.nanny", "distributed.worker", "num
                   "PIL.PngImagePlugin", "data_cache.render_store", "pipeline.ingest", "pipeline.ingest.pointad",
                   "pipeline.render", "pipeline.render.pointad", "pipeline.render_job")
 
-#: Variables the nanny sets in every render worker itself (its ``env`` and pre-spawn environment;
-#: Dask also leaves the latter, and its own bookkeeping, in this process): a change in them is no
-#: reason to start the server again.
-SET_BY_NANNY = frozenset(THREAD_ENV) | {"MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED",
-                                        "__DASK_PARENT_PID", "PYOPENGL_PLATFORM", RENDER_THREADS_ENV}
-
 #: The render workers' start environment, over this process's: BLAS/OpenMP read the thread caps of
 #: :data:`~pipeline.render.threads.THREAD_ENV` when numpy loads, glibc its malloc settings when the
 #: process starts. One arena, and glibc's own trim threshold (Dask's would map and unmap every large
 #: array afresh): see ``pipeline.dask_cluster.dask_client``.
 START_ENV = dict(THREAD_ENV, MALLOC_ARENA_MAX="1")
 UNSET_AT_START = ("MALLOC_TRIM_THRESHOLD_",)
+
+#: Variables the nanny sets in every render worker itself (its ``env`` and pre-spawn environment;
+#: Dask also leaves the latter, and its own bookkeeping, in this process): a change in them is no
+#: reason to start the server again.
+SET_BY_NANNY = frozenset(START_ENV) | frozenset(UNSET_AT_START) | {"PYTHONHASHSEED", "__DASK_PARENT_PID",
+                                                                   "PYOPENGL_PLATFORM", RENDER_THREADS_ENV}
 
 _lock = threading.Lock()
 _started_env: dict[str, str] | None = None      # os.environ when pad started the server

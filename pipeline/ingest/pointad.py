@@ -366,20 +366,21 @@ def dbscan_labels(points: np.ndarray, eps: float = DBSCAN_EPS, min_points: int =
     if len(groups) > 1:
         order = np.argsort(group_of, kind="stable")                 # each group's core points, ascending
         members = np.split(core_ids[order], np.cumsum(np.bincount(group_of, minlength=len(groups)))[:-1])
-        lo = np.array([p[mem].min(axis=0) for mem in members]) - 2 * eps   # boxes grown by 2·eps: a point
-        hi = np.array([p[mem].max(axis=0) for mem in members]) + 2 * eps   # closer than eps lies inside
+        coords = [p[mem] for mem in members]
+        lo = np.array([c.min(axis=0) for c in coords]) - 2 * eps   # boxes grown by 2·eps: a point
+        hi = np.array([c.max(axis=0) for c in coords]) + 2 * eps   # closer than eps lies inside
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
                 if find(a) == find(b) or np.any(lo[a] > hi[b]) or np.any(lo[b] > hi[a]):
                     continue
                 # only the points of each group inside the other's grown box can be a pair closer
                 # than eps: the same pairs, the same cKDTree distances, far fewer points
-                near_a = members[a][np.all((p[members[a]] >= lo[b]) & (p[members[a]] <= hi[b]), axis=1)]
-                near_b = members[b][np.all((p[members[b]] >= lo[a]) & (p[members[b]] <= hi[a]), axis=1)]
-                if near_a.size == 0 or near_b.size == 0:
+                near_a = coords[a][np.all((coords[a] >= lo[b]) & (coords[a] <= hi[b]), axis=1)]
+                near_b = coords[b][np.all((coords[b] >= lo[a]) & (coords[b] <= hi[a]), axis=1)]
+                if len(near_a) == 0 or len(near_b) == 0:
                     continue
-                small, big = (near_a, near_b) if near_a.size <= near_b.size else (near_b, near_a)
-                d, _ = cKDTree(p[big]).query(p[small], k=1, distance_upper_bound=eps, workers=1)
+                small, big = (near_a, near_b) if len(near_a) <= len(near_b) else (near_b, near_a)
+                d, _ = cKDTree(big).query(small, k=1, distance_upper_bound=eps, workers=1)
                 if np.any(d < eps):
                     parent[find(a)] = find(b)
     root = np.array([find(g) for g in range(len(groups))])[group_of]
