@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_cache.errors import PadError
+from pipeline.render import bicubic
 from pipeline.render.cameras import rotation_x, rotation_y
 from pipeline.render.open3d_camera import LegacyCamera, bounding_box, legacy_camera, project_pinhole
 from pipeline.render.open3d_normals import estimate_normals
@@ -53,6 +54,8 @@ OUTPUT_SIZE = 336           # the scripts resize every rendering to 336×336
 GREY = 0.7                  # the colour of every point in the image render
 GT_WINDOW = 1036            # the ground-truth render's window (every script)
 GT_POINT_SIZE = 6
+IMAGE_BACKGROUND = 255       # white behind the object in the image render
+GT_BACKGROUND = 0            # black in the ground-truth render
 FIT_STEP = 0.005            # Eyecandies: the camera moves back by this much until the cloud fits
 MAX_FIT_STEPS = 100000
 REACH_MARGIN = 4.0          # pixels: see reach_of_marked
@@ -229,13 +232,12 @@ def reach_of_marked(xy: np.ndarray, marked: np.ndarray, point_size: float, margi
     return np.flatnonzero(((pts >= lo - reach) & (pts <= hi + reach)).all(axis=1))
 
 
-def resize_bicubic(image: np.ndarray) -> np.ndarray:
+def resize_bicubic(image: np.ndarray, background: int) -> np.ndarray:
     """(h, w) uint8 grey image → (336, 336) uint8 with PIL's bicubic filter (torchvision's
     ``Resize(BICUBIC)`` on a PIL image; PIL filters each channel alike, so a grey RGB image
-    gives this in every channel)."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((OUTPUT_SIZE, OUTPUT_SIZE), Image.Resampling.BICUBIC))
+    gives this in every channel), bit for bit; only the part that reaches a pixel other than
+    ``background`` is filtered (:mod:`pipeline.render.bicubic`)."""
+    return bicubic.resize_bicubic(image, (OUTPUT_SIZE, OUTPUT_SIZE), background)
 
 
 @dataclass
@@ -352,15 +354,15 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         if script.fit_view:
             camera = fit_camera(rq, camera)
         grey = phong_grey(rq, normals @ r.T, GREY, camera)
-        full = drawer.draw(rq, grey, camera.mvp(), point_size, script.window, 255)
-        images[v] = resize_bicubic(full)[..., None]            # grey: the three channels are equal
+        full = drawer.draw(rq, grey, camera.mvp(), point_size, script.window, IMAGE_BACKGROUND)
+        images[v] = resize_bicubic(full, IMAGE_BACKGROUND)[..., None]   # grey: the three channels are equal
         if any_gt:
             gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW, box)
             near = reach_of_marked(project_pinhole(rq, gt_camera.intrinsic(), gt_camera.extrinsic()),
                                    gt_grey != 0, GT_POINT_SIZE)
-            gt_full = drawer.draw(rq[near], gt_grey[near], gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, 0)
+            gt_full = drawer.draw(rq[near], gt_grey[near], gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, GT_BACKGROUND)
             if gt_full.any():                                   # else the resize is black too
-                gt2d[v] = resize_bicubic(gt_full) > 127
+                gt2d[v] = resize_bicubic(gt_full, GT_BACKGROUND) > 127
         t2 = time.perf_counter()
         xy = correspondence(rq, camera)
         pixel[:, v, 0], pixel[:, v, 1] = xy[:, 1], xy[:, 0]
