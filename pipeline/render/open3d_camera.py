@@ -110,7 +110,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def bounding_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(min (3,), max (3,)) float64 corners of the axis-aligned box of (N, 3) ``points``."""
     p = np.asarray(points, dtype=np.float64)
-    return p.min(axis=0), p.max(axis=0)
+    # column by column: numpy's reduction over axis 0 of (N, 3) runs 3 wide (a few times slower)
+    return (np.array([p[:, a].min() for a in range(p.shape[1])]),
+            np.array([p[:, a].max() for a in range(p.shape[1])]))
 
 
 def legacy_camera(points: np.ndarray, width: int, height: int,

@@ -187,10 +187,13 @@ def fit_camera(points: np.ndarray, camera: LegacyCamera) -> LegacyCamera:
     raise PadError("the cloud does not fit the window however far the camera moves back")
 
 
-def correspondence(points: np.ndarray, camera: LegacyCamera) -> np.ndarray:
+def correspondence(points: np.ndarray, camera: LegacyCamera, projected: np.ndarray | None = None) -> np.ndarray:
     """(N, 2) int64 (x = column, y = row) pixels of the 336² image: the pinhole projection
-    × 336 / window, truncated toward zero (``astype(int)``) and clipped to [0, 335]."""
-    xy = project_pinhole(points, camera.intrinsic(), camera.extrinsic()) * (OUTPUT_SIZE / camera.width)
+    × 336 / window, truncated toward zero (``astype(int)``) and clipped to [0, 335];
+    ``projected``: that projection (N, 2) float64, when already made."""
+    if projected is None:
+        projected = project_pinhole(points, camera.intrinsic(), camera.extrinsic())
+    xy = projected * (OUTPUT_SIZE / camera.width)
     return np.clip(xy.astype(np.int64), 0, OUTPUT_SIZE - 1)
 
 
@@ -356,15 +359,19 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         grey = phong_grey(rq, normals @ r.T, GREY, camera)
         full = drawer.draw(rq, grey, camera.mvp(), point_size, script.window, IMAGE_BACKGROUND)
         images[v] = resize_bicubic(full, IMAGE_BACKGROUND)[..., None]   # grey: the three channels are equal
+        projected = project_pinhole(rq, camera.intrinsic(), camera.extrinsic())
         if any_gt:
             gt_camera = legacy_camera(rq, GT_WINDOW, GT_WINDOW, box)
-            near = reach_of_marked(project_pinhole(rq, gt_camera.intrinsic(), gt_camera.extrinsic()),
-                                   gt_grey != 0, GT_POINT_SIZE)
+            if script.fit_view:                                 # the image's camera was moved back
+                gt_xy = project_pinhole(rq, gt_camera.intrinsic(), gt_camera.extrinsic())
+            else:                                               # the same camera in a wider window
+                gt_xy = (projected + 0.5) * (GT_WINDOW / camera.width) - 0.5
+            near = reach_of_marked(gt_xy, gt_grey != 0, GT_POINT_SIZE)
             gt_full = drawer.draw(rq[near], gt_grey[near], gt_camera.mvp(), GT_POINT_SIZE, GT_WINDOW, GT_BACKGROUND)
             if gt_full.any():                                   # else the resize is black too
                 gt2d[v] = resize_bicubic(gt_full, GT_BACKGROUND) > 127
         t2 = time.perf_counter()
-        xy = correspondence(rq, camera)
+        xy = correspondence(rq, camera, projected)
         pixel[:, v, 0], pixel[:, v, 1] = xy[:, 1], xy[:, 0]
         visible[:, v] = visible_by_depth_rule(xy, rq[:, 2])
         return t2 - t, time.perf_counter() - t2
