@@ -171,3 +171,41 @@ def test_the_cells_near_some_points_hold_every_point_closer_than_eps():
     needed = set(np.flatnonzero(d < eps).tolist())
     assert needed <= near and len(needed) >= 50
     assert len(near) < len(p) / 2                                 # and not simply every point
+
+
+@pytest.mark.parametrize("n, size", [(300, 3), (20000, 12)])      # little overdraw; many times over
+def test_levels_asked_for_the_winners_only_draw_the_same_image(n, size):
+    """A dense cloud of wide points shades only the points left in sight: the image equals the one
+    drawn with every point's level, and each level asked for is that point's own."""
+    from pipeline.render import point_raster as pr
+
+    rng = np.random.default_rng(n)
+    window = 96
+    pts = np.column_stack([rng.uniform(0, window, n), rng.uniform(0, window, n), rng.uniform(0, 0.9, n)])
+    pts[: n // 10, 2] = pts[n // 10: 2 * (n // 10), 2]                    # depth ties: draw order decides
+    levels = rng.integers(0, 256, n).astype(np.uint8)
+    asked = []
+
+    def lazy(rows):
+        asked.append(np.asarray(rows))
+        return levels[rows]
+
+    mvp = _orthographic_mvp(window, window)
+    plain = pr.rasterize_points(pts, levels, mvp, size, window, window, 255)
+    np.testing.assert_array_equal(pr.rasterize_points(pts, lazy, mvp, size, window, window, 255), plain)
+    (rows,) = asked
+    if n * size * size > pr.LAZY_OVERDRAW * window * window:
+        assert len(rows) < n // 4 and np.isin(np.unique(plain), np.append(levels[rows], 255)).all()
+
+
+def test_phong_levels_of_some_points_are_those_of_the_whole_cloud():
+    from pipeline.render.open3d_camera import legacy_camera
+    from pipeline.render.open3d_shading import phong_grey
+
+    rng = np.random.default_rng(11)
+    pts = rng.normal(size=(5000, 3))
+    normals = rng.normal(size=(5000, 3))
+    camera = legacy_camera(pts, 1024, 1024)
+    whole = phong_grey(pts, normals, 0.7, camera)
+    for rows in (np.arange(7), rng.choice(5000, 1234, replace=False), np.arange(4999, -1, -3)):
+        np.testing.assert_array_equal(phong_grey(pts, normals, 0.7, camera, rows=rows), whole[rows])

@@ -60,21 +60,27 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return np.floor(np.clip(values, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
-def phong_grey(points: np.ndarray, normals: np.ndarray, grey: float, camera: LegacyCamera) -> np.ndarray:
+def phong_grey(points: np.ndarray, normals: np.ndarray, grey: float, camera: LegacyCamera,
+               rows: np.ndarray | None = None) -> np.ndarray:
     """(N,) uint8 grey levels of points of colour (``grey``, ``grey``, ``grey``) drawn by Open3D's
     Phong point shader with its lights on (the three channels are equal: a grey colour times
     the diffuse terms plus white specular terms).
 
     - ``points``, ``normals``: (N, 3) float, world coordinates (normals of any sign)
     - ``camera``: the view (its bounding box places the lights)
+    - ``rows``: (M,) indices: the levels of those points only, (M,), each the level the whole
+      cloud gives it (the matrix products to camera space still run over all N rows, as BLAS may
+      round a row differently in a smaller product; the rest is element by element)
     """
     f32 = np.float32
     c = f32(grey)
     view = camera.view()
     rot, shift = view[:3, :3], view[:3, 3]
     v_cam = np.asarray(points, dtype=f32) @ rot.T + shift
-    eye = -v_cam
     n_cam = np.asarray(normals, dtype=f32) @ rot.T
+    if rows is not None:
+        v_cam, n_cam = v_cam[rows], n_cam[rows]
+    eye = -v_cam
     flip = _dot(eye, n_cam) < 0
     n_cam[flip] *= f32(-1.0)
     n = _normalize(n_cam)

@@ -43,6 +43,8 @@ DEPTH_MAX = 16777215.0          # 2^24 - 1: the 24-bit depth buffer's largest va
 MAX_POINT_SIZE = 255            # llvmpipe clamps wider points (LP_MAX_POINT_WIDTH): left to OpenGL
 _F32, _F64 = np.float32, np.float64
 _NONE = np.iinfo(np.int32).max  # the rank of a pixel no point covers
+LAZY_OVERDRAW = 4               # rasterize_points: points' area over the drawn block's above which
+                                # only the winners' levels are computed
 _SCRATCH = threading.local()
 
 
@@ -187,14 +189,20 @@ def winners(cols: np.ndarray, rows: np.ndarray, ranks: np.ndarray, size: int, wi
     return block_min(grid.reshape(shape), s, out), (t0, u0)
 
 
-def rasterize_points(points: np.ndarray, levels: np.ndarray, mvp: np.ndarray, point_size: float,
+def rasterize_points(points: np.ndarray, levels, mvp: np.ndarray, point_size: float,
                      width: int, height: int, background: int, fb_height: int | None = None
                      ) -> np.ndarray | None:
     """The (height, width) uint8 image (row 0 at the top) of (N, 3) ``points`` drawn in order as
     ``point_size``-pixel OpenGL points in their (N,) uint8 grey ``levels`` over a ``background``
     grey, through the float32 ``mvp``, in a ``width`` × ``height`` window at the bottom of a
     framebuffer ``fb_height`` rows tall (default: the window's), as llvmpipe draws them (module
-    doc). None where the model does not hold; draw with OpenGL then."""
+    doc). None where the model does not hold; draw with OpenGL then.
+
+    ``levels`` may also be a function of (M,) int64 point indices giving their (M,) uint8 levels,
+    each point's level its own (not a function of the others): it is then asked only for the
+    points that win a pixel where the points overdraw each other many times over
+    (:data:`LAZY_OVERDRAW`; a dense cloud of wide points, of which few stay in sight), else for
+    every point drawn."""
     fb = int(height if fb_height is None else fb_height)
     size = float(point_size)
     whole = bool(np.isfinite(size)) and size == int(size) and 1 <= size <= MAX_POINT_SIZE
@@ -214,7 +222,16 @@ def rasterize_points(points: np.ndarray, levels: np.ndarray, mvp: np.ndarray, po
     ranks[order] = np.arange(m, dtype=np.int32)
     best, (t0, u0) = winners(cols, rows - (fb - height), ranks, s, width, height)
     by_rank = np.empty(m + 1, dtype=np.uint8)                    # grey of each rank; then the background
-    by_rank[:m] = np.asarray(levels, dtype=np.uint8)[drawn[order]]
     by_rank[m] = background
-    image[t0:t0 + best.shape[0], u0:u0 + best.shape[1]] = by_rank[np.minimum(best, m)]
+    won = np.minimum(best, m)
+    if not callable(levels):
+        by_rank[:m] = np.asarray(levels, dtype=np.uint8)[drawn[order]]
+    elif m * s * s > LAZY_OVERDRAW * max(best.size, 1):          # only the winners' levels are read
+        seen = np.zeros(m + 1, dtype=bool)
+        seen[won.reshape(-1)] = True
+        ranks_won = np.flatnonzero(seen[:m])
+        by_rank[ranks_won] = levels(drawn[order[ranks_won]])
+    else:
+        by_rank[:m] = levels(drawn[order])
+    image[t0:t0 + best.shape[0], u0:u0 + best.shape[1]] = by_rank[won]
     return image

@@ -295,15 +295,18 @@ class PointDrawer:
         self.backend = backend
         self.numpy = backend == "auto" and gl_platform(backend) == "osmesa" and llvmpipe_fuses_multiply_add()
 
-    def draw(self, points: np.ndarray, levels: np.ndarray, mvp: np.ndarray, point_size: float, window: int,
+    def draw(self, points: np.ndarray, levels, mvp: np.ndarray, point_size: float, window: int,
              background: int) -> np.ndarray:
         """(window, window) uint8 image (row 0 at the top) of (N, 3) ``points`` in their (N,) uint8
         grey ``levels`` over a ``background`` of 0 or 255, drawn in order through the float32
-        ``mvp``, ``point_size`` pixels wide."""
+        ``mvp``, ``point_size`` pixels wide. ``levels`` may be a function of point indices
+        (:func:`~pipeline.render.point_raster.rasterize_points`)."""
         if self.numpy:
             image = rasterize_points(points, levels, mvp, point_size, window, window, background)
             if image is not None:
                 return image
+        if callable(levels):
+            levels = levels(np.arange(len(points)))
         from pipeline.render.gl import get_point_renderer
 
         with _GL_DRAWS:
@@ -356,8 +359,8 @@ def render_views(points: np.ndarray, gt_labels: np.ndarray, script: Script, poin
         camera = legacy_camera(rq, script.window, script.window, box)
         if script.fit_view:
             camera = fit_camera(rq, camera)
-        grey = phong_grey(rq, normals @ r.T, GREY, camera)
-        full = drawer.draw(rq, grey, camera.mvp(), point_size, script.window, IMAGE_BACKGROUND)
+        shade = functools.partial(phong_grey, rq, normals @ r.T, GREY, camera)    # levels of the given points
+        full = drawer.draw(rq, shade, camera.mvp(), point_size, script.window, IMAGE_BACKGROUND)
         images[v] = resize_bicubic(full, IMAGE_BACKGROUND)[..., None]   # grey: the three channels are equal
         projected = project_pinhole(rq, camera.intrinsic(), camera.extrinsic())
         if any_gt:
