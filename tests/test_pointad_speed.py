@@ -209,3 +209,14 @@ def test_phong_levels_of_some_points_are_those_of_the_whole_cloud():
     whole = phong_grey(pts, normals, 0.7, camera)
     for rows in (np.arange(7), rng.choice(5000, 1234, replace=False), np.arange(4999, -1, -3)):
         np.testing.assert_array_equal(phong_grey(pts, normals, 0.7, camera, rows=rows), whole[rows])
+
+
+def test_depth_order_is_the_order_of_depth_then_position():
+    from pipeline.render import point_raster as pr
+
+    rng = np.random.default_rng(2)
+    for depth in (rng.integers(0, 1 << 24, 5000), rng.integers(0, 40, 5000), np.full(7, (1 << 24) - 1),
+                  np.array([4095, 4096, 0, 4095, 1 << 12, (1 << 24) - 1, 0]), np.zeros(0, np.int64)):
+        depth = np.asarray(depth, dtype=np.int64)
+        expected = np.argsort((depth << 32) | np.arange(len(depth)))
+        np.testing.assert_array_equal(pr.depth_order(depth), expected)

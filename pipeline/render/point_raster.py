@@ -116,6 +116,16 @@ def depth_24(wz: np.ndarray) -> np.ndarray:
     return np.rint(scaled).astype(np.int64)
 
 
+def depth_order(depth: np.ndarray) -> np.ndarray:
+    """(N,) int64 permutation sorting (N,) int64 24-bit ``depth`` values ascending, equal ones in
+    their order: the order of the keys (depth << 32 | position). Two stable passes over 12-bit
+    digits (numpy's radix sort of 16-bit keys), about twice as fast as sorting the 64-bit keys."""
+    if len(depth) == 0 or depth.min() < 0 or depth.max() > DEPTH_MAX:
+        return np.argsort((depth << 32) | np.arange(len(depth)))
+    low = np.argsort((depth & 0xFFF).astype(np.uint16), kind="stable")
+    return low[np.argsort((depth[low] >> 12).astype(np.uint16), kind="stable")]
+
+
 def _scratch(n: int) -> list[np.ndarray]:
     """Three int32 buffers of at least ``n`` entries, this thread's, reused from draw to draw
     (fresh large arrays cost a page fault per 4 KiB on every draw)."""
@@ -216,7 +226,7 @@ def rasterize_points(points: np.ndarray, levels, mvp: np.ndarray, point_size: fl
     wx, wy, wz, inside = window_coordinates(points, mvp, width, height, fb)
     drawn = np.flatnonzero(inside)                                # GL clips a point outside the clip volume
     cols, rows = point_corners(wx[drawn], wy[drawn], s)
-    order = np.argsort((depth_24(wz[drawn]) << 32) | drawn)       # nearer, then drawn first
+    order = depth_order(depth_24(wz[drawn]))                      # nearer, then drawn first
     m = len(drawn)
     ranks = np.empty(m, dtype=np.int32)
     ranks[order] = np.arange(m, dtype=np.int32)
