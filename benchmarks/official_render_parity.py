@@ -27,6 +27,9 @@ number of points the official script rendered per sample, with these figures:
   warm process) and of the official script (get_mv_images; MVTec: plus its preprocessing), and
   their ratio; both on ``--threads`` threads (default 1: Open3D's OpenMP threads on the official
   side, Mesa's own rasterizer threads left as they are; pad's ``PAD_RENDER_THREADS``);
+- ``open3d_normals_s``: Open3D's ``estimate_normals`` alone on the cloud the script rendered, with
+  its search parameters, and ``bound``: official_s over it, the most any renderer that computes
+  those normals as fast as Open3D does could reach, everything else free;
 - per dataset, ``pad_cmd_s``: the whole ``pad render`` command (process and Dask start-up, one
   worker with the machine's cores, every sample of the dataset) against ``official_total_s``,
   the official seconds of the same samples summed.
@@ -49,6 +52,13 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 PAD = os.path.join(ROOT, ".venv", "bin", "pad")
+
+
+def _normals(layout: str) -> dict:
+    """The script's normal search (radius, max_nn), for the driver's timing of Open3D's normals."""
+    from pipeline.render.pointad import SCRIPTS
+
+    return {"normal_radius": SCRIPTS[layout].normal_radius, "normal_max_nn": SCRIPTS[layout].normal_max_nn}
 
 
 def write_scans(data: str, seed: int, fps: bool, full_size: bool = False, n_mvtec: int = 4) -> list[dict]:
@@ -75,7 +85,7 @@ def write_scans(data: str, seed: int, fps: bool, full_size: bool = False, n_mvte
                      "root": mvtec, "id": f"{cls}/test/{kind}_{name}", "tiff": tiff,
                      "rgb": os.path.join(base, "rgb", f"{name}.png"),
                      "gt": os.path.join(base, "gt", f"{name}.png"),
-                     "point_size": SCRIPTS["mvtec3d"].point_sizes[cls], "shape": scan["shape"]})
+                     "point_size": SCRIPTS["mvtec3d"].point_sizes[cls], "shape": scan["shape"], **_normals("mvtec3d")})
     eye = os.path.join(data, "eyecandies")
     for k, defect in enumerate([True, False]):
         scan = scans.eyecandies_scan(seed + 100 + k, defect)
@@ -84,7 +94,8 @@ def write_scans(data: str, seed: int, fps: bool, full_size: bool = False, n_mvte
         kind = "defect" if defect else "good"
         jobs.append({"layout": "eyecandies", "root": eye, "id": f"Confetto/test/{kind}_{name}", "ply": ply,
                      "gt": os.path.join(eye + "-ply", "Confetto", "test", "mask", f"{name}.png"),
-                     "point_size": SCRIPTS["eyecandies"].default_point_size, "shape": scan["shape"]})
+                     "point_size": SCRIPTS["eyecandies"].default_point_size, "shape": scan["shape"],
+                     **_normals("eyecandies")})
     real = os.path.join(data, "real3d")
     sizes = [(9000, True), (14000, True)] + ([(130000, True)] if fps else [])
     for k, (n, defect) in enumerate(sizes):
@@ -93,7 +104,7 @@ def write_scans(data: str, seed: int, fps: bool, full_size: bool = False, n_mvte
         pcd = scans.write_real3d(real, "blob", name, pts, labels)
         jobs.append({"layout": "real3d", "root": real, "id": f"blob/test/{name}", "pcd": pcd,
                      "txt": pcd.replace("test", "GT").replace(".pcd", ".txt"), "seed": seed,
-                     "point_size": SCRIPTS["real3d"].default_point_size, "shape": f"blob {n}"})
+                     "point_size": SCRIPTS["real3d"].default_point_size, "shape": f"blob {n}", **_normals("real3d")})
     return jobs
 
 
@@ -272,7 +283,8 @@ def compare(job: dict, cache: str) -> dict:
     return {"points_equal": bool(same_n and rel < 1e-5), "rel": rel,
             "pixel": float(np.mean(pix_eq)) if pix_eq else 0.0, "visible": float(np.mean(vis_eq)) if vis_eq else 0.0,
             "mae": float(np.mean(diffs)) / 255, "off16": float(np.mean(off16)),
-            "iou": min(ious) if ious else None, "official_s": sum(timing.values()), "n_points": len(ref)}
+            "iou": min(ious) if ious else None, "n_points": len(ref),
+            "official_s": timing.get("preprocess_s", 0.0) + timing["render_s"], "normals_s": timing.get("normals_s")}
 
 
 def main() -> None:
@@ -321,6 +333,7 @@ def main() -> None:
             ious = [r["iou"] for r in figs if r["iou"] is not None]
             pad_s = float(np.mean([pad["seconds"][job["id"]] for job, _ in rows]))
             off_s = float(np.mean([r["official_s"] for r in figs]))
+            normals = [r["normals_s"] for r in figs if r["normals_s"] is not None]
             n_points = int(np.mean([r["n_points"] for r in figs]))
             parts.append(f"{row} ({n_points} points): points {sum(r['points_equal'] for r in figs)}/{len(figs)} "
                          f"(rel {max(r['rel'] for r in figs):.1e}) pixel {np.mean([r['pixel'] for r in figs]):.5f} "
@@ -328,7 +341,9 @@ def main() -> None:
                          f"mae {np.mean([r['mae'] for r in figs]) * 255:.3f}/255 "
                          f"off16 {100 * np.mean([r['off16'] for r in figs]):.3f}% "
                          f"gt_iou {min(ious) if ious else float('nan'):.4f} "
-                         f"pad_s {pad_s:.2f} official_s {off_s:.2f} ({off_s / pad_s:.1f}x)")
+                         f"pad_s {pad_s:.2f} official_s {off_s:.2f} ({off_s / pad_s:.1f}x)"
+                         + (f" open3d_normals_s {np.mean(normals):.3f} (bound {off_s / np.mean(normals):.0f}x)"
+                            if len(normals) == len(figs) else ""))
         for root, cmd in pad["command_s"].items():           # whole commands: every sample of a dataset
             figs = [compare(job, pad["caches"][root]) for job in jobs if job["root"] == root]
             off_total = sum(r["official_s"] for r in figs)
