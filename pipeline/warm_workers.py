@@ -14,10 +14,16 @@ one malloc arena (glibc reads it at start) and SIGINT ignored (see
 :func:`sigint_ignored_by_children`). It imports nothing that reads ``PYOPENGL_PLATFORM`` or makes
 an OpenGL context, and makes no thread: a fork is safe.
 
-A worker forked from it has the environment of the moment the server started. When this process's
-environment has changed since (a program that sets credentials or an endpoint between two renders),
-:func:`start` starts the server again with the new one; while a cluster of its workers is still
-open (:func:`forked_workers`) it cannot, and new workers are spawned as before. Variables the
+A worker forked from it has the environment of the moment the server started, and imports what
+this process would import: the server starts with this process's import path (``sys.path``) as
+``PYTHONPATH`` and ``PYTHONSAFEPATH`` set, because Python's fork server is handed that path but
+does not apply it before it preloads (3.11), and a worker would otherwise run the pad a fresh
+interpreter finds (another checkout in the current directory, another install; on Python 3.10,
+which has no ``PYTHONSAFEPATH``, the current directory still comes first). When this process's
+environment or import path has changed since (a program that sets credentials or an endpoint, or
+adds a path, between two renders), :func:`start` starts the server again with the new one; while a
+cluster of its workers is still open (:func:`forked_workers`) it cannot, and new workers are
+spawned as before (a spawned worker takes the import path too). Variables the
 nanny sets in each worker itself (:data:`SET_BY_NANNY`) do not count. Where the platform has no
 ``forkserver`` (or is not Linux), or something else in this program started its fork server,
 workers are spawned.
@@ -56,6 +62,7 @@ SET_BY_NANNY = frozenset(START_ENV) | frozenset(UNSET_AT_START) | {"PYTHONHASHSE
 
 _lock = threading.Lock()
 _started_env: dict[str, str] | None = None      # os.environ when pad started the server
+_started_path: list[str] | None = None          # sys.path then
 _held = 0                                       # clusters of its workers open now
 _stopper: threading.Thread | None = None        # stopping the last server (see stop)
 #: Seconds :func:`start` waits for a server that is stopping to end before it spawns workers instead.
@@ -115,11 +122,13 @@ def serving() -> Iterator[None]:
 @contextlib.contextmanager
 def forked_workers(set_by_nanny: Iterable[str] = ()) -> Iterator[bool]:
     """:func:`start`, then whether the workers of a cluster made inside may be forked from the
-    server: pad started it and this process's environment is still the one it started with (apart
-    from :data:`SET_BY_NANNY` and ``set_by_nanny``). While inside, the server is not started again."""
+    server: pad started it and this process's environment (apart from :data:`SET_BY_NANNY` and
+    ``set_by_nanny``) and import path are still the ones it started with. While inside, the server
+    is not started again."""
     global _held
     with _lock:
-        fork = _start(set_by_nanny) and _same_environ(_started_env, set_by_nanny)
+        fork = (_start(set_by_nanny) and _same_environ(_started_env, set_by_nanny)
+                and _started_path == sys.path)
         _held += fork
     try:
         yield fork
@@ -129,7 +138,7 @@ def forked_workers(set_by_nanny: Iterable[str] = ()) -> Iterator[bool]:
 
 
 def _start(set_by_nanny: Iterable[str]) -> bool:
-    global _started_env, _stopper
+    global _started_env, _started_path, _stopper
     if not available():
         return False
     from multiprocessing import forkserver
@@ -144,13 +153,14 @@ def _start(set_by_nanny: Iterable[str]) -> bool:
     running = getattr(server, "_forkserver_pid", None)
     if running is not None and _started_env is None:
         return False                             # another part of this program started it: not ours
-    if running is not None and not _held and not _same_environ(_started_env, set_by_nanny):
+    if running is not None and not _held and (not _same_environ(_started_env, set_by_nanny)
+                                              or _started_path != sys.path):
         try:
             server._stop()                       # none of its workers is left: waits for nothing
         except OSError:
             return False
         _started_env = None
-    environ = dict(os.environ)
+    environ, path = dict(os.environ), list(sys.path)
     server.set_forkserver_preload(list(WORKER_MODULES))
     try:                                         # starts it unless it is running (again if it died)
         with _start_environment(), sigint_ignored_by_children():
@@ -158,7 +168,7 @@ def _start(set_by_nanny: Iterable[str]) -> bool:
     except (OSError, ValueError):
         return False
     if _started_env is None or getattr(server, "_forkserver_pid", None) != running:
-        _started_env = environ                   # what its workers will have
+        _started_env, _started_path = environ, path   # what its workers will have
     return True
 
 
@@ -168,12 +178,23 @@ def _same_environ(started: dict[str, str], set_by_nanny: Iterable[str]) -> bool:
             == {k: v for k, v in started.items() if k not in skip})
 
 
+_IMPORT_PATH_ENV = ("PYTHONPATH", "PYTHONSAFEPATH")   # set for the server's start only
+
+
+def import_path() -> str:
+    """This process's ``sys.path`` as a ``PYTHONPATH`` value (the current directory for its empty
+    entry): a Python started with it finds modules where this process does."""
+    return os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+
+
 @contextlib.contextmanager
 def _start_environment() -> Iterator[None]:
     """This process's environment made the render workers' start environment inside (a process
-    started there inherits it): :data:`START_ENV` set, :data:`UNSET_AT_START` removed; restored after."""
-    saved = {k: os.environ.get(k) for k in (*START_ENV, *UNSET_AT_START)}
-    os.environ.update(START_ENV)
+    started there inherits it): :data:`START_ENV` set, :data:`UNSET_AT_START` removed, this
+    process's import path as ``PYTHONPATH`` and nothing before it (``PYTHONSAFEPATH``: the server,
+    started with ``-c``, would search the current directory first); restored after."""
+    saved = {k: os.environ.get(k) for k in (*START_ENV, *UNSET_AT_START, *_IMPORT_PATH_ENV)}
+    os.environ.update(START_ENV, PYTHONPATH=import_path(), PYTHONSAFEPATH="1")
     for key in UNSET_AT_START:
         os.environ.pop(key, None)
     try:

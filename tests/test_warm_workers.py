@@ -69,6 +69,39 @@ def test_a_variable_set_after_the_server_started_reaches_the_workers(monkeypatch
     assert not not_render_only["forked"]
 
 
+def _probe_origin(dask_worker=None) -> str | None:
+    """Where the worker imports ``pad_path_probe`` from (None: it cannot)."""
+    import importlib
+
+    try:
+        return importlib.import_module("pad_path_probe").ORIGIN
+    except ImportError:
+        return None
+
+
+def test_workers_import_from_where_this_process_imports(tmp_path, monkeypatch):
+    """A render worker loads the modules the server preloads from this process's import path, in
+    its order, also a path added at run time (a notebook pointing at another checkout of pad), and
+    not from the current directory unless this process does: else a worker forked from the server
+    could run another pad than the one that plans the render. A server started before the change is
+    started again."""
+    here, added = tmp_path / "cwd", tmp_path / "added"
+    for folder, origin in ((here, "the current directory"), (added, "the added path")):
+        folder.mkdir()
+        (folder / "pad_path_probe.py").write_text(f"ORIGIN = {origin!r}\n")
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(warm_workers, "WORKER_MODULES", (*warm_workers.WORKER_MODULES, "pad_path_probe"))
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    with dask_client(workers=1, render_only=True) as client:       # the server starts without the path
+        (before,) = client.run(_probe_origin).values()
+    monkeypatch.syspath_prepend(str(added))
+    with dask_client(workers=1, render_only=True) as client:
+        (state,) = client.run(_start_state).values()
+        (after,) = client.run(_probe_origin).values()
+    assert before is None
+    assert state["forked"] and after == "the added path"
+
+
 def _fork_servers_of_this_process() -> list[int]:
     """PIDs of this process's children that run Python's fork server."""
     found = []
