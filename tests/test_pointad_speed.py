@@ -199,6 +199,7 @@ def test_levels_asked_for_the_winners_only_draw_the_same_image(n, size):
 
 
 def test_phong_levels_of_some_points_are_those_of_the_whole_cloud():
+    """Shading only some points (the winners of a view) gives each the level the whole cloud gives it."""
     from pipeline.render.open3d_camera import legacy_camera
     from pipeline.render.open3d_shading import phong_grey
 

@@ -85,13 +85,15 @@ def test_workers_import_from_where_this_process_imports(tmp_path, monkeypatch):
     not from the current directory unless this process does: else a worker forked from the server
     could run another pad than the one that plans the render. A server started before the change is
     started again."""
+    import sys
+
     here, added = tmp_path / "cwd", tmp_path / "added"
     for folder, origin in ((here, "the current directory"), (added, "the added path")):
         folder.mkdir()
         (folder / "pad_path_probe.py").write_text(f"ORIGIN = {origin!r}\n")
     monkeypatch.chdir(here)
     monkeypatch.setattr(warm_workers, "WORKER_MODULES", (*warm_workers.WORKER_MODULES, "pad_path_probe"))
-    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])   # not the cwd, as `pad`
     with dask_client(workers=1, render_only=True) as client:       # the server starts without the path
         (before,) = client.run(_probe_origin).values()
     monkeypatch.syspath_prepend(str(added))
