@@ -127,8 +127,7 @@ def forked_workers(set_by_nanny: Iterable[str] = ()) -> Iterator[bool]:
     is not started again."""
     global _held
     with _lock:
-        fork = (_start(set_by_nanny) and _same_environ(_started_env, set_by_nanny)
-                and _started_path == sys.path)
+        fork = _start(set_by_nanny) and _as_started(set_by_nanny)
         _held += fork
     try:
         yield fork
@@ -153,8 +152,7 @@ def _start(set_by_nanny: Iterable[str]) -> bool:
     running = getattr(server, "_forkserver_pid", None)
     if running is not None and _started_env is None:
         return False                             # another part of this program started it: not ours
-    if running is not None and not _held and (not _same_environ(_started_env, set_by_nanny)
-                                              or _started_path != sys.path):
+    if running is not None and not _held and not _as_started(set_by_nanny):
         try:
             server._stop()                       # none of its workers is left: waits for nothing
         except OSError:
@@ -172,10 +170,12 @@ def _start(set_by_nanny: Iterable[str]) -> bool:
     return True
 
 
-def _same_environ(started: dict[str, str], set_by_nanny: Iterable[str]) -> bool:
+def _as_started(set_by_nanny: Iterable[str]) -> bool:
+    """Whether this process's environment (apart from :data:`SET_BY_NANNY` and ``set_by_nanny``)
+    and import path are the ones pad's running server started with."""
     skip = SET_BY_NANNY | set(set_by_nanny)
     return ({k: v for k, v in os.environ.items() if k not in skip}
-            == {k: v for k, v in started.items() if k not in skip})
+            == {k: v for k, v in _started_env.items() if k not in skip}) and _started_path == sys.path
 
 
 _IMPORT_PATH_ENV = ("PYTHONPATH", "PYTHONSAFEPATH")   # set for the server's start only
